@@ -56,6 +56,7 @@ SIM_HZ, CONTROL_HZ, K_P, K_V = 100, 10, 100.0, 20.0
 
 class PushTEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": CONTROL_HZ}
+    track_contacts = True  # count contact points for info["n_contacts"]
 
     def __init__(
         self,
@@ -125,6 +126,8 @@ class PushTEnv(gym.Env):
             s.filter = pymunk.ShapeFilter(mask=pymunk.ShapeFilter.ALL_MASKS())
         space.add(self.block, *shapes)
         self._n_contact_points = 0
+        if not self.track_contacts:
+            return
         if hasattr(space, "on_collision"):  # pymunk >= 7
             space.on_collision(None, None, post_solve=self._count_contacts)
         else:  # pymunk 6

@@ -1,0 +1,126 @@
+"""DiffusionPolicy: normalise observations -> sample an action chunk -> unnormalise.
+
+Receding horizon (Diffusion Policy, Chi et al. 2023): the policy sees the last ``n_obs_steps``
+observations, predicts ``horizon`` actions aligned so that index 0 is the older observed step, and
+the caller executes ``n_action_steps`` of them starting at index ``n_obs_steps - 1``.
+
+The policy is wrapped ONCE into the sampler protocol (``self.denoise``); which sampler runs is the
+caller's choice (``pcm_policy.samplers``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lora import has_lora, set_lora_scale
+from .models.unet1d import UNET_PRESETS, ConditionalUnet1D
+from .normalizer import NormalizerDict
+
+OBS_DIMS = {"keypoints": 20, "state": 5}
+
+
+@dataclass
+class PolicyConfig:
+    obs_type: str = "keypoints"
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    action_dim: int = 2
+    unet_size: str = "small"
+    unet: dict = field(default_factory=dict)  # overrides of the preset (down_dims, ...)
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    clip_sample: bool = True
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self):
+        if self.obs_type not in OBS_DIMS:
+            raise ValueError(f"obs_type must be one of {sorted(OBS_DIMS)}, got {self.obs_type!r}")
+        if self.unet_size not in UNET_PRESETS:
+            raise ValueError(f"unet_size must be one of {sorted(UNET_PRESETS)}, got {self.unet_size!r}")
+        if not (self.n_obs_steps >= 1 and self.n_obs_steps - 1 + self.n_action_steps <= self.horizon):
+            raise ValueError("need n_obs_steps >= 1 and n_obs_steps - 1 + n_action_steps <= horizon")
+
+    @property
+    def obs_dim(self) -> int:
+        return OBS_DIMS[self.obs_type]
+
+    def unet_kwargs(self) -> dict:
+        kw = {**UNET_PRESETS[self.unet_size], **self.unet}
+        kw["down_dims"] = tuple(kw["down_dims"])
+        kw["attn_levels"] = tuple(kw.get("attn_levels", ()))
+        return dict(input_dim=self.action_dim, global_cond_dim=self.obs_dim * self.n_obs_steps, **kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DiffusionPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        from diffusers import DDPMScheduler  # the schedule's single source of truth
+
+        self.cfg = cfg
+        self.model = ConditionalUnet1D(**cfg.unet_kwargs())
+        self.normalizer = NormalizerDict.from_dims({"obs": cfg.obs_dim, "action": cfg.action_dim})
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+            clip_sample=cfg.clip_sample, prediction_type=cfg.prediction_type, variance_type="fixed_small")
+
+    # ------------------------------------------------------------------ sampler protocol
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, lora_scale=None) -> torch.Tensor:
+        """eps(x, t, cond). With adapters attached, ``lora_scale`` (float or (N,) per row) sets
+        W = W_0 + lora_scale * dW for this call; None means the base model (scale 0)."""
+        if has_lora(self.model):
+            set_lora_scale(self.model, 0.0 if lora_scale is None else lora_scale)
+        elif lora_scale is not None and (torch.as_tensor(lora_scale) != 0).any():
+            raise ValueError("lora_scale != 0 needs a LoRA adapter; load one (pcm_policy.lora.load_adapter)")
+        return self.model(x, t, cond)
+
+    def condition(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw observations (B, >= n_obs_steps, obs_dim) -> normalised, flattened FiLM condition."""
+        if obs.ndim != 3 or obs.shape[-1] != self.cfg.obs_dim or obs.shape[1] < self.cfg.n_obs_steps:
+            raise ValueError(f"obs must be (B, >= {self.cfg.n_obs_steps}, {self.cfg.obs_dim}), got {tuple(obs.shape)}")
+        obs = obs[:, : self.cfg.n_obs_steps].to(self.device, torch.float32)
+        return self.normalizer.normalize("obs", obs).flatten(1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_action(self, obs: torch.Tensor, sampler, *, noise: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, **sampler_kwargs) -> dict:
+        """Sample an action chunk. ``sampler(denoise, x_T, cond, **kw) -> (x_0, stats)``, e.g. from
+        ``pcm_policy.samplers.make_sampler``. Returns ``action`` (B, n_action_steps, action_dim) in env
+        units, ``action_pred`` (B, horizon, action_dim), ``action_pred_norm`` and the sampler's ``stats``."""
+        cond = self.condition(torch.as_tensor(obs))
+        shape = (cond.shape[0], self.cfg.horizon, self.cfg.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=self.device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x0, stats = sampler(self.denoise, noise.to(self.device), cond, **sampler_kwargs)
+        pred = self.normalizer.unnormalize("action", x0)
+        start = self.cfg.n_obs_steps - 1  # reference oa_step_convention: execute from the current step
+        return {"action": pred[:, start : start + self.cfg.n_action_steps], "action_pred": pred,
+                "action_pred_norm": x0, "stats": stats}
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """DDPM epsilon loss on a batch {"obs": (B, H, obs_dim), "action": (B, H, action_dim)} (raw units)."""
+        action = self.normalizer.normalize("action", batch["action"].to(self.device))
+        cond = self.condition(batch["obs"])
+        noise = torch.randn(action.shape, generator=generator, device=self.device)
+        t = torch.randint(0, self.cfg.num_train_timesteps, (action.shape[0],), generator=generator,
+                          device=self.device)
+        noisy = self.noise_scheduler.add_noise(action, noise, t)
+        target = {"epsilon": noise, "sample": action}.get(self.cfg.prediction_type)
+        if target is None:
+            raise ValueError(f"prediction_type {self.cfg.prediction_type!r} is not supported for training")
+        return F.mse_loss(self.model(noisy, t, cond), target)

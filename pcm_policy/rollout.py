@@ -1,0 +1,103 @@
+"""Receding-horizon control of PushT envs in lockstep, with the reference's evaluation semantics.
+
+Each control step feeds the last ``n_obs_steps`` observations of every running episode to ONE
+batched policy call, then executes ``n_action_steps`` actions per env, stopping an env as soon as it
+succeeds (coverage > 0.95) or reaches ``max_steps`` (pusht.md 6.1). Score = the episode's max reward.
+
+Initial noise is drawn per (episode seed, chunk) from its own generator, so an episode's noise does
+not depend on which other episodes share the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from envs.pusht import PushTEnv
+
+
+def chunk_noise(seed: int, chunk: int, shape: tuple, noise_seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(hash((noise_seed, seed, chunk)) % (2**63))
+    return torch.randn(shape, generator=g)
+
+
+def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int = 200, legacy: bool = True,
+                 noise_seed: int = 0, record: set[int] | None = None, render_size: int = 256,
+                 caption: Callable[[dict], str] | None = None, progress: bool = False) -> dict:
+    """Roll out ``policy`` with ``sampler`` on ``seeds``; returns {"episodes": [...], "frames": {seed: [...]}}.
+
+    ``record``: seeds whose frames (with the action marker) are kept for a video; ``caption(chunk)``
+    turns a chunk's figures into a line drawn on its frames.
+    """
+    cfg = policy.cfg
+    record = record or set()
+    envs = [PushTEnv(obs_type=cfg.obs_type, legacy=legacy, render_mode="rgb_array" if s in record else None,
+                     render_size=render_size) for s in seeds]
+    hist, eps, frames = [], [], {s: [] for s in seeds if s in record}
+    for env, s in zip(envs, seeds, strict=True):
+        obs, info = env.reset(seed=s)
+        hist.append(deque([obs] * cfg.n_obs_steps, maxlen=cfg.n_obs_steps))
+        eps.append({"seed": s, "score": float(np.clip(info["coverage"] / 0.95, 0, 1)), "success": False,
+                    "steps": 0, "max_coverage": info["coverage"], "chunks": []})
+        if s in frames:
+            frames[s].append(env.render())
+    active, chunk = [i for i in range(len(envs))], 0
+    shape = (cfg.horizon, cfg.action_dim)
+    while active:
+        obs = torch.as_tensor(np.stack([np.stack(hist[i]) for i in active]), dtype=torch.float32)
+        noise = torch.stack([chunk_noise(seeds[i], chunk, shape, noise_seed) for i in active])
+        t0 = time.perf_counter()
+        out = policy.predict_action(obs, sampler, noise=noise)
+        latency = time.perf_counter() - t0
+        st = out["stats"]
+        fig = {"chunk": chunk, "iterations": int(st.iterations), "nfe": int(st.nfe), "latency_s": latency,
+               "batch": len(active)}
+        actions = out["action"].cpu().numpy().astype(np.float64)
+        still = []
+        for row, i in enumerate(active):
+            env, ep = envs[i], eps[i]
+            ep["chunks"].append(fig)
+            done = False
+            for a in actions[row]:
+                obs_i, reward, terminated, _, info = env.step(a)
+                hist[i].append(obs_i)
+                ep["steps"] += 1
+                ep["score"] = max(ep["score"], reward)
+                ep["max_coverage"] = max(ep["max_coverage"], info["coverage"])
+                if seeds[i] in frames:
+                    frame = env.render()
+                    frames[seeds[i]].append(frame if caption is None else _caption(frame, caption(fig)))
+                if terminated:
+                    ep["success"] = True
+                if terminated or ep["steps"] >= max_steps:
+                    done = True
+                    break
+            if not done:
+                still.append(i)
+        active, chunk = still, chunk + 1
+        if progress:
+            print(f"\rchunk {chunk}: {len(active)} running", end="", flush=True)
+    if progress:
+        print()
+    return {"episodes": eps, "frames": frames}
+
+
+def summarize(episodes: list[dict]) -> dict:
+    lat = [c["latency_s"] for e in episodes for c in e["chunks"]]
+    its = [c["iterations"] for e in episodes for c in e["chunks"]]
+    nfe = [c["nfe"] for e in episodes for c in e["chunks"]]
+    return {"episodes": len(episodes), "mean_score": float(np.mean([e["score"] for e in episodes])),
+            "success_rate": float(np.mean([e["success"] for e in episodes])),
+            "mean_steps": float(np.mean([e["steps"] for e in episodes])),
+            "mean_iterations": float(np.mean(its)), "mean_nfe": float(np.mean(nfe)),
+            "median_latency_s": float(np.median(lat))}
+
+
+def _caption(frame: np.ndarray, text: str) -> np.ndarray:
+    from envs.pusht.video import caption
+
+    return caption(frame, text)

@@ -1,0 +1,19 @@
+"""The sampler core: sequential, Picard (ParaDiGMS), PCM model switching and Newton emulation.
+
+Every sampler is a function of a denoiser ``denoise(x, t, cond, **kw) -> eps`` (``denoiser.py``)
+and a configured diffusers DDIM/DDPM scheduler, read for its noise schedule only; it returns
+``(x_0, SampleStats)``. Imports torch only.
+"""
+
+from .ddim import Grid, ddim_step, draw_noise, make_grid, sample_sequential
+from .denoiser import Denoiser, SampleStats, repeat_cond
+from .newton import sample_newton
+from .pcm import hard_switch, linear_schedule, sample_pcm
+from .picard import picard_loop, picard_update, sample_picard
+from .scheduler_loop import sample_with_scheduler
+
+__all__ = [
+    "Denoiser", "Grid", "SampleStats", "ddim_step", "draw_noise", "hard_switch", "linear_schedule",
+    "make_grid", "picard_loop", "picard_update", "repeat_cond", "sample_newton", "sample_pcm",
+    "sample_picard", "sample_sequential", "sample_with_scheduler",
+]

@@ -1,0 +1,194 @@
+"""The DDIM-family solver step, written once and vectorised over timesteps; the sequential sampler.
+
+Glossary (spec ``pcm.md`` §1; DDIM paper eq. 12/16, DDPM paper eq. 7/15):
+  T          number of solver steps (``num_steps``); trajectory positions 0..T.
+  X[i]       the sample after i steps. X[0] = ``x_T`` (the initial noise, at diffusion time T),
+             X[T] = the output x_0. The spec's x_i is X[i].
+  t_i        training timestep of step i (``grid.timesteps[i]``), set here as diffusers'
+             ``set_timesteps`` does (``timestep_spacing`` leading / trailing / linspace).
+  abar       ``alphas_cumprod``; ``grid.alpha[i]`` = abar(t_i), ``grid.alpha_prev[i]`` = abar(t_{i+1})
+             (after the last step: 1, or abar(0) for DDIM with ``set_alpha_to_one=False``).
+  F_i(x)     one step, X[i+1] = F_i(X[i]) = mean_i(x, eps(x, t_i)) + std_i * z_i.
+  sigma_i^2  DDPM posterior variance of step i: (1 - abar_prev)/(1 - abar) * (1 - abar/abar_prev).
+  z_i        pre-sampled standard normal noise of step i (DDPM, DDIM eta > 0), drawn once.
+
+The scheduler object is read, never called: its ``config`` and ``alphas_cumprod`` define the noise
+schedule. A config with ``set_alpha_to_one`` is solved as DDIM, one with ``variance_type`` as DDPM
+(ancestral); ``solver=`` overrides (e.g. DDIM on a DDPM-trained policy's schedule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .denoiser import Cond, SampleStats, call_denoiser, check_cond
+
+__all__ = ["Grid", "make_grid", "ddim_step", "draw_noise", "sample_sequential"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A scheduler's discretisation into T steps (all tensors have T entries)."""
+
+    solver: str  # "ddim" | "ddpm"
+    timesteps: torch.Tensor  # t_i, long
+    alpha: torch.Tensor  # abar(t_i)
+    alpha_prev: torch.Tensor  # abar(t_{i+1})
+    std: torch.Tensor  # noise std of step i (0 for deterministic DDIM)
+    var: torch.Tensor  # sigma_i^2, the DDPM posterior variance of step i
+    prediction_type: str
+    clip: float | None  # clip_sample_range when clip_sample, else None
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def stochastic(self) -> bool:
+        return bool((self.std > 0).any())
+
+
+def _round_half_even(num: int, den: int) -> int:  # = numpy's round(num / den), without floats
+    q, r = divmod(num, den)
+    return q + (2 * r > den or (2 * r == den and q % 2 == 1))
+
+
+def _timesteps(cfg: dict, n: int) -> list[int]:
+    """diffusers' ``set_timesteps`` (DDIMScheduler / DDPMScheduler), descending."""
+    n_train, spacing = cfg["num_train_timesteps"], cfg.get("timestep_spacing", "leading")
+    if spacing == "leading":
+        return [i * (n_train // n) + cfg.get("steps_offset", 0) for i in range(n - 1, -1, -1)]
+    if spacing == "trailing":
+        return [_round_half_even(n_train * (n - i), n) - 1 for i in range(n)]
+    if spacing == "linspace":
+        return [_round_half_even(i * (n_train - 1), max(n - 1, 1)) for i in range(n - 1, -1, -1)]
+    raise ValueError(f"timestep_spacing {spacing!r} is not supported; use leading, trailing or linspace")
+
+
+def _solver_of(cfg: dict) -> str:
+    if "set_alpha_to_one" in cfg:
+        return "ddim"
+    if "variance_type" in cfg and "solver_order" not in cfg:
+        return "ddpm"
+    raise ValueError("cannot tell DDIM from DDPM from this scheduler's config; pass solver='ddim' or "
+                     "'ddpm', or use sample_with_scheduler for other diffusers schedulers")
+
+
+def make_grid(scheduler, num_steps: int, *, solver: str | None = None, eta: float = 0.0,
+              device=None, dtype=torch.float32) -> Grid:
+    """Timesteps and coefficients of ``num_steps`` steps of a configured DDIM/DDPM scheduler."""
+    cfg = dict(scheduler.config)
+    solver = solver or _solver_of(cfg)
+    if solver not in ("ddim", "ddpm"):
+        raise ValueError(f"solver must be 'ddim' or 'ddpm', got {solver!r}")
+    if not 1 <= num_steps <= cfg["num_train_timesteps"]:
+        raise ValueError(f"num_steps must be in 1..{cfg['num_train_timesteps']}, got {num_steps}")
+    if eta < 0 or (eta > 0 and solver == "ddpm"):
+        raise ValueError(f"eta must be >= 0 and is for DDIM only (DDPM is always stochastic), got {eta}")
+    if cfg.get("thresholding", False):
+        raise ValueError("dynamic thresholding is not supported; configure the scheduler with "
+                         "thresholding=False")
+    ac = scheduler.alphas_cumprod.detach().to("cpu", torch.float32)
+    ts = torch.tensor(_timesteps(cfg, num_steps), dtype=torch.long)
+    if solver == "ddim":  # DDIMScheduler.step: prev = t - n_train // T, final alpha per set_alpha_to_one
+        prev = ts - cfg["num_train_timesteps"] // num_steps
+        final = torch.tensor(1.0) if cfg.get("set_alpha_to_one", True) else ac[0]
+    else:  # DDPMScheduler.previous_timestep: the next grid point, -1 after the last
+        prev = torch.cat([ts[1:], ts.new_tensor([-1])])
+        final = torch.tensor(1.0)
+    a = ac[ts]
+    a_prev = torch.where(prev >= 0, ac[prev.clamp(min=0)], final)
+    var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)  # sigma_i^2, DDIM eq. 16 with eta = 1
+    if solver == "ddim":
+        std = eta * var**0.5
+    else:
+        vtype = cfg.get("variance_type", "fixed_small")
+        if vtype in ("fixed_small", "fixed_small_log"):
+            std = var.clamp(min=1e-20) ** 0.5
+        elif vtype == "fixed_large":
+            std = (1 - a / a_prev) ** 0.5
+        else:
+            raise ValueError(f"DDPM variance_type {vtype!r} is not supported (fixed_small, fixed_large)")
+        std = torch.where(ts > 0, std, torch.zeros_like(std))  # DDPMScheduler adds no noise at t = 0
+    pred = cfg.get("prediction_type", "epsilon")
+    if pred not in ("epsilon", "sample", "v_prediction"):
+        raise ValueError(f"prediction_type {pred!r} is not supported")
+    clip = float(cfg.get("clip_sample_range", 1.0)) if cfg.get("clip_sample", False) else None
+    f = dict(device=device, dtype=dtype)
+    return Grid(solver, ts.to(device), a.to(**f), a_prev.to(**f), std.to(**f), var.to(**f), pred, clip)
+
+
+def ddim_step(grid: Grid, x: torch.Tensor, model_output: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Noise-free step ``mean_i(x)`` for every row of ``x``; ``idx`` (N,) holds each row's step index.
+
+    Equals diffusers' ``DDIMScheduler.step`` (without its noise) and ``batch_step_no_noise`` for
+    DDIM, and ``DDPMScheduler.step``'s posterior mean for DDPM.
+    """
+
+    def rows(v):
+        return v[idx].view(-1, *([1] * (x.ndim - 1)))
+
+    a, a_prev = rows(grid.alpha), rows(grid.alpha_prev)
+    b = 1 - a
+    if grid.prediction_type == "epsilon":  # x0 from eps: DDIM eq. 12 "predicted x0"
+        x0, eps = (x - b**0.5 * model_output) / a**0.5, model_output
+    elif grid.prediction_type == "sample":
+        x0 = model_output
+        eps = (x - a**0.5 * x0) / b**0.5
+    else:  # v_prediction
+        x0 = a**0.5 * x - b**0.5 * model_output
+        eps = a**0.5 * model_output + b**0.5 * x
+    if grid.clip is not None:
+        x0 = x0.clamp(-grid.clip, grid.clip)
+    if grid.solver == "ddim":  # DDIM eq. 12: sqrt(abar_prev) x0 + sqrt(1 - abar_prev - std^2) eps
+        return a_prev**0.5 * x0 + (1 - a_prev - rows(grid.std) ** 2) ** 0.5 * eps
+    alpha_t = a / a_prev  # DDPM eq. 7: posterior mean of q(x_{t_prev} | x_t, x0)
+    return (a_prev**0.5 * (1 - alpha_t)) / b * x0 + alpha_t**0.5 * (1 - a_prev) / b * x
+
+
+def draw_noise(grid: Grid, x_T: torch.Tensor, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The noise term std_i * z_i of every step, ``(T, *x_T.shape)``; None for deterministic DDIM.
+
+    ``noise`` (standard normal, ``(T, *x_T.shape)``) is used when given; otherwise it is drawn one
+    step at a time from ``generator``, as a diffusers step loop would draw it.
+    """
+    if not grid.stochastic:
+        return None
+    if noise is None:
+        noise = torch.stack([torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype)
+                             for _ in range(len(grid))])
+    if noise.shape != (len(grid), *x_T.shape):
+        raise ValueError(f"noise must have shape (num_steps, *x_T.shape) = {(len(grid), *x_T.shape)}, "
+                         f"got {tuple(noise.shape)}")
+    return grid.std.view(-1, *([1] * x_T.ndim)) * noise.to(x_T)
+
+
+@torch.no_grad()
+def sample_sequential(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
+                      eta: float = 0.0, noise: torch.Tensor | None = None, truncate: int | None = None,
+                      generator: torch.Generator | None = None, solver: str | None = None,
+                      return_trajectory: bool = False) -> tuple[torch.Tensor, SampleStats]:
+    """Sequential sampling X[i+1] = F_i(X[i]): T model calls one after another.
+
+    ``truncate=k`` stops after k of the T steps and returns X[k] (the paper's "Sequential" at k);
+    DDIM re-discretised to k steps is ``num_steps=k``.
+    """
+    grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
+    check_cond(cond, x_T.shape[0])
+    steps = num_steps if truncate is None else truncate
+    if not 0 <= steps <= num_steps:
+        raise ValueError(f"truncate must be in 0..num_steps={num_steps}, got {truncate}")
+    noise_terms = draw_noise(grid, x_T, noise, generator)
+    x, traj = x_T, [x_T]
+    for i in range(steps):
+        idx = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        x = ddim_step(grid, x, call_denoiser(denoise, x, grid.timesteps[idx], cond), idx)
+        if noise_terms is not None:
+            x = x + noise_terms[i]
+        traj.append(x)
+    stats = SampleStats(iterations=steps, nfe=steps, converged=steps == num_steps)
+    if return_trajectory:
+        stats.trajectory = torch.stack(traj)
+    return x, stats

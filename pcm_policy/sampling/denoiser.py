@@ -1,0 +1,84 @@
+"""The denoiser protocol every sampler is written against, and the statistics a sampler returns.
+
+A denoiser is any callable ``denoise(x, t, cond, **kw) -> eps``:
+
+- ``x``: ``(N, ...)`` samples, one per row;
+- ``t``: ``LongTensor (N,)`` training timesteps, one per row (rows of a Picard window differ);
+- ``cond``: a tensor batched along dim 0, a dict of such tensors, or ``None``; the sampler repeats
+  it for the rows of a window, so the denoiser sees exactly one condition row per ``x`` row;
+- ``lora_scale`` (PCM samplers only): a float, or a tensor ``(N,)`` with one scale per row. The
+  sampler knows nothing about peft; the wrapper that owns the adapter interprets the scale
+  (``W = W_0 + lora_scale * dW``).
+
+The output has the shape of ``x`` and is whatever the scheduler's ``prediction_type`` names
+(epsilon, sample or v_prediction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+Cond = torch.Tensor | dict[str, torch.Tensor] | None
+
+__all__ = ["Cond", "Denoiser", "SampleStats", "repeat_cond", "check_cond", "call_denoiser"]
+
+
+class Denoiser(Protocol):
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, **kwargs: Any) -> torch.Tensor: ...
+
+
+@dataclass
+class SampleStats:
+    """What a sampler did.
+
+    iterations: sequential steps (one batched model call each, whatever its width).
+    nfe: model evaluations per sample (rows passed to the denoiser / batch size); a feature-space
+        PCM position costs 2, a Newton JVP counts 1.
+    residuals: per iteration, the largest scaled change of a window position,
+        ``max_j max_b ||x_j^{k+1} - x_j^k|| / sqrt(d sigma_j^2)`` (in units of ``tol``).
+    iterates: with ``return_iterates``, ``[X^0, X^1, ..., X^K]``, each ``(T+1, B, ...)``.
+    trajectory: with ``return_trajectory``, the final ``(T+1, B, ...)`` trajectory.
+    converged: False when ``max_iters`` (or ``truncate``) stopped the sampler first.
+    clamped: position-iterations changed by the iterate safeguard.
+    lambdas: PCM only, the LoRA scale used at each iteration.
+    """
+
+    iterations: int = 0
+    nfe: int = 0
+    residuals: list[float] = field(default_factory=list)
+    iterates: list[torch.Tensor] | None = None
+    trajectory: torch.Tensor | None = None
+    converged: bool = True
+    clamped: int = 0
+    lambdas: list[float] | None = None
+
+
+def check_cond(cond: Cond, batch: int) -> None:
+    """Raise a ValueError unless every tensor of ``cond`` has ``batch`` rows."""
+    items = cond.items() if isinstance(cond, dict) else [("cond", cond)] if cond is not None else []
+    for name, c in items:
+        if not torch.is_tensor(c) or c.ndim == 0 or c.shape[0] != batch:
+            shape = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
+            raise ValueError(f"{name} must be a tensor batched along dim 0 with {batch} rows "
+                             f"(one per sample of x_T), got {shape}")
+
+
+def repeat_cond(cond: Cond, n: int) -> Cond:
+    """Stack ``n`` copies of ``cond`` along dim 0 (rows ordered position-major, like the window)."""
+    if cond is None or n == 1:
+        return cond
+    if isinstance(cond, dict):
+        return {k: repeat_cond(v, n) for k, v in cond.items()}
+    return cond.repeat(n, *([1] * (cond.ndim - 1)))
+
+
+def call_denoiser(denoise: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: Cond, **kw) -> torch.Tensor:
+    """``denoise(x, t, cond, **kw)`` with a shape check on its output."""
+    out = denoise(x, t, cond, **kw)
+    if not torch.is_tensor(out) or out.shape != x.shape:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(f"the denoiser must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+    return out

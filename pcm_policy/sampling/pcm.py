@@ -1,0 +1,98 @@
+"""Picard Consistency Model sampling: Picard whose model at iteration k is switched by lambda(k).
+
+Glossary (spec ``pcm.md`` §5; PCM paper, model switching; supplement Table 3, weight mixing):
+  lambda(k)      mixing weight used by iteration k (0-based: iteration k maps X^k to X^{k+1}).
+  weight space   W = W_0 + lambda dW: one call per position, ``lora_scale=lambda``.
+  feature space  eps = lambda eps_pcm + (1 - lambda) eps_base: both calls batched into ONE call
+                 with a per-row ``lora_scale`` tensor (1 for the first half, 0 for the second).
+  k_on, k_off    linear ramp: lambda = 1 up to k_on, linear down to exactly 0 at k_off;
+                 k_on = k_off is a hard switch (1 before, 0 from k_off on).
+
+Exactness: the window's anchor moves only on iterations with lambda = 0, i.e. on plain base-model
+Picard updates; iterations with lambda > 0 only move positions after the anchor (guesses). So the
+fixed point is the base model's whatever the adapter, and with ``tol=0`` the output is sequential
+sampling's. The schedule must reach 0 (checked), unless ``max_iters`` truncates the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .ddim import draw_noise, make_grid
+from .denoiser import Cond, SampleStats, call_denoiser, repeat_cond
+from .picard import picard_loop
+
+__all__ = ["linear_schedule", "hard_switch", "sample_pcm"]
+
+Schedule = Callable[[int], float]
+_MAX_K = 100_000
+
+
+def linear_schedule(k_on: int, k_off: int) -> Schedule:
+    """lambda(k) = clip(1 - (k - k_on) / (k_off - k_on), 0, 1); 0 from k_off on."""
+    if not 0 <= k_on <= k_off:
+        raise ValueError(f"need 0 <= k_on <= k_off, got k_on={k_on}, k_off={k_off}")
+
+    def schedule(k: int) -> float:
+        if k >= k_off:
+            return 0.0
+        if k <= k_on:
+            return 1.0
+        return 1.0 - (k - k_on) / (k_off - k_on)
+
+    schedule.__qualname__ = f"linear_schedule({k_on}, {k_off})"
+    return schedule
+
+
+def hard_switch(k_switch: int) -> Schedule:
+    """lambda = 1 for the first ``k_switch`` iterations, then 0 (the adapter is switched off)."""
+    return linear_schedule(k_switch, k_switch)
+
+
+@torch.no_grad()
+def sample_pcm(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
+               schedule: Schedule, window: int | None = None, tol: float = 0.1, space: str = "weight",
+               max_iters: int | None = None, eta: float = 0.0, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, init: torch.Tensor | None = None,
+               form: str = "paradigms", return_iterates: bool = False, return_trajectory: bool = False,
+               safeguard: float | None = None, solver: str | None = None) -> tuple[torch.Tensor, SampleStats]:
+    """PCM: ``sample_picard`` whose denoiser is called with ``lora_scale`` per ``schedule``.
+
+    ``denoise(x, t, cond, lora_scale=...)`` must accept a float and, for ``space="feature"``, a
+    tensor (N,) of per-row scales. Other arguments as in ``sample_picard``.
+    """
+    if space not in ("weight", "feature"):
+        raise ValueError(f"space must be 'weight' or 'feature', got {space!r}")
+    if not callable(schedule):
+        raise ValueError("schedule must be a callable k -> lambda, e.g. linear_schedule(k_on, k_off)")
+    if max_iters is None and all(float(schedule(k)) != 0.0 for k in range(_MAX_K)):
+        raise ValueError("schedule never reaches lambda = 0, so the base fixed point is never reached; "
+                         "use a schedule that ends at 0 or pass max_iters")
+    grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
+    lambdas: list[float] = []
+
+    def lam_of(k: int) -> float:
+        lam = float(schedule(k))
+        if not lam == lam or lam in (float("inf"), float("-inf")):
+            raise ValueError(f"schedule({k}) = {lam} is not finite")
+        return lam
+
+    def evaluate(x, t, c, k):
+        lam = lam_of(k)
+        lambdas.append(lam)
+        if space == "weight" or lam in (0.0, 1.0):  # W_0 + lambda dW, one call per position
+            return call_denoiser(denoise, x, t, c, lora_scale=lam), 1
+        n = x.shape[0]  # feature space: [adapted rows; base rows] in one call
+        scale = torch.cat([x.new_ones(n), x.new_zeros(n)])
+        xx, tt, cc = torch.cat([x, x]), torch.cat([t, t]), repeat_cond(c, 2)
+        out = call_denoiser(denoise, xx, tt, cc, lora_scale=scale)
+        return lam * out[:n] + (1 - lam) * out[n:], 2  # eps = lambda eps_pcm + (1 - lambda) eps_base
+
+    x, stats = picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
+                           noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
+                           return_iterates=return_iterates, return_trajectory=return_trajectory,
+                           safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0)
+    stats.lambdas = lambdas
+    return x, stats

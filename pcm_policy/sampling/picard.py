@@ -1,0 +1,164 @@
+"""Picard iteration in the ParaDiGMS form: sliding window, tolerance, pre-sampled noise.
+
+Glossary (spec ``pcm.md`` §2; ParaDiGMS, Shih et al. 2023, Alg. 1; PCM supplement eq. 1):
+  X^k        the k-th iterate, a trajectory ``(T+1, B, ...)``; X^0 = (x_T, ..., x_T) or ``init``.
+  d_i(x)     drift F_i(x) - x of solver step i (``ddim.py``), noise term z_i included.
+  window p   positions [b, b+p) whose drifts are evaluated in ONE batched call per iteration.
+  b          the window's anchor: X[0..b] are final, X[b] feeds the cumulative sum.
+  tau        tolerance: position j has converged when, for every sample,
+             ||x_j^{k+1} - x_j^k||^2 / (d sigma_j^2) <= tau^2.
+  sigma_j^2  DDPM posterior variance of step j (the step leaving position j; X[T] uses the last
+             step's), a scale only. Zero variances (t = 0 steps) are floored at the smallest positive
+             one so the rule stays finite.
+  forms      "paradigms": x_j^{k+1} = x_b + sum_{i=b}^{j-1} d_i(x_i^k);
+             "chain":     x_j^{k+1} = F_{j-1}(x_{j-1}^k)  (supplement eq. 1, Phi). Same fixed point.
+
+The window slides to the first position that has not converged (its new value was computed from a
+converged prefix, so it is exact); it always advances by >= 1, so at most T iterations are needed.
+Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
+may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| (c = the
+scheduler's clip range, bounding x0) without changing the fixed point; the anchor and the prefix
+are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .ddim import Grid, ddim_step, draw_noise, make_grid
+from .denoiser import Cond, SampleStats, call_denoiser, check_cond, repeat_cond
+
+__all__ = ["sample_picard", "picard_update", "picard_loop"]
+
+# evaluate(x_rows, t_rows, cond_rows, k) -> (model output, model calls per row)
+Evaluate = Callable[[torch.Tensor, torch.Tensor, Cond, int], tuple[torch.Tensor, int]]
+
+
+def picard_update(grid: Grid, xs: torch.Tensor, out: torch.Tensor, b: int, anchor: torch.Tensor,
+                  noise_terms: torch.Tensor | None = None, form: str = "paradigms") -> torch.Tensor:
+    """New values of positions b+1..b+L from the window ``xs = X[b:b+L]`` and its model outputs.
+
+    Differentiable (PCT trains through it); ``out`` is ``(L*B, ...)``, rows position-major.
+    """
+    L, B = xs.shape[:2]
+    idx = torch.arange(b, b + L, device=xs.device).repeat_interleave(B)
+    fx = ddim_step(grid, xs.flatten(0, 1), out, idx).view_as(xs)  # F_i(x_i)
+    if noise_terms is not None:
+        fx = fx + noise_terms[b:b + L]
+    if form == "chain":
+        return fx  # chain: x_{j+1} = F_j(x_j)
+    return anchor + torch.cumsum(fx - xs, dim=0)  # Picard: x_j = x_b + cumsum of drifts
+
+
+def _check(x_T, window, tol, max_iters, form, init, T):
+    if x_T.ndim < 1:
+        raise ValueError("x_T must be batched: shape (B, ...)")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 (or None for the full T), got {window}")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    if max_iters is not None and max_iters < 0:
+        raise ValueError(f"max_iters must be >= 0 or None, got {max_iters}")
+    if form not in ("paradigms", "chain"):
+        raise ValueError(f"form must be 'paradigms' or 'chain', got {form!r}")
+    if init is not None and init.shape != (T + 1, *x_T.shape):
+        raise ValueError(f"init must be a trajectory of shape (num_steps+1, *x_T.shape) = "
+                         f"{(T + 1, *x_T.shape)}, got {tuple(init.shape)}")
+
+
+def _tol_scale(grid: Grid) -> torch.Tensor:
+    """d-free part of the tolerance denominator for positions 0..T: sigma_j^2, zeros floored."""
+    var = torch.cat([grid.var, grid.var[-1:]])  # position j -> step min(j, T-1)
+    pos = var[var > 0]
+    return var.clamp(min=pos.min().item() if len(pos) else 1.0)
+
+
+def _bound(grid: Grid, x_T: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Safeguard bound for positions 0..T, shape (T+1, B, 1, ...)."""
+    if grid.clip is None:
+        raise ValueError("the iterate safeguard needs a bounded x0: configure the scheduler with "
+                         "clip_sample=True")
+    abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).view(-1, 1, *([1] * (x_T.ndim - 1)))
+    m = kappa * x_T.abs().flatten(1).amax(1).view(1, -1, *([1] * (x_T.ndim - 1)))
+    return abar**0.5 * grid.clip + (1 - abar) ** 0.5 * m
+
+
+def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
+                init=None, form="paradigms", return_iterates=False, return_trajectory=False,
+                safeguard=None, may_slide: Callable[[int], bool] = lambda k: True):
+    """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``.
+
+    ``may_slide(k)`` says whether iteration k (0-based) may move the anchor (PCM: only base-model
+    iterations may, so the fixed point stays the base model's).
+    """
+    T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
+    _check(x_T, window, tol, max_iters, form, init, T)
+    check_cond(cond, B)
+    p = T if window is None else min(window, T)
+    X = x_T.expand(T + 1, *x_T.shape).clone() if init is None else init.to(x_T).clone()
+    X[0] = x_T
+    scale = d * _tol_scale(grid)
+    bound = None if safeguard is None else _bound(grid, x_T, safeguard)
+    stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
+    b, e = 0, p
+    while b < T:
+        if max_iters is not None and stats.iterations >= max_iters:
+            stats.converged = False
+            break
+        L, k = e - b, stats.iterations
+        xs = X[b:e]
+        t = grid.timesteps[b:e].repeat_interleave(B)
+        out, calls = evaluate(xs.flatten(0, 1), t, repeat_cond(cond, L), k)
+        new = picard_update(grid, xs, out, b, X[b], noise_terms, form)
+        err = (new - X[b + 1:e + 1]).flatten(2).pow(2).sum(-1) / scale[b + 1:e + 1, None]  # (L, B)
+        X[b + 1:e + 1] = new
+        stats.iterations += 1
+        stats.nfe += L * calls
+        stats.residuals.append(err.max().sqrt().item())
+        new_b = b
+        if may_slide(k):  # slide to the first position that has not converged (>= 1 step)
+            bad = (~(err <= tol**2)).any(dim=1).tolist() + [True]  # NaN/inf: not converged
+            new_b = b + min(bad.index(True) + 1, L)
+        new_e = min(new_b + p, T)
+        if init is None and new_e > e:
+            X[e + 1:new_e + 1] = X[e]  # newly exposed positions start from the last window value
+        if bound is not None and new_e > new_b:  # safeguard: positions after the anchor only
+            lim = bound[new_b + 1:new_e + 1]
+            seg = X[new_b + 1:new_e + 1]
+            clamped = torch.maximum(torch.minimum(seg, lim), -lim)
+            stats.clamped += int((clamped != seg).flatten(1).any(1).sum())
+            X[new_b + 1:new_e + 1] = clamped
+        b, e = new_b, new_e
+        if return_iterates:
+            stats.iterates.append(X.clone())
+    if return_trajectory:
+        stats.trajectory = X
+    return X[T].clone(), stats
+
+
+@torch.no_grad()
+def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
+                  window: int | None = None, tol: float = 0.1, max_iters: int | None = None,
+                  eta: float = 0.0, noise: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None, init: torch.Tensor | None = None,
+                  form: str = "paradigms", return_iterates: bool = False,
+                  return_trajectory: bool = False, safeguard: float | None = None,
+                  solver: str | None = None) -> tuple[torch.Tensor, SampleStats]:
+    """Parallel sampling by windowed Picard iteration; converges to sequential sampling's output.
+
+    ``window=None`` is the full window (T). ``noise`` (standard normal, ``(T, *x_T.shape)``) or
+    ``generator`` fixes a stochastic solver's noise before the loop (DDPM, DDIM eta > 0).
+    ``init``: a warm-start trajectory X^0 ``(T+1, *x_T.shape)``; its position 0 is replaced by x_T
+    and its later positions are kept as they are when the window exposes them.
+    """
+    grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
+
+    def evaluate(x, t, c, k):
+        return call_denoiser(denoise, x, t, c), 1
+
+    return picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
+                       noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
+                       return_iterates=return_iterates, return_trajectory=return_trajectory,
+                       safeguard=safeguard)

@@ -1,0 +1,137 @@
+"""One training loop for every loss: AdamW + warm-up/cosine + EMA, JSON-lines log, resumable.
+
+The loop knows nothing about diffusion: it gets a module, a ``loss_fn(batch) -> loss``, an iterator
+of batches and a ``save_fn(ema_module, step)`` that writes the deliverable (a policy checkpoint or an
+adapter). Its own resume state (``state.pt``: weights, EMA, optimiser, schedule, step) is written
+atomically every ``ckpt_every`` steps and on exit, so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .ema import EMA
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    optimizer: str = "adamw"  # adamw | adam
+    ema_power: float = 0.75
+    ema_max: float = 0.9999
+    use_ema: bool = True
+    log_every: int = 100
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    snapshot_every: int = 0  # keep a copy of the deliverable every N steps (0: never)
+    grad_clip: float | None = None
+    seed: int = 42
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warm-up from 0, then half-cosine to 0 at ``total`` (diffusers' 'cosine')."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: Iterator[dict], cfg: LoopConfig,
+          run_dir: str | os.PathLike, save_fn: Callable[[nn.Module, int], None],
+          val_fn: Callable[[nn.Module], dict] | None = None, params: list[nn.Parameter] | None = None,
+          desc: str = "train") -> nn.Module:
+    """Train ``params`` (default: every trainable parameter of ``model``); returns the EMA module."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.optimizer]
+    opt = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
+    ema = EMA(model, cfg.ema_power, cfg.ema_max) if cfg.use_ema else None
+    step, state_path, log_path = 0, run_dir / "state.pt", run_dir / "log.jsonl"
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        step = int(state["step"])
+    else:
+        torch.manual_seed(cfg.seed)
+
+    def checkpoint():
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "step": step, "rng": torch.get_rng_state()}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        tmp = state_path.with_name("state.pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, state_path)
+        save_fn(ema.model if ema is not None else model, step)
+
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True)
+    losses, t0 = [], time.perf_counter()
+    try:
+        while step < cfg.steps:
+            loss = loss_fn(next(batches))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, "loss": sum(losses) / len(losses), "lr": sched.get_last_lr()[0],
+                       "s_per_step": (time.perf_counter() - t0) / len(losses)}
+                if val_fn is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                    model.eval()
+                    rec.update(val_fn(ema.model if ema is not None else model))
+                    model.train()
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                losses, t0 = [], time.perf_counter()
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                checkpoint()
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                save_fn(ema.model if ema is not None else model, -step)
+    except KeyboardInterrupt:
+        checkpoint()
+        raise
+    finally:
+        bar.close()
+    return ema.model if ema is not None else model
+
+
+def infinite_batches(loader, start_epoch: int = 0) -> Iterator[dict]:
+    """Cycle a DataLoader forever, reseeding its shuffle per epoch."""
+    epoch = start_epoch
+    while True:
+        if hasattr(loader, "generator") and loader.generator is not None:
+            loader.generator.manual_seed(epoch)
+        yield from loader
+        epoch += 1

@@ -1,0 +1,149 @@
+"""Collect PushT demonstrations with the scripted expert into a zarr replay buffer.
+
+    python scripts/collect_demos.py --episodes 1000 --out data/pusht_expert.zarr --workers 2
+
+Resumable: re-running the same command continues where it stopped (seeds already stored or already
+tried and failed are skipped). Only episodes that reach `--success-coverage` are kept. Seeds of the
+evaluation set (100000-100049) are refused. Writes a JSON summary next to the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from envs.pusht.expert import ScriptedExpert, run_expert_episode  # noqa: E402
+from pcm_policy.data.replay_buffer import ReplayBuffer  # noqa: E402
+
+EVAL_SEEDS = range(100000, 100050)
+_EXPERT = None
+
+
+def _init_worker(success_coverage):
+    global _EXPERT
+    _EXPERT = ScriptedExpert(success_coverage=success_coverage)
+
+
+def _work(job):
+    seed, args = job
+    t0 = time.perf_counter()
+    ep = run_expert_episode(seed, success_coverage=args["success_coverage"], max_steps=args["max_steps"],
+                            legacy=args["legacy"], expert=_EXPERT)
+    if ep["success"] and args["images"]:
+        ep["img"] = replay_images(seed, ep["action"], args["legacy"])
+    ep["wall_s"] = time.perf_counter() - t0
+    return ep
+
+
+def replay_images(seed: int, actions: np.ndarray, legacy: bool) -> np.ndarray:
+    """96x96 frames of the observation before each action, by deterministic replay."""
+    from envs.pusht import PushTEnv
+
+    env = PushTEnv(obs_type="pixels", legacy=legacy, render_mode=None)
+    obs, _ = env.reset(seed=seed)
+    frames = []
+    for a in actions:
+        frames.append(obs)
+        obs, *_ = env.step(a.astype(np.float64))
+    return np.stack(frames).astype(np.float32)  # the reference schema stores float32 0..255
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--episodes", type=int, required=True, help="successful episodes wanted in the store")
+    p.add_argument("--out", type=Path, required=True, help="zarr store to create or extend")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed-start", type=int, default=0)
+    p.add_argument("--success-coverage", type=float, default=0.97,
+                   help="the expert pushes on until this coverage (a margin above the env's 0.95)")
+    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--legacy", action="store_true", help="legacy reset order (the demo script used False)")
+    p.add_argument("--images", action="store_true", help="also store 96x96 img (re-rendered by replay)")
+    args = p.parse_args(argv)
+    if args.episodes < 1 or args.workers < 1 or args.max_steps < 1:
+        p.error("--episodes, --workers and --max-steps must be >= 1")
+    if not 0.95 <= args.success_coverage < 1.0:
+        p.error("--success-coverage must be in [0.95, 1)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    state_path = args.out.with_suffix(".attempts.json")
+    summary_path = args.out.with_suffix(".json")
+    buf = ReplayBuffer.open_or_create(args.out)
+    done = set(buf.episode_meta("seed").tolist()) if buf.n_episodes else set()
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"failed": [], "wall_s": 0.0}
+    tried = done | set(state["failed"])
+
+    def seeds():
+        s = args.seed_start
+        while True:
+            if s in EVAL_SEEDS:
+                raise SystemExit(f"error: seed {s} is an evaluation seed (100000-100049); choose a "
+                                 "--seed-start whose range avoids them")
+            if s not in tried:
+                yield s
+            s += 1
+
+    need = args.episodes - buf.n_episodes
+    opts = dict(success_coverage=args.success_coverage, max_steps=args.max_steps, legacy=args.legacy,
+                images=args.images)
+    t0 = time.perf_counter()
+    if need > 0:
+        gen = seeds()
+        with Pool(args.workers, _init_worker, (args.success_coverage,)) as pool, \
+                tqdm(total=args.episodes, initial=buf.n_episodes, desc="demos") as bar:
+            for ep in pool.imap(_work, ((next(gen), opts) for _ in iter(int, 1))):
+                if ep["success"]:
+                    data = {k: ep[k] for k in ("state", "keypoint", "action", "n_contacts", "img") if k in ep}
+                    buf.add_episode(data, meta={"seed": ep["seed"], "first_success_step":
+                                                -1 if ep["first_success_step"] is None else ep["first_success_step"]})
+                    bar.update(1)
+                else:
+                    state["failed"].append(ep["seed"])
+                bar.set_postfix(failed=len(state["failed"]), steps=ep["steps"])
+                state["wall_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                _write_json(state_path, state)
+                if buf.n_episodes >= args.episodes:
+                    pool.terminate()
+                    break
+    lengths = buf.episode_lengths
+    first = buf.episode_meta("first_success_step")
+    summary = {
+        "episodes": int(buf.n_episodes), "steps": int(buf.n_steps),
+        "attempts": int(buf.n_episodes + len(state["failed"])),
+        "success_rate": buf.n_episodes / max(1, buf.n_episodes + len(state["failed"])),
+        "mean_length": float(lengths.mean()), "median_length": float(np.median(lengths)),
+        "max_length": int(lengths.max()), "mean_first_success_step": float(first[first >= 0].mean()),
+        "seeds": [int(buf.episode_meta("seed").min()), int(buf.episode_meta("seed").max())],
+        "failed_seeds": state["failed"], "success_coverage": args.success_coverage,
+        "max_steps": args.max_steps, "legacy": args.legacy, "images": args.images,
+        "workers": args.workers, "wall_s": round(state["wall_s"], 1),
+        "command": "python scripts/collect_demos.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    _write_json(summary_path, summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "failed_seeds"}, indent=1))
+    return 0
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Roll out the PushT diffusion policy with a chosen sampler; print a summary, write JSON / video.
+
+    python scripts/rollout.py --sampler pcm --seed 0
+    python scripts/rollout.py --sampler ddim --seed 100000 --episodes 50 --json results/ddim.json
+    python scripts/rollout.py --sampler picard --k 10 --seed 0 --video picard.mp4
+
+Samplers: ddim (sequential DDIM-50; --k truncates), ddim-k (DDIM re-discretised to --k steps), ddpm
+(100 ancestral steps), picard, pcm (Picard + the shipped adapter's model switching), newton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
+
+
+def parse_args(argv=None):
+    from pcm_policy.samplers import SAMPLERS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sampler", default="pcm", help=f"one of {', '.join(SAMPLERS)} (default pcm)")
+    p.add_argument("--seed", type=int, default=0, help="first episode seed (evaluation set: 100000)")
+    p.add_argument("--episodes", type=int, default=1, help="seeds seed..seed+N-1, run in lockstep")
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--k", type=int, default=None, help="iteration budget (default: run to tolerance)")
+    p.add_argument("--tol", type=float, default=0.1, help="Picard/PCM/Newton tolerance")
+    p.add_argument("--window", type=int, default=None, help="Picard window (default: all steps)")
+    p.add_argument("--num-steps", type=int, default=50, help="DDIM steps T of the trajectory")
+    p.add_argument("--checkpoint", type=Path, default=BASE)
+    p.add_argument("--adapter", type=Path, default=None, help=f"PCM adapter folder (default {ADAPTER.name})")
+    p.add_argument("--k-on", type=int, default=None, help="override the adapter's schedule")
+    p.add_argument("--k-off", type=int, default=None, help="override the adapter's schedule")
+    p.add_argument("--space", choices=("weight", "feature"), default=None, help="override the switching space")
+    p.add_argument("--warm-start", action="store_true", help="Picard/PCM: start from the last chunk's trajectory")
+    p.add_argument("--video", type=Path, default=None, help="mp4 or gif of the first episode")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    errors = [
+        (a.sampler not in SAMPLERS, f"unknown sampler {a.sampler!r}; choose one of {', '.join(SAMPLERS)}"),
+        (a.k is not None and a.k < 1, f"--k must be >= 1, got {a.k}"),
+        (a.tol < 0, f"--tol must be >= 0, got {a.tol}"),
+        (a.episodes < 1 or a.max_steps < 1, "--episodes and --max-steps must be >= 1"),
+        (a.window is not None and a.window < 1, f"--window must be >= 1, got {a.window}"),
+        (a.sampler == "ddim-k" and a.k is None, "--sampler ddim-k needs --k (the number of DDIM steps)"),
+        (a.video is not None and a.video.suffix not in (".mp4", ".gif"), "--video must end in .mp4 or .gif"),
+    ]
+    for bad, msg in errors:
+        if bad:
+            p.exit(2, f"error: {msg}\n")
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from pcm_policy.checkpoint import CheckpointError, load_adapter_folder, load_policy
+    from pcm_policy.rollout import run_rollouts, summarize
+    from pcm_policy.samplers import make_sampler
+    from pcm_policy.sampling import linear_schedule
+
+    torch.set_num_threads(args.threads)
+    try:
+        policy = load_policy(args.checkpoint)
+        schedule, space = None, args.space or "weight"
+        if args.sampler == "pcm":
+            sched = load_adapter_folder(policy, args.adapter or ADAPTER)["schedule"]
+            k_on = sched["k_on"] if args.k_on is None else args.k_on
+            k_off = sched["k_off"] if args.k_off is None else args.k_off
+            schedule, space = linear_schedule(k_on, k_off), args.space or sched.get("space", "weight")
+        sampler = make_sampler(args.sampler, policy.noise_scheduler, num_steps=args.num_steps, k=args.k,
+                               tol=args.tol, window=args.window, schedule=schedule, space=space)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    label = args.sampler + (f" k={args.k}" if args.k else "")
+
+    def caption(c):
+        return f"{label} | chunk {c['chunk']} | {c['iterations']} it | {1000 * c['latency_s']:.0f} ms"
+
+    t0 = time.perf_counter()
+    out = run_rollouts(policy, sampler, seeds, max_steps=args.max_steps,
+                       record={seeds[0]} if args.video else None, caption=caption, progress=args.episodes > 1)
+    wall = time.perf_counter() - t0
+    summary = summarize(out["episodes"])
+    print(f"{'seed':>7} {'score':>6} {'success':>7} {'steps':>5} {'iters/chunk':>11} {'ms/chunk':>8}")
+    for e in out["episodes"]:
+        its = sum(c["iterations"] for c in e["chunks"]) / len(e["chunks"])
+        ms = 1000 * sorted(c["latency_s"] for c in e["chunks"])[len(e["chunks"]) // 2]
+        print(f"{e['seed']:>7} {e['score']:>6.3f} {e['success']!s:>7} {e['steps']:>5} {its:>11.1f} {ms:>8.1f}")
+    print(f"{label}: mean score {summary['mean_score']:.3f}, success {100 * summary['success_rate']:.0f}%, "
+          f"{summary['mean_iterations']:.1f} iterations/chunk, "
+          f"median {1000 * summary['median_latency_s']:.1f} ms/chunk, "
+          f"{wall:.1f} s total, {args.threads} thread(s)")
+    if args.video:
+        from envs.pusht.video import write_video
+
+        write_video(out["frames"][seeds[0]], args.video, fps=10)
+        print(f"video: {args.video}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                   "summary": summary, "episodes": out["episodes"]}
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, args.json)
+        print(f"json: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

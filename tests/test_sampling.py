@@ -1,0 +1,368 @@
+"""Property tests of the sampler core against diffusers and against sequential sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import (
+    DDIMParallelScheduler,
+    DDIMScheduler,
+    DDPMParallelScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+)
+from torch import nn
+
+from pcm_policy.sampling import (
+    ddim_step,
+    hard_switch,
+    linear_schedule,
+    make_grid,
+    sample_newton,
+    sample_pcm,
+    sample_picard,
+    sample_sequential,
+    sample_with_scheduler,
+)
+
+SHAPE, COND, T = (8, 2), 3, 12  # a small action chunk (horizon 8, 2-D actions)
+SCHED = dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")  # the PushT noise schedule
+
+
+def ddim(**kw):
+    return DDIMScheduler(**{**SCHED, "clip_sample": True, **kw})
+
+
+def ddpm(**kw):
+    return DDPMScheduler(**{**SCHED, "clip_sample": True, **kw})
+
+
+def temb(t: torch.Tensor, dim: int = 8) -> torch.Tensor:
+    f = torch.exp(-math.log(1000.0) * torch.arange(dim // 2) / (dim // 2))
+    a = t.float()[:, None] * f
+    return torch.cat([a.sin(), a.cos()], 1)
+
+
+class MLPDenoiser(nn.Module):
+    """eps = net(x, t, cond) + lora_scale * delta(x, t, cond): the adapter is a random delta network."""
+
+    def __init__(self, seed: int = 0, delta_gain: float = 3.0):
+        super().__init__()
+        torch.manual_seed(seed)
+        d = math.prod(SHAPE) + 8 + COND
+        self.net = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, math.prod(SHAPE)))
+        self.delta = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, math.prod(SHAPE)))
+        with torch.no_grad():
+            for p in self.delta.parameters():
+                p.mul_(delta_gain)
+        self.scales: list = []
+
+    def forward(self, x, t, cond, lora_scale=None):
+        h = torch.cat([x.flatten(1), temb(t), cond], 1)
+        out = self.net(h)
+        if lora_scale is not None:
+            self.scales.append(lora_scale)
+            s = lora_scale.view(-1, 1) if torch.is_tensor(lora_scale) else lora_scale
+            out = out + s * self.delta(h)
+        return out.view_as(x)
+
+
+class ConvDenoiser(nn.Module):
+    """Conv1d over the horizon with FiLM from (t, cond); takes cond as a dict."""
+
+    def __init__(self, seed: int = 1):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.c1, self.c2 = nn.Conv1d(2, 16, 3, padding=1), nn.Conv1d(16, 2, 3, padding=1)
+        self.film = nn.Linear(8 + COND, 32)
+
+    def forward(self, x, t, cond):
+        s, b = self.film(torch.cat([temb(t), cond["obs"]], 1)).chunk(2, 1)
+        h = torch.tanh(self.c1(x.transpose(1, 2)) * (1 + s[..., None]) + b[..., None])
+        return self.c2(h).transpose(1, 2)
+
+
+def gaussian_denoiser(scheduler, std: float = 0.5):
+    """Optimal eps for data x0 ~ N(mu(cond), std^2): linear in x."""
+    ac = scheduler.alphas_cumprod
+    w = torch.linspace(-0.5, 0.5, COND * 2).view(COND, 2)
+
+    def denoise(x, t, cond):
+        a = ac[t].view(-1, 1, 1)
+        mu = (cond @ w)[:, None, :]
+        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * std**2 + 1 - a)
+
+    return denoise
+
+
+def inputs(batch: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *SHAPE, generator=g), torch.randn(batch, COND, generator=g)
+
+
+def close(a, b, atol=1e-5):
+    return torch.allclose(a, b, atol=atol, rtol=0)
+
+
+# ---------------------------------------------------------------- the step, against diffusers
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("n_train,n", [(100, 50), (100, 12), (1000, 50), (100, 8), (1000, 3), (100, 100)])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_timesteps_match_diffusers(spacing, n_train, n, offset):
+    for cls in (DDIMScheduler, DDPMScheduler):
+        s = cls(num_train_timesteps=n_train, timestep_spacing=spacing, steps_offset=offset)
+        if spacing == "leading" and offset and n == n_train:
+            continue  # diffusers itself would index past the schedule
+        s.set_timesteps(n)
+        assert make_grid(s, n).timesteps.tolist() == s.timesteps.tolist()
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_step_matches_diffusers_step(pred, clip, eta):
+    s = ddim(prediction_type=pred, clip_sample=clip)
+    s.set_timesteps(T)
+    g = make_grid(s, T, eta=eta)
+    x, out, z = (torch.randn(T, 4, *SHAPE) * 1.5 for _ in range(3))
+    idx = torch.arange(T).repeat_interleave(4)
+    ours = ddim_step(g, x.flatten(0, 1), out.flatten(0, 1), idx).view_as(x)
+    ours = ours + g.std.view(-1, 1, 1, 1) * z
+    for i, t in enumerate(s.timesteps):
+        ref = s.step(out[i], t, x[i], eta=eta, variance_noise=z[i] if eta else None).prev_sample
+        assert close(ours[i], ref, 1e-6)
+
+
+def test_ddim_step_matches_batch_step_no_noise():
+    s = DDIMParallelScheduler(**SCHED, clip_sample=True)
+    s.set_timesteps(T)
+    x, out = torch.randn(2 * T, *SHAPE), torch.randn(2 * T, *SHAPE)
+    idx = torch.randperm(2 * T) % T
+    ref = s.batch_step_no_noise(out, s.timesteps[idx], x)
+    assert close(ddim_step(make_grid(s, T), x, out, idx), ref, 1e-6)
+
+
+def test_ddpm_step_matches_diffusers():
+    s = DDPMParallelScheduler(**SCHED, clip_sample=True)
+    s.set_timesteps(T)
+    x, out = torch.randn(2 * T, *SHAPE), torch.randn(2 * T, *SHAPE)
+    idx = torch.randperm(2 * T) % T
+    ref = s.batch_step_no_noise(out, s.timesteps[idx], x)
+    assert close(ddim_step(make_grid(s, T), x, out, idx), ref, 1e-6)
+
+
+@pytest.mark.parametrize("make", [ddim, ddpm])
+def test_sequential_matches_diffusers_loop(make):
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    s = make()
+    s.set_timesteps(T)
+    x, gen = x_T, torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for t in s.timesteps:
+            x = s.step(model(x, t.repeat(len(x)), cond), t, x, generator=gen).prev_sample
+    ours, stats = sample_sequential(model, x_T, cond, scheduler=make(), num_steps=T,
+                                    generator=torch.Generator().manual_seed(5))
+    assert close(ours, x, 1e-5) and stats.nfe == T
+
+
+def test_sample_with_scheduler_dpm_solver():
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    s = DPMSolverMultistepScheduler(**SCHED)
+    s.set_timesteps(T)
+    x = x_T
+    with torch.no_grad():
+        for t in s.timesteps:
+            x = s.step(model(x, t.repeat(len(x)), cond), t, x).prev_sample
+    ours, stats = sample_with_scheduler(model, x_T, cond, scheduler=DPMSolverMultistepScheduler(**SCHED),
+                                        num_steps=T)
+    assert close(ours, x, 1e-6) and stats.iterations == T
+
+
+def test_truncate_is_the_kth_position():
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    _, full = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T, return_trajectory=True)
+    x5, stats = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T, truncate=5)
+    assert close(x5, full.trajectory[5], 0) and stats.iterations == 5 and not stats.converged
+
+
+# ---------------------------------------------------------------- Picard exactness
+
+
+def denoisers():
+    s = ddim(clip_sample=False)
+    return [
+        ("mlp", MLPDenoiser(), ddim(), lambda c: c),
+        ("conv", ConvDenoiser(), ddim(), lambda c: {"obs": c}),
+        ("gaussian", gaussian_denoiser(s), s, lambda c: c),
+    ]
+
+
+@pytest.mark.parametrize("form", ["paradigms", "chain"])
+@pytest.mark.parametrize("case", range(3))
+def test_picard_full_window_tol0_equals_sequential(form, case):
+    _, model, s, wrap = denoisers()[case]
+    x_T, cond = inputs()
+    seq, _ = sample_sequential(model, x_T, wrap(cond), scheduler=s, num_steps=T, return_trajectory=True)
+    x, stats = sample_picard(model, x_T, wrap(cond), scheduler=s, num_steps=T, window=T, tol=0.0, form=form,
+                             return_iterates=True)
+    assert close(x, seq, 1e-5)
+    assert stats.iterations <= T and len(stats.residuals) == stats.iterations
+    assert stats.nfe <= T * (T + 1) // 2
+    _, st = sample_sequential(model, x_T, wrap(cond), scheduler=s, num_steps=T, return_trajectory=True)
+    for k, Xk in enumerate(stats.iterates):  # triangular exactness: positions 0..k exact after k iterations
+        assert close(Xk[: k + 1], st.trajectory[: k + 1], 1e-5), k
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, T + 4])
+def test_sliding_window_equals_sequential(window):
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
+    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, window=window, tol=0.0)
+    assert close(x, seq, 1e-5) and stats.iterations <= T
+    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, window=window, tol=0.1)
+    assert stats.iterations <= T and (x - seq).abs().max() < 0.05
+
+
+def test_tolerance_stops_early_and_max_iters_caps():
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
+    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.1)
+    assert stats.iterations < T and stats.converged and (x - seq).abs().max() < 0.05
+    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.0, max_iters=2,
+                             return_trajectory=True)
+    assert stats.iterations == 2 and not stats.converged and close(x, stats.trajectory[T], 0)
+
+
+def test_warm_start_from_the_fixed_point_takes_one_iteration():
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    seq, st = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T, return_trajectory=True)
+    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=1e-3, init=st.trajectory)
+    assert stats.iterations == 1 and close(x, seq, 1e-5)
+
+
+@pytest.mark.parametrize("make,eta", [(ddpm, 0.0), (ddim, 0.8)])
+def test_stochastic_picard_with_presampled_noise_equals_sequential(make, eta):
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    noise = torch.randn(T, *x_T.shape, generator=torch.Generator().manual_seed(3))
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=make(), num_steps=T, eta=eta, noise=noise)
+    for form in ("paradigms", "chain"):
+        x, stats = sample_picard(model, x_T, cond, scheduler=make(), num_steps=T, window=5, tol=0.0, eta=eta,
+                                 noise=noise, form=form)
+        assert close(x, seq, 1e-5) and stats.iterations <= T
+
+
+def test_safeguard_keeps_the_fixed_point():
+    model, (x_T, cond) = MLPDenoiser(), inputs()  # a random network: its Picard iterates blow up
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
+    kw = dict(scheduler=ddim(), num_steps=T, tol=0.0, return_iterates=True)
+    plain, s0 = sample_picard(model, x_T, cond, **kw)
+    x, s1 = sample_picard(model, x_T, cond, safeguard=1.0, **kw)
+    assert close(x, seq, 1e-5) and close(plain, seq, 1e-5)
+    assert max(X.abs().max() for X in s0.iterates) > 50 * x_T.abs().max()
+    assert s1.clamped > 0 and max(X.abs().max() for X in s1.iterates) < 1.5 * x_T.abs().max()
+    with pytest.raises(ValueError, match="clip_sample"):
+        sample_picard(model, x_T, cond, scheduler=ddim(clip_sample=False), num_steps=T, safeguard=1.0)
+
+
+# ---------------------------------------------------------------- PCM and Newton
+
+
+@pytest.mark.parametrize("space", ["weight", "feature"])
+@pytest.mark.parametrize("schedule", [linear_schedule(2, 5), hard_switch(3)])
+@pytest.mark.parametrize("window", [None, 4])
+def test_pcm_reaching_lambda_0_equals_sequential(space, schedule, window):
+    model, (x_T, cond) = MLPDenoiser(seed=7), inputs()
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
+    x, stats = sample_pcm(model, x_T, cond, scheduler=ddim(), num_steps=T, schedule=schedule, window=window,
+                          tol=0.0, space=space)
+    assert close(x, seq, 1e-5)
+    assert stats.lambdas[:3] == [schedule(k) for k in range(3)] and stats.lambdas[-1] == 0.0
+    if space == "feature" and schedule(3) not in (0.0, 1.0):  # the mix was batched into one call
+        assert any(torch.is_tensor(s) and set(s.tolist()) == {0.0, 1.0} for s in model.scales)
+    # the adapter matters: without switching, PCM ends elsewhere
+    x1, _ = sample_pcm(model, x_T, cond, scheduler=ddim(), num_steps=T, schedule=lambda k: 1.0, max_iters=T)
+    assert (x1 - seq).abs().max() > 1e-2
+
+
+def test_schedules():
+    s = linear_schedule(2, 6)
+    assert [s(k) for k in range(8)] == [1, 1, 1, 0.75, 0.5, 0.25, 0, 0]
+    assert [hard_switch(2)(k) for k in range(4)] == [1, 1, 0, 0]
+    with pytest.raises(ValueError):
+        linear_schedule(3, 2)
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    with pytest.raises(ValueError, match="never reaches"):
+        sample_pcm(model, x_T, cond, scheduler=ddim(), num_steps=T, schedule=lambda k: 0.5)
+
+
+def test_newton_linear_denoiser_converges_in_one_iteration():
+    s = ddim(clip_sample=False)
+    model, (x_T, cond) = gaussian_denoiser(s), inputs()
+    _, st = sample_sequential(model, x_T, cond, scheduler=s, num_steps=T, return_trajectory=True)
+    x, stats = sample_newton(model, x_T, cond, scheduler=s, num_steps=T, tol=1e-3, return_iterates=True)
+    assert close(stats.iterates[1], st.trajectory, 1e-5) and stats.iterations == 2
+    assert close(x, st.trajectory[-1], 1e-5)
+
+
+def test_newton_converges_on_a_network():
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
+    x, stats = sample_newton(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.0)
+    assert close(x, seq, 1e-5) and stats.iterations <= T
+    s = ddim(clip_sample=False)  # smooth F: Newton needs fewer iterations than Picard
+    _, picard = sample_picard(model, x_T, cond, scheduler=s, num_steps=T, tol=1e-3)
+    _, newton = sample_newton(model, x_T, cond, scheduler=s, num_steps=T, tol=1e-3)
+    assert newton.iterations < picard.iterations
+
+
+def test_tolerance_scale_is_the_variance_of_the_step_leaving_each_position():
+    from pcm_policy.sampling.picard import _tol_scale
+
+    g = make_grid(ddim(), T)
+    scale = _tol_scale(g)
+    assert len(scale) == T + 1 and close(scale[1:T - 1], g.var[1:T - 1], 0)
+    assert g.var[-1] == 0 and scale[T] == scale[T - 1] == g.var[g.var > 0].min()
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def test_bad_arguments_raise_clear_errors():
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    kw = dict(scheduler=ddim(), num_steps=T)
+    with pytest.raises(ValueError, match="window"):
+        sample_picard(model, x_T, cond, window=0, **kw)
+    with pytest.raises(ValueError, match="tol"):
+        sample_picard(model, x_T, cond, tol=-1.0, **kw)
+    with pytest.raises(ValueError, match="init"):
+        sample_picard(model, x_T, cond, init=torch.zeros(T, *x_T.shape), **kw)
+    with pytest.raises(ValueError, match="rows"):
+        sample_picard(model, x_T, cond[:2], **kw)
+    with pytest.raises(ValueError, match="form"):
+        sample_picard(model, x_T, cond, form="jacobi", **kw)
+    with pytest.raises(ValueError, match="shaped like x"):
+        sample_sequential(lambda x, t, c: x[:, :1], x_T, cond, **kw)
+    with pytest.raises(ValueError, match="noise"):
+        sample_sequential(model, x_T, cond, scheduler=ddpm(), num_steps=T, noise=torch.zeros(3))
+    with pytest.raises(ValueError, match="num_steps"):
+        sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=101)
+    with pytest.raises(ValueError, match="space"):
+        sample_pcm(model, x_T, cond, schedule=hard_switch(1), space="both", **kw)
+    with pytest.raises(ValueError, match="solver"):
+        make_grid(DPMSolverMultistepScheduler(), T)
+
+
+def test_newton_converges_on_the_policy_unet():
+    from pcm_policy.models.unet1d import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet("small", input_dim=2, global_cond_dim=COND).eval()
+    x_T, cond = torch.randn(2, 8, 2), torch.randn(2, COND)
+    kw = dict(scheduler=ddim(), num_steps=6)
+    seq, _ = sample_sequential(unet, x_T, cond, **kw)
+    x, stats = sample_newton(unet, x_T, cond, tol=0.0, **kw)
+    assert close(x, seq, 1e-5) and stats.iterations <= 6
