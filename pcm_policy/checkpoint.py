@@ -43,7 +43,11 @@ def load_policy(folder: str | os.PathLike, device: str | torch.device = "cpu") -
         raise CheckpointError(f"{folder / CONFIG}: not a policy config this version understands ({e})") from e
     policy = DiffusionPolicy(cfg)
     state = load_file(str(folder / WEIGHTS))
-    missing, unexpected = policy.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"{folder / WEIGHTS} does not match {CONFIG}: {str(e).splitlines()[-1].strip()}; "
+                              "the two files come from different runs") from e
     if missing or unexpected:
         raise CheckpointError(f"{folder / WEIGHTS} does not match {CONFIG}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}; the two files come from different runs")

@@ -31,7 +31,7 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
     """Roll out ``policy`` with ``sampler`` on ``seeds``; returns {"episodes": [...], "frames": {seed: [...]}}.
 
     ``record``: seeds whose frames (with the action marker) are kept for a video; ``caption(chunk)``
-    turns a chunk's figures into a line drawn on its frames.
+    turns a chunk's figures (None for the first frame) into a line drawn on its frames.
     """
     cfg = policy.cfg
     record = record or set()
@@ -44,7 +44,8 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
         eps.append({"seed": s, "score": float(np.clip(info["coverage"] / 0.95, 0, 1)), "success": False,
                     "steps": 0, "max_coverage": info["coverage"], "chunks": []})
         if s in frames:
-            frames[s].append(env.render())
+            frame = env.render()
+            frames[s].append(frame if caption is None else _caption(frame, caption(None)))
     active, chunk = [i for i in range(len(envs))], 0
     shape = (cfg.horizon, cfg.action_dim)
     while active:

@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     label = args.sampler + (f" k={args.k}" if args.k else "")
 
     def caption(c):
+        if c is None:
+            return f"{label} | start"
         return f"{label} | chunk {c['chunk']} | {c['iterations']} it | {1000 * c['latency_s']:.0f} ms"
 
     t0 = time.perf_counter()

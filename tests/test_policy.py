@@ -1,0 +1,135 @@
+"""DiffusionPolicy, checkpoints, the training loop and the rollout entry point."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pcm_policy.checkpoint import CheckpointError, load_policy, save_policy
+from pcm_policy.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.rollout import run_rollouts, summarize
+from pcm_policy.samplers import make_sampler
+from pcm_policy.training import EMA, ema_decay
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_policy(seed=0) -> DiffusionPolicy:
+    torch.manual_seed(seed)
+    return DiffusionPolicy(PolicyConfig(unet_size="small", unet={"down_dims": [16, 32, 64]})).eval()
+
+
+def test_predict_action_shapes_and_conditioning():
+    policy = tiny_policy()
+    obs = torch.rand(3, 2, 20) * 512
+    sampler = make_sampler("ddim-k", policy.noise_scheduler, k=4)
+    noise = torch.randn(3, 16, 2)
+    out = policy.predict_action(obs, sampler, noise=noise)
+    assert out["action"].shape == (3, 8, 2) and out["action_pred"].shape == (3, 16, 2)
+    torch.testing.assert_close(out["action"], out["action_pred"][:, 1:9])  # executed slice [To-1, To-1+Ta)
+    other = policy.predict_action(obs.flip(0), sampler, noise=noise)
+    assert not torch.allclose(out["action_pred"], other["action_pred"])  # the observation matters
+    with pytest.raises(ValueError, match="obs must be"):
+        policy.predict_action(torch.rand(3, 2, 5), sampler)
+
+
+def test_same_noise_same_actions_and_save_load(tmp_path):
+    policy = tiny_policy()
+    obs = torch.rand(2, 2, 20) * 512
+    sampler = make_sampler("ddim", policy.noise_scheduler, num_steps=10)
+    a = policy.predict_action(obs, sampler, generator=torch.Generator().manual_seed(3))["action"]
+    b = policy.predict_action(obs, sampler, generator=torch.Generator().manual_seed(3))["action"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    save_policy(policy, tmp_path / "ckpt", {"note": "test"})
+    loaded = load_policy(tmp_path / "ckpt")
+    c = loaded.predict_action(obs, sampler, generator=torch.Generator().manual_seed(3))["action"]
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="missing config.json"):
+        load_policy(tmp_path)
+    save_policy(tiny_policy(), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["policy"]["unet"]["down_dims"] = [8, 16, 32]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_policy(tmp_path)
+
+
+def test_loss_decreases_on_one_batch_and_ema_decay():
+    policy = tiny_policy().train()
+    batch = {"obs": torch.rand(16, 16, 20) * 512, "action": torch.rand(16, 16, 2) * 512}
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    first = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0)).item()
+    for _ in range(30):
+        loss = policy.compute_loss(batch, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert policy.compute_loss(batch, generator=torch.Generator().manual_seed(0)).item() < first
+    assert ema_decay(2) == pytest.approx(0.4054, abs=1e-4) and ema_decay(10000) == pytest.approx(0.999, abs=1e-4)
+    ema = EMA(policy)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    ema.update(policy)  # step 1: decay 0 -> a straight copy
+    assert all(torch.equal(p, q) for p, q in zip(ema.model.parameters(), policy.parameters(), strict=True))
+    old = [p.clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    ema.update(policy)  # step 2: ema = d * old + (1 - d) * new, d = ema_decay(2)
+    d = ema_decay(2)
+    for avg, o, new in zip(ema.model.parameters(), old, policy.parameters(), strict=True):
+        torch.testing.assert_close(avg, d * o + (1 - d) * new)
+
+
+def test_rollout_same_seed_same_episode():
+    policy = tiny_policy()
+    sampler = make_sampler("ddim-k", policy.noise_scheduler, k=3)
+    a = run_rollouts(policy, sampler, [0, 1], max_steps=16)["episodes"]
+    b = run_rollouts(policy, sampler, [1], max_steps=16)["episodes"]
+    assert a[1]["score"] == b[0]["score"] and a[1]["steps"] == b[0]["steps"] == 16
+    s = summarize(a)
+    assert s["episodes"] == 2 and 0 <= s["mean_score"] <= 1 and s["mean_iterations"] == 3
+
+
+def test_smoke_training_and_rollout_script(tmp_path):
+    from pcm_policy.data import ReplayBuffer
+
+    src = ReplayBuffer.open(ROOT / "data/pusht_expert.zarr")
+    small = ReplayBuffer.create(tmp_path / "demos.zarr")
+    for i in range(6):
+        small.add_episode(src.get_episode(i), meta={"seed": i, "first_success_step": 0})
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts/train_policy.py"), "task=pusht", "training=smoke", "policy=small",
+           f"run_dir={run}", f"task.dataset={tmp_path / 'demos.zarr'}", "task.val_ratio=0.2"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["val_loss"]) for r in log)
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
+                        "--checkpoint", str(run / "checkpoint"), "--max-steps", "8", "--episodes", "2",
+                        "--json", str(out), "--video", str(tmp_path / "v.gif")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert set(res["summary"]) >= {"mean_score", "success_rate", "mean_iterations", "median_latency_s"}
+    assert [e["seed"] for e in res["episodes"]] == [0, 1] and (tmp_path / "v.gif").exists()
+    assert {"iterations", "nfe", "latency_s"} <= set(res["episodes"][0]["chunks"][0])
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--sampler", "nope"], "unknown sampler"),
+    (["--sampler", "picard", "--k", "0"], "--k must be >= 1"),
+    (["--sampler", "picard", "--tol", "-1"], "--tol must be >= 0"),
+    (["--sampler", "ddim", "--checkpoint", "/nonexistent"], "missing config.json"),
+])
+def test_rollout_bad_input_exits_2(args, msg):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), *args], capture_output=True, text=True)
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
