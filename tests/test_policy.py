@@ -113,6 +113,9 @@ def test_smoke_training_and_rollout_script(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["val_loss"]) for r in log)
+    subprocess.run([*cmd, "training.steps=3"], check=True, capture_output=True)  # resumes at step 2
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
                         "--checkpoint", str(run / "checkpoint"), "--max-steps", "8", "--episodes", "2",

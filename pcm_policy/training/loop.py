@@ -74,6 +74,11 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
         step = int(state["step"])
+        if log_path.exists():  # drop log rows written after the checkpoint we resume from
+            rows = [r for r in log_path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+            tmp = log_path.with_name("log.jsonl.tmp")
+            tmp.write_text("".join(r + "\n" for r in rows))
+            os.replace(tmp, log_path)
     else:
         torch.manual_seed(cfg.seed)
 
