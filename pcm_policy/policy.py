@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import has_lora, set_lora_scale
+from .lora import has_lora, lora_disabled, set_lora_scale
 from .models.unet1d import UNET_PRESETS, ConditionalUnet1D
 from .normalizer import NormalizerDict
 
@@ -76,7 +76,10 @@ class DiffusionPolicy(nn.Module):
         """eps(x, t, cond). With adapters attached, ``lora_scale`` (float or (N,) per row) sets
         W = W_0 + lora_scale * dW for this call; None means the base model (scale 0)."""
         if has_lora(self.model):
-            set_lora_scale(self.model, 0.0 if lora_scale is None else lora_scale)
+            if lora_scale is None or (not torch.is_tensor(lora_scale) or lora_scale.ndim == 0) and lora_scale == 0:
+                with lora_disabled(self.model):  # the base model exactly, without the adapter's cost
+                    return self.model(x, t, cond)
+            set_lora_scale(self.model, lora_scale)
         elif lora_scale is not None and (torch.as_tensor(lora_scale) != 0).any():
             raise ValueError("lora_scale != 0 needs a LoRA adapter; load one (pcm_policy.lora.load_adapter)")
         return self.model(x, t, cond)

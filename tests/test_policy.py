@@ -136,3 +136,18 @@ def test_smoke_training_and_rollout_script(tmp_path):
 def test_rollout_bad_input_exits_2(args, msg):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), *args], capture_output=True, text=True)
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_denoise_lambda_zero_is_the_base_model_exactly():
+    from pcm_policy.lora import add_lora, lora_parameters
+
+    policy = tiny_policy()
+    x, t, c = torch.randn(3, 16, 2), torch.tensor([5, 60, 99]), torch.randn(3, 40)
+    base = policy.denoise(x, t, c)
+    add_lora(policy.model)
+    with torch.no_grad():
+        for p in lora_parameters(policy.model):
+            p.normal_()
+    assert torch.equal(policy.denoise(x, t, c), base) and torch.equal(policy.denoise(x, t, c, lora_scale=0.0), base)
+    rows = policy.denoise(x, t, c, lora_scale=torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(rows[0], base[0]) and not torch.allclose(rows[1], base[1])
