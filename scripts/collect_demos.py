@@ -4,7 +4,8 @@
 
 Resumable: re-running the same command continues where it stopped (seeds already stored or already
 tried and failed are skipped). Only episodes that reach `--success-coverage` are kept. Seeds of the
-evaluation set (100000-100049) are refused. Writes a JSON summary next to the store.
+evaluation set (100000-100049) are never used: a start inside it is refused, a range across it skips it.
+Writes a JSON summary next to the store.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def parse_args(argv=None):
         p.error("--episodes, --workers and --max-steps must be >= 1")
     if not 0.95 <= args.success_coverage < 1.0:
         p.error("--success-coverage must be in [0.95, 1)")
+    if args.seed_start in EVAL_SEEDS:
+        p.error(f"--seed-start {args.seed_start} is an evaluation seed (100000-100049); demonstrations must "
+                "come from other seeds (collection skips the evaluation range)")
     return args
 
 
@@ -87,13 +91,10 @@ def main(argv=None) -> int:
     state = json.loads(state_path.read_text()) if state_path.exists() else {"failed": [], "wall_s": 0.0}
     tried = done | set(state["failed"])
 
-    def seeds():
+    def seeds():  # never an evaluation seed: they are skipped
         s = args.seed_start
         while True:
-            if s in EVAL_SEEDS:
-                raise SystemExit(f"error: seed {s} is an evaluation seed (100000-100049); choose a "
-                                 "--seed-start whose range avoids them")
-            if s not in tried:
+            if s not in tried and s not in EVAL_SEEDS:
                 yield s
             s += 1
 

@@ -56,5 +56,13 @@ def test_collect_demos_resumes_without_duplicates(tmp_path):
 
 def test_collect_demos_refuses_evaluation_seeds(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/collect_demos.py"), "--out", str(tmp_path / "x.zarr"),
-                        "--episodes", "1", "--workers", "1", "--seed-start", "100000"], capture_output=True, text=True)
+                        "--episodes", "1", "--workers", "1", "--seed-start", "100000"], capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode != 0 and "evaluation seed" in r.stderr + r.stdout
+
+
+def test_collect_demos_skips_evaluation_seeds(tmp_path):
+    out = tmp_path / "d.zarr"
+    subprocess.run([sys.executable, str(ROOT / "scripts/collect_demos.py"), "--out", str(out), "--episodes", "2",
+                    "--workers", "1", "--seed-start", "99999"], check=True, capture_output=True, timeout=120)
+    assert ReplayBuffer.open(out).episode_meta("seed").tolist() == [99999, 100050]
