@@ -248,16 +248,23 @@ def _length(path) -> float:
 
 
 def run_expert_episode(seed: int, *, success_coverage: float = 0.97, max_steps: int = 300, legacy: bool = False,
-                       expert: ScriptedExpert | None = None) -> dict:
+                       expert: ScriptedExpert | None = None, start_state: tuple | None = None) -> dict:
     """Run the expert from the reset of `seed` until coverage >= success_coverage or max_steps.
 
     Returns arrays in the reference dataset schema (each row: the observation before the step and the
     action taken) plus `success` (the margin was reached), `first_success_step` (first env step whose
     coverage > 0.95) and `max_coverage`.
+
+    `start_state` (a `PushTEnv.get_physics_state()` tuple): after the reset, write it with
+    `set_physics_state` and start from there (DAgger takeover). The contacts of the step that led to it
+    are unknown, so row 0's `n_contacts` is 0 then.
     """
     expert = expert or ScriptedExpert(success_coverage=success_coverage)
     env = PushTEnv(obs_type="state", legacy=legacy, render_mode=None)
     obs, info = env.reset(seed=seed)
+    if start_state is not None:
+        env.set_physics_state(*start_state)
+        info = {**info, "coverage": env.coverage(), "n_contacts": 0}
     rows = {"state": [], "keypoint": [], "action": [], "n_contacts": []}
     first_success, max_cov, done = None, info["coverage"], info["coverage"] >= success_coverage
     while not done and len(rows["action"]) < max_steps:

@@ -1,0 +1,96 @@
+"""DAgger relabelling: the policy drives, the scripted expert takes over and its segment is stored.
+
+For a training seed: reset the env (``legacy=False``, as the demonstrations), roll the policy out with
+receding horizon for ``takeover_chunks(seed, max_chunks)`` chunks (uniform in 1..max_chunks, drawn
+from the seed; the policy also stops early on success, as in evaluation), read the full physics state
+there, and let ``run_expert_episode`` continue from exactly that state until coverage >=
+``success_coverage`` (or ``max_steps`` expert steps). The expert's rows are the labelled states.
+
+Replaying a stored segment: ``env = PushTEnv(legacy=False); env.reset(seed=seed);
+env.set_physics_state(*unflatten_state(takeover_state))``, then step the stored actions.
+
+The policy half reuses the pieces of ``pcm_policy.rollout`` (``chunk_noise``: an episode's noise per
+(seed, chunk), the same as ``run_rollouts`` draws; the ``n_obs_steps`` observation history; execute
+``n_action_steps`` per call).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+
+from envs.pusht import PushTEnv
+from envs.pusht.expert import ScriptedExpert, run_expert_episode
+
+from .rollout import chunk_noise
+
+TAKEOVER_STREAM = 0xDA66E  # separates the takeover draw from any other use of the seed
+
+
+def takeover_chunks(seed: int, max_chunks: int) -> int:
+    """How many policy chunks run before the expert takes over: uniform in 1..max_chunks, from the seed."""
+    return 1 + int(np.random.default_rng((TAKEOVER_STREAM, seed)).integers(max_chunks))
+
+
+def flatten_state(state: tuple) -> np.ndarray:
+    """``get_physics_state()`` -> 10 float64: agent x, y, vx, vy, block x, y, angle, vx, vy, angular v."""
+    (ax, ay), (avx, avy), (bx, by), angle, (bvx, bvy), w = state
+    return np.array([ax, ay, avx, avy, bx, by, angle, bvx, bvy, w], dtype=np.float64)
+
+
+def unflatten_state(v) -> tuple:
+    """Inverse of ``flatten_state``: the arguments of ``set_physics_state``."""
+    v = [float(x) for x in v]
+    return (v[0], v[1]), (v[2], v[3]), (v[4], v[5]), v[6], (v[7], v[8]), v[9]
+
+
+def policy_prefix(policy, sampler, seed: int, n_chunks: int, *, legacy: bool = False, noise_seed: int = 0) -> dict:
+    """Run ``policy`` from the reset of ``seed`` for ``n_chunks`` chunks (fewer if it succeeds first).
+
+    Returns ``env`` (left at the takeover state), ``physics_state``, ``steps``, ``chunks``, ``coverage``,
+    ``success`` (coverage > 0.95 reached) and ``n_contacts`` (of the last step).
+    """
+    cfg = policy.cfg
+    env = PushTEnv(obs_type=cfg.obs_type, legacy=legacy, render_mode=None)
+    obs, info = env.reset(seed=seed)
+    hist = deque([obs] * cfg.n_obs_steps, maxlen=cfg.n_obs_steps)
+    shape = (cfg.horizon, cfg.action_dim)
+    steps, chunk, success = 0, 0, False
+    while chunk < n_chunks and not success:
+        obs_t = torch.as_tensor(np.stack(hist)[None], dtype=torch.float32)
+        out = policy.predict_action(obs_t, sampler, noise=chunk_noise(seed, chunk, shape, noise_seed)[None])
+        for a in out["action"][0].cpu().numpy().astype(np.float64):
+            obs, _, terminated, _, info = env.step(a)
+            hist.append(obs)
+            steps += 1
+            if terminated:
+                success = True
+                break
+        chunk += 1
+    return {"env": env, "physics_state": env.get_physics_state(), "steps": steps, "chunks": chunk,
+            "coverage": float(info["coverage"]), "success": success, "n_contacts": int(info["n_contacts"])}
+
+
+def relabel_episode(policy, sampler, seed: int, *, max_chunks: int = 20, success_coverage: float = 0.97,
+                    max_steps: int = 300, legacy: bool = False, expert: ScriptedExpert | None = None,
+                    noise_seed: int = 0) -> dict:
+    """Policy prefix, then the expert from the takeover state; ``run_expert_episode``'s dict plus
+    ``takeover_step``, ``takeover_chunks``, ``takeover_state`` (10 float64), ``policy_coverage``,
+    ``policy_success`` and ``reason`` (None when the segment is usable, else why it is dropped)."""
+    pre = policy_prefix(policy, sampler, seed, takeover_chunks(seed, max_chunks), legacy=legacy,
+                        noise_seed=noise_seed)
+    ep = run_expert_episode(seed, success_coverage=success_coverage, max_steps=max_steps, legacy=legacy,
+                            expert=expert, start_state=pre["physics_state"])
+    if ep["steps"]:
+        ep["n_contacts"][0] = pre["n_contacts"]  # the contacts of the policy's last step, as a demo row has
+    reason = None
+    if ep["steps"] == 0:
+        reason = "policy already at success_coverage"
+    elif not ep["success"]:
+        reason = f"expert did not reach {success_coverage} in {max_steps} steps"
+    ep.update(takeover_step=pre["steps"], takeover_chunks=pre["chunks"],
+              takeover_state=flatten_state(pre["physics_state"]), policy_coverage=pre["coverage"],
+              policy_success=pre["success"], reason=reason, success=reason is None)
+    return ep
