@@ -1,0 +1,173 @@
+"""Picard Consistency Training: loss gradients, Phi at lambda = 0, resumable data, smoke run, exactness."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pcm_policy.checkpoint import load_adapter_folder, load_policy, save_policy
+from pcm_policy.data import ReplayBuffer
+from pcm_policy.lora import add_lora, lora_parameters
+from pcm_policy.normalizer import NormalizerDict
+from pcm_policy.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.sampling import linear_schedule, sample_pcm, sample_sequential
+from pcm_policy.sampling.picard import _bound
+from pcm_policy.training import LoopConfig, train
+from pcm_policy.training.pct import PCTBatches, alpha_from_var, choose_schedule, ddim_grid, pct_loss, phi
+from pcm_policy.training.pct_data import TrajDataConfig, TrajDataError, generate, load_trajectories
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = TrajDataConfig(n=6, num_steps=8, iterates=4, chunk=3, val_fraction=0.34, rollout_fraction=0.5,
+                      per_episode=2, rollout_batch=2, max_steps=16, safeguard=None)
+
+
+def _policy(seed=0):
+    torch.manual_seed(seed)
+    p = DiffusionPolicy(PolicyConfig(unet_size="small", unet={"down_dims": [16, 32, 64]}))
+    rng = np.random.default_rng(0)
+    p.normalizer.load_state_dict(NormalizerDict.fit({"obs": rng.uniform(0, 512, (64, 20)),
+                                                     "action": rng.uniform(0, 512, (64, 2))}).state_dict())
+    return p.eval()
+
+
+def _randomise_lora(model, scale=0.05, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lora_parameters(model):
+            p.copy_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A tiny random policy checkpoint, a 4-episode demonstration store and a trajectory store."""
+    tmp = tmp_path_factory.mktemp("pct")
+    save_policy(_policy(), tmp / "base")
+    buf, rng = ReplayBuffer.create(tmp / "demos.zarr"), np.random.default_rng(0)
+    for _ in range(4):
+        buf.add_episode({"state": rng.uniform(50, 450, (12, 5)).astype(np.float32),
+                         "keypoint": rng.uniform(50, 450, (12, 9, 2)).astype(np.float32),
+                         "action": rng.uniform(50, 450, (12, 2)).astype(np.float32)})
+    generate(load_policy(tmp / "base"), tmp / "traj.zarr", TINY, tmp / "demos.zarr", progress=False)
+    return tmp
+
+
+def test_store_layout(env):
+    d = load_trajectories(env / "traj.zarr")
+    T, K, N = TINY.num_steps, TINY.iterates, TINY.n
+    assert d["x_star"].shape == (N, T + 1, 16, 2) and d["iterates"].shape == (N, K, T + 1, 16, 2)
+    assert d["cond"].shape == (N, 40) and d["var_k"].shape == (K,)
+    assert set(d["source"].tolist()) == {0, 1} and set(d["split"].tolist()) == {0, 1}
+    assert all(s >= 400_000 for s in d["origin"][d["source"] == 1].tolist())  # never evaluation seeds
+    assert not set(d["rollout_seeds"]["train"]) & set(d["rollout_seeds"]["val"])
+    assert torch.equal(d["iterates"][:, :, 0], d["x_star"][:, None, 0].expand(-1, K, -1, -1))  # X^k_0 = x_T
+    assert torch.allclose(d["iterates"][:, -1, K - 1], d["x_star"][:, K - 1], atol=1e-5)  # triangular exactness
+
+
+def test_pct_loss_trains_only_lora(env, tmp_path):
+    d, policy = load_trajectories(env / "traj.zarr"), load_policy(env / "base")
+    add_lora(policy.model, rank=4, alpha=8)
+    _randomise_lora(policy.model)  # B != 0, so A gets gradients too
+    grid, alpha = ddim_grid(policy, TINY.num_steps), alpha_from_var(d["var_k"])
+    batch = next(PCTBatches(d, 3))
+    pct_loss(policy, batch, grid, alpha).backward()
+    lora = {id(p) for p in lora_parameters(policy.model)}
+    for name, p in policy.named_parameters():
+        if id(p) in lora:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None and not p.requires_grad, name
+    policy.zero_grad(set_to_none=True)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    loop = LoopConfig(steps=1, warmup_steps=0, optimizer="adam", log_every=1, ckpt_every=1)
+    train(policy, lambda b: pct_loss(policy, b, grid, alpha), PCTBatches(d, 2), loop, tmp_path, lambda m, s: None,
+          params=lora_parameters(policy.model))
+    after = policy.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]) != ("lora_" in k), k  # base bit-identical, every adapter tensor moved
+
+
+@pytest.mark.parametrize("safeguard", [None, 1.0])
+def test_phi_at_lambda_zero_is_the_base_picard_update(env, tmp_path, safeguard):
+    policy = load_policy(env / "base")
+    cfg = TrajDataConfig(**{**TINY.__dict__, "safeguard": safeguard, "n": 3, "rollout_fraction": 1.0})
+    d = load_trajectories(env / "traj.zarr") if safeguard is None else \
+        load_trajectories(generate(policy, tmp_path / "t.zarr", cfg, progress=False))
+    add_lora(policy.model, rank=4, alpha=8)
+    _randomise_lora(policy.model, scale=0.5)
+    grid = ddim_grid(policy, TINY.num_steps)
+    bound = None if safeguard is None else _bound(grid, d["x_T"], safeguard)
+    with torch.no_grad():
+        for k in range(TINY.iterates - 1):
+            X, nxt = d["iterates"][:, k].transpose(0, 1), d["iterates"][:, k + 1].transpose(0, 1)
+            out = phi(policy, X, d["cond"], grid, lora_scale=0.0)
+            tol = 1e-5 * (1 + nxt.abs().max())
+            if bound is None:
+                assert (out - nxt).abs().max() <= tol
+            else:  # the safeguard clamps positions after the anchor: each entry is Phi or clamp(Phi)
+                clamped = torch.maximum(torch.minimum(out, bound), -bound)
+                assert torch.minimum((out - nxt).abs(), (clamped - nxt).abs()).max() <= tol
+            assert (phi(policy, X, d["cond"], grid, lora_scale=1.0) - out).abs().max() > 1e-4  # the adapter acts
+
+
+def test_generation_resumes_after_a_chunk(env, tmp_path):
+    policy = load_policy(env / "base")
+    generate(policy, tmp_path / "a.zarr", TINY, env / "demos.zarr", max_chunks=1, progress=False)
+    with pytest.raises(TrajDataError, match="incomplete"):
+        load_trajectories(tmp_path / "a.zarr")
+    generate(policy, tmp_path / "a.zarr", TINY, env / "demos.zarr", progress=False)
+    a, b = load_trajectories(tmp_path / "a.zarr"), load_trajectories(env / "traj.zarr")
+    for k in ("cond", "x_T", "x_star", "iterates", "split", "source", "origin", "step", "var_k"):
+        assert torch.equal(a[k], b[k]), k
+    other = TrajDataConfig(**{**TINY.__dict__, "iterates": 5})
+    with pytest.raises(TrajDataError, match="iterates"):
+        generate(policy, tmp_path / "a.zarr", other, env / "demos.zarr", progress=False)
+
+
+def test_on_policy_batches_regenerate_iterates(env):
+    d, policy = load_trajectories(env / "traj.zarr"), load_policy(env / "base")
+    add_lora(policy.model, rank=4, alpha=8)
+    _randomise_lora(policy.model, scale=0.5)
+    b = PCTBatches(d, 2, policy=policy, data_cfg=TINY, regen_every=1, regen_size=2,
+                   schedule={"k_on": 1, "k_off": 1, "space": "weight"})
+    next(b), next(b)
+    n = b.regenerated.nonzero().flatten()
+    assert len(n) == 2
+    base = d["iterates"][d["split"] == 0][n]
+    assert torch.equal(b.its[n][:, 0], base[:, 0])  # X^0 = (x_T, ..., x_T)
+    assert not torch.allclose(b.its[n][:, 1], base[:, 1])  # X^1 comes from the adapted iteration 0
+
+
+def test_choose_schedule_rule():
+    r = [{"k_on": 1, "k_off": 1, "px": [5.0, 0.9, 0.1]}, {"k_on": 2, "k_off": 2, "px": [4.0, 0.5, 0.2]},
+         {"k_on": 0, "k_off": 3, "px": [3.0, 2.0, 1.5]}]
+    assert choose_schedule(r)["k_on"] == 2 and r[0]["k_1px"] == 2 and r[2]["k_1px"] is None
+    assert choose_schedule([r[2]])["k_on"] == 0  # none reaches 1 px: the smallest final distance
+
+
+def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "scripts/train_pct.py"), "task=pusht", "pct=smoke", f"base={env / 'base'}",
+           f"out={out}", f"work_dir={tmp_path / 'work'}", f"task.dataset={env / 'demos.zarr'}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((out / "adapter.json").read_text())
+    assert {"k_on", "k_off", "space"} <= set(cfg["schedule"]) and cfg["tuned"]
+    assert {"candidates", "picard", "chosen", "timing"} <= set(cfg["metrics"]) and "train_pct.py" in cfg["command"]
+    assert (tmp_path / "work/train/log.jsonl").exists()
+    policy = load_policy(env / "base")
+    sched = load_adapter_folder(policy, out)["schedule"]
+    assert any(p.abs().sum() > 0 for n, p in policy.model.named_parameters() if "lora_B" in n)  # it trained
+    g = torch.Generator().manual_seed(3)
+    x_T, cond = torch.randn(3, 16, 2, generator=g), torch.randn(3, 40, generator=g)
+    kw = dict(scheduler=policy.noise_scheduler, num_steps=10, solver="ddim")
+    ref, _ = sample_sequential(policy.denoise, x_T, cond, **kw)
+    x, st = sample_pcm(policy.denoise, x_T, cond, schedule=linear_schedule(sched["k_on"], sched["k_off"]),
+                       space=sched["space"], tol=0.0, **kw)
+    assert st.converged and torch.allclose(x, ref, atol=1e-5)  # exactness: PCM at tol 0 == sequential DDIM
+    missing = subprocess.run(cmd[:3] + [f"base={tmp_path / 'nope'}", f"work_dir={tmp_path / 'w2'}"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "nope" in missing.stderr and "train_policy.py" in missing.stderr
