@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import assert_jvp_matches_finite_difference
 from safetensors import safe_open
 
 from pcm_policy.lora import (
@@ -171,10 +172,4 @@ def test_jvp_with_lora(lam):
     model.double()
     set_lora_scale(model, lam)
     x, t, c = inputs()
-    x, c = x.double(), c.double()
-    v = torch.randn_like(x)
-    out, tangent = torch.func.jvp(lambda s: model(s, t, c), (x,), (v,))
-    torch.testing.assert_close(out, model(x, t, c))
-    eps = 1e-6
-    fd = (model(x + eps * v, t, c) - model(x - eps * v, t, c)) / (2 * eps)
-    torch.testing.assert_close(tangent, fd, rtol=1e-5, atol=1e-7)
+    assert_jvp_matches_finite_difference(model, x.double(), t, c.double())
