@@ -146,6 +146,10 @@ def test_choose_schedule_rule():
          {"k_on": 0, "k_off": 3, "px": [3.0, 2.0, 1.5]}]
     assert choose_schedule(r)["k_on"] == 2 and r[0]["k_1px"] == 2 and r[2]["k_1px"] is None
     assert choose_schedule([r[2]])["k_on"] == 0  # none reaches 1 px: the smallest final distance
+    tie = [{"k_on": 3, "k_off": 3, "space": "weight", "px": [2.0, 0.500001]},
+           {"k_on": 0, "k_off": 2, "space": "feature", "px": [2.0, 0.5]},
+           {"k_on": 0, "k_off": 2, "space": "weight", "px": [2.0, 0.5]}]
+    assert choose_schedule(tie) is tie[2]  # equal to 0.01 px: fewest adapted iterations, weight space
 
 
 def test_smoke_run_writes_an_exact_adapter(env, tmp_path):

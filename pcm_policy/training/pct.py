@@ -108,15 +108,20 @@ def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, 
     return {"norm": (norm / len(cond)).tolist(), "px": (px / len(cond)).tolist()}
 
 
-def choose_schedule(results: list[dict], threshold_px: float = 1.0) -> dict:
+def choose_schedule(results: list[dict], threshold_px: float = 1.0, resolution_px: float = 0.01) -> dict:
     """The candidate that gets under ``threshold_px`` mean distance at the smallest k, ties broken by
-    its distance there; if none does, the smallest distance at the last k. Adds ``k_1px`` to each."""
+    its distance there (to ``resolution_px``; then fewer adapted iterations, weight before feature
+    space); if none does, the smallest distance at the last k. Adds ``k_1px`` to each."""
     for r in results:
         r["k_1px"] = next((k + 1 for k, d in enumerate(r["px"]) if d < threshold_px), None)
+
+    def simpler(r):
+        return r.get("k_off", 0), r.get("k_on", 0), r.get("space", "weight") != "weight"
+
     reached = [r for r in results if r["k_1px"] is not None]
     if reached:
-        return min(reached, key=lambda r: (r["k_1px"], r["px"][r["k_1px"] - 1]))
-    return min(results, key=lambda r: r["px"][-1])
+        return min(reached, key=lambda r: (r["k_1px"], round(r["px"][r["k_1px"] - 1] / resolution_px), *simpler(r)))
+    return min(results, key=lambda r: (round(r["px"][-1] / resolution_px), *simpler(r)))
 
 
 def candidates(hard: list[int], ramps: list[list[int]], spaces: list[str]) -> list[dict]:
@@ -135,8 +140,9 @@ def tune_schedule(policy, cond, x_T, target, cands: list[dict], k_max: int, **kw
     picard = pcm_distances(policy, cond, x_T, target, None, k_max, **kw)
     picard["k_1px"] = next((k + 1 for k, d in enumerate(picard["px"]) if d < 1.0), None)
     schedule = {k: chosen[k] for k in ("k_on", "k_off", "space")}
+    speedup = picard["k_1px"] / chosen["k_1px"] if picard["k_1px"] and chosen["k_1px"] else None
     return schedule, {"candidates": results, "picard": picard, "chosen": chosen, "conditions": len(cond),
-                      "k_max": k_max}
+                      "k_max": k_max, "speedup_vs_picard": speedup}
 
 
 def make_val_fn(grid, alpha: torch.Tensor, data: dict, n_val: int = 64, k_max: int = 3, schedule: dict | None = None,
