@@ -41,7 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--k-on", type=int, default=None, help="override the adapter's schedule")
     p.add_argument("--k-off", type=int, default=None, help="override the adapter's schedule")
     p.add_argument("--space", choices=("weight", "feature"), default=None, help="override the switching space")
-    p.add_argument("--warm-start", action="store_true", help="Picard/PCM: start from the last chunk's trajectory")
+    p.add_argument("--safeguard", type=float, default=None,
+                   help="Picard/PCM iterate safeguard kappa (clamps unconverged positions; exactness kept); "
+                        "PCM default: the adapter's")
     p.add_argument("--video", type=Path, default=None, help="mp4 or gif of the first episode")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -52,6 +54,7 @@ def parse_args(argv=None):
         (a.tol < 0, f"--tol must be >= 0, got {a.tol}"),
         (a.episodes < 1 or a.max_steps < 1, "--episodes and --max-steps must be >= 1"),
         (a.window is not None and a.window < 1, f"--window must be >= 1, got {a.window}"),
+        (a.safeguard is not None and a.safeguard <= 0, f"--safeguard must be > 0, got {a.safeguard}"),
         (a.sampler == "ddim-k" and a.k is None, "--sampler ddim-k needs --k (the number of DDIM steps)"),
         (a.video is not None and a.video.suffix not in (".mp4", ".gif"), "--video must end in .mp4 or .gif"),
     ]
@@ -73,14 +76,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     try:
         policy = load_policy(args.checkpoint)
-        schedule, space = None, args.space or "weight"
+        schedule, space, safeguard = None, args.space or "weight", args.safeguard
         if args.sampler == "pcm":
             sched = load_adapter_folder(policy, args.adapter or ADAPTER)["schedule"]
             k_on = sched["k_on"] if args.k_on is None else args.k_on
             k_off = sched["k_off"] if args.k_off is None else args.k_off
             schedule, space = linear_schedule(k_on, k_off), args.space or sched.get("space", "weight")
+            safeguard = sched.get("safeguard") if safeguard is None else safeguard
         sampler = make_sampler(args.sampler, policy.noise_scheduler, num_steps=args.num_steps, k=args.k,
-                               tol=args.tol, window=args.window, schedule=schedule, space=space)
+                               tol=args.tol, window=args.window, schedule=schedule, space=space,
+                               safeguard=safeguard)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
