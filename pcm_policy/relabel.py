@@ -9,22 +9,17 @@ there, and let ``run_expert_episode`` continue from exactly that state until cov
 Replaying a stored segment: ``env = PushTEnv(legacy=False); env.reset(seed=seed);
 env.set_physics_state(*unflatten_state(takeover_state))``, then step the stored actions.
 
-The policy half reuses the pieces of ``pcm_policy.rollout`` (``chunk_noise``: an episode's noise per
-(seed, chunk), the same as ``run_rollouts`` draws; the ``n_obs_steps`` observation history; execute
-``n_action_steps`` per call).
+The policy half is ``pcm_policy.rollout.run_rollouts`` itself (same noise per (seed, chunk), same
+observation history and stopping rule), limited to the takeover chunk.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
-import torch
 
-from envs.pusht import PushTEnv
 from envs.pusht.expert import ScriptedExpert, run_expert_episode
 
-from .rollout import chunk_noise
+from .rollout import run_rollouts
 
 TAKEOVER_STREAM = 0xDA66E  # separates the takeover draw from any other use of the seed
 
@@ -52,25 +47,13 @@ def policy_prefix(policy, sampler, seed: int, n_chunks: int, *, legacy: bool = F
     Returns ``env`` (left at the takeover state), ``physics_state``, ``steps``, ``chunks``, ``coverage``,
     ``success`` (coverage > 0.95 reached) and ``n_contacts`` (of the last step).
     """
-    cfg = policy.cfg
-    env = PushTEnv(obs_type=cfg.obs_type, legacy=legacy, render_mode=None)
-    obs, info = env.reset(seed=seed)
-    hist = deque([obs] * cfg.n_obs_steps, maxlen=cfg.n_obs_steps)
-    shape = (cfg.horizon, cfg.action_dim)
-    steps, chunk, success = 0, 0, False
-    while chunk < n_chunks and not success:
-        obs_t = torch.as_tensor(np.stack(hist)[None], dtype=torch.float32)
-        out = policy.predict_action(obs_t, sampler, noise=chunk_noise(seed, chunk, shape, noise_seed)[None])
-        for a in out["action"][0].cpu().numpy().astype(np.float64):
-            obs, _, terminated, _, info = env.step(a)
-            hist.append(obs)
-            steps += 1
-            if terminated:
-                success = True
-                break
-        chunk += 1
-    return {"env": env, "physics_state": env.get_physics_state(), "steps": steps, "chunks": chunk,
-            "coverage": float(info["coverage"]), "success": success, "n_contacts": int(info["n_contacts"])}
+    # Every chunk executes n_action_steps unless the episode succeeds, so a step limit is a chunk limit.
+    out = run_rollouts(policy, sampler, [seed], max_steps=n_chunks * policy.cfg.n_action_steps, legacy=legacy,
+                       noise_seed=noise_seed)
+    ep, env = out["episodes"][0], out["envs"][0]
+    return {"env": env, "physics_state": env.get_physics_state(), "steps": ep["steps"], "chunks": len(ep["chunks"]),
+            "coverage": float(ep["final_coverage"]), "success": ep["success"],
+            "n_contacts": int(ep["final_n_contacts"])}
 
 
 def relabel_episode(policy, sampler, seed: int, *, max_chunks: int = 20, success_coverage: float = 0.97,

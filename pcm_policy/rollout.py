@@ -28,7 +28,8 @@ def chunk_noise(seed: int, chunk: int, shape: tuple, noise_seed: int = 0) -> tor
 def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int = 200, legacy: bool = True,
                  noise_seed: int = 0, record: set[int] | None = None, render_size: int = 256,
                  caption: Callable[[dict], str] | None = None, progress: bool = False) -> dict:
-    """Roll out ``policy`` with ``sampler`` on ``seeds``; returns {"episodes": [...], "frames": {seed: [...]}}.
+    """Roll out ``policy`` with ``sampler`` on ``seeds``; returns {"episodes": [...], "frames": {seed: [...]},
+    "envs": [...]} (the envs are left where their episodes ended).
 
     ``record``: seeds whose frames (with the action marker) are kept for a video; ``caption(chunk)``
     turns a chunk's figures (None for the first frame) into a line drawn on its frames.
@@ -42,7 +43,8 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
         obs, info = env.reset(seed=s)
         hist.append(deque([obs] * cfg.n_obs_steps, maxlen=cfg.n_obs_steps))
         eps.append({"seed": s, "score": float(np.clip(info["coverage"] / 0.95, 0, 1)), "success": False,
-                    "steps": 0, "max_coverage": info["coverage"], "chunks": []})
+                    "steps": 0, "max_coverage": info["coverage"], "final_coverage": info["coverage"],
+                    "final_n_contacts": info["n_contacts"], "chunks": []})
         if s in frames:
             frame = env.render()
             frames[s].append(frame if caption is None else _caption(frame, caption(None)))
@@ -69,6 +71,7 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
                 ep["steps"] += 1
                 ep["score"] = max(ep["score"], reward)
                 ep["max_coverage"] = max(ep["max_coverage"], info["coverage"])
+                ep["final_coverage"], ep["final_n_contacts"] = info["coverage"], info["n_contacts"]
                 if seeds[i] in frames:
                     frame = env.render()
                     frames[seeds[i]].append(frame if caption is None else _caption(frame, caption(fig)))
@@ -84,7 +87,7 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
             print(f"\rchunk {chunk}: {len(active)} running", end="", flush=True)
     if progress:
         print()
-    return {"episodes": eps, "frames": frames}
+    return {"episodes": eps, "frames": frames, "envs": envs}
 
 
 def summarize(episodes: list[dict]) -> dict:
