@@ -137,17 +137,9 @@ def test_ddim_step_matches_diffusers_step(pred, clip, eta):
         assert close(ours[i], ref, 1e-6)
 
 
-def test_ddim_step_matches_batch_step_no_noise():
-    s = DDIMParallelScheduler(**SCHED, clip_sample=True)
-    s.set_timesteps(T)
-    x, out = torch.randn(2 * T, *SHAPE), torch.randn(2 * T, *SHAPE)
-    idx = torch.randperm(2 * T) % T
-    ref = s.batch_step_no_noise(out, s.timesteps[idx], x)
-    assert close(ddim_step(make_grid(s, T), x, out, idx), ref, 1e-6)
-
-
-def test_ddpm_step_matches_diffusers():
-    s = DDPMParallelScheduler(**SCHED, clip_sample=True)
+@pytest.mark.parametrize("cls", [DDIMParallelScheduler, DDPMParallelScheduler])
+def test_step_matches_batch_step_no_noise(cls):
+    s = cls(**SCHED, clip_sample=True)
     s.set_timesteps(T)
     x, out = torch.randn(2 * T, *SHAPE), torch.randn(2 * T, *SHAPE)
     idx = torch.randperm(2 * T) % T
