@@ -3,6 +3,12 @@
     python scripts/train_policy.py task=pusht
     python scripts/train_policy.py task=pusht policy=medium training.steps=100000
     python scripts/train_policy.py task=pusht training=smoke run_dir=/tmp/smoke
+    python scripts/train_policy.py task=pusht 'task.extra_datasets=[data/pusht_dagger.zarr]' \
+        init_from=checkpoints/pusht_base training.steps=20000 run_dir=runs/pusht_small_dagger
+
+``task.extra_datasets`` adds stores (e.g. DAgger relabels) to the training windows only; validation stays on
+the main store's held-out episodes. ``init_from`` starts from a policy checkpoint's weights and normaliser
+(fine-tuning); its model config must match ``policy``.
 
 Re-running the same command resumes from ``run_dir/state.pt``. The EMA policy is written to
 ``run_dir/checkpoint`` (config.json + model.safetensors) at every ``ckpt_every`` steps, with
@@ -18,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hydra  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pcm_policy.checkpoint import save_policy  # noqa: E402
+from pcm_policy.checkpoint import CheckpointError, load_policy, save_policy  # noqa: E402
 from pcm_policy.data import PushTLowdimDataset  # noqa: E402
 from pcm_policy.normalizer import NormalizerDict  # noqa: E402
 from pcm_policy.policy import DiffusionPolicy, PolicyConfig  # noqa: E402
@@ -46,13 +53,31 @@ def main(cfg: DictConfig) -> None:
               max_train_episodes=task.max_train_episodes)
     train_set = PushTLowdimDataset(str(dataset_path), split="train", **kw)
     val_set = train_set.get_validation_dataset()
+    parts = [train_set]
+    for extra in task.get("extra_datasets") or []:
+        if not resolve(extra).exists():
+            raise SystemExit(f"error: task.extra_datasets entry {resolve(extra)} not found")
+        parts.append(PushTLowdimDataset(str(resolve(extra)), split="train",
+                                        **{**kw, "val_ratio": 0.0, "max_train_episodes": None}))
     pcfg = PolicyConfig(obs_type=task.obs_type, horizon=task.horizon, n_obs_steps=task.n_obs_steps,
                         n_action_steps=task.n_action_steps, unet_size=cfg.policy.unet_size,
                         unet=OmegaConf.to_container(cfg.policy.unet))
-    policy = DiffusionPolicy(pcfg)
-    # Normaliser fitted on every episode (train and validation), as the reference does.
-    policy.normalizer.load_state_dict(NormalizerDict.fit(
-        {"obs": train_set.get_all_obs(), "action": train_set.get_all_actions()}).state_dict())
+    if cfg.get("init_from"):
+        try:
+            policy = load_policy(resolve(cfg.init_from))
+        except CheckpointError as e:
+            raise SystemExit(f"error: init_from: {e}") from e
+        if policy.cfg != pcfg:
+            raise SystemExit(f"error: init_from={cfg.init_from} holds {policy.cfg}, but this run configures "
+                             f"{pcfg}; pick the matching policy=... or drop init_from")
+        policy.train()
+    else:
+        policy = DiffusionPolicy(pcfg)
+        # Normaliser fitted on every episode (train and validation) of every store, as the reference does.
+        policy.normalizer.load_state_dict(NormalizerDict.fit(
+            {"obs": np.concatenate([d.get_all_obs() for d in parts]),
+             "action": np.concatenate([d.get_all_actions() for d in parts])}).state_dict())
+    train_set = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
 
     g = torch.Generator().manual_seed(int(tr.seed))
     loader = torch.utils.data.DataLoader(train_set, batch_size=int(tr.batch_size), shuffle=True, drop_last=True,
@@ -62,7 +87,7 @@ def main(cfg: DictConfig) -> None:
     n_params = sum(p.numel() for p in policy.model.parameters())
     command = "python scripts/train_policy.py " + " ".join(sys.argv[1:])
     print(f"policy {cfg.policy.name}: {n_params:,} parameters; {len(train_set)} train windows "
-          f"({int(train_set.train_mask.sum())} episodes), {len(val_set)} val windows; run dir {run_dir}")
+          f"({sum(int(d.train_mask.sum()) for d in parts)} episodes), {len(val_set)} val windows; run dir {run_dir}")
 
     @torch.no_grad()
     def val_fn(model):
