@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--safeguard", type=float, default=None,
                    help="Picard/PCM iterate safeguard kappa (clamps unconverged positions; exactness kept); "
                         "PCM default: the adapter's")
+    p.add_argument("--init", choices=("noise", "prior"), default=None,
+                   help="Picard/PCM/Newton first iterate: x_T everywhere (noise) or scaled by the noise level "
+                        "(prior); exactness kept either way. Default noise; PCM: the adapter's")
     p.add_argument("--video", type=Path, default=None, help="mp4 or gif of the first episode")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -76,16 +79,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     try:
         policy = load_policy(args.checkpoint)
-        schedule, space, safeguard = None, args.space or "weight", args.safeguard
+        schedule, space, safeguard, init = None, args.space or "weight", args.safeguard, args.init
         if args.sampler == "pcm":
             sched = load_adapter_folder(policy, args.adapter or ADAPTER)["schedule"]
             k_on = sched["k_on"] if args.k_on is None else args.k_on
             k_off = sched["k_off"] if args.k_off is None else args.k_off
             schedule, space = linear_schedule(k_on, k_off), args.space or sched.get("space", "weight")
             safeguard = sched.get("safeguard") if safeguard is None else safeguard
+            init = sched.get("init") if init is None else init
         sampler = make_sampler(args.sampler, policy.noise_scheduler, num_steps=args.num_steps, k=args.k,
                                tol=args.tol, window=args.window, schedule=schedule, space=space,
-                               safeguard=safeguard)
+                               safeguard=safeguard, init=init)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -72,14 +72,14 @@ def main(cfg: DictConfig) -> None:
           f"for the conditions (rollout seeds {data['rollout_seeds']['train'][:1]}...)")
 
     # 2. PCT
-    add_lora(policy.model, rank=int(pc.lora.rank), alpha=float(pc.lora.alpha))
+    add_lora(policy.model, rank=int(pc.lora.rank), alpha=float(pc.lora.alpha), target_modules=list(pc.lora.targets))
     grid, alpha = P.ddim_grid(policy, dcfg.num_steps), P.alpha_from_var(data["var_k"], float(pc.alpha_floor))
     sched = OmegaConf.to_container(pc.on_policy_schedule)
     regen = dict(regen_every=int(pc.regen_every), regen_size=int(pc.regen_size)) if pc.on_policy else {}
     batches = P.PCTBatches(data, int(pc.batch_size), policy=policy, data_cfg=dcfg, schedule=sched, k_max=pc.k_max,
                            **regen)
     safeguard = pc.tune.safeguard
-    val_fn = P.make_val_fn(grid, alpha, data, int(pc.val.n), int(pc.val.k_max), sched, safeguard)
+    val_fn = P.make_val_fn(grid, alpha, data, int(pc.val.n), int(pc.val.k_max), sched, safeguard, dcfg.init)
     config = OmegaConf.to_container(cfg, resolve=True)
 
     def save_fn(model, step):  # the EMA adapter, with a provisional schedule until tuning
@@ -97,8 +97,9 @@ def main(cfg: DictConfig) -> None:
     t0 = time.perf_counter()
     cands = P.candidates(list(pc.tune.hard), [list(r) for r in pc.tune.ramps], list(pc.tune.spaces))
     schedule, metrics = P.tune_schedule(ema, data["cond"][val], data["x_T"][val], data["x_star"][val, -1], cands,
-                                        int(pc.tune.k_max), num_steps=dcfg.num_steps, safeguard=safeguard)
-    schedule["safeguard"] = safeguard  # the PCM sampler setting the distances were measured with
+                                        int(pc.tune.k_max), num_steps=dcfg.num_steps, safeguard=safeguard,
+                                        init=dcfg.init)
+    schedule.update(safeguard=safeguard, init=dcfg.init)  # the PCM sampler settings the distances were measured with
     metrics["timing"] = {"trajectories": tm, "train_s_this_call": train_s, "s_per_step": mean_s_per_step(
         run_dir / "log.jsonl"), "tune_s": time.perf_counter() - t0, "threads": int(cfg.threads)}
     metrics["data"] = {"path": str(data_path), "rollout_seeds": data["rollout_seeds"],

@@ -236,6 +236,25 @@ def test_warm_start_from_the_fixed_point_takes_one_iteration():
     assert stats.iterations == 1 and close(x, seq, 1e-5)
 
 
+@pytest.mark.parametrize("window", [None, 4])
+def test_prior_init_keeps_the_fixed_point(window):
+    """init="prior" starts later positions at sqrt((1-abar_j)/(1-abar_0)) x_T; the output is still sequential's,
+    and the first iterate is that trajectory exactly."""
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
+    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, window=window, tol=0.0, init="prior",
+                             return_iterates=True)
+    assert close(x, seq, 1e-5) and stats.iterations <= T
+    grid = make_grid(ddim(), T)
+    abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]])
+    X0 = stats.iterates[0]
+    assert close(X0[0], x_T, 0) and close(X0[T // 2], ((1 - abar[T // 2]) / (1 - abar[0])).sqrt() * x_T, 1e-6)
+    xn, _ = sample_newton(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.0, init="prior")
+    assert close(xn, seq, 1e-5)
+    with pytest.raises(ValueError, match="init must be one of"):
+        sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, init="zeros")
+
+
 @pytest.mark.parametrize("make,eta", [(ddpm, 0.0), (ddim, 0.8)])
 def test_stochastic_picard_with_presampled_noise_equals_sequential(make, eta):
     model, (x_T, cond) = MLPDenoiser(), inputs()

@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .ddim import ddim_step, draw_noise, make_grid
 from .denoiser import Cond, SampleStats, call_denoiser, check_cond
-from .picard import _check, _tol_scale
+from .picard import _check, _tol_scale, initial_trajectory
 
 __all__ = ["sample_newton"]
 
@@ -29,7 +29,7 @@ __all__ = ["sample_newton"]
 def sample_newton(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
                   tol: float = 0.1, max_iters: int | None = None, eta: float = 0.0,
                   noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                  init: torch.Tensor | None = None, return_iterates: bool = False,
+                  init: str | torch.Tensor | None = None, return_iterates: bool = False,
                   return_trajectory: bool = False, solver: str | None = None,
                   **denoise_kwargs) -> tuple[torch.Tensor, SampleStats]:
     """Newton's method on Psi(X) = 0, full window. ``denoise_kwargs`` (e.g. ``lora_scale``) pass through.
@@ -42,8 +42,7 @@ def sample_newton(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
     check_cond(cond, B)
     noise_terms = draw_noise(grid, x_T, noise, generator)
     scale = d * _tol_scale(grid)
-    X = x_T.expand(T + 1, *x_T.shape).clone() if init is None else init.to(x_T).clone()
-    X[0] = x_T
+    X = initial_trajectory(grid, x_T, init)
     stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
 
     def step(i: int):

@@ -55,7 +55,7 @@ def hard_switch(k_switch: int) -> Schedule:
 def sample_pcm(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
                schedule: Schedule, window: int | None = None, tol: float = 0.1, space: str = "weight",
                max_iters: int | None = None, eta: float = 0.0, noise: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, init: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                form: str = "paradigms", return_iterates: bool = False, return_trajectory: bool = False,
                safeguard: float | None = None, solver: str | None = None) -> tuple[torch.Tensor, SampleStats]:
     """PCM: ``sample_picard`` whose denoiser is called with ``lora_scale`` per ``schedule``.

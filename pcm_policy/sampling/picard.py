@@ -30,7 +30,9 @@ import torch
 from .ddim import Grid, ddim_step, draw_noise, make_grid
 from .denoiser import Cond, SampleStats, call_denoiser, check_cond, repeat_cond
 
-__all__ = ["sample_picard", "picard_update", "picard_loop"]
+__all__ = ["INITS", "initial_trajectory", "sample_picard", "picard_update", "picard_loop"]
+
+INITS = ("noise", "prior")
 
 # evaluate(x_rows, t_rows, cond_rows, k) -> (model output, model calls per row)
 Evaluate = Callable[[torch.Tensor, torch.Tensor, Cond, int], tuple[torch.Tensor, int]]
@@ -63,9 +65,26 @@ def _check(x_T, window, tol, max_iters, form, init, T):
         raise ValueError(f"max_iters must be >= 0 or None, got {max_iters}")
     if form not in ("paradigms", "chain"):
         raise ValueError(f"form must be 'paradigms' or 'chain', got {form!r}")
-    if init is not None and init.shape != (T + 1, *x_T.shape):
+    if isinstance(init, str):
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)} or a trajectory tensor, got {init!r}")
+    elif init is not None and init.shape != (T + 1, *x_T.shape):
         raise ValueError(f"init must be a trajectory of shape (num_steps+1, *x_T.shape) = "
                          f"{(T + 1, *x_T.shape)}, got {tuple(init.shape)}")
+
+
+def initial_trajectory(grid: Grid, x_T: torch.Tensor, init: str | torch.Tensor | None = None) -> torch.Tensor:
+    """X^0 ``(T+1, *x_T.shape)`` for ``init`` = None/"noise", "prior" or a warm-start trajectory."""
+    T = len(grid)
+    if init is None or isinstance(init, str) and init == "noise":
+        X = x_T.expand(T + 1, *x_T.shape).clone()
+    elif isinstance(init, str):  # "prior"
+        abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T)
+        X = ((1 - abar) / (1 - abar[0])).sqrt().view(-1, *([1] * x_T.ndim)) * x_T
+    else:
+        X = init.to(x_T).clone()
+    X[0] = x_T
+    return X
 
 
 def _tol_scale(grid: Grid) -> torch.Tensor:
@@ -97,8 +116,8 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     _check(x_T, window, tol, max_iters, form, init, T)
     check_cond(cond, B)
     p = T if window is None else min(window, T)
-    X = x_T.expand(T + 1, *x_T.shape).clone() if init is None else init.to(x_T).clone()
-    X[0] = x_T
+    X = initial_trajectory(grid, x_T, init)
+    copy_exposed = init is None or isinstance(init, str) and init == "noise"
     scale = d * _tol_scale(grid)
     bound = None if safeguard is None else _bound(grid, x_T, safeguard)
     stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
@@ -122,7 +141,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
             bad = (~(err <= tol**2)).any(dim=1).tolist() + [True]  # NaN/inf: not converged
             new_b = b + min(bad.index(True) + 1, L)
         new_e = min(new_b + p, T)
-        if init is None and new_e > e:
+        if copy_exposed and new_e > e:
             X[e + 1:new_e + 1] = X[e]  # newly exposed positions start from the last window value
         if bound is not None and new_e > new_b:  # safeguard: positions after the anchor only
             lim = bound[new_b + 1:new_e + 1]
@@ -150,8 +169,9 @@ def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
 
     ``window=None`` is the full window (T). ``noise`` (standard normal, ``(T, *x_T.shape)``) or
     ``generator`` fixes a stochastic solver's noise before the loop (DDPM, DDIM eta > 0).
-    ``init``: a warm-start trajectory X^0 ``(T+1, *x_T.shape)``; its position 0 is replaced by x_T
-    and its later positions are kept as they are when the window exposes them.
+    ``init``: "noise" (default), "prior" or a warm-start trajectory X^0 ``(T+1, *x_T.shape)``; its
+    position 0 is replaced by x_T, and with "prior" or a trajectory the later positions are kept as they
+    are when the window exposes them (with "noise" they start from the last window value).
     """
     grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
 

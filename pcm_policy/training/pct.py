@@ -90,7 +90,7 @@ class PCTBatches:
 
 @torch.no_grad()
 def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, *, num_steps: int = 50,
-                  safeguard: float | None = None, batch: int = 100) -> dict:
+                  safeguard: float | None = None, init: str | None = None, batch: int = 100) -> dict:
     """Distance of PCM's output after k = 1..k_max iterations (tol 0) to ``target`` = X*[T], per k:
     ``norm`` (normalised units) and ``px`` (env pixels). ``schedule=None`` is plain Picard."""
     s = schedule or {"k_on": 0, "k_off": 0, "space": "weight"}  # lambda = 0 throughout: base Picard
@@ -100,7 +100,7 @@ def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, 
         sl = slice(i0, i0 + batch)
         _, st = sample_pcm(policy.denoise, x_T[sl], cond[sl], scheduler=policy.noise_scheduler, num_steps=num_steps,
                            solver="ddim", schedule=linear_schedule(s["k_on"], s["k_off"]), space=s["space"], tol=0.0,
-                           max_iters=k_max, return_iterates=True, safeguard=safeguard)
+                           max_iters=k_max, return_iterates=True, safeguard=safeguard, init=init)
         outs = torch.stack([st.iterates[min(k, len(st.iterates) - 1)][-1] for k in range(1, k_max + 1)])
         diff = outs - target[sl]  # (k, b, H, A)
         norm += diff.norm(dim=-1).mean(-1).sum(-1)
@@ -146,7 +146,7 @@ def tune_schedule(policy, cond, x_T, target, cands: list[dict], k_max: int, **kw
 
 
 def make_val_fn(grid, alpha: torch.Tensor, data: dict, n_val: int = 64, k_max: int = 3, schedule: dict | None = None,
-                safeguard: float | None = None):
+                safeguard: float | None = None, init: str | None = None):
     """Validation for the training loop: L_PCT on fixed held-out (n, k) pairs, and PCM's distance (px)
     after k = 1..k_max iterations with ``schedule`` (default: one adapted iteration)."""
     val = (data["split"] == 1).nonzero().flatten()[:n_val]
@@ -161,7 +161,7 @@ def make_val_fn(grid, alpha: torch.Tensor, data: dict, n_val: int = 64, k_max: i
             return {}
         rec = {"val_loss": pct_loss(model, batch, grid, alpha).item()}
         d = pcm_distances(model, data["cond"][val], data["x_T"][val], data["x_star"][val, -1], sched, k_max,
-                          num_steps=len(grid), safeguard=safeguard)
+                          num_steps=len(grid), safeguard=safeguard, init=init)
         rec.update({f"val_px_k{i + 1}": v for i, v in enumerate(d["px"])})
         return rec
 

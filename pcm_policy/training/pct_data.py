@@ -55,6 +55,7 @@ class TrajDataConfig:
     rollout_batch: int = 64  # episodes run in lockstep
     max_steps: int = 200
     safeguard: float | None = 1.0  # kappa of the iterate safeguard; None: off
+    init: str = "noise"  # X^0 of the Picard iterates: "noise" (x_T everywhere) or "prior" (scaled by noise level)
 
 
 def fingerprint(policy) -> str:
@@ -182,7 +183,7 @@ def iterates(denoise, scheduler, x_T, cond, cfg: TrajDataConfig, schedule=None, 
     """X^0..X^{K-1} (B, K, T+1, H, A): full-window Picard iterates (tol 0, safeguard ``cfg.safeguard``)
     of the base model, or with ``schedule`` PCM's (model switching: the on-policy variant)."""
     kw = dict(scheduler=scheduler, num_steps=cfg.num_steps, solver="ddim", tol=0.0, max_iters=cfg.iterates - 1,
-              return_iterates=True, safeguard=cfg.safeguard)
+              return_iterates=True, safeguard=cfg.safeguard, init=cfg.init)
     if schedule is None:
         _, st = sample_picard(denoise, x_T, cond, **kw)
     else:
