@@ -1,0 +1,301 @@
+"""Score and action distance vs iteration budget k for Sequential, DDIM-k, Picard, PCM and Newton (PushT).
+
+    python scripts/eval_sweep.py                                  # the full sweep (hours on a CPU)
+    python scripts/eval_sweep.py --score-ks 1,2,4,8,50            # rollouts at these k only
+    python scripts/eval_sweep.py --samplers ddim,picard --episodes 2 --max-steps 16 --ks 1,2 --out /tmp/sw
+
+1. Reference: sequential DDIM-T (T = --num-steps, 50) rollouts on seeds seed..seed+episodes-1; every
+   chunk's observations and initial noise (``chunk_noise``) are recorded. Its mean score is the target.
+2. Distances: on up to --distance-conditions of those (condition, noise) pairs (evenly spaced), the mean
+   over pairs and the H predicted actions of the Euclidean action distance to DDIM-T's output, in
+   normalised units and pixels (normalised / the action normaliser's scale), for every sampler and k.
+   ddim (truncated) is the DDIM-T trajectory's position k; Picard, PCM and Newton run once (tol 0,
+   max_iters = max k, all iterates kept) and iterate k is read (the last one if converged earlier).
+3. Scores: rollouts with each sampler at each k of --score-ks, tol 0 (exactly k iterations), on the same
+   seeds and therefore the same noise per (seed, chunk).
+
+k_match = the smallest k whose mean score is within 0.02 of the reference (|difference| <= 0.02) AND
+whose mean distance is < 1 px; speedups T / k_match(pcm) and k_match(picard) / k_match(pcm).
+Every run and every sampler's distances are cached under OUT/runs/ (keyed by their settings; rerunning
+skips them). Writes OUT/sweep.json, sweep.csv, score_vs_k.png, distance_vs_k.png and pareto.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pcm_policy.checkpoint import ADAPTER as ADAPTER_WEIGHTS  # noqa: E402
+from pcm_policy.checkpoint import ADAPTER_CONFIG, WEIGHTS, CheckpointError, load_adapter_folder, load_policy  # noqa: E402
+from pcm_policy.checkpoint import _atomic as write_atomic  # noqa: E402
+from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
+from pcm_policy.samplers import make_sampler  # noqa: E402
+from pcm_policy.sampling import linear_schedule  # noqa: E402
+from pcm_policy.training.pct_data import _ObsRecorder  # noqa: E402
+
+BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
+NAMES = ("ddim", "ddim-k", "picard", "pcm", "newton")
+ITERATIVE = ("picard", "pcm", "newton")
+KS = "1,2,3,4,5,6,8,10,12,15,20,25,30,40,50"
+SCORE_TOL, PX_TOL = 0.02, 1.0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samplers", default=",".join(NAMES), help=f"comma list of {', '.join(NAMES)}")
+    p.add_argument("--ks", default=KS, help="iteration budgets k")
+    p.add_argument("--score-ks", default=None, help="the ks whose rollouts (scores) are run (default: all)")
+    p.add_argument("--seed", type=int, default=100000, help="first episode seed (evaluation set: 100000)")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--num-steps", type=int, default=50, help="DDIM steps T of the reference trajectory")
+    p.add_argument("--checkpoint", type=Path, default=BASE)
+    p.add_argument("--adapter", type=Path, default=ADAPTER, help="PCM adapter folder (needed for pcm)")
+    p.add_argument("--init", choices=("noise", "prior"), default=None,
+                   help="Picard/PCM/Newton first iterate (default noise; PCM: the adapter's)")
+    p.add_argument("--distance-conditions", type=int, default=400)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=ROOT / "results/sweep")
+    a = p.parse_args(argv)
+    try:
+        a.samplers, a.ks = list(dict.fromkeys(a.samplers.split(","))), sorted({int(k) for k in a.ks.split(",")})
+        a.score_ks = a.ks if a.score_ks is None else sorted({int(k) for k in a.score_ks.split(",")})
+    except ValueError as e:
+        p.exit(2, f"error: --ks and --score-ks must be comma lists of integers ({e})\n")
+    bad = [s for s in a.samplers if s not in NAMES]
+    errors = [(bad, f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES)}"),
+              (min(a.ks + a.score_ks) < 1, "every k must be >= 1"),
+              (not set(a.score_ks) <= set(a.ks), "--score-ks must be a subset of --ks"),
+              (min(a.episodes, a.max_steps, a.num_steps, a.distance_conditions, a.threads) < 1,
+               "--episodes, --max-steps, --num-steps, --distance-conditions and --threads must be >= 1")]
+    for cond, msg in errors:
+        if cond:
+            p.exit(2, f"error: {msg}\n")
+    return a
+
+
+def file_hash(folder: Path, names) -> str:
+    h = hashlib.sha256()
+    for n in names:
+        h.update((folder / n).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached(path: Path, key: dict, compute, label: str, t_start: float):
+    """``compute()`` once per key: its JSON result is kept in ``path`` and reused while the key matches."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if old.get("key") == key:
+        print(f"{label}: cached ({path.name})", flush=True)
+        return old["value"]
+    t0 = time.perf_counter()
+    value = compute()
+    write_atomic(path, lambda p: p.write_text(json.dumps({"key": key, "value": value}, indent=1)))
+    print(f"{label}: done in {time.perf_counter() - t0:.1f} s ({time.perf_counter() - t_start:.0f} s elapsed)",
+          flush=True)
+    return value
+
+
+class _Recorder(_ObsRecorder):
+    """Stands in for the policy in ``run_rollouts``; keeps every chunk's observations and initial noise."""
+
+    def __init__(self, policy):
+        super().__init__(policy)
+        self.noise = []
+
+    def predict_action(self, obs, sampler, **kw):
+        self.noise.append(kw["noise"].clone())
+        return super().predict_action(obs, sampler, **kw)
+
+
+def rollout_summary(policy, sampler, a) -> dict:
+    eps = run_rollouts(policy, sampler, list(range(a.seed, a.seed + a.episodes)), max_steps=a.max_steps)["episodes"]
+    return {**summarize(eps), "scores": [float(e["score"]) for e in eps]}
+
+
+def reference(policy, sampler, a) -> dict:
+    """DDIM-T rollouts: summary plus every chunk's raw observations and noise (as lists, for JSON)."""
+    rec = _Recorder(policy)
+    with torch.no_grad():
+        summary = rollout_summary(rec, sampler, a)
+    return {"summary": summary, "obs": torch.cat(rec.batches).tolist(), "noise": torch.cat(rec.noise).tolist()}
+
+
+def dist(out: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Summed over samples: mean over the H actions of the Euclidean distance, (normalised, pixels)."""
+    d = out - ref
+    return torch.stack([d.norm(dim=-1).mean(-1).sum(), (d / scale).norm(dim=-1).mean(-1).sum()])
+
+
+@torch.no_grad()
+def distances(name, policy, make, ks, cond, x_T, traj, batch: int = 100) -> dict:
+    """Mean distance to DDIM-T's output (``traj[:, -1]``) of ``name``'s output at every k."""
+    T, scale, total = traj.shape[1] - 1, policy.normalizer["action"].scale, torch.zeros(len(ks), 2)
+    for i0 in range(0, len(cond), batch):
+        c, x, tr = cond[i0:i0 + batch], x_T[i0:i0 + batch], traj[i0:i0 + batch]
+        if name == "ddim":
+            outs = [tr[:, min(k, T)] for k in ks]
+        elif name == "ddim-k":
+            outs = [make(name, k)(policy.denoise, x, c)[0] for k in ks]
+        else:
+            its = make(name, max(ks))(policy.denoise, x, c, return_iterates=True)[1].iterates
+            outs = [its[min(k, len(its) - 1)][-1] for k in ks]
+        total += torch.stack([dist(o, tr[:, -1], scale) for o in outs])
+    total /= len(cond)
+    return {"norm": total[:, 0].tolist(), "px": total[:, 1].tolist()}
+
+
+def plots(out: Path, res: dict, ref_score: float, T: int) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; plots skipped")
+        return
+    px = f"action distance to DDIM-{T} (px)"
+    scored = {s: [(max(r["distance_px"], 1e-4), r["mean_score"], r["k"]) for r in rows if r["mean_score"] is not None]
+              for s, rows in res.items()}
+    for name, title, xlabel, ylabel in (("score_vs_k", "Score vs k", "k", "mean score"),
+                                        ("distance_vs_k", "Distance vs k", "k", px),
+                                        ("pareto", "Score vs distance (labels: k)", px, "mean score")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for s, rows in res.items():
+            if name == "score_vs_k" and scored[s]:
+                ax.plot([k for _, _, k in scored[s]], [v for _, v, _ in scored[s]], "o-", label=s)
+            elif name == "distance_vs_k":
+                ax.plot([r["k"] for r in rows], [max(r["distance_px"], 1e-4) for r in rows], "o-", label=s)
+            elif name == "pareto" and scored[s]:
+                ax.scatter([d for d, _, _ in scored[s]], [v for _, v, _ in scored[s]], label=s)
+                for d, v, k in scored[s]:
+                    ax.annotate(str(k), (d, v), fontsize=7, xytext=(2, 2), textcoords="offset points")
+        if name == "pareto":  # the front: points no other point beats in both distance and score
+            front, best = [], -np.inf
+            for d, v, _ in sorted((p for ps in scored.values() for p in ps), key=lambda q: (q[0], -q[1])):
+                if v > best:
+                    front, best = front + [(d, v)], v
+            if front:
+                ax.step(*zip(*front, strict=True), "k--", where="post", lw=1, label="Pareto front")
+        if name != "score_vs_k":
+            (ax.axhline if name == "distance_vs_k" else ax.axvline)(PX_TOL, color="r", ls="--", lw=1, label="1 px")
+        if name != "distance_vs_k":
+            ax.axhline(ref_score, color="k", lw=1, label=f"DDIM-{T} score")
+            ax.axhspan(ref_score - SCORE_TOL, ref_score + SCORE_TOL, color="k", alpha=0.08)
+        ax.set(xscale="log", yscale="log" if name == "distance_vs_k" else "linear", xlabel=xlabel, ylabel=ylabel,
+               title=title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=120)
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    try:
+        base = load_policy(a.checkpoint)
+        policies, opts = {s: base for s in a.samplers}, {s: {"init": a.init} for s in a.samplers}
+        key = {"seed": a.seed, "episodes": a.episodes, "max_steps": a.max_steps, "num_steps": a.num_steps,
+               "checkpoint": file_hash(a.checkpoint, [WEIGHTS])}
+        keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
+        if "pcm" in a.samplers:
+            policies["pcm"] = copy.deepcopy(base)
+            sched = load_adapter_folder(policies["pcm"], a.adapter)["schedule"]
+            opts["pcm"] = {"schedule": linear_schedule(sched["k_on"], sched["k_off"]),
+                           "space": sched.get("space", "weight"), "safeguard": sched.get("safeguard"),
+                           "init": a.init or sched.get("init")}
+            keys["pcm"].update(init=opts["pcm"]["init"],
+                               adapter=file_hash(a.adapter, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]))
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def make(name, k):  # ddim truncates the T-step trajectory: a budget beyond T is the full trajectory
+        return make_sampler(name, base.noise_scheduler, num_steps=a.num_steps, tol=0.0,
+                            k=min(k, a.num_steps) if name == "ddim" else k, **opts[name])
+
+    runs, t_start = a.out / "runs", time.perf_counter()
+    runs.mkdir(parents=True, exist_ok=True)
+    ref = cached(runs / "reference.json", key, lambda: reference(base, make("ddim", a.num_steps), a),
+                 f"reference DDIM-{a.num_steps} rollouts", t_start)
+    ref_score, n_all = ref["summary"]["mean_score"], len(ref["obs"])
+    idx = np.unique(np.linspace(0, n_all - 1, min(a.distance_conditions, n_all)).round().astype(int))
+    with torch.no_grad():  # float32 -> JSON -> float32 is exact
+        cond, x_T = base.condition(torch.tensor(ref["obs"])[idx]), torch.tensor(ref["noise"])[idx]
+        traj = torch.cat([make("ddim", a.num_steps)(base.denoise, x_T[i:i + 100], cond[i:i + 100],
+                                                    return_trajectory=True)[1].trajectory.transpose(0, 1)
+                          for i in range(0, len(idx), 100)])
+
+    res = {}
+    for s in a.samplers:
+        dkey = {**keys[s], "ks": a.ks, "conditions": len(idx)}
+        d = cached(runs / f"distance_{s}.json", dkey,
+                   lambda s=s: distances(s, policies[s], make, a.ks, cond, x_T, traj), f"distances {s}", t_start)
+        res[s] = [{"sampler": s, "k": k, "mean_score": None, "success_rate": None, "mean_iterations": None,
+                   "median_latency_s": None, "distance_norm": d["norm"][i], "distance_px": d["px"][i]}
+                  for i, k in enumerate(a.ks)]
+    todo = [(s, r) for s in a.samplers for r in res[s] if r["k"] in a.score_ks]
+    for j, (s, r) in enumerate(todo):
+        if s in ("ddim", "ddim-k") and r["k"] == a.num_steps:
+            summary = ref["summary"]
+            print(f"[{j + 1}/{len(todo)}] {s} k={r['k']}: the reference run", flush=True)
+        else:
+            summary = cached(runs / f"{s}_k{r['k']}.json", {**keys[s], "sampler": s, "k": r["k"]},
+                             lambda s=s, k=r["k"]: rollout_summary(policies[s], make(s, k), a),
+                             f"[{j + 1}/{len(todo)}] {s} k={r['k']}", t_start)
+        r.update({f: summary[f] for f in ("mean_score", "success_rate", "mean_iterations", "median_latency_s")})
+
+    def matched(r):
+        return (r["mean_score"] is not None and abs(r["mean_score"] - ref_score) <= SCORE_TOL + 1e-12
+                and r["distance_px"] < PX_TOL)
+
+    k_match = {s: next((r["k"] for r in rows if matched(r)), None) for s, rows in res.items()}
+    kp, kq = k_match.get("pcm"), k_match.get("picard")
+    result = {
+        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+                     "checkpoint_hash": key["checkpoint"], "adapter_hash": keys.get("pcm", {}).get("adapter"),
+                     "distance_conditions_used": len(idx),
+                     "chunks_recorded": n_all, "tol": 0.0, "score_tol": SCORE_TOL, "px_tol": PX_TOL},
+        "reference": {"sampler": "ddim", "k": a.num_steps, **ref["summary"]},
+        "results": res, "k_match": k_match,
+        "speedups": {"sequential_over_pcm": a.num_steps / kp if kp else None,
+                     "picard_over_pcm": kq / kp if kp and kq else None},
+    }
+    write_atomic(a.out / "sweep.json", lambda p: p.write_text(json.dumps(result, indent=1)))
+    rows = [r for rs in res.values() for r in rs]
+
+    def write_csv(p):
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomic(a.out / "sweep.csv", write_csv)
+    plots(a.out, res, ref_score, a.num_steps)
+
+    print(f"\nreference DDIM-{a.num_steps}: score {ref_score:.3f}, success {100 * ref['summary']['success_rate']:.0f}%")
+    print(f"{'sampler':8s} {'k':>4s} {'score':>6s} {'success':>7s} {'dist px':>9s} {'dist norm':>9s}")
+    for r in rows:
+        sc = "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}"
+        su = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.0f}%"
+        print(f"{r['sampler']:8s} {r['k']:4d} {sc:>6s} {su:>7s} {r['distance_px']:9.3g} {r['distance_norm']:9.3g}")
+    print("k_match:", k_match, "| speedups:", result["speedups"])
+    print(f"wrote {a.out / 'sweep.json'}, sweep.csv and plots ({time.perf_counter() - t_start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

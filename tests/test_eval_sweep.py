@@ -1,0 +1,91 @@
+"""scripts/eval_sweep.py on a tiny random policy: every (sampler, k) present, exactness at k = T, cache, errors."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pcm_policy.checkpoint import save_adapter_folder, save_policy
+from pcm_policy.lora import add_lora, lora_parameters
+from pcm_policy.normalizer import NormalizerDict
+from pcm_policy.policy import DiffusionPolicy, PolicyConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("eval_sweep", ROOT / "scripts" / "eval_sweep.py")
+sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sweep)
+
+SAMPLERS, KS, T = ["ddim", "ddim-k", "picard", "pcm"], [1, 2, 4, 6], 4
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny random policy and a random PCM adapter (hard switch after one adapted iteration)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    torch.manual_seed(0)
+    p = DiffusionPolicy(PolicyConfig(unet_size="small", unet={"down_dims": [16, 32, 64]}))
+    rng = np.random.default_rng(0)
+    p.normalizer.load_state_dict(NormalizerDict.fit({"obs": rng.uniform(0, 512, (64, 20)),
+                                                     "action": rng.uniform(0, 512, (64, 2))}).state_dict())
+    save_policy(p, tmp / "base")
+    add_lora(p.model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for w in lora_parameters(p.model):
+            w.copy_(0.05 * torch.randn(w.shape, generator=g))
+    save_adapter_folder(p, tmp / "adapter", {"k_on": 1, "k_off": 1, "space": "weight"})
+    return tmp
+
+
+def _args(ckpt, out, samplers=SAMPLERS, *extra):
+    return ["--samplers", ",".join(samplers), "--ks", ",".join(map(str, KS)), "--score-ks", "1,4",
+            "--episodes", "2", "--max-steps", "16", "--num-steps", str(T), "--distance-conditions", "4",
+            "--checkpoint", str(ckpt / "base"), "--adapter", str(ckpt / "adapter"), "--out", str(out), *extra]
+
+
+def test_sweep_outputs_and_cache(ckpt, tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert sweep.main(_args(ckpt, out)) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    ref = res["reference"]["mean_score"]
+    for s in SAMPLERS:
+        rows = {r["k"]: r for r in res["results"][s]}
+        assert sorted(rows) == KS
+        assert all(np.isfinite(r["distance_px"]) and np.isfinite(r["distance_norm"]) for r in rows.values())
+        assert rows[2]["mean_score"] is None and rows[1]["mean_score"] is not None  # --score-ks 1,4 only
+    by = {s: {r["k"]: r for r in res["results"][s]} for s in SAMPLERS}
+    # at k = T the truncated, re-discretised and Picard (tol 0) samplers are DDIM-T itself; not so at k = 1
+    assert by["ddim"][T]["distance_px"] == 0 and by["ddim-k"][T]["distance_px"] < 1e-4
+    assert by["picard"][T]["distance_px"] < 1e-2 and by["picard"][6]["distance_px"] < 1e-2
+    assert by["picard"][1]["distance_px"] > 1 and by["ddim"][1]["distance_px"] > 1
+    assert by["ddim"][T]["mean_score"] == ref and by["ddim"][6]["distance_px"] == 0  # a budget beyond T: full
+    assert by["picard"][T]["mean_score"] == pytest.approx(ref, abs=1e-3)
+    assert res["k_match"]["ddim"] == T and res["k_match"]["picard"] in (T, None)
+    kp = res["k_match"]["pcm"]
+    assert res["speedups"]["sequential_over_pcm"] == (T / kp if kp else None)
+    with open(out / "sweep.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(SAMPLERS) * len(KS)
+    assert all((out / n).stat().st_size > 0 for n in ("score_vs_k.png", "distance_vs_k.png", "pareto.png"))
+
+    runs = {p: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    capsys.readouterr()
+    assert sweep.main(_args(ckpt, out)) == 0
+    assert "done in" not in capsys.readouterr().out  # everything came from the cache
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == runs
+    assert json.loads((out / "sweep.json").read_text())["results"] == res["results"]
+    assert sweep.main(_args(ckpt, out, ["ddim", "picard"], "--init", "prior")) == 0
+    text = capsys.readouterr().out
+    assert "picard k=1: done" in text and "ddim k=1: cached" in text  # a changed setting reruns what it affects
+
+
+@pytest.mark.parametrize("bad", [["--samplers", "ddim,nope"], ["--ks", "0,2"], ["--ks", "1,x"],
+                                 ["--score-ks", "3"], ["--adapter", "/nonexistent"]])
+def test_bad_input_exits_2(ckpt, tmp_path, capsys, bad):
+    args = _args(ckpt, tmp_path / "x") + bad
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(sweep.main(args))
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
