@@ -27,12 +27,16 @@ def chunk_noise(seed: int, chunk: int, shape: tuple, noise_seed: int = 0) -> tor
 
 def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int = 200, legacy: bool = True,
                  noise_seed: int = 0, record: set[int] | None = None, render_size: int = 256,
-                 caption: Callable[[dict], str] | None = None, progress: bool = False) -> dict:
+                 caption: Callable[[dict], str] | None = None, progress: bool = False,
+                 warm_start: bool = False) -> dict:
     """Roll out ``policy`` with ``sampler`` on ``seeds``; returns {"episodes": [...], "frames": {seed: [...]},
     "envs": [...]} (the envs are left where their episodes ended).
 
     ``record``: seeds whose frames (with the action marker) are kept for a video; ``caption(chunk)``
     turns a chunk's figures (None for the first frame) into a line drawn on its frames.
+    ``warm_start``: pass each chunk's sampler an x0 guess (``init``, Picard/PCM/Newton only): the previous
+    chunk's normalised prediction shifted by the executed actions (its last action repeated at the end;
+    zeros for the first chunk). The sampler's fixed point, and so the converged action, does not change.
     """
     cfg = policy.cfg
     record = record or set()
@@ -50,12 +54,17 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
             frames[s].append(frame if caption is None else _caption(frame, caption(None)))
     active, chunk = [i for i in range(len(envs))], 0
     shape = (cfg.horizon, cfg.action_dim)
+    guess = torch.zeros(len(envs), *shape)  # warm start: x0 guess per episode
     while active:
         obs = torch.as_tensor(np.stack([np.stack(hist[i]) for i in active]), dtype=torch.float32)
         noise = torch.stack([chunk_noise(seeds[i], chunk, shape, noise_seed) for i in active])
         t0 = time.perf_counter()
-        out = policy.predict_action(obs, sampler, noise=noise)
+        kw = {"init": guess[active]} if warm_start else {}
+        out = policy.predict_action(obs, sampler, noise=noise, **kw)
         latency = time.perf_counter() - t0
+        if warm_start:
+            pred, n = out["action_pred_norm"].detach().cpu(), cfg.n_action_steps
+            guess[active] = torch.cat([pred[:, n:], pred[:, -1:].expand(-1, n, -1)], dim=1)
         st = out["stats"]
         fig = {"chunk": chunk, "iterations": int(st.iterations), "nfe": int(st.nfe), "latency_s": latency,
                "batch": len(active)}

@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--init", choices=("noise", "prior"), default=None,
                    help="Picard/PCM/Newton first iterate: x_T everywhere (noise) or scaled by the noise level "
                         "(prior); exactness kept either way. Default noise; PCM: the adapter's")
+    p.add_argument("--warm-start", action="store_true",
+                   help="picard/pcm/newton: start each chunk from the previous chunk's prediction, shifted by the "
+                        "executed actions (exactness kept)")
     p.add_argument("--video", type=Path, default=None, help="mp4 or gif of the first episode")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -59,6 +62,7 @@ def parse_args(argv=None):
         (a.window is not None and a.window < 1, f"--window must be >= 1, got {a.window}"),
         (a.safeguard is not None and a.safeguard <= 0, f"--safeguard must be > 0, got {a.safeguard}"),
         (a.sampler == "ddim-k" and a.k is None, "--sampler ddim-k needs --k (the number of DDIM steps)"),
+        (a.warm_start and a.sampler not in ("picard", "pcm", "newton"), "--warm-start needs picard, pcm or newton"),
         (a.video is not None and a.video.suffix not in (".mp4", ".gif"), "--video must end in .mp4 or .gif"),
     ]
     for bad, msg in errors:
@@ -104,7 +108,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     out = run_rollouts(policy, sampler, seeds, max_steps=args.max_steps,
-                       record={seeds[0]} if args.video else None, caption=caption, progress=args.episodes > 1)
+                       record={seeds[0]} if args.video else None, caption=caption, progress=args.episodes > 1,
+                       warm_start=args.warm_start)
     wall = time.perf_counter() - t0
     summary = summarize(out["episodes"])
     print(f"{'seed':>7} {'score':>6} {'success':>7} {'steps':>5} {'iters/chunk':>11} {'ms/chunk':>8}")

@@ -100,6 +100,20 @@ def test_rollout_same_seed_same_episode():
     assert s["episodes"] == 2 and 0 <= s["mean_score"] <= 1 and s["mean_iterations"] == 3
 
 
+def test_rollout_warm_start_keeps_the_actions():
+    """Warm-started chunks (x0 guess = the previous prediction, shifted) converge to the same actions."""
+    policy = tiny_policy()
+    sampler = make_sampler("picard", policy.noise_scheduler, num_steps=8, tol=0.0, init="prior")
+    cold = run_rollouts(policy, sampler, [0, 1], max_steps=24)["episodes"]
+    warm = run_rollouts(policy, sampler, [0, 1], max_steps=24, warm_start=True)["episodes"]
+    for c, w in zip(cold, warm, strict=True):
+        assert abs(c["score"] - w["score"]) < 1e-6 and c["steps"] == w["steps"] == 24
+        assert abs(c["final_coverage"] - w["final_coverage"]) < 1e-6
+    with pytest.raises(TypeError):  # sequential samplers take no x0 guess
+        run_rollouts(policy, make_sampler("ddim", policy.noise_scheduler, num_steps=4), [0], max_steps=8,
+                     warm_start=True)
+
+
 def test_smoke_training_and_rollout_script(tmp_path):
     from pcm_policy.data import ReplayBuffer
 

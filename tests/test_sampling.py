@@ -251,6 +251,13 @@ def test_prior_init_keeps_the_fixed_point(window):
     assert close(X0[0], x_T, 0) and close(X0[T // 2], ((1 - abar[T // 2]) / (1 - abar[0])).sqrt() * x_T, 1e-6)
     xn, _ = sample_newton(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.0, init="prior")
     assert close(xn, seq, 1e-5)
+    guess = torch.randn_like(x_T)  # an x0 guess: prior trajectory around it, same fixed point
+    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, window=window, tol=0.0, init=guess,
+                             return_iterates=True)
+    assert close(x, seq, 1e-5) and close(stats.iterates[0][0], x_T, 0)
+    j = T // 2
+    want = abar[j].sqrt() * guess + ((1 - abar[j]) / (1 - abar[0])).sqrt() * x_T
+    assert close(stats.iterates[0][j], want, 1e-6)
     with pytest.raises(ValueError, match="init must be one of"):
         sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, init="zeros")
 

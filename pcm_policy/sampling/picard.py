@@ -1,7 +1,14 @@
 """Picard iteration in the ParaDiGMS form: sliding window, tolerance, pre-sampled noise.
 
 Glossary (spec ``pcm.md`` §2; ParaDiGMS, Shih et al. 2023, Alg. 1; PCM supplement eq. 1):
-  X^k        the k-th iterate, a trajectory ``(T+1, B, ...)``; X^0 = (x_T, ..., x_T) or ``init``.
+  X^k        the k-th iterate, a trajectory ``(T+1, B, ...)``. X^0 from ``init``:
+             "noise"  x_T at every position (ParaDiGMS);
+             "prior"  x_j = sqrt((1 - abar_j) / (1 - abar_0)) x_T: the DDIM trajectory of a model that
+                      predicts x0 = 0 and eps = x_T, so low-noise positions start near the data's centre;
+             x0 guess (shaped like x_T): x_j = sqrt(abar_j) x0 + sqrt((1 - abar_j) / (1 - abar_0)) x_T
+                      (warm start from a predicted action sequence, e.g. the previous chunk's, shifted);
+             trajectory ``(T+1, *x_T.shape)``: used as it is. Position 0 is always x_T, and the
+             fixed point (the output at convergence) is the same for every choice.
   d_i(x)     drift F_i(x) - x of solver step i (``ddim.py``), noise term z_i included.
   window p   positions [b, b+p) whose drifts are evaluated in ONE batched call per iteration.
   b          the window's anchor: X[0..b] are final, X[b] feeds the cumulative sum.
@@ -67,20 +74,22 @@ def _check(x_T, window, tol, max_iters, form, init, T):
         raise ValueError(f"form must be 'paradigms' or 'chain', got {form!r}")
     if isinstance(init, str):
         if init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)} or a trajectory tensor, got {init!r}")
-    elif init is not None and init.shape != (T + 1, *x_T.shape):
-        raise ValueError(f"init must be a trajectory of shape (num_steps+1, *x_T.shape) = "
-                         f"{(T + 1, *x_T.shape)}, got {tuple(init.shape)}")
+            raise ValueError(f"init must be one of {', '.join(INITS)}, an x0 guess or a trajectory, got {init!r}")
+    elif init is not None and init.shape not in ((T + 1, *x_T.shape), x_T.shape):
+        raise ValueError(f"init must be an x0 guess shaped like x_T {tuple(x_T.shape)} or a trajectory of shape "
+                         f"(num_steps+1, *x_T.shape) = {(T + 1, *x_T.shape)}, got {tuple(init.shape)}")
 
 
 def initial_trajectory(grid: Grid, x_T: torch.Tensor, init: str | torch.Tensor | None = None) -> torch.Tensor:
-    """X^0 ``(T+1, *x_T.shape)`` for ``init`` = None/"noise", "prior" or a warm-start trajectory."""
+    """X^0 ``(T+1, *x_T.shape)`` for ``init`` = None/"noise", "prior", an x0 guess or a trajectory (see above)."""
     T = len(grid)
     if init is None or isinstance(init, str) and init == "noise":
         X = x_T.expand(T + 1, *x_T.shape).clone()
-    elif isinstance(init, str):  # "prior"
-        abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T)
-        X = ((1 - abar) / (1 - abar[0])).sqrt().view(-1, *([1] * x_T.ndim)) * x_T
+    elif isinstance(init, str) or init.shape == x_T.shape:  # "prior", or prior around an x0 guess
+        abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T).view(-1, *([1] * x_T.ndim))
+        X = ((1 - abar) / (1 - abar[0])).sqrt() * x_T
+        if not isinstance(init, str):
+            X = X + abar.sqrt() * init.to(x_T)
     else:
         X = init.to(x_T).clone()
     X[0] = x_T
@@ -161,7 +170,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
 def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
                   window: int | None = None, tol: float = 0.1, max_iters: int | None = None,
                   eta: float = 0.0, noise: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None, init: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                   form: str = "paradigms", return_iterates: bool = False,
                   return_trajectory: bool = False, safeguard: float | None = None,
                   solver: str | None = None) -> tuple[torch.Tensor, SampleStats]:
@@ -169,9 +178,9 @@ def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
 
     ``window=None`` is the full window (T). ``noise`` (standard normal, ``(T, *x_T.shape)``) or
     ``generator`` fixes a stochastic solver's noise before the loop (DDPM, DDIM eta > 0).
-    ``init``: "noise" (default), "prior" or a warm-start trajectory X^0 ``(T+1, *x_T.shape)``; its
-    position 0 is replaced by x_T, and with "prior" or a trajectory the later positions are kept as they
-    are when the window exposes them (with "noise" they start from the last window value).
+    ``init``: "noise" (default), "prior", an x0 guess shaped like x_T, or a trajectory X^0
+    ``(T+1, *x_T.shape)`` (module doc); position 0 is always x_T. Except with "noise" (where they start
+    from the last window value) later positions are kept as they are when the window exposes them.
     """
     grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
 
