@@ -102,6 +102,8 @@ def parse(argv=None):
     p.add_argument("--tols", default="0.1,0.01", help="Picard and PCM tolerances")
     p.add_argument("--safeguards", default="none,1.0", help="iterate safeguard kappas ('none': off)")
     p.add_argument("--pcm-windows", default="50", help="PCM windows")
+    p.add_argument("--inits", default="noise,prior", help="Picard first iterates (PCM uses its adapter's)")
+    p.add_argument("--ddim-ks", default="5", help="also DDIM re-discretised to these step counts ('' for none)")
     p.add_argument("--pcm-spaces", help="weight,feature (default: the adapter's own space)")
     p.add_argument("--k-on", type=int, help="override the adapter's schedule (random adapter: 2)")
     p.add_argument("--k-off", type=int, help="override the adapter's schedule (random adapter: 6)")
@@ -247,12 +249,15 @@ def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
         return "" if sg is None else f"_sg{sg:g}"
 
     runs = {SEQ: lambda x, c: sample_sequential(base_d, x, c, **kw)}
-    for w in ints(a.windows):
-        for tol in tols:
-            for sg in sgs:
-                runs[f"picard_w{w}_tol{tol:g}{tag(sg)}"] = (
-                    lambda x, c, w=w, tol=tol, sg=sg:
-                    sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, **kw))
+    for k in ints(a.ddim_ks) if a.ddim_ks else []:
+        runs[f"ddim_k{k}"] = lambda x, c, k=k: sample_sequential(base_d, x, c, **{**kw, "num_steps": k})
+    for init in a.inits.split(","):
+        for w in ints(a.windows):
+            for tol in tols:
+                for sg in sgs:
+                    runs[f"picard_w{w}_tol{tol:g}{tag(sg)}" + ("" if init == "noise" else f"_{init}")] = (
+                        lambda x, c, w=w, tol=tol, sg=sg, init=init:
+                        sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, init=init, **kw))
     lam = linear_schedule(schedule["k_on"], schedule["k_off"])
     spaces = a.pcm_spaces.split(",") if a.pcm_spaces else [schedule.get("space", "weight")]
     for space in spaces:
@@ -261,7 +266,8 @@ def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
                 for sg in sgs:
                     runs[f"pcm_{space}_w{w}_tol{tol:g}{tag(sg)}"] = (
                         lambda x, c, w=w, tol=tol, sg=sg, space=space:
-                        sample_pcm(pcm_d, x, c, window=w, tol=tol, safeguard=sg, space=space, schedule=lam, **kw))
+                        sample_pcm(pcm_d, x, c, window=w, tol=tol, safeguard=sg, space=space, schedule=lam,
+                                   init=schedule.get("init"), **kw))
     return runs
 
 
