@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/python scripts/rollout.py --sampler picard --seed 0 --video outputs/rollout_seed0.mp4
+	$(BIN)/python scripts/rollout.py --sampler pcm --seed 0 --video outputs/rollout_seed0.mp4
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

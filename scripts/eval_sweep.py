@@ -59,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--samplers", default=",".join(NAMES), help=f"comma list of {', '.join(NAMES)}")
     p.add_argument("--ks", default=KS, help="iteration budgets k")
     p.add_argument("--score-ks", default=None, help="the ks whose rollouts (scores) are run (default: all)")
+    p.add_argument("--score-samplers", default="ddim,ddim-k,picard,pcm",
+                   help="samplers whose rollouts are run (default: all but newton, whose T sequential JVPs per "
+                        "iteration make it a distance-only reference curve)")
     p.add_argument("--seed", type=int, default=100000, help="first episode seed (evaluation set: 100000)")
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=200)
@@ -225,7 +228,7 @@ def main(argv=None) -> int:
 
     def make(name, k):  # ddim truncates the T-step trajectory: a budget beyond T is the full trajectory
         return make_sampler(name, base.noise_scheduler, num_steps=a.num_steps, tol=0.0,
-                            k=min(k, a.num_steps) if name == "ddim" else k, **opts[name])
+                            k=min(k, a.num_steps) if name == "ddim" else k, **opts.get(name, {}))
 
     runs, t_start = a.out / "runs", time.perf_counter()
     runs.mkdir(parents=True, exist_ok=True)
@@ -247,7 +250,7 @@ def main(argv=None) -> int:
         res[s] = [{"sampler": s, "k": k, "mean_score": None, "success_rate": None, "mean_iterations": None,
                    "median_latency_s": None, "distance_norm": d["norm"][i], "distance_px": d["px"][i]}
                   for i, k in enumerate(a.ks)]
-    todo = [(s, r) for s in a.samplers for r in res[s] if r["k"] in a.score_ks]
+    todo = [(s, r) for s in a.samplers if s in a.score_samplers.split(",") for r in res[s] if r["k"] in a.score_ks]
     for j, (s, r) in enumerate(todo):
         if s in ("ddim", "ddim-k") and r["k"] == a.num_steps:
             summary = ref["summary"]

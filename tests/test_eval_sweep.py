@@ -89,3 +89,13 @@ def test_bad_input_exits_2(ckpt, tmp_path, capsys, bad):
     with pytest.raises(SystemExit) as e:
         raise SystemExit(sweep.main(args))
     assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+
+
+def test_sweep_of_one_sampler_without_ddim(ckpt, tmp_path):
+    """The DDIM-T reference is built even when ddim itself is not swept; newton is distance-only by default."""
+    out = tmp_path / "one"
+    assert sweep.main(_args(ckpt, out, ["picard", "newton"])) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    assert set(res["results"]) == {"picard", "newton"}
+    assert res["results"]["picard"][0]["mean_score"] is not None and res["results"]["newton"][0]["mean_score"] is None
+    assert res["results"]["newton"][-1]["distance_px"] < 1e-2  # Newton at k = 6 > T has converged
