@@ -45,7 +45,8 @@ from pcm_policy.checkpoint import _atomic as write_atomic  # noqa: E402
 from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
 from pcm_policy.samplers import make_sampler  # noqa: E402
 from pcm_policy.sampling import linear_schedule  # noqa: E402
-from pcm_policy.training.pct_data import _ObsRecorder  # noqa: E402
+from pcm_policy.training.pct import action_distance  # noqa: E402
+from pcm_policy.training.pct_data import ObsRecorder  # noqa: E402
 
 BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
 NAMES = ("ddim", "ddim-k", "picard", "pcm", "newton")
@@ -112,18 +113,6 @@ def cached(path: Path, key: dict, compute, label: str, t_start: float):
     return value
 
 
-class _Recorder(_ObsRecorder):
-    """Stands in for the policy in ``run_rollouts``; keeps every chunk's observations and initial noise."""
-
-    def __init__(self, policy):
-        super().__init__(policy)
-        self.noise = []
-
-    def predict_action(self, obs, sampler, **kw):
-        self.noise.append(kw["noise"].clone())
-        return super().predict_action(obs, sampler, **kw)
-
-
 def rollout_summary(policy, sampler, a) -> dict:
     eps = run_rollouts(policy, sampler, list(range(a.seed, a.seed + a.episodes)), max_steps=a.max_steps)["episodes"]
     return {**summarize(eps), "scores": [float(e["score"]) for e in eps]}
@@ -131,16 +120,10 @@ def rollout_summary(policy, sampler, a) -> dict:
 
 def reference(policy, sampler, a) -> dict:
     """DDIM-T rollouts: summary plus every chunk's raw observations and noise (as lists, for JSON)."""
-    rec = _Recorder(policy)
+    rec = ObsRecorder(policy)
     with torch.no_grad():
         summary = rollout_summary(rec, sampler, a)
     return {"summary": summary, "obs": torch.cat(rec.batches).tolist(), "noise": torch.cat(rec.noise).tolist()}
-
-
-def dist(out: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Summed over samples: mean over the H actions of the Euclidean distance, (normalised, pixels)."""
-    d = out - ref
-    return torch.stack([d.norm(dim=-1).mean(-1).sum(), (d / scale).norm(dim=-1).mean(-1).sum()])
 
 
 @torch.no_grad()
@@ -156,7 +139,7 @@ def distances(name, policy, make, ks, cond, x_T, traj, batch: int = 100) -> dict
         else:
             its = make(name, max(ks))(policy.denoise, x, c, return_iterates=True)[1].iterates
             outs = [its[min(k, len(its) - 1)][-1] for k in ks]
-        total += torch.stack([dist(o, tr[:, -1], scale) for o in outs])
+        total += torch.stack([torch.stack(action_distance(o, tr[:, -1], scale)) for o in outs])
     total /= len(cond)
     return {"norm": total[:, 0].tolist(), "px": total[:, 1].tolist()}
 

@@ -70,7 +70,6 @@ def main(cfg: DictConfig) -> None:
         if policy.cfg != pcfg:
             raise SystemExit(f"error: init_from={cfg.init_from} holds {policy.cfg}, but this run configures "
                              f"{pcfg}; pick the matching policy=... or drop init_from")
-        policy.train()
     else:
         policy = DiffusionPolicy(pcfg)
         # Normaliser fitted on every episode (train and validation) of every store, as the reference does.

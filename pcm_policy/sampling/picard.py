@@ -80,10 +80,14 @@ def _check(x_T, window, tol, max_iters, form, init, T):
                          f"(num_steps+1, *x_T.shape) = {(T + 1, *x_T.shape)}, got {tuple(init.shape)}")
 
 
+def _is_noise(init) -> bool:
+    return init is None or isinstance(init, str) and init == "noise"
+
+
 def initial_trajectory(grid: Grid, x_T: torch.Tensor, init: str | torch.Tensor | None = None) -> torch.Tensor:
     """X^0 ``(T+1, *x_T.shape)`` for ``init`` = None/"noise", "prior", an x0 guess or a trajectory (see above)."""
     T = len(grid)
-    if init is None or isinstance(init, str) and init == "noise":
+    if _is_noise(init):
         X = x_T.expand(T + 1, *x_T.shape).clone()
     elif isinstance(init, str) or init.shape == x_T.shape:  # "prior", or prior around an x0 guess
         abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T).view(-1, *([1] * x_T.ndim))
@@ -126,7 +130,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     check_cond(cond, B)
     p = T if window is None else min(window, T)
     X = initial_trajectory(grid, x_T, init)
-    copy_exposed = init is None or isinstance(init, str) and init == "noise"
+    copy_exposed = _is_noise(init)
     scale = d * _tol_scale(grid)
     bound = None if safeguard is None else _bound(grid, x_T, safeguard)
     stats = SampleStats(iterates=[X.clone()] if return_iterates else None)

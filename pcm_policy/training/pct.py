@@ -20,8 +20,8 @@ import torch
 from ..sampling import linear_schedule, make_grid, picard_update, repeat_cond, sample_pcm
 from .pct_data import TrajDataConfig, iterates
 
-__all__ = ["PCTBatches", "alpha_from_var", "candidates", "choose_schedule", "ddim_grid", "make_val_fn", "pcm_distances",
-           "pct_loss", "phi", "tune_schedule"]
+__all__ = ["PCTBatches", "action_distance", "alpha_from_var", "candidates", "choose_schedule", "ddim_grid",
+           "make_val_fn", "pcm_distances", "pct_loss", "phi", "tune_schedule"]
 
 
 def phi(policy, X: torch.Tensor, cond: torch.Tensor, grid, lora_scale: float = 1.0) -> torch.Tensor:
@@ -88,6 +88,13 @@ class PCTBatches:
         self.regenerated[n] = True
 
 
+def action_distance(out: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean over the H actions of the Euclidean distance, summed over the sample dim (the last
+    one before (H, A)): (normalised units, pixels = normalised / the action normaliser's ``scale``)."""
+    d = out - ref
+    return d.norm(dim=-1).mean(-1).sum(-1), (d / scale).norm(dim=-1).mean(-1).sum(-1)
+
+
 @torch.no_grad()
 def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, *, num_steps: int = 50,
                   safeguard: float | None = None, init: str | None = None, batch: int = 100) -> dict:
@@ -102,9 +109,9 @@ def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, 
                            solver="ddim", schedule=linear_schedule(s["k_on"], s["k_off"]), space=s["space"], tol=0.0,
                            max_iters=k_max, return_iterates=True, safeguard=safeguard, init=init)
         outs = torch.stack([st.iterates[min(k, len(st.iterates) - 1)][-1] for k in range(1, k_max + 1)])
-        diff = outs - target[sl]  # (k, b, H, A)
-        norm += diff.norm(dim=-1).mean(-1).sum(-1)
-        px += (diff / scale).norm(dim=-1).mean(-1).sum(-1)
+        n, p = action_distance(outs, target[sl], scale)  # outs: (k, b, H, A)
+        norm += n
+        px += p
     return {"norm": (norm / len(cond)).tolist(), "px": (px / len(cond)).tolist()}
 
 

@@ -96,14 +96,17 @@ def _demo_conditions(policy, path, n_train: int, n_val: int, cfg: TrajDataConfig
     return out
 
 
-class _ObsRecorder:
-    """Stands in for the policy in ``run_rollouts`` and keeps every observation batch it is shown."""
+class ObsRecorder:
+    """Stands in for the policy in ``run_rollouts`` and keeps every observation batch it is shown (and the
+    initial noise, where ``run_rollouts`` passes one)."""
 
     def __init__(self, policy):
-        self.policy, self.cfg, self.batches = policy, policy.cfg, []
+        self.policy, self.cfg, self.batches, self.noise = policy, policy.cfg, [], []
 
     def predict_action(self, obs, sampler, **kw):
         self.batches.append(torch.as_tensor(obs).clone())
+        if kw.get("noise") is not None:
+            self.noise.append(kw["noise"].clone())
         return self.policy.predict_action(obs, sampler, **kw)
 
 
@@ -119,7 +122,7 @@ def _rollout_conditions(policy, n: int, seed: int, cfg: TrajDataConfig, rng, pro
     while len(obs) < n:
         batch = list(range(seed, seed + min(cfg.rollout_batch, math.ceil((n - len(obs)) / cfg.per_episode))))
         seed += len(batch)
-        rec = _ObsRecorder(policy)
+        rec = ObsRecorder(policy)
         with torch.no_grad():
             eps = run_rollouts(rec, sampler, batch, max_steps=cfg.max_steps)["episodes"]
         per_seed = {s: [] for s in batch}
