@@ -44,7 +44,7 @@ from pcm_policy.checkpoint import ADAPTER_CONFIG, WEIGHTS, CheckpointError, load
 from pcm_policy.checkpoint import _atomic as write_atomic  # noqa: E402
 from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
 from pcm_policy.samplers import make_sampler  # noqa: E402
-from pcm_policy.sampling import linear_schedule  # noqa: E402
+from pcm_policy.sampling import INITS, linear_schedule  # noqa: E402
 from pcm_policy.training.pct import action_distance  # noqa: E402
 from pcm_policy.training.pct_data import ObsRecorder  # noqa: E402
 
@@ -69,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--num-steps", type=int, default=50, help="DDIM steps T of the reference trajectory")
     p.add_argument("--checkpoint", type=Path, default=BASE)
     p.add_argument("--adapter", type=Path, default=ADAPTER, help="PCM adapter folder (needed for pcm)")
-    p.add_argument("--init", choices=("noise", "prior"), default=None,
+    p.add_argument("--init", choices=INITS, default=None,
                    help="Picard/PCM/Newton first iterate (default noise; PCM: the adapter's)")
     p.add_argument("--distance-conditions", type=int, default=400)
     p.add_argument("--threads", type=int, default=1)

@@ -26,6 +26,7 @@ BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
 
 def parse_args(argv=None):
     from pcm_policy.samplers import SAMPLERS
+    from pcm_policy.sampling import INITS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sampler", default="pcm", help=f"one of {', '.join(SAMPLERS)} (default pcm)")
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--safeguard", type=float, default=None,
                    help="Picard/PCM iterate safeguard kappa (clamps unconverged positions; exactness kept); "
                         "PCM default: the adapter's")
-    p.add_argument("--init", choices=("noise", "prior"), default=None,
+    p.add_argument("--init", choices=INITS, default=None,
                    help="Picard/PCM/Newton first iterate: x_T everywhere (noise) or scaled by the noise level "
                         "(prior); exactness kept either way. Default noise; PCM: the adapter's")
     p.add_argument("--warm-start", action="store_true",
