@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from envs.pusht import PushTEnv
+from pcm_policy.device import synchronize
 
 
 def chunk_noise(seed: int, chunk: int, shape: tuple, noise_seed: int = 0) -> torch.Tensor:
@@ -59,8 +60,9 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
         obs = torch.as_tensor(np.stack([np.stack(hist[i]) for i in active]), dtype=torch.float32)
         noise = torch.stack([chunk_noise(seeds[i], chunk, shape, noise_seed) for i in active])
         t0 = time.perf_counter()
-        kw = {"init": guess[active]} if warm_start else {}
+        kw = {"init": guess[active].to(policy.device)} if warm_start else {}
         out = policy.predict_action(obs, sampler, noise=noise, **kw)
+        synchronize(policy.device)
         latency = time.perf_counter() - t0
         if warm_start:
             pred, n = out["action_pred_norm"].detach().cpu(), cfg.n_action_steps

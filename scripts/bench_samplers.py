@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from pcm_policy.checkpoint import load_adapter_folder, load_policy, read_config
+from pcm_policy.device import pick_device, synchronize
 from pcm_policy.lora import add_lora
 from pcm_policy.models.unet1d import count_parameters
 from pcm_policy.sampling import (
@@ -115,6 +116,7 @@ def parse(argv=None):
     p.add_argument("--window-threads", type=int, default=1, help="threads of calls with >= --switch-rows rows")
     p.add_argument("--switch-rows", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: every timing then waits for the GPU")
     p.add_argument("--out", help="write the JSON here (else it is printed after the table)")
     a = p.parse_args(argv)
     for name in ("conds", "batch", "num_steps", "repeats", "curve_repeats", "threads", "window_threads",
@@ -135,12 +137,12 @@ def load_base(a, dataset):
         policy = DiffusionPolicy(PolicyConfig(unet_size=a.size)).eval()
         ds = dataset(policy.cfg.obs_type)
         policy.normalizer = NormalizerDict.fit({"obs": ds.get_all_obs(), "action": ds.get_all_actions()})
-        return policy, {"source": f"random weights, UNet preset {a.size!r} (timing only)"}
+        return policy.to(a.device), {"source": f"random weights, UNet preset {a.size!r} (timing only)"}
     path = Path(a.checkpoint) if a.checkpoint else DEFAULT_BASE
     if not a.checkpoint and not path.is_dir():
         sys.exit(f"no policy: {path} does not exist; pass --checkpoint DIR (a folder from "
                  "scripts/train_policy.py) or --size small|medium for a random policy (timing only)")
-    policy = load_policy(path)
+    policy = load_policy(path, a.device)
     cfg = read_config(path)
     return policy, {"source": str(path), "step": cfg.get("step"), "command": cfg.get("command")}
 
@@ -155,7 +157,7 @@ def load_pcm(a, policy):
         with torch.no_grad():  # lora_B starts at zero: give the adapter weights so it changes the model
             for n, p in pcm.model.named_parameters():
                 if "lora_B" in n:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+                    p.copy_(torch.randn(p.shape, generator=g).to(p.device) * 0.05)
         schedule, info = {"k_on": 2, "k_off": 6, "space": "weight"}, {"source": "random (timing only)"}
     else:
         cfg = load_adapter_folder(pcm, path)
@@ -199,8 +201,8 @@ def batch_cost_curve(rows: dict, widths: list[int], conds: torch.Tensor, horizon
     g = torch.Generator().manual_seed(seed)
     out = {name: {} for name in rows}
     for w in widths:
-        x = torch.randn(w, horizon, action_dim, generator=g)
-        t = torch.randint(0, n_train, (w,), generator=g)
+        x = torch.randn(w, horizon, action_dim, generator=g).to(conds.device)
+        t = torch.randint(0, n_train, (w,), generator=g).to(conds.device)
         c = conds[torch.arange(w) % len(conds)]
         times = {name: [] for name in rows}
         for rep in range(repeats + 2):  # 2 warm-up calls
@@ -208,6 +210,7 @@ def batch_cost_curve(rows: dict, widths: list[int], conds: torch.Tensor, horizon
                 with num_threads(th):
                     t0 = time.perf_counter()
                     fn(x, t, c, **kw)
+                    synchronize(conds.device)
                     ms = ms_since(t0)
                 if rep >= 2:
                     times[name].append(ms)
@@ -302,6 +305,10 @@ def table(result: dict) -> str:
 
 def main(argv=None):
     a = parse(argv)
+    try:
+        a.device = pick_device(a.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     torch.set_num_threads(a.threads)  # the process default; ThreadPolicy switches wide calls from here
     from pcm_policy.data import PushTLowdimDataset
@@ -322,7 +329,7 @@ def main(argv=None):
         conds, obs_idx = draw_conditions(policy, ds, a.conds * B, a.seed)
     conds = conds.view(a.conds, B, -1)
     g = torch.Generator().manual_seed(a.seed)
-    noises = torch.randn(a.conds, B, cfg.horizon, cfg.action_dim, generator=g)
+    noises = torch.randn(a.conds, B, cfg.horizon, cfg.action_dim, generator=g).to(a.device)
     px_scale = policy.normalizer["action"].scale.detach()  # pixels = normalised / scale
 
     base_d = ThreadPolicy(policy.denoise, a.threads, a.window_threads, a.switch_rows)
@@ -352,6 +359,7 @@ def main(argv=None):
             for name, fn in runs.items():
                 t0 = time.perf_counter()
                 x0, st = fn(noises[ci], conds[ci])
+                synchronize(a.device)
                 times[name].append(ms_since(t0))
                 outputs[name][ci] = (x0, st)
 
@@ -379,7 +387,8 @@ def main(argv=None):
     result = {
         "machine": {
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": str(a.device),
+            "gpu": torch.cuda.get_device_name(a.device) if a.device.type == "cuda" else None,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "load_avg_start": load_start,
             "load_avg_end": load_end,

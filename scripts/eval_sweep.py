@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from pcm_policy.checkpoint import ADAPTER as ADAPTER_WEIGHTS  # noqa: E402
 from pcm_policy.checkpoint import ADAPTER_CONFIG, WEIGHTS, CheckpointError, load_adapter_folder, load_policy  # noqa: E402
 from pcm_policy.checkpoint import _atomic as write_atomic  # noqa: E402
+from pcm_policy.device import pick_device  # noqa: E402
 from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
 from pcm_policy.samplers import make_sampler  # noqa: E402
 from pcm_policy.sampling import INITS, linear_schedule  # noqa: E402
@@ -73,6 +74,7 @@ def parse_args(argv=None):
                    help="Picard/PCM/Newton first iterate (default noise; PCM: the adapter's)")
     p.add_argument("--distance-conditions", type=int, default=400)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
     p.add_argument("--out", type=Path, default=ROOT / "results/sweep")
     a = p.parse_args(argv)
     try:
@@ -139,7 +141,7 @@ def distances(name, policy, make, ks, cond, x_T, traj, batch: int = 100) -> dict
         else:
             its = make(name, max(ks))(policy.denoise, x, c, return_iterates=True)[1].iterates
             outs = [its[min(k, len(its) - 1)][-1] for k in ks]
-        total += torch.stack([torch.stack(action_distance(o, tr[:, -1], scale)) for o in outs])
+        total += torch.stack([torch.stack(action_distance(o, tr[:, -1], scale)) for o in outs]).cpu()
     total /= len(cond)
     return {"norm": total[:, 0].tolist(), "px": total[:, 1].tolist()}
 
@@ -192,10 +194,11 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
-        base = load_policy(a.checkpoint)
+        base = load_policy(a.checkpoint, pick_device(a.device))
         policies, opts = {s: base for s in a.samplers}, {s: {"init": a.init} for s in a.samplers}
         key = {"seed": a.seed, "episodes": a.episodes, "max_steps": a.max_steps, "num_steps": a.num_steps,
-               "checkpoint": file_hash(a.checkpoint, [WEIGHTS])}
+               "checkpoint": file_hash(a.checkpoint, [WEIGHTS]),
+               **({"device": base.device.type} if base.device.type != "cpu" else {})}  # GPU runs cached apart
         keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
         if "pcm" in a.samplers:
             policies["pcm"] = copy.deepcopy(base)
@@ -220,7 +223,7 @@ def main(argv=None) -> int:
     ref_score, n_all = ref["summary"]["mean_score"], len(ref["obs"])
     idx = np.unique(np.linspace(0, n_all - 1, min(a.distance_conditions, n_all)).round().astype(int))
     with torch.no_grad():  # float32 -> JSON -> float32 is exact
-        cond, x_T = base.condition(torch.tensor(ref["obs"])[idx]), torch.tensor(ref["noise"])[idx]
+        cond, x_T = base.condition(torch.tensor(ref["obs"])[idx]), torch.tensor(ref["noise"])[idx].to(base.device)
         traj = torch.cat([make("ddim", a.num_steps)(base.denoise, x_T[i:i + 100], cond[i:i + 100],
                                                     return_trajectory=True)[1].trajectory.transpose(0, 1)
                           for i in range(0, len(idx), 100)])

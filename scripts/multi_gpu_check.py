@@ -5,6 +5,9 @@ Run on a machine with N GPUs (nccl, one process per GPU):
     torchrun --standalone --nproc_per_node=N scripts/multi_gpu_check.py --out multi_gpu.json
 
 or, as a dry run on CPU (gloo): ``torchrun --standalone --nproc_per_node=2 scripts/multi_gpu_check.py --cpu``.
+With fewer GPUs than processes, process r uses GPU r mod N; nccl refuses two processes on one GPU, so
+such runs need ``--backend gloo`` (gloo gathers the GPU tensors through host memory): a check of the
+sharding on real GPU tensors, not a speed-up.
 
 Every process builds the same randomly initialised UNet and inputs. Rank 0 also samples on its own
 device without sharding (the reference). Printed by rank 0 as JSON: the largest difference between
@@ -32,6 +35,7 @@ from pcm_policy.sampling.distributed import ShardedDenoiser
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="gloo on CPU instead of nccl on GPUs")
+    p.add_argument("--backend", choices=("nccl", "gloo"), help="default: gloo with --cpu, else nccl")
     p.add_argument("--size", default="medium")
     p.add_argument("--num-steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=1)
@@ -40,14 +44,16 @@ def main():
     p.add_argument("--out")
     a = p.parse_args()
 
-    dist.init_process_group("gloo" if a.cpu else "nccl")
+    backend = a.backend or ("gloo" if a.cpu else "nccl")
+    dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     if a.cpu:
         device = torch.device("cpu")
         torch.set_num_threads(1)
     else:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
         torch.cuda.set_device(device)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = build_unet(a.size).to(device).eval()
     g = torch.Generator().manual_seed(0)
@@ -75,7 +81,8 @@ def main():
             (x_pic, st), ms_pic = timed(picard(plain), a.repeats, device)
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
             result = {
-                "world_size": world, "device": name,
+                "world_size": world, "backend": backend, "device": name,
+                "gpus_visible": torch.cuda.device_count() if device.type == "cuda" else 0,
                 "unet": a.size, "num_steps": a.num_steps, "batch": a.batch, "tol": a.tol,
                 "max_abs_diff_sharded_vs_single": {"picard": float((x_sh - x_pic).abs().max()),
                                                    "sequential": float((x_seq_sh - x_seq).abs().max())},

@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--video", type=Path, default=None, help="mp4 or gif of the first episode")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
     a = p.parse_args(argv)
     errors = [
         (a.sampler not in SAMPLERS, f"unknown sampler {a.sampler!r}; choose one of {', '.join(SAMPLERS)}"),
@@ -77,13 +78,14 @@ def main(argv=None) -> int:
     import torch
 
     from pcm_policy.checkpoint import CheckpointError, load_adapter_folder, load_policy
+    from pcm_policy.device import pick_device
     from pcm_policy.rollout import run_rollouts, summarize
     from pcm_policy.samplers import make_sampler
     from pcm_policy.sampling import linear_schedule
 
     torch.set_num_threads(args.threads)
     try:
-        policy = load_policy(args.checkpoint)
+        policy = load_policy(args.checkpoint, pick_device(args.device))
         schedule, space, safeguard, init = None, args.space or "weight", args.safeguard, args.init
         if args.sampler == "pcm":
             sched = load_adapter_folder(policy, args.adapter or ADAPTER)["schedule"]
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
     print(f"{label}: mean score {summary['mean_score']:.3f}, success {100 * summary['success_rate']:.0f}%, "
           f"{summary['mean_iterations']:.1f} iterations/chunk, "
           f"median {1000 * summary['median_latency_s']:.1f} ms/chunk, "
-          f"{wall:.1f} s total, {args.threads} thread(s)")
+          f"{wall:.1f} s total, {args.threads} thread(s), {args.device}")
     if args.video:
         from envs.pusht.video import write_video
 

@@ -146,6 +146,9 @@ def test_smoke_training_and_rollout_script(tmp_path):
     (["--sampler", "picard", "--k", "0"], "--k must be >= 1"),
     (["--sampler", "picard", "--tol", "-1"], "--tol must be >= 0"),
     (["--sampler", "ddim", "--checkpoint", "/nonexistent"], "missing config.json"),
+    (["--sampler", "ddim", "--device", "nope"], "unknown device 'nope'"),
+    pytest.param(["--sampler", "ddim", "--device", "cuda"], "torch sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
 def test_rollout_bad_input_exits_2(args, msg):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), *args], capture_output=True, text=True)

@@ -103,6 +103,10 @@ class ObsRecorder:
     def __init__(self, policy):
         self.policy, self.cfg, self.batches, self.noise = policy, policy.cfg, [], []
 
+    @property
+    def device(self):
+        return self.policy.device
+
     def predict_action(self, obs, sampler, **kw):
         self.batches.append(torch.as_tensor(obs).clone())
         if kw.get("noise") is not None:
