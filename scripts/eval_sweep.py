@@ -2,6 +2,7 @@
 
     python scripts/eval_sweep.py                                  # the full sweep (hours on a CPU)
     python scripts/eval_sweep.py --score-ks 1,2,4,8,50            # rollouts at these k only
+    python scripts/eval_sweep.py --device cuda --jobs 8           # on a GPU, 8 rollout processes sharing it
     python scripts/eval_sweep.py --samplers ddim,picard --episodes 2 --max-steps 16 --ks 1,2 --out /tmp/sw
 
 1. Reference: sequential DDIM-T (T = --num-steps, 50) rollouts on seeds seed..seed+episodes-1; every
@@ -27,9 +28,11 @@ import copy
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--init", choices=INITS, default=None,
                    help="Picard/PCM/Newton first iterate (default noise; PCM: the adapter's)")
     p.add_argument("--distance-conditions", type=int, default=400)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    p.add_argument("--jobs", type=int, default=1, help="rollout runs in this many parallel processes (one per core; "
+                                                       "on a GPU they share it)")
     p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
     p.add_argument("--out", type=Path, default=ROOT / "results/sweep")
     a = p.parse_args(argv)
@@ -86,8 +91,8 @@ def parse_args(argv=None):
     errors = [(bad, f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES)}"),
               (min(a.ks + a.score_ks) < 1, "every k must be >= 1"),
               (not set(a.score_ks) <= set(a.ks), "--score-ks must be a subset of --ks"),
-              (min(a.episodes, a.max_steps, a.num_steps, a.distance_conditions, a.threads) < 1,
-               "--episodes, --max-steps, --num-steps, --distance-conditions and --threads must be >= 1")]
+              (min(a.episodes, a.max_steps, a.num_steps, a.distance_conditions, a.threads, a.jobs) < 1,
+               "--episodes, --max-steps, --num-steps, --distance-conditions, --threads and --jobs must be >= 1")]
     for cond, msg in errors:
         if cond:
             p.exit(2, f"error: {msg}\n")
@@ -190,31 +195,47 @@ def plots(out: Path, res: dict, ref_score: float, T: int) -> None:
         plt.close(fig)
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
-    torch.set_num_threads(a.threads)
-    try:
-        base = load_policy(a.checkpoint, pick_device(a.device))
-        policies, opts = {s: base for s in a.samplers}, {s: {"init": a.init} for s in a.samplers}
-        key = {"seed": a.seed, "episodes": a.episodes, "max_steps": a.max_steps, "num_steps": a.num_steps,
-               "checkpoint": file_hash(a.checkpoint, [WEIGHTS]),
-               **({"device": base.device.type} if base.device.type != "cpu" else {})}  # GPU runs cached apart
-        keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
-        if "pcm" in a.samplers:
-            policies["pcm"] = copy.deepcopy(base)
-            sched = load_adapter_folder(policies["pcm"], a.adapter)["schedule"]
-            opts["pcm"] = {"schedule": linear_schedule(sched["k_on"], sched["k_off"]),
-                           "space": sched.get("space", "weight"), "safeguard": sched.get("safeguard"),
-                           "init": a.init or sched.get("init")}
-            keys["pcm"].update(init=opts["pcm"]["init"],
-                               adapter=file_hash(a.adapter, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]))
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def setup(a):
+    """(base policy, make(name, k) -> sampler, {sampler: policy}, {sampler: cache key}, common key).
+    Raises CheckpointError, FileNotFoundError, KeyError or ValueError on a bad checkpoint or adapter."""
+    base = load_policy(a.checkpoint, pick_device(a.device))
+    policies, opts = {s: base for s in a.samplers}, {s: {"init": a.init} for s in a.samplers}
+    key = {"seed": a.seed, "episodes": a.episodes, "max_steps": a.max_steps, "num_steps": a.num_steps,
+           "checkpoint": file_hash(a.checkpoint, [WEIGHTS]),
+           **({"device": base.device.type} if base.device.type != "cpu" else {})}  # GPU runs cached apart
+    keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
+    if "pcm" in a.samplers:
+        policies["pcm"] = copy.deepcopy(base)
+        sched = load_adapter_folder(policies["pcm"], a.adapter)["schedule"]
+        opts["pcm"] = {"schedule": linear_schedule(sched["k_on"], sched["k_off"]),
+                       "space": sched.get("space", "weight"), "safeguard": sched.get("safeguard"),
+                       "init": a.init or sched.get("init")}
+        keys["pcm"].update(init=opts["pcm"]["init"], adapter=file_hash(a.adapter, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]))
 
     def make(name, k):  # ddim truncates the T-step trajectory: a budget beyond T is the full trajectory
         return make_sampler(name, base.noise_scheduler, num_steps=a.num_steps, tol=0.0,
                             k=min(k, a.num_steps) if name == "ddim" else k, **opts.get(name, {}))
+
+    return base, make, policies, keys, key
+
+
+def score_run(a, s: str, k: int, label: str, t_start: float, ctx=None) -> dict:
+    """Rollout summary of sampler ``s`` at budget ``k``, cached in OUT/runs (``ctx``: ``setup(a)``, else loaded)."""
+    torch.set_num_threads(a.threads)
+    _, make, policies, keys, _ = ctx or setup(a)
+    return cached(a.out / "runs" / f"{s}_k{k}.json", {**keys[s], "sampler": s, "k": k},
+                  lambda: rollout_summary(policies[s], make(s, k), a), label, t_start)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    try:
+        ctx = setup(a)
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    base, make, policies, keys, key = ctx
 
     runs, t_start = a.out / "runs", time.perf_counter()
     runs.mkdir(parents=True, exist_ok=True)
@@ -237,14 +258,17 @@ def main(argv=None) -> int:
                    "median_latency_s": None, "distance_norm": d["norm"][i], "distance_px": d["px"][i]}
                   for i, k in enumerate(a.ks)]
     todo = [(s, r) for s in a.samplers if s in a.score_samplers.split(",") for r in res[s] if r["k"] in a.score_ks]
+    jobs = sorted(((s, r["k"]) for s, r in todo if not (s in ("ddim", "ddim-k") and r["k"] == a.num_steps)),
+                  key=lambda sk: -min(sk[1], a.num_steps) * (2 if sk[0] in ITERATIVE else 1))
+    if a.jobs > 1 and jobs:  # the rollouts in parallel processes (most expensive first); the loop reads the caches
+        with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(score_run, *zip(*[(a, s, k, f"{s} k={k}", t_start) for s, k in jobs], strict=True)))
     for j, (s, r) in enumerate(todo):
         if s in ("ddim", "ddim-k") and r["k"] == a.num_steps:
             summary = ref["summary"]
             print(f"[{j + 1}/{len(todo)}] {s} k={r['k']}: the reference run", flush=True)
         else:
-            summary = cached(runs / f"{s}_k{r['k']}.json", {**keys[s], "sampler": s, "k": r["k"]},
-                             lambda s=s, k=r["k"]: rollout_summary(policies[s], make(s, k), a),
-                             f"[{j + 1}/{len(todo)}] {s} k={r['k']}", t_start)
+            summary = score_run(a, s, r["k"], f"[{j + 1}/{len(todo)}] {s} k={r['k']}", t_start, ctx)
         r.update({f: summary[f] for f in ("mean_score", "success_rate", "mean_iterations", "median_latency_s")})
 
     def matched(r):

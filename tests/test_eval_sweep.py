@@ -99,3 +99,18 @@ def test_sweep_of_one_sampler_without_ddim(ckpt, tmp_path):
     assert set(res["results"]) == {"picard", "newton"}
     assert res["results"]["picard"][0]["mean_score"] is not None and res["results"]["newton"][0]["mean_score"] is None
     assert res["results"]["newton"][-1]["distance_px"] < 1e-2  # Newton at k = 6 > T has converged
+
+
+def test_parallel_jobs_give_the_serial_results(ckpt, tmp_path):
+    """--jobs 2 runs the rollouts in worker processes (spawned, so run as a script) with the same results."""
+    import subprocess
+    import sys
+
+    assert sweep.main(_args(ckpt, tmp_path / "serial")) == 0
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/eval_sweep.py"), *_args(ckpt, tmp_path / "par"),
+                        "--jobs", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    serial, par = (json.loads((tmp_path / d / "sweep.json").read_text())["results"] for d in ("serial", "par"))
+    drop = ("median_latency_s",)  # wall clock differs
+    assert ({s: [{k: v for k, v in row.items() if k not in drop} for row in rows] for s, rows in par.items()}
+            == {s: [{k: v for k, v in row.items() if k not in drop} for row in rows] for s, rows in serial.items()})
