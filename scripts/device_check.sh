@@ -7,7 +7,8 @@
 #    (on a 1-GPU machine both share the GPU: a correctness check on real GPU tensors, not a speed-up);
 # 2. sampler latency on the GPU (bench_samplers.py --device cuda) with the shipped policy and adapter;
 # 3. lockstep rollouts of the 50 evaluation episodes with DDIM-50 and PCM on the GPU;
-# 4. with SWEEP=1, the evaluation sweep (eval_sweep.py --device) at k = 10 only.
+# 4. with SWEEP=1, the evaluation sweep (eval_sweep.py --device) at k = 10 only; with FULL_SWEEP=1 the
+#    README's three sweeps (8 rollout processes sharing the GPU, JOBS=N to change), packed in sweeps.tgz.
 #
 # The machine needs python3 with a CUDA torch. Offline machines get the other packages from wheels in
 # .devwheels/ (made here with: pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -35,7 +36,9 @@ $py -c "import torch, diffusers, peft, zarr, pymunk, gymnasium; print('torch', t
 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'diffusers', diffusers.__version__, 'peft', peft.__version__)"
 
 echo "== 1. sharding"
-if [ "$device" = cpu ]; then
+if [ -n "${NO_SHARD:-}" ]; then
+    echo "skipped (NO_SHARD)"
+elif [ "$device" = cpu ]; then
     $py -m torch.distributed.run --standalone --nproc_per_node=2 scripts/multi_gpu_check.py --cpu --size small \
         --repeats "$repeats" --out "$out/multi_gpu_gloo2.json"
 else
@@ -55,7 +58,18 @@ for s in ddim pcm; do
         | tail -n 3
 done
 
-if [ -n "${SWEEP:-}" ]; then  # the evaluation sweep's GPU path at one k (its files stay in /tmp)
+if [ -n "${FULL_SWEEP:-}" ]; then  # the README's three sweeps, rollouts in parallel processes, packed into one file
+    echo "== 4. evaluation sweeps"
+    jobs=${JOBS:-8} sw=/tmp/pcm_sweeps
+    time $py scripts/eval_sweep.py --device "$device" --jobs "$jobs" --samplers ddim,ddim-k,picard,pcm \
+        --score-ks 1,2,3,4,5,6,8,10,12,15,20 \
+        --out "$sw/sweep" "${roll[@]}" | tail -n 50
+    time $py scripts/eval_sweep.py --device "$device" --jobs "$jobs" --samplers picard --init prior \
+        --score-ks 1,2,3,4,5,6,8,10,12,15,20 --out "$sw/sweep_prior" "${roll[@]}" | tail -n 3
+    time $py scripts/eval_sweep.py --device "$device" --samplers newton --distance-conditions 100 \
+        --out "$sw/sweep_newton" "${roll[@]}" | tail -n 3
+    tar czf "$out/sweeps.tgz" -C "$sw" sweep sweep_prior sweep_newton
+elif [ -n "${SWEEP:-}" ]; then  # the evaluation sweep's GPU path at one k (its files stay in /tmp)
     echo "== 4. sweep at k = 10"
     time $py scripts/eval_sweep.py --device "$device" --samplers ddim,picard,pcm --ks 1,10 --score-ks 10 \
         "${roll[@]}" --out /tmp/pcm_sweep_check | tail -n 12
