@@ -5,10 +5,10 @@
 #
 # 1. sharding (multi_gpu_check.py): nccl with one process per visible GPU, and gloo with 2 processes
 #    (on a 1-GPU machine both share the GPU: a correctness check on real GPU tensors, not a speed-up);
-# 2. sampler latency on the GPU (bench_samplers.py --device cuda) with the shipped policy and adapter;
-# 3. lockstep rollouts of the 50 evaluation episodes with DDIM-50 and PCM on the GPU;
-# 4. with SWEEP=1, the evaluation sweep (eval_sweep.py --device) at k = 10 only; with FULL_SWEEP=1 the
-#    README's three sweeps (8 rollout processes sharing the GPU, JOBS=N to change), packed in sweeps.tgz.
+# 2. with SWEEP=1, the evaluation sweep (eval_sweep.py --device) at k = 10 only; with FULL_SWEEP=1 the
+#    README's three sweeps (8 rollout processes sharing the GPU, JOBS=N to change), packed in sweeps.tgz;
+# 3. sampler latency on the GPU (bench_samplers.py --device cuda) with the shipped policy and adapter;
+# 4. lockstep rollouts of the 50 evaluation episodes with DDIM-50 and PCM on the GPU.
 #
 # The machine needs python3 with a CUDA torch. Offline machines get the other packages from wheels in
 # .devwheels/ (made here with: pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -49,28 +49,31 @@ else
         --backend gloo --repeats "$repeats" --out "$out/multi_gpu_gloo2.json"
 fi
 
-echo "== 2. sampler latency"
+if [ -n "${FULL_SWEEP:-}" ]; then  # the README's three sweeps side by side, packed into one file
+    echo "== 2. evaluation sweeps"
+    jobs=${JOBS:-8} sw=/tmp/pcm_sweeps ks=1,2,3,4,5,6,8,10,12,15,20
+    mkdir -p "$sw"
+    $py scripts/eval_sweep.py --device "$device" --jobs "$jobs" --samplers ddim,ddim-k,picard,pcm --score-ks "$ks" \
+        --out "$sw/sweep" "${roll[@]}" >"$sw/sweep.log" 2>&1 &
+    $py scripts/eval_sweep.py --device "$device" --jobs $(((jobs + 1) / 2)) --samplers picard --init prior \
+        --score-ks "$ks" --out "$sw/sweep_prior" "${roll[@]}" >"$sw/sweep_prior.log" 2>&1 &
+    $py scripts/eval_sweep.py --device "$device" --samplers newton --distance-conditions 100 \
+        --out "$sw/sweep_newton" "${roll[@]}" >"$sw/sweep_newton.log" 2>&1 &
+    wait
+    for f in sweep sweep_prior sweep_newton; do grep -v -i warning "$sw/$f.log" | tail -n 40; done
+    tar czf "$out/sweeps.tgz" -C "$sw" sweep sweep_prior sweep_newton sweep.log sweep_prior.log sweep_newton.log
+elif [ -n "${SWEEP:-}" ]; then  # the evaluation sweep's GPU path at one k (its files stay in /tmp)
+    echo "== 2. sweep at k = 10"
+    time $py scripts/eval_sweep.py --device "$device" --samplers ddim,picard,pcm --ks 1,10 --score-ks 10 \
+        "${roll[@]}" --out /tmp/pcm_sweep_check | tail -n 12
+fi
+
+echo "== 3. sampler latency"
 $py scripts/bench_samplers.py --device "$device" "${bench[@]}" --out "$out/bench_samplers.json"
 
-echo "== 3. rollouts"
+echo "== 4. rollouts"
 for s in ddim pcm; do
     $py scripts/rollout.py --device "$device" --sampler "$s" --seed 100000 "${roll[@]}" --json "$out/rollout_$s.json" \
         | tail -n 3
 done
 
-if [ -n "${FULL_SWEEP:-}" ]; then  # the README's three sweeps, rollouts in parallel processes, packed into one file
-    echo "== 4. evaluation sweeps"
-    jobs=${JOBS:-8} sw=/tmp/pcm_sweeps
-    time $py scripts/eval_sweep.py --device "$device" --jobs "$jobs" --samplers ddim,ddim-k,picard,pcm \
-        --score-ks 1,2,3,4,5,6,8,10,12,15,20 \
-        --out "$sw/sweep" "${roll[@]}" | tail -n 50
-    time $py scripts/eval_sweep.py --device "$device" --jobs "$jobs" --samplers picard --init prior \
-        --score-ks 1,2,3,4,5,6,8,10,12,15,20 --out "$sw/sweep_prior" "${roll[@]}" | tail -n 3
-    time $py scripts/eval_sweep.py --device "$device" --samplers newton --distance-conditions 100 \
-        --out "$sw/sweep_newton" "${roll[@]}" | tail -n 3
-    tar czf "$out/sweeps.tgz" -C "$sw" sweep sweep_prior sweep_newton
-elif [ -n "${SWEEP:-}" ]; then  # the evaluation sweep's GPU path at one k (its files stay in /tmp)
-    echo "== 4. sweep at k = 10"
-    time $py scripts/eval_sweep.py --device "$device" --samplers ddim,picard,pcm --ks 1,10 --score-ks 10 \
-        "${roll[@]}" --out /tmp/pcm_sweep_check | tail -n 12
-fi
