@@ -1,4 +1,4 @@
-"""Side-by-side CPU latency of sequential DDIM-50, Picard and PCM on the shipped PushT policy (JSON out).
+"""Side-by-side latency of sequential DDIM-50, Picard and PCM on the shipped PushT policy, CPU or GPU (JSON out).
 
 Run it on a QUIET machine (nothing else busy: the load average is recorded and a warning printed),
 once per thread setting, from the repository root:
@@ -19,6 +19,9 @@ spin-waiting, 2-thread calls took 1.4 s (batch 1) and 0.47 s (50 rows) instead o
 ``OMP_WAIT_POLICY=PASSIVE`` removed that (11 / 37 ms). So use the 2-thread setting only where the
 cores are free, and if in doubt also run the 2-thread line with ``OMP_WAIT_POLICY=PASSIVE`` (recorded
 in the JSON) and keep the faster one.
+
+On a GPU, add ``--device cuda`` (TF32 off; every timing waits for the GPU; thread settings do not
+matter there): ``scripts/device_check.sh`` runs it that way.
 
 A quick check of the script itself (about a minute; the numbers mean nothing):
 
