@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from diffusers import DDIMScheduler
 
+from pcm_policy.device import pick_device
 from pcm_policy.models.unet1d import build_unet
 from pcm_policy.sampling import sample_picard, sample_sequential
 from pcm_policy.sampling.distributed import ShardedDenoiser
@@ -51,9 +52,8 @@ def main():
         device = torch.device("cpu")
         torch.set_num_threads(1)
     else:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        device = pick_device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}")
         torch.cuda.set_device(device)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = build_unet(a.size).to(device).eval()
     g = torch.Generator().manual_seed(0)
