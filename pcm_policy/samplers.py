@@ -8,6 +8,8 @@ solves the policy's own DDPM noise schedule (``scheduler``) with DDIM (eta = 0) 
     ddim-k    DDIM re-discretised to k steps (a different, coarser solver)
     ddpm      sequential ancestral DDPM over all training timesteps (the reference's sampler)
     picard    ParaDiGMS Picard iteration over the ``num_steps``-step DDIM trajectory
+    taa       the same Picard iteration with ParaTAA's triangular Anderson acceleration (memory
+              ``anderson``, 3) and, unless ``init`` says otherwise, the "prior" first iterate; training-free
     pcm       Picard with model switching: LoRA scale lambda(k) from ``schedule``
     newton    Newton emulation with JVPs (a reference curve, not a fast sampler)
 
@@ -20,12 +22,13 @@ from functools import partial
 
 from .sampling import linear_schedule, sample_newton, sample_pcm, sample_picard, sample_sequential
 
-SAMPLERS = ("ddim", "ddim-k", "ddpm", "picard", "pcm", "newton")
+SAMPLERS = ("ddim", "ddim-k", "ddpm", "picard", "taa", "pcm", "newton")
+ANDERSON = 3  # TAA memory: chosen on 64 demonstration windows among 2-5 (ParaTAA's recommended range)
 
 
 def make_sampler(name: str, scheduler, *, num_steps: int = 50, k: int | None = None, tol: float = 0.1,
                  window: int | None = None, schedule=None, space: str = "weight", init=None,
-                 safeguard: float | None = None):
+                 safeguard: float | None = None, anderson: int = ANDERSON):
     """A ready-to-call sampler. ``schedule`` is a callable k -> lambda (default: hard switch after
     one adapted iteration, ``linear_schedule(1, 1)``); PCM needs a policy with an adapter loaded."""
     if name not in SAMPLERS:
@@ -48,5 +51,8 @@ def make_sampler(name: str, scheduler, *, num_steps: int = 50, k: int | None = N
         return partial(sample_newton, **common)
     if name == "picard":
         return partial(sample_picard, window=window, safeguard=safeguard, **common)
+    if name == "taa":
+        common["init"] = "prior" if init is None else init
+        return partial(sample_picard, window=window, safeguard=safeguard, anderson=anderson, **common)
     return partial(sample_pcm, window=window, safeguard=safeguard, space=space,
                    schedule=schedule or linear_schedule(1, 1), **common)

@@ -107,6 +107,8 @@ def parse(argv=None):
     p.add_argument("--safeguards", default="none,1.0", help="iterate safeguard kappas ('none': off)")
     p.add_argument("--pcm-windows", default="50", help="PCM windows")
     p.add_argument("--inits", default="noise,prior", help="Picard first iterates (PCM uses its adapter's)")
+    p.add_argument("--anderson", default="3", help="Picard + triangular Anderson acceleration (init prior) with "
+                                                   "these memories ('' for none)")
     p.add_argument("--ddim-ks", default="5", help="also DDIM re-discretised to these step counts ('' for none)")
     p.add_argument("--pcm-spaces", help="weight,feature (default: the adapter's own space)")
     p.add_argument("--k-on", type=int, help="override the adapter's schedule (random adapter: 2)")
@@ -264,6 +266,13 @@ def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
                     runs[f"picard_w{w}_tol{tol:g}{tag(sg)}" + ("" if init == "noise" else f"_{init}")] = (
                         lambda x, c, w=w, tol=tol, sg=sg, init=init:
                         sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, init=init, **kw))
+    for m in ints(a.anderson) if a.anderson else []:
+        for w in ints(a.windows):
+            for tol in tols:
+                for sg in sgs:
+                    runs[f"taa{m}_w{w}_tol{tol:g}{tag(sg)}"] = (
+                        lambda x, c, w=w, tol=tol, sg=sg, m=m:
+                        sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, init="prior", anderson=m, **kw))
     lam = linear_schedule(schedule["k_on"], schedule["k_off"])
     spaces = a.pcm_spaces.split(",") if a.pcm_spaces else [schedule.get("space", "weight")]
     for space in spaces:

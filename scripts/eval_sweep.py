@@ -1,4 +1,4 @@
-"""Score and action distance vs iteration budget k for Sequential, DDIM-k, Picard, PCM and Newton (PushT).
+"""Score and action distance vs k for Sequential, DDIM-k, Picard, Picard+TAA, PCM and Newton (PushT).
 
     python scripts/eval_sweep.py                                  # the full sweep (hours on a CPU)
     python scripts/eval_sweep.py --score-ks 1,2,4,8,50            # rollouts at these k only
@@ -47,14 +47,14 @@ from pcm_policy.checkpoint import ADAPTER_CONFIG, WEIGHTS, CheckpointError, load
 from pcm_policy.checkpoint import _atomic as write_atomic  # noqa: E402
 from pcm_policy.device import pick_device  # noqa: E402
 from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
-from pcm_policy.samplers import make_sampler  # noqa: E402
+from pcm_policy.samplers import ANDERSON, make_sampler  # noqa: E402
 from pcm_policy.sampling import INITS, linear_schedule  # noqa: E402
 from pcm_policy.training.pct import action_distance  # noqa: E402
 from pcm_policy.training.pct_data import ObsRecorder  # noqa: E402
 
 BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
-NAMES = ("ddim", "ddim-k", "picard", "pcm", "newton")
-ITERATIVE = ("picard", "pcm", "newton")
+NAMES = ("ddim", "ddim-k", "picard", "taa", "pcm", "newton")
+ITERATIVE = ("picard", "taa", "pcm", "newton")
 KS = "1,2,3,4,5,6,8,10,12,15,20,25,30,40,50"
 SCORE_TOL, PX_TOL = 0.02, 1.0
 
@@ -64,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--samplers", default=",".join(NAMES), help=f"comma list of {', '.join(NAMES)}")
     p.add_argument("--ks", default=KS, help="iteration budgets k")
     p.add_argument("--score-ks", default=None, help="the ks whose rollouts (scores) are run (default: all)")
-    p.add_argument("--score-samplers", default="ddim,ddim-k,picard,pcm",
+    p.add_argument("--score-samplers", default="ddim,ddim-k,picard,taa,pcm",
                    help="samplers whose rollouts are run (default: all but newton, whose T sequential JVPs per "
                         "iteration make it a distance-only reference curve)")
     p.add_argument("--seed", type=int, default=100000, help="first episode seed (evaluation set: 100000)")
@@ -203,7 +203,11 @@ def setup(a):
     key = {"seed": a.seed, "episodes": a.episodes, "max_steps": a.max_steps, "num_steps": a.num_steps,
            "checkpoint": file_hash(a.checkpoint, [WEIGHTS]),
            **({"device": base.device.type} if base.device.type != "cpu" else {})}  # GPU runs cached apart
+    if "taa" in a.samplers:
+        opts["taa"] = {"init": a.init or "prior", "anderson": ANDERSON}
     keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
+    if "taa" in a.samplers:
+        keys["taa"].update(opts["taa"])
     if "pcm" in a.samplers:
         policies["pcm"] = copy.deepcopy(base)
         sched = load_adapter_folder(policies["pcm"], a.adapter)["schedule"]
@@ -285,7 +289,9 @@ def main(argv=None) -> int:
         "reference": {"sampler": "ddim", "k": a.num_steps, **ref["summary"]},
         "results": res, "k_match": k_match,
         "speedups": {"sequential_over_pcm": a.num_steps / kp if kp else None,
-                     "picard_over_pcm": kq / kp if kp and kq else None},
+                     "picard_over_pcm": kq / kp if kp and kq else None,
+                     **({"sequential_over_taa": a.num_steps / kt if (kt := k_match["taa"]) else None,
+                         "picard_over_taa": kq / kt if kt and kq else None} if "taa" in k_match else {})},
     }
     write_atomic(a.out / "sweep.json", lambda p: p.write_text(json.dumps(result, indent=1)))
     rows = [r for rs in res.values() for r in rs]

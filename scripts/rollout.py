@@ -64,7 +64,8 @@ def parse_args(argv=None):
         (a.window is not None and a.window < 1, f"--window must be >= 1, got {a.window}"),
         (a.safeguard is not None and a.safeguard <= 0, f"--safeguard must be > 0, got {a.safeguard}"),
         (a.sampler == "ddim-k" and a.k is None, "--sampler ddim-k needs --k (the number of DDIM steps)"),
-        (a.warm_start and a.sampler not in ("picard", "pcm", "newton"), "--warm-start needs picard, pcm or newton"),
+        (a.warm_start and a.sampler not in ("picard", "taa", "pcm", "newton"),
+         "--warm-start needs picard, taa, pcm or newton"),
         (a.video is not None and a.video.suffix not in (".mp4", ".gif"), "--video must end in .mp4 or .gif"),
     ]
     for bad, msg in errors:

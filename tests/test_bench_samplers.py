@@ -22,9 +22,9 @@ def test_bench_runs_every_sampler_and_reports_distances(tmp_path):
                          "--out", str(out)])
     res = json.loads(out.read_text())
     s = res["samplers"]
-    assert set(s) == {"ddim_sequential", "ddim_k2", "picard_w10_tol0", "picard_w10_tol0_prior",
+    assert set(s) == {"ddim_sequential", "ddim_k2", "picard_w10_tol0", "picard_w10_tol0_prior", "taa3_w10_tol0",
                       "pcm_weight_w10_tol0"}
-    for name in ("picard_w10_tol0", "picard_w10_tol0_prior", "pcm_weight_w10_tol0"):  # tol 0: sequential's output
+    for name in ("picard_w10_tol0", "picard_w10_tol0_prior", "taa3_w10_tol0", "pcm_weight_w10_tol0"):  # tol 0
         assert s[name]["max_abs_delta_px"] < 1e-2 and s[name]["converged"]
     assert s["ddim_k2"]["max_abs_delta_px"] > 1e-2  # a coarser solver: different actions
     assert set(res["batch_cost_curve"]["threads=1"]) == {"1", "10"}

@@ -219,6 +219,33 @@ def test_sliding_window_equals_sequential(window):
     assert stats.iterations <= T and (x - seq).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("window,init", [(None, None), (None, "prior"), (5, None)])
+@pytest.mark.parametrize("m", [2, 4])
+def test_anderson_keeps_the_fixed_point_and_triangular_exactness(case, window, init, m):
+    """TAA moves only positions after the anchor: tol 0 gives sequential DDIM, the first k positions are
+    exact after k iterations, at most T iterations; and it does change the iterates (it is active)."""
+    _, model, s, wrap = denoisers()[case]
+    x_T, cond = inputs()
+    _, st = sample_sequential(model, x_T, wrap(cond), scheduler=s, num_steps=T, return_trajectory=True)
+    kw = dict(scheduler=s, num_steps=T, window=window, tol=0.0, init=init, return_iterates=True)
+    x, stats = sample_picard(model, x_T, wrap(cond), anderson=m, **kw)
+    assert close(x, st.trajectory[T], 1e-5) and stats.iterations <= T
+    for k, Xk in enumerate(stats.iterates):
+        assert close(Xk[: k + 1], st.trajectory[: k + 1], 1e-5), k
+    _, plain = sample_picard(model, x_T, wrap(cond), **kw)
+    assert (stats.iterates[3] - plain.iterates[3]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("space", ["weight", "feature"])
+def test_pcm_with_anderson_equals_sequential(space):
+    model, (x_T, cond) = MLPDenoiser(seed=7), inputs()
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
+    x, _ = sample_pcm(model, x_T, cond, scheduler=ddim(), num_steps=T, schedule=linear_schedule(1, 3), tol=0.0,
+                      space=space, anderson=3)
+    assert close(x, seq, 1e-5)
+
+
 def test_tolerance_stops_early_and_max_iters_caps():
     model, (x_T, cond) = MLPDenoiser(), inputs()
     seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
@@ -352,6 +379,8 @@ def test_tolerance_scale_is_the_variance_of_the_step_leaving_each_position():
 def test_bad_arguments_raise_clear_errors():
     model, (x_T, cond) = MLPDenoiser(), inputs()
     kw = dict(scheduler=ddim(), num_steps=T)
+    with pytest.raises(ValueError, match="anderson"):
+        sample_picard(model, x_T, cond, anderson=-1, **kw)
     with pytest.raises(ValueError, match="window"):
         sample_picard(model, x_T, cond, window=0, **kw)
     with pytest.raises(ValueError, match="tol"):

@@ -22,6 +22,12 @@ Glossary (spec ``pcm.md`` §2; ParaDiGMS, Shih et al. 2023, Alg. 1; PCM suppleme
 
 The window slides to the first position that has not converged (its new value was computed from a
 converged prefix, so it is exact); it always advances by >= 1, so at most T iterations are needed.
+Triangular Anderson acceleration (``anderson=m``, ParaTAA, Tang et al. 2024): positions after the new
+anchor take x_j + R_j - sum_n gamma_j[n] (dX_j[n] + dR_j[n]) instead of the Picard value x_j + R_j,
+where R = Picard value - x, dX and dR are the differences of the last m iterates and residuals, and
+gamma_j solves the ridge least squares min ||R_i - dR_i gamma||^2 summed over the window positions
+i <= j (the ones x_j depends on: "triangular"). The anchor and the prefix keep their Picard values and
+convergence is judged on the Picard residual, so the exactness properties and the fixed point stay.
 Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
 may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| (c = the
 scheduler's clip range, bounding x0) without changing the fixed point; the anchor and the prefix
@@ -117,14 +123,40 @@ def _bound(grid: Grid, x_T: torch.Tensor, kappa: float) -> torch.Tensor:
     return abar**0.5 * grid.clip + (1 - abar) ** 0.5 * m
 
 
+def _anderson(hist: list, count: torch.Tensor, b: int, e: int, reg: float) -> torch.Tensor | None:
+    """TAA correction sum_n gamma_j[n] (dX_j[n] + dR_j[n]) for the window positions b+1..e.
+
+    ``hist``: (X, R) full trajectories of the last iterations, oldest first (R is zero outside the
+    window it was computed on); ``count[j]``: how many of them hold a residual of position j, so
+    position j uses its last count[j] - 1 differences. None while there is no difference yet."""
+    n = len(hist) - 1
+    if n < 1:
+        return None
+    X = torch.stack([x[b + 1:e + 1] for x, _ in hist]).flatten(3).double()  # (n+1, L, B, d)
+    R = torch.stack([r[b + 1:e + 1] for _, r in hist]).flatten(3).double()
+    dX, dR = X[1:] - X[:-1], R[1:] - R[:-1]  # (n, L, B, d)
+    valid = torch.arange(n, device=R.device)[None, :] >= n - (count[b + 1:e + 1, None] - 1)  # (L, n)
+    m = valid[:, None, :].to(R.dtype)  # (L, 1, n): drop the differences position j does not have
+    gram = torch.einsum("pibd,qibd->ibpq", dR, dR).cumsum(0)  # (L, B, n, n): summed over i <= j
+    rhs = torch.einsum("pibd,ibd->ibp", dR, R[-1]).cumsum(0)  # (L, B, n)
+    eye = torch.eye(n, dtype=R.dtype, device=R.device)
+    gamma = torch.linalg.solve(gram * m[..., :, None] * m[..., None, :] + reg * eye, (rhs * m).unsqueeze(-1))
+    corr = torch.einsum("ibp,pibd->ibd", gamma.squeeze(-1), dX + dR)
+    return corr.view_as(hist[-1][0][b + 1:e + 1]).to(hist[-1][0].dtype)
+
+
 def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
                 init=None, form="paradigms", return_iterates=False, return_trajectory=False,
-                safeguard=None, may_slide: Callable[[int], bool] = lambda k: True):
+                safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, anderson: int = 0,
+                anderson_reg: float = 1e-3):
     """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``.
 
     ``may_slide(k)`` says whether iteration k (0-based) may move the anchor (PCM: only base-model
-    iterations may, so the fixed point stays the base model's).
+    iterations may, so the fixed point stays the base model's). ``anderson=m >= 2``: triangular
+    Anderson acceleration with the last m iterates (module doc); 0 or 1: plain Picard.
     """
+    if anderson < 0 or anderson_reg <= 0:
+        raise ValueError(f"anderson must be >= 0 and anderson_reg > 0, got {anderson} and {anderson_reg}")
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
     _check(x_T, window, tol, max_iters, form, init, T)
     check_cond(cond, B)
@@ -134,6 +166,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     scale = d * _tol_scale(grid)
     bound = None if safeguard is None else _bound(grid, x_T, safeguard)
     stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
+    hist, count = [], torch.zeros(T + 1, dtype=torch.long, device=x_T.device)  # Anderson memory
     b, e = 0, p
     while b < T:
         if max_iters is not None and stats.iterations >= max_iters:
@@ -145,6 +178,11 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         out, calls = evaluate(xs.flatten(0, 1), t, repeat_cond(cond, L), k)
         new = picard_update(grid, xs, out, b, X[b], noise_terms, form)
         err = (new - X[b + 1:e + 1]).flatten(2).pow(2).sum(-1) / scale[b + 1:e + 1, None]  # (L, B)
+        if anderson >= 2:
+            R = torch.zeros_like(X)
+            R[b + 1:e + 1] = new - X[b + 1:e + 1]
+            count[b + 1:e + 1] = (count[b + 1:e + 1] + 1).clamp(max=anderson)
+            hist = (hist + [(X.clone(), R)])[-anderson:]
         X[b + 1:e + 1] = new
         stats.iterations += 1
         stats.nfe += L * calls
@@ -153,6 +191,10 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         if may_slide(k):  # slide to the first position that has not converged (>= 1 step)
             bad = (~(err <= tol**2)).any(dim=1).tolist() + [True]  # NaN/inf: not converged
             new_b = b + min(bad.index(True) + 1, L)
+        if anderson >= 2 and new_b < e:  # TAA on the positions after the new anchor only
+            corr = _anderson(hist, count, b, e, anderson_reg)
+            if corr is not None:
+                X[new_b + 1:e + 1] -= corr[new_b - b:]
         new_e = min(new_b + p, T)
         if copy_exposed and new_e > e:
             X[e + 1:new_e + 1] = X[e]  # newly exposed positions start from the last window value
@@ -177,8 +219,9 @@ def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
                   generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                   form: str = "paradigms", return_iterates: bool = False,
                   return_trajectory: bool = False, safeguard: float | None = None,
-                  solver: str | None = None) -> tuple[torch.Tensor, SampleStats]:
+                  solver: str | None = None, anderson: int = 0) -> tuple[torch.Tensor, SampleStats]:
     """Parallel sampling by windowed Picard iteration; converges to sequential sampling's output.
+    ``anderson=m >= 2``: ParaTAA's triangular Anderson acceleration with memory m (module doc).
 
     ``window=None`` is the full window (T). ``noise`` (standard normal, ``(T, *x_T.shape)``) or
     ``generator`` fixes a stochastic solver's noise before the loop (DDPM, DDIM eta > 0).
@@ -194,4 +237,4 @@ def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
     return picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                        noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                        return_iterates=return_iterates, return_trajectory=return_trajectory,
-                       safeguard=safeguard)
+                       safeguard=safeguard, anderson=anderson)
