@@ -6,7 +6,7 @@
 # 1. sharding (multi_gpu_check.py): nccl with one process per visible GPU, and gloo with 2 processes
 #    (on a 1-GPU machine both share the GPU: a correctness check on real GPU tensors, not a speed-up);
 # 2. with SWEEP=1, the evaluation sweep (eval_sweep.py --device) at k = 10 only; with FULL_SWEEP=1 the
-#    README's three sweeps (8 rollout processes sharing the GPU, JOBS=N to change), packed in sweeps.tgz;
+#    README's four sweeps (up to 8 rollout processes each sharing the GPU, JOBS=N), packed in sweeps.tgz;
 # 3. sampler latency on the GPU (bench_samplers.py --device cuda) with the shipped policy and adapter;
 # 4. lockstep rollouts of the 50 evaluation episodes with DDIM-50 and PCM on the GPU.
 #
@@ -49,7 +49,7 @@ else
         --backend gloo --repeats "$repeats" --out "$out/multi_gpu_gloo2.json"
 fi
 
-if [ -n "${FULL_SWEEP:-}" ]; then  # the README's three sweeps side by side, packed into one file
+if [ -n "${FULL_SWEEP:-}" ]; then  # the README's four sweeps side by side, packed into one file
     echo "== 2. evaluation sweeps"
     jobs=${JOBS:-8} sw=/tmp/pcm_sweeps ks=1,2,3,4,5,6,8,10,12,15,20
     mkdir -p "$sw"
@@ -59,9 +59,12 @@ if [ -n "${FULL_SWEEP:-}" ]; then  # the README's three sweeps side by side, pac
         --score-ks "$ks" --out "$sw/sweep_prior" "${roll[@]}" >"$sw/sweep_prior.log" 2>&1 &
     $py scripts/eval_sweep.py --device "$device" --samplers newton --distance-conditions 100 \
         --out "$sw/sweep_newton" "${roll[@]}" >"$sw/sweep_newton.log" 2>&1 &
+    $py scripts/eval_sweep.py --device "$device" --jobs $(((jobs + 1) / 2)) --samplers taa --score-ks "$ks" \
+        --out "$sw/sweep_taa" "${roll[@]}" >"$sw/sweep_taa.log" 2>&1 &
     wait
-    for f in sweep sweep_prior sweep_newton; do grep -v -i warning "$sw/$f.log" | tail -n 40; done
-    tar czf "$out/sweeps.tgz" -C "$sw" sweep sweep_prior sweep_newton sweep.log sweep_prior.log sweep_newton.log
+    for f in sweep sweep_prior sweep_newton sweep_taa; do grep -v -i warning "$sw/$f.log" | tail -n 40; done
+    tar czf "$out/sweeps.tgz" -C "$sw" sweep sweep_prior sweep_newton sweep_taa \
+        sweep.log sweep_prior.log sweep_newton.log sweep_taa.log
 elif [ -n "${SWEEP:-}" ]; then  # the evaluation sweep's GPU path at one k (its files stay in /tmp)
     echo "== 2. sweep at k = 10"
     time $py scripts/eval_sweep.py --device "$device" --samplers ddim,picard,pcm --ks 1,10 --score-ks 10 \
