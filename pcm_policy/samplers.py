@@ -28,9 +28,10 @@ ANDERSON = 3  # TAA memory: chosen on 64 demonstration windows among 2-5 (ParaTA
 
 def make_sampler(name: str, scheduler, *, num_steps: int = 50, k: int | None = None, tol: float = 0.1,
                  window: int | None = None, schedule=None, space: str = "weight", init=None,
-                 safeguard: float | None = None, anderson: int = ANDERSON):
+                 safeguard: float | None = None, anderson: int | None = None):
     """A ready-to-call sampler. ``schedule`` is a callable k -> lambda (default: hard switch after
-    one adapted iteration, ``linear_schedule(1, 1)``); PCM needs a policy with an adapter loaded."""
+    one adapted iteration, ``linear_schedule(1, 1)``); PCM needs a policy with an adapter loaded.
+    ``anderson``: TAA memory (default: ``ANDERSON`` for taa, 0 = plain Picard updates for pcm)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if k is not None and k < 1:
@@ -53,6 +54,7 @@ def make_sampler(name: str, scheduler, *, num_steps: int = 50, k: int | None = N
         return partial(sample_picard, window=window, safeguard=safeguard, **common)
     if name == "taa":
         common["init"] = "prior" if init is None else init
-        return partial(sample_picard, window=window, safeguard=safeguard, anderson=anderson, **common)
+        return partial(sample_picard, window=window, safeguard=safeguard,
+                       anderson=ANDERSON if anderson is None else anderson, **common)
     return partial(sample_pcm, window=window, safeguard=safeguard, space=space,
-                   schedule=schedule or linear_schedule(1, 1), **common)
+                   schedule=schedule or linear_schedule(1, 1), anderson=anderson or 0, **common)

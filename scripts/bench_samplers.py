@@ -282,7 +282,7 @@ def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
                     runs[f"pcm_{space}_w{w}_tol{tol:g}{tag(sg)}"] = (
                         lambda x, c, w=w, tol=tol, sg=sg, space=space:
                         sample_pcm(pcm_d, x, c, window=w, tol=tol, safeguard=sg, space=space, schedule=lam,
-                                   init=schedule.get("init"), **kw))
+                                   init=schedule.get("init"), anderson=schedule.get("anderson", 0), **kw))
     return runs
 
 

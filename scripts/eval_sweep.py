@@ -213,7 +213,7 @@ def setup(a):
         sched = load_adapter_folder(policies["pcm"], a.adapter)["schedule"]
         opts["pcm"] = {"schedule": linear_schedule(sched["k_on"], sched["k_off"]),
                        "space": sched.get("space", "weight"), "safeguard": sched.get("safeguard"),
-                       "init": a.init or sched.get("init")}
+                       "init": a.init or sched.get("init"), "anderson": sched.get("anderson", 0)}
         keys["pcm"].update(init=opts["pcm"]["init"], adapter=file_hash(a.adapter, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]))
 
     def make(name, k):  # ddim truncates the T-step trajectory: a budget beyond T is the full trajectory

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     try:
         policy = load_policy(args.checkpoint, pick_device(args.device))
-        schedule, space, safeguard, init = None, args.space or "weight", args.safeguard, args.init
+        schedule, space, safeguard, init, anderson = None, args.space or "weight", args.safeguard, args.init, None
         if args.sampler == "pcm":
             sched = load_adapter_folder(policy, args.adapter or ADAPTER)["schedule"]
             k_on = sched["k_on"] if args.k_on is None else args.k_on
@@ -95,9 +95,10 @@ def main(argv=None) -> int:
             schedule, space = linear_schedule(k_on, k_off), args.space or sched.get("space", "weight")
             safeguard = sched.get("safeguard") if safeguard is None else safeguard
             init = sched.get("init") if init is None else init
+            anderson = sched.get("anderson", 0)
         sampler = make_sampler(args.sampler, policy.noise_scheduler, num_steps=args.num_steps, k=args.k,
                                tol=args.tol, window=args.window, schedule=schedule, space=space,
-                               safeguard=safeguard, init=init)
+                               safeguard=safeguard, init=init, anderson=anderson)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

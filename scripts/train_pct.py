@@ -95,7 +95,8 @@ def main(cfg: DictConfig) -> None:
     # 3. schedule tuning on the held-out split
     val = (data["split"] == 1).nonzero().flatten()[: pc.tune.n]
     t0 = time.perf_counter()
-    cands = P.candidates(list(pc.tune.hard), [list(r) for r in pc.tune.ramps], list(pc.tune.spaces))
+    cands = P.candidates(list(pc.tune.hard), [list(r) for r in pc.tune.ramps], list(pc.tune.spaces),
+                         list(pc.tune.get("anderson", [0])))
     schedule, metrics = P.tune_schedule(ema, data["cond"][val], data["x_T"][val], data["x_star"][val, -1], cands,
                                         int(pc.tune.k_max), num_steps=dcfg.num_steps, safeguard=safeguard,
                                         init=dcfg.init)
@@ -107,7 +108,8 @@ def main(cfg: DictConfig) -> None:
     save_adapter_folder(ema, out, schedule, extra={"metrics": metrics, "command": command, "config": config,
                                                   "base": str(base), "steps": loop.steps, "tuned": True})
     c, pic = metrics["chosen"], metrics["picard"]
-    print(f"schedule k_on={schedule['k_on']} k_off={schedule['k_off']} {schedule['space']}: "
+    print(f"schedule k_on={schedule['k_on']} k_off={schedule['k_off']} {schedule['space']} "
+          f"anderson={schedule['anderson']}: "
           f"{c['px'][0]:.2f} px at k=1, < 1 px at k={c['k_1px']} (Picard: k={pic['k_1px']}); adapter at {out}")
 
 

@@ -99,7 +99,8 @@ def action_distance(out: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor) -
 def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, *, num_steps: int = 50,
                   safeguard: float | None = None, init: str | None = None, batch: int = 100) -> dict:
     """Distance of PCM's output after k = 1..k_max iterations (tol 0) to ``target`` = X*[T], per k:
-    ``norm`` (normalised units) and ``px`` (env pixels). ``schedule=None`` is plain Picard."""
+    ``norm`` (normalised units) and ``px`` (env pixels). ``schedule=None`` is plain Picard; a schedule's
+    ``anderson`` (default 0) is the TAA memory of its base iterations."""
     s = schedule or {"k_on": 0, "k_off": 0, "space": "weight"}  # lambda = 0 throughout: base Picard
     scale = policy.normalizer["action"].scale
     norm, px = torch.zeros(k_max), torch.zeros(k_max)
@@ -107,7 +108,8 @@ def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, 
         sl = slice(i0, i0 + batch)
         _, st = sample_pcm(policy.denoise, x_T[sl], cond[sl], scheduler=policy.noise_scheduler, num_steps=num_steps,
                            solver="ddim", schedule=linear_schedule(s["k_on"], s["k_off"]), space=s["space"], tol=0.0,
-                           max_iters=k_max, return_iterates=True, safeguard=safeguard, init=init)
+                           max_iters=k_max, return_iterates=True, safeguard=safeguard, init=init,
+                           anderson=s.get("anderson", 0))
         outs = torch.stack([st.iterates[min(k, len(st.iterates) - 1)][-1] for k in range(1, k_max + 1)])
         n, p = action_distance(outs, target[sl], scale)  # outs: (k, b, H, A)
         norm += n
@@ -123,7 +125,7 @@ def choose_schedule(results: list[dict], threshold_px: float = 1.0, resolution_p
         r["k_1px"] = next((k + 1 for k, d in enumerate(r["px"]) if d < threshold_px), None)
 
     def simpler(r):
-        return r.get("k_off", 0), r.get("k_on", 0), r.get("space", "weight") != "weight"
+        return r.get("k_off", 0), r.get("k_on", 0), r.get("space", "weight") != "weight", r.get("anderson", 0)
 
     reached = [r for r in results if r["k_1px"] is not None]
     if reached:
@@ -131,22 +133,24 @@ def choose_schedule(results: list[dict], threshold_px: float = 1.0, resolution_p
     return min(results, key=lambda r: (round(r["px"][-1] / resolution_px), *simpler(r)))
 
 
-def candidates(hard: list[int], ramps: list[list[int]], spaces: list[str]) -> list[dict]:
-    """Hard switches (weight space: feature space is identical at lambda in {0, 1}) and linear ramps."""
+def candidates(hard: list[int], ramps: list[list[int]], spaces: list[str], andersons=(0,)) -> list[dict]:
+    """Hard switches (weight space: feature space is identical at lambda in {0, 1}) and linear ramps,
+    each with every TAA memory in ``andersons`` (0: plain Picard updates)."""
     out = [{"k_on": k, "k_off": k, "space": "weight"} for k in hard]
-    return out + [{"k_on": a, "k_off": b, "space": sp} for sp in spaces for a, b in ramps]
+    out += [{"k_on": a, "k_off": b, "space": sp} for sp in spaces for a, b in ramps]
+    return [{**c, "anderson": m} for m in andersons for c in out]
 
 
 def tune_schedule(policy, cond, x_T, target, cands: list[dict], k_max: int, **kw) -> tuple[dict, dict]:
     """Distances of every candidate schedule (and plain Picard, for reference) on held-out conditions;
-    returns (chosen schedule {"k_on", "k_off", "space"}, metrics)."""
+    returns (chosen schedule {"k_on", "k_off", "space", "anderson"}, metrics)."""
     results = []
     for c in cands:
         results.append({**c, **pcm_distances(policy, cond, x_T, target, c, k_max, **kw)})
     chosen = choose_schedule(results)
     picard = pcm_distances(policy, cond, x_T, target, None, k_max, **kw)
     picard["k_1px"] = next((k + 1 for k, d in enumerate(picard["px"]) if d < 1.0), None)
-    schedule = {k: chosen[k] for k in ("k_on", "k_off", "space")}
+    schedule = {k: chosen.get(k, 0) for k in ("k_on", "k_off", "space", "anderson")}
     speedup = picard["k_1px"] / chosen["k_1px"] if picard["k_1px"] and chosen["k_1px"] else None
     return schedule, {"candidates": results, "picard": picard, "chosen": chosen, "conditions": len(cond),
                       "k_max": k_max, "speedup_vs_picard": speedup}
