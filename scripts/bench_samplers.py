@@ -73,11 +73,11 @@ from pcm_policy.lora import add_lora
 from pcm_policy.models.unet1d import count_parameters
 from pcm_policy.sampling import (
     ThreadPolicy,
-    linear_schedule,
     num_threads,
     sample_pcm,
     sample_picard,
     sample_sequential,
+    schedule_kwargs,
     switch_cost_us,
 )
 
@@ -273,7 +273,6 @@ def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
                     runs[f"taa{m}_w{w}_tol{tol:g}{tag(sg)}"] = (
                         lambda x, c, w=w, tol=tol, sg=sg, m=m:
                         sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, init="prior", anderson=m, **kw))
-    lam = linear_schedule(schedule["k_on"], schedule["k_off"])
     spaces = a.pcm_spaces.split(",") if a.pcm_spaces else [schedule.get("space", "weight")]
     for space in spaces:
         for w in ints(a.pcm_windows):
@@ -281,8 +280,8 @@ def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
                 for sg in sgs:
                     runs[f"pcm_{space}_w{w}_tol{tol:g}{tag(sg)}"] = (
                         lambda x, c, w=w, tol=tol, sg=sg, space=space:
-                        sample_pcm(pcm_d, x, c, window=w, tol=tol, safeguard=sg, space=space, schedule=lam,
-                                   init=schedule.get("init"), anderson=schedule.get("anderson", 0), **kw))
+                        sample_pcm(pcm_d, x, c, window=w, tol=tol,
+                                   **{**schedule_kwargs(schedule), "safeguard": sg, "space": space}, **kw))
     return runs
 
 

@@ -48,7 +48,7 @@ from pcm_policy.checkpoint import _atomic as write_atomic  # noqa: E402
 from pcm_policy.device import pick_device  # noqa: E402
 from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
 from pcm_policy.samplers import ANDERSON, make_sampler  # noqa: E402
-from pcm_policy.sampling import INITS, linear_schedule  # noqa: E402
+from pcm_policy.sampling import INITS, schedule_kwargs  # noqa: E402
 from pcm_policy.training.pct import action_distance  # noqa: E402
 from pcm_policy.training.pct_data import ObsRecorder  # noqa: E402
 
@@ -203,17 +203,14 @@ def setup(a):
     key = {"seed": a.seed, "episodes": a.episodes, "max_steps": a.max_steps, "num_steps": a.num_steps,
            "checkpoint": file_hash(a.checkpoint, [WEIGHTS]),
            **({"device": base.device.type} if base.device.type != "cpu" else {})}  # GPU runs cached apart
-    if "taa" in a.samplers:
-        opts["taa"] = {"init": a.init or "prior", "anderson": ANDERSON}
     keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
-    if "taa" in a.samplers:
+    if "taa" in a.samplers:  # its own defaults, in the cache key too
+        opts["taa"] = {"init": a.init or "prior", "anderson": ANDERSON}
         keys["taa"].update(opts["taa"])
     if "pcm" in a.samplers:
         policies["pcm"] = copy.deepcopy(base)
         sched = load_adapter_folder(policies["pcm"], a.adapter)["schedule"]
-        opts["pcm"] = {"schedule": linear_schedule(sched["k_on"], sched["k_off"]),
-                       "space": sched.get("space", "weight"), "safeguard": sched.get("safeguard"),
-                       "init": a.init or sched.get("init"), "anderson": sched.get("anderson", 0)}
+        opts["pcm"] = schedule_kwargs({**sched, **({"init": a.init} if a.init else {})})
         keys["pcm"].update(init=opts["pcm"]["init"], adapter=file_hash(a.adapter, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]))
 
     def make(name, k):  # ddim truncates the T-step trajectory: a budget beyond T is the full trajectory

@@ -82,23 +82,19 @@ def main(argv=None) -> int:
     from pcm_policy.device import pick_device
     from pcm_policy.rollout import run_rollouts, summarize
     from pcm_policy.samplers import make_sampler
-    from pcm_policy.sampling import linear_schedule
+    from pcm_policy.sampling import schedule_kwargs
 
     torch.set_num_threads(args.threads)
     try:
         policy = load_policy(args.checkpoint, pick_device(args.device))
-        schedule, space, safeguard, init, anderson = None, args.space or "weight", args.safeguard, args.init, None
-        if args.sampler == "pcm":
+        given = {"k_on": args.k_on, "k_off": args.k_off, "space": args.space, "safeguard": args.safeguard,
+                 "init": args.init}
+        opts = {"space": args.space or "weight", "safeguard": args.safeguard, "init": args.init}
+        if args.sampler == "pcm":  # the adapter's schedule, where the command line does not override it
             sched = load_adapter_folder(policy, args.adapter or ADAPTER)["schedule"]
-            k_on = sched["k_on"] if args.k_on is None else args.k_on
-            k_off = sched["k_off"] if args.k_off is None else args.k_off
-            schedule, space = linear_schedule(k_on, k_off), args.space or sched.get("space", "weight")
-            safeguard = sched.get("safeguard") if safeguard is None else safeguard
-            init = sched.get("init") if init is None else init
-            anderson = sched.get("anderson", 0)
+            opts = schedule_kwargs({**sched, **{k: v for k, v in given.items() if v is not None}})
         sampler = make_sampler(args.sampler, policy.noise_scheduler, num_steps=args.num_steps, k=args.k,
-                               tol=args.tol, window=args.window, schedule=schedule, space=space,
-                               safeguard=safeguard, init=init, anderson=anderson)
+                               tol=args.tol, window=args.window, **opts)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

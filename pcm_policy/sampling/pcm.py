@@ -46,6 +46,13 @@ def linear_schedule(k_on: int, k_off: int) -> Schedule:
     return schedule
 
 
+def schedule_kwargs(stored: dict) -> dict:
+    """``sample_pcm`` / ``make_sampler`` keywords of a stored schedule (``adapter.json``'s ``schedule``:
+    k_on, k_off and optionally space, anderson, safeguard, init; missing ones take their defaults)."""
+    return {"schedule": linear_schedule(stored["k_on"], stored["k_off"]), "space": stored.get("space", "weight"),
+            "anderson": stored.get("anderson", 0), "safeguard": stored.get("safeguard"), "init": stored.get("init")}
+
+
 def hard_switch(k_switch: int) -> Schedule:
     """lambda = 1 for the first ``k_switch`` iterations, then 0 (the adapter is switched off)."""
     return linear_schedule(k_switch, k_switch)

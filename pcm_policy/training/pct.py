@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling import linear_schedule, make_grid, picard_update, repeat_cond, sample_pcm
+from ..sampling import linear_schedule, make_grid, picard_update, repeat_cond, sample_pcm, schedule_kwargs
 from .pct_data import TrajDataConfig, iterates
 
 __all__ = ["PCTBatches", "action_distance", "alpha_from_var", "candidates", "choose_schedule", "ddim_grid",
@@ -107,9 +107,8 @@ def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, 
     for i0 in range(0, len(cond), batch):
         sl = slice(i0, i0 + batch)
         _, st = sample_pcm(policy.denoise, x_T[sl], cond[sl], scheduler=policy.noise_scheduler, num_steps=num_steps,
-                           solver="ddim", schedule=linear_schedule(s["k_on"], s["k_off"]), space=s["space"], tol=0.0,
-                           max_iters=k_max, return_iterates=True, safeguard=safeguard, init=init,
-                           anderson=s.get("anderson", 0))
+                           solver="ddim", tol=0.0, max_iters=k_max, return_iterates=True,
+                           **{**schedule_kwargs(s), "safeguard": safeguard, "init": init})
         outs = torch.stack([st.iterates[min(k, len(st.iterates) - 1)][-1] for k in range(1, k_max + 1)])
         n, p = action_distance(outs, target[sl], scale)  # outs: (k, b, H, A)
         norm += n
