@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .frozen import FrozenGraphs
 from .lora import has_lora, lora_disabled, set_lora_scale
 from .models.unet1d import UNET_PRESETS, ConditionalUnet1D
 from .normalizer import NormalizerDict
@@ -65,6 +66,7 @@ class DiffusionPolicy(nn.Module):
         from diffusers import DDPMScheduler  # the schedule's single source of truth
 
         self.cfg = cfg
+        self._frozen: FrozenGraphs | None = None  # see freeze()
         self.model = ConditionalUnet1D(**cfg.unet_kwargs())
         self.normalizer = NormalizerDict.from_dims({"obs": cfg.obs_dim, "action": cfg.action_dim})
         self.noise_scheduler = DDPMScheduler(
@@ -74,7 +76,11 @@ class DiffusionPolicy(nn.Module):
     # ------------------------------------------------------------------ sampler protocol
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, lora_scale=None) -> torch.Tensor:
         """eps(x, t, cond). With adapters attached, ``lora_scale`` (float or (N,) per row) sets
-        W = W_0 + lora_scale * dW for this call; None means the base model (scale 0)."""
+        W = W_0 + lora_scale * dW for this call; None means the base model (scale 0). After
+        ``freeze()`` the calls a frozen graph computes exactly go to it (``pcm_policy.frozen``)."""
+        graph = self._frozen.graph(x, t, cond, lora_scale) if self._frozen is not None else None
+        if graph is not None:
+            return graph(x, t, cond)
         if has_lora(self.model):
             if lora_scale is None or (not torch.is_tensor(lora_scale) or lora_scale.ndim == 0) and lora_scale == 0:
                 with lora_disabled(self.model):  # the base model exactly, without the adapter's cost
@@ -83,6 +89,15 @@ class DiffusionPolicy(nn.Module):
         elif lora_scale is not None and (torch.as_tensor(lora_scale) != 0).any():
             raise ValueError("lora_scale != 0 needs a LoRA adapter; load one (pcm_policy.lora.load_adapter)")
         return self.model(x, t, cond)
+
+    def freeze(self, enabled: bool = True) -> DiffusionPolicy:
+        """Trace the UNet into frozen inference graphs (base and, with an adapter, lambda = 1) that
+        ``denoise`` then uses where they apply; same outputs, less per-call overhead. Call it after
+        loading the adapter and moving the policy; ``freeze(False)`` drops the graphs."""
+        self.eval()
+        self._frozen = FrozenGraphs(self.model, (self.cfg.horizon, self.cfg.action_dim),
+                                    self.cfg.obs_dim * self.cfg.n_obs_steps) if enabled else None
+        return self
 
     def condition(self, obs: torch.Tensor) -> torch.Tensor:
         """Raw observations (B, >= n_obs_steps, obs_dim) -> normalised, flattened FiLM condition."""

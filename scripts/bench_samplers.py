@@ -31,7 +31,9 @@ A quick check of the script itself (about a minute; the numbers mean nothing):
 What runs: the policy's own sampler-protocol denoiser (``policy.denoise``) and noise schedule
 (``policy.noise_scheduler``, solved with DDIM, eta = 0), conditioned on observation windows
 (``n_obs_steps`` consecutive steps of one episode) drawn from the demonstrations (``--dataset``),
-one action chunk of ``--batch`` samples per window. Every call goes through
+one action chunk of ``--batch`` samples per window. The UNet runs as frozen TorchScript graphs
+(``DiffusionPolicy.freeze``: the eager kernels without Python's per-layer cost, same outputs;
+``--eager`` for the module itself; the curve times both). Every call goes through
 ``pcm_policy.sampling.ThreadPolicy``: calls with fewer than ``--switch-rows`` rows run on
 ``--threads`` threads (the sequential path), wider ones on ``--window-threads`` (Picard windows);
 its switching cost is included in every timing and also reported apart.
@@ -122,6 +124,8 @@ def parse(argv=None):
     p.add_argument("--switch-rows", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: every timing then waits for the GPU")
+    p.add_argument("--eager", action="store_true", help="samplers call the eager UNet (default: its frozen "
+                                                        "TorchScript graphs, same outputs; the curve shows both)")
     p.add_argument("--out", help="write the JSON here (else it is printed after the table)")
     a = p.parse_args(argv)
     for name in ("conds", "batch", "num_steps", "repeats", "curve_repeats", "threads", "window_threads",
@@ -246,6 +250,33 @@ def wrapper_overhead_us(a, n: int = 2000) -> dict:
     return out
 
 
+@torch.no_grad()
+def compute_floor(model, rows: int, conds: torch.Tensor, horizon: int, action_dim: int, threads: int) -> dict:
+    """FLOPs of one ``rows``-row UNet call (torch's FLOP counter: convolutions and matmuls) and this
+    machine's fp32 matmul rate on ``threads`` threads: the call cannot take less than flops / rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(rows, horizon, action_dim, device=conds.device)
+    t = torch.zeros(rows, dtype=torch.long, device=conds.device)
+    c = conds[torch.arange(rows) % len(conds)]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x, t, c)
+    n = 1024
+    a, b = torch.randn(n, n, device=conds.device), torch.randn(n, n, device=conds.device)
+    times = []
+    with num_threads(threads):
+        for _ in range(12):
+            t0 = time.perf_counter()
+            a @ b
+            synchronize(conds.device)
+            times.append(time.perf_counter() - t0)
+    gflops = 2 * n**3 / min(times[2:]) / 1e9
+    flops = counter.get_total_flops()
+    return {"rows": rows, "flops": flops, "matmul_gflops": round(gflops, 1), "threads": threads,
+            "floor_ms": round(flops / gflops / 1e6, 3)}
+
+
 def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
     """{name: fn(x_T, cond) -> (x_0, stats)}; ``SEQ`` first."""
     T = a.num_steps
@@ -309,6 +340,12 @@ def table(result: dict) -> str:
               f"set_num_threads switch pair: {d['switch_pair_us']:.2f} us; ThreadPolicy overhead per call (us): "
               f"{d['thread_policy_overhead_us']}; wide call through ThreadPolicy vs fixed "
               f"{result['settings']['window_threads']} thread(s): {d['wide_thread_policy_over_fixed']:.3f}x"]
+    f = d["full_window_compute_floor"]
+    lines += [f"compute floor of a full-window call: {f['flops'] / 1e9:.2f} GFLOP at {f['matmul_gflops']} GFLOP/s "
+              f"(fp32 matmul, {f['threads']} thread(s)) = {f['floor_ms']:.2f} ms = {f['floor_over_batch1_call']:.2f}x "
+              "the batch-1 call"]
+    if "frozen_speedup_over_eager" in d:
+        lines += [f"frozen graphs vs eager, speed-up per width: {d['frozen_speedup_over_eager']}"]
     if result["machine"]["warning"]:
         lines += ["", "WARNING: " + result["machine"]["warning"]]
     return "\n".join(lines)
@@ -343,6 +380,9 @@ def main(argv=None):
     noises = torch.randn(a.conds, B, cfg.horizon, cfg.action_dim, generator=g).to(a.device)
     px_scale = policy.normalizer["action"].scale.detach()  # pixels = normalised / scale
 
+    eager = None if a.eager else copy.deepcopy(policy)  # the curve times eager calls beside frozen ones
+    policy.freeze(not a.eager)
+    pcm.freeze(not a.eager)
     base_d = ThreadPolicy(policy.denoise, a.threads, a.window_threads, a.switch_rows)
     pcm_d = ThreadPolicy(pcm.denoise, a.threads, a.window_threads, a.switch_rows)
 
@@ -353,11 +393,14 @@ def main(argv=None):
     rows = {f"threads={th}": (policy.denoise, th, {}) for th in fixed}
     rows["thread_policy"] = (base_d, a.threads, {})
     rows["thread_policy_pcm_adapter_lambda1"] = (pcm_d, a.threads, {"lora_scale": 1.0})
+    if eager is not None:
+        rows.update({f"eager threads={th}": (eager.denoise, th, {}) for th in fixed})
     curve = batch_cost_curve(rows, widths, conds.flatten(0, 1), cfg.horizon, cfg.action_dim,
                              cfg.num_train_timesteps, a.curve_repeats, a.seed)
     with num_threads(a.threads):
         switch_us = switch_cost_us(a.threads, a.window_threads)
         overhead_us = wrapper_overhead_us(a)
+    floor = compute_floor((eager or policy).model, T * B, conds.flatten(0, 1), cfg.horizon, cfg.action_dim, a.window_threads)
 
     # samplers: warm-up on the first condition, then interleaved repeats
     runs = build_samplers(a, schedule, policy.noise_scheduler, base_d, pcm_d)
@@ -415,7 +458,7 @@ def main(argv=None):
             "dataset": a.dataset, "observation_start_steps": obs_idx, "conds": a.conds, "batch": B,
             "num_steps": T, "solver": "ddim", "repeats": a.repeats, "threads": a.threads,
             "window_threads": a.window_threads, "switch_rows": a.switch_rows, "curve_widths": widths,
-            "curve_repeats": a.curve_repeats, "seed": a.seed,
+            "curve_repeats": a.curve_repeats, "seed": a.seed, "unet": "eager" if a.eager else "frozen graphs",
             "px_per_normalised_unit": [round(float(1 / s), 4) for s in px_scale],
         },
         "batch_cost_curve": curve,
@@ -431,6 +474,12 @@ def main(argv=None):
             "thread_policy_overhead_us": overhead_us,
             "picard_break_even_iterations": round(seq_ms / tp[full]["median_ms"], 1),
             "sequential_median_ms": round(seq_ms, 3),
+            "full_window_compute_floor": {**floor, "floor_over_batch1_call": round(
+                floor["floor_ms"] / tp[1]["median_ms"], 3)},
+            **({"frozen_speedup_over_eager": {
+                f"threads={th}": {w: round(curve[f"eager threads={th}"][w]["median_ms"] / v["median_ms"], 3)
+                                  for w, v in curve[f"threads={th}"].items()} for th in fixed}}
+               if eager is not None else {}),
         },
         "samplers": samplers,
     }

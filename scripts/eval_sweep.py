@@ -80,6 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="rollout runs in this many parallel processes (one per core; "
                                                        "on a GPU they share it)")
     p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
+    p.add_argument("--eager", action="store_true",
+                   help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
     p.add_argument("--out", type=Path, default=ROOT / "results/sweep")
     a = p.parse_args(argv)
     try:
@@ -212,6 +214,8 @@ def setup(a):
         sched = load_adapter_folder(policies["pcm"], a.adapter)["schedule"]
         opts["pcm"] = schedule_kwargs({**sched, **({"init": a.init} if a.init else {})})
         keys["pcm"].update(init=opts["pcm"]["init"], adapter=file_hash(a.adapter, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]))
+    for pol in {id(p): p for p in (base, *policies.values())}.values():  # after the adapter is in: traced too
+        pol.freeze(not a.eager)
 
     def make(name, k):  # ddim truncates the T-step trajectory: a budget beyond T is the full trajectory
         return make_sampler(name, base.noise_scheduler, num_steps=a.num_steps, tol=0.0,

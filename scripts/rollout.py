@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
+    p.add_argument("--eager", action="store_true",
+                   help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
     a = p.parse_args(argv)
     errors = [
         (a.sampler not in SAMPLERS, f"unknown sampler {a.sampler!r}; choose one of {', '.join(SAMPLERS)}"),
@@ -95,6 +97,7 @@ def main(argv=None) -> int:
             opts = schedule_kwargs({**sched, **{k: v for k, v in given.items() if v is not None}})
         sampler = make_sampler(args.sampler, policy.noise_scheduler, num_steps=args.num_steps, k=args.k,
                                tol=args.tol, window=args.window, **opts)
+        policy.freeze(not args.eager)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
     print(f"{label}: mean score {summary['mean_score']:.3f}, success {100 * summary['success_rate']:.0f}%, "
           f"{summary['mean_iterations']:.1f} iterations/chunk, "
           f"median {1000 * summary['median_latency_s']:.1f} ms/chunk, "
-          f"{wall:.1f} s total, {args.threads} thread(s), {args.device}")
+          f"{wall:.1f} s total, {args.threads} thread(s), {args.device}{', eager' if args.eager else ''}")
     if args.video:
         from envs.pusht.video import write_video
 

@@ -79,6 +79,15 @@ def main(cfg: DictConfig) -> None:
     batches = P.PCTBatches(data, int(pc.batch_size), policy=policy, data_cfg=dcfg, schedule=sched, k_max=pc.k_max,
                            **regen)
     safeguard = pc.tune.safeguard
+    if pc.objective == "unrolled":  # through `iters` PCM iterations under the unroll schedule (TAA included)
+        ur = pc.unroll
+        sched = OmegaConf.to_container(ur.schedule)
+        loss_fn = lambda b: P.unrolled_loss(policy, b, grid, sched, int(ur.iters), int(ur.first),  # noqa: E731
+                                            safeguard, dcfg.init)
+    elif pc.objective == "picard":
+        loss_fn = lambda b: P.pct_loss(policy, b, grid, alpha)  # noqa: E731
+    else:
+        raise SystemExit(f"error: pct.objective must be picard or unrolled, got {pc.objective!r}")
     val_fn = P.make_val_fn(grid, alpha, data, int(pc.val.n), int(pc.val.k_max), sched, safeguard, dcfg.init)
     config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -88,7 +97,7 @@ def main(cfg: DictConfig) -> None:
 
     loop = LoopConfig(**OmegaConf.to_container(pc.training))
     t0 = time.perf_counter()
-    ema = train(policy, lambda b: P.pct_loss(policy, b, grid, alpha), batches, loop, run_dir, save_fn, val_fn,
+    ema = train(policy, loss_fn, batches, loop, run_dir, save_fn, val_fn,
                 params=lora_parameters(policy.model), desc="PCT" + (" on-policy" if pc.on_policy else ""))
     train_s = time.perf_counter() - t0
 

@@ -139,6 +139,13 @@ def test_smoke_training_and_rollout_script(tmp_path):
     assert set(res["summary"]) >= {"mean_score", "success_rate", "mean_iterations", "median_latency_s"}
     assert [e["seed"] for e in res["episodes"]] == [0, 1] and (tmp_path / "v.gif").exists()
     assert {"iterations", "nfe", "latency_s"} <= set(res["episodes"][0]["chunks"][0])
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
+                        "--checkpoint", str(run / "checkpoint"), "--max-steps", "8", "--episodes", "2",
+                        "--json", str(out), "--eager"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    eager = json.loads(out.read_text())  # the eager UNet: the same episodes as its frozen graphs
+    for e, f in zip(eager["episodes"], res["episodes"], strict=True):
+        assert (e["score"], e["steps"], e["final_coverage"]) == (f["score"], f["steps"], f["final_coverage"])
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -168,3 +175,37 @@ def test_denoise_lambda_zero_is_the_base_model_exactly():
     assert torch.equal(policy.denoise(x, t, c), base) and torch.equal(policy.denoise(x, t, c, lora_scale=0.0), base)
     rows = policy.denoise(x, t, c, lora_scale=torch.tensor([0.0, 1.0, 0.0]))
     assert torch.equal(rows[0], base[0]) and not torch.allclose(rows[1], base[1])
+
+
+def test_frozen_graphs_compute_the_eager_outputs():
+    """freeze(): the frozen graphs give the eager outputs bitwise (base model and lambda = 1, any batch
+    width); a fractional or per-row lambda, or a call with gradients, runs the eager model instead."""
+    from pcm_policy.lora import add_lora, lora_parameters
+    from pcm_policy.sampling import linear_schedule, sample_pcm
+
+    policy = tiny_policy()
+    add_lora(policy.model)
+    with torch.no_grad():
+        for p in lora_parameters(policy.model):
+            p.normal_(std=0.1)
+    g = torch.Generator().manual_seed(0)
+    calls = []
+    for w in (1, 5, 50):
+        x, t, c = torch.randn(w, 16, 2, generator=g), torch.randint(0, 100, (w,), generator=g), torch.randn(w, 40)
+        for lam in (None, 0.0, 1.0, 0.5, (torch.arange(w) % 2).float()):
+            calls.append((x, t, c, lam))
+    with torch.no_grad():
+        eager = [policy.denoise(x, t, c, lora_scale=lam) for x, t, c, lam in calls]
+        pcm = dict(scheduler=policy.noise_scheduler, num_steps=10, schedule=linear_schedule(1, 3), tol=0.0, solver="ddim")
+        x_T, cond = torch.randn(2, 16, 2, generator=g), torch.randn(2, 40, generator=g)
+        ref, _ = sample_pcm(policy.denoise, x_T, cond, **pcm)
+        policy.freeze()
+        served = [policy._frozen.graph(x, t, c, lam) is not None for x, t, c, lam in calls]
+        assert served == [not torch.is_tensor(lam) and lam in (None, 0.0, 1.0) for _, _, _, lam in calls]
+        for (x, t, c, lam), e in zip(calls, eager, strict=True):
+            assert torch.equal(policy.denoise(x, t, c, lora_scale=lam), e)
+        assert torch.equal(sample_pcm(policy.denoise, x_T, cond, **pcm)[0], ref)  # lambda 1, 0.5, then 0
+    x, t, c, _ = calls[0]
+    assert policy._frozen.graph(x, t, c) is None  # gradients on: the eager model, which autograd can see through
+    assert policy._frozen.graph(x[:, :8], t, c) is None  # another sequence length than the traced one
+    assert policy.freeze(False)._frozen is None

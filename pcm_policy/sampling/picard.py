@@ -178,6 +178,8 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         out, calls = evaluate(xs.flatten(0, 1), t, repeat_cond(cond, L), k)
         new = picard_update(grid, xs, out, b, X[b], noise_terms, form)
         err = (new - X[b + 1:e + 1]).flatten(2).pow(2).sum(-1) / scale[b + 1:e + 1, None]  # (L, B)
+        if torch.is_grad_enabled():  # differentiable (PCT unrolls it): leave the tensors autograd saved intact
+            X = X.clone()
         if anderson >= 2:
             R = torch.zeros_like(X)
             R[b + 1:e + 1] = new - X[b + 1:e + 1]
@@ -200,7 +202,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
             X[e + 1:new_e + 1] = X[e]  # newly exposed positions start from the last window value
         if bound is not None and new_e > new_b:  # safeguard: positions after the anchor only
             lim = bound[new_b + 1:new_e + 1]
-            seg = X[new_b + 1:new_e + 1]
+            seg = X[new_b + 1:new_e + 1].clone()
             clamped = torch.maximum(torch.minimum(seg, lim), -lim)
             stats.clamped += int((clamped != seg).flatten(1).any(1).sum())
             X[new_b + 1:new_e + 1] = clamped

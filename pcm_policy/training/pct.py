@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling import linear_schedule, make_grid, picard_update, repeat_cond, sample_pcm, schedule_kwargs
+from ..sampling import (linear_schedule, make_grid, picard_loop, picard_update, repeat_cond, sample_pcm,
+                        schedule_kwargs)
 from .pct_data import TrajDataConfig, iterates
 
 __all__ = ["PCTBatches", "action_distance", "alpha_from_var", "candidates", "choose_schedule", "ddim_grid",
-           "make_val_fn", "pcm_distances", "pct_loss", "phi", "tune_schedule"]
+           "make_val_fn", "pcm_distances", "pct_loss", "phi", "tune_schedule", "unrolled_loss"]
 
 
 def phi(policy, X: torch.Tensor, cond: torch.Tensor, grid, lora_scale: float = 1.0) -> torch.Tensor:
@@ -31,6 +32,24 @@ def phi(policy, X: torch.Tensor, cond: torch.Tensor, grid, lora_scale: float = 1
     out = policy.denoise(xs.flatten(0, 1), grid.timesteps.repeat_interleave(B), repeat_cond(cond, T),
                          lora_scale=lora_scale)
     return torch.cat([X[:1], picard_update(grid, xs, out, 0, X[0])])  # Picard: x_j = x_0 + cumsum of drifts
+
+
+def unrolled_loss(policy, batch: dict, grid, schedule: dict, iters: int, first: int = 1,
+                  safeguard: float | None = None, init: str | None = None) -> torch.Tensor:
+    """The unrolled objective: mean over k = first..iters of ||X^k[T] - X*[T]||^2, X^k being PCM's
+    iterates from x_T under ``schedule`` (its ``anderson`` included), with gradients through every
+    iteration: the adapted calls and, after the switch, the frozen base calls and the TAA mixing.
+    It trains the jump for the output after k iterations rather than for one update at a time."""
+    lam = linear_schedule(schedule["k_on"], schedule["k_off"])
+
+    def evaluate(x, t, c, k):
+        return policy.denoise(x, t, c, lora_scale=lam(k)), 1
+
+    _, st = picard_loop(evaluate, batch["x_T"], batch["cond"], grid, window=None, tol=0.0, max_iters=iters,
+                        init=init, safeguard=safeguard, may_slide=lambda k: lam(k) == 0.0,
+                        anderson=schedule.get("anderson", 0), return_iterates=True)
+    target = batch["x_star"][:, -1]
+    return torch.stack([(st.iterates[k][-1] - target).pow(2).mean() for k in range(first, iters + 1)]).mean()
 
 
 def alpha_from_var(var_k: torch.Tensor, floor: float = 1e-12) -> torch.Tensor:
@@ -74,7 +93,7 @@ class PCTBatches:
         self.calls += 1
         n = torch.randint(0, len(self.cond), (self.batch_size,))
         k = torch.randint(0, self.K, (self.batch_size,))
-        return {"x_k": self.its[n, k], "x_star": self.x_star[n], "cond": self.cond[n], "k": k}
+        return {"x_k": self.its[n, k], "x_star": self.x_star[n], "cond": self.cond[n], "k": k, "x_T": self.x_T[n]}
 
     @torch.no_grad()
     def regenerate(self) -> None:
