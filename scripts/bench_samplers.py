@@ -400,7 +400,8 @@ def main(argv=None):
     with num_threads(a.threads):
         switch_us = switch_cost_us(a.threads, a.window_threads)
         overhead_us = wrapper_overhead_us(a)
-    floor = compute_floor((eager or policy).model, T * B, conds.flatten(0, 1), cfg.horizon, cfg.action_dim, a.window_threads)
+    floor = compute_floor((eager or policy).model, T * B, conds.flatten(0, 1), cfg.horizon, cfg.action_dim,
+                          a.window_threads)
 
     # samplers: warm-up on the first condition, then interleaved repeats
     runs = build_samplers(a, schedule, policy.noise_scheduler, base_d, pcm_d)

@@ -14,10 +14,10 @@ from pcm_policy.data import ReplayBuffer
 from pcm_policy.lora import add_lora, lora_parameters
 from pcm_policy.normalizer import NormalizerDict
 from pcm_policy.policy import DiffusionPolicy, PolicyConfig
-from pcm_policy.sampling import linear_schedule, sample_pcm, sample_sequential
+from pcm_policy.sampling import linear_schedule, sample_pcm, sample_sequential, schedule_kwargs
 from pcm_policy.sampling.picard import _bound
 from pcm_policy.training import LoopConfig, train
-from pcm_policy.training.pct import PCTBatches, alpha_from_var, choose_schedule, ddim_grid, pct_loss, phi
+from pcm_policy.training.pct import PCTBatches, alpha_from_var, choose_schedule, ddim_grid, pct_loss, phi, unrolled_loss
 from pcm_policy.training.pct_data import TrajDataConfig, TrajDataError, generate, load_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +88,27 @@ def test_pct_loss_trains_only_lora(env, tmp_path):
     after = policy.state_dict()
     for k, v in before.items():
         assert torch.equal(v, after[k]) != ("lora_" in k), k  # base bit-identical, every adapter tensor moved
+
+
+def test_unrolled_loss_is_the_samplers_distance_and_reaches_every_adapter_tensor(env):
+    """pct.objective=unrolled: the loss is the mean action distance of PCM's outputs after k = first..iters
+    iterations (the sampler itself, without gradients) to X*[T], and its gradient reaches every LoRA
+    tensor through the frozen base iterations, the TAA mixing and the safeguard."""
+    d, policy = load_trajectories(env / "traj.zarr"), load_policy(env / "base")
+    add_lora(policy.model, rank=4, alpha=8)
+    _randomise_lora(policy.model)
+    batch = next(PCTBatches(d, 3))
+    sched = {"k_on": 1, "k_off": 1, "space": "weight", "anderson": 2}
+    loss = unrolled_loss(policy, batch, ddim_grid(policy, TINY.num_steps), sched, 4, 2, safeguard=1.0, init="prior")
+    _, st = sample_pcm(policy.denoise, batch["x_T"], batch["cond"], scheduler=policy.noise_scheduler,
+                       num_steps=TINY.num_steps, solver="ddim", tol=0.0, max_iters=4, return_iterates=True,
+                       **schedule_kwargs({**sched, "safeguard": 1.0, "init": "prior"}))
+    want = torch.stack([(st.iterates[k][-1] - batch["x_star"][:, -1]).norm(dim=-1).mean() for k in (2, 3, 4)]).mean()
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
+    loss.backward()
+    lora = {id(p) for p in lora_parameters(policy.model)}
+    for name, p in policy.named_parameters():
+        assert (p.grad is not None and p.grad.abs().sum() > 0) if id(p) in lora else p.grad is None, name
 
 
 @pytest.mark.parametrize("safeguard", [None, 1.0])
@@ -172,6 +193,13 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     x, st = sample_pcm(policy.denoise, x_T, cond, schedule=linear_schedule(sched["k_on"], sched["k_off"]),
                        space=sched["space"], tol=0.0, **kw)
     assert st.converged and torch.allclose(x, ref, atol=1e-5)  # exactness: PCM at tol 0 == sequential DDIM
+    unrolled = [*cmd[:-3], f"out={tmp_path / 'out_unrolled'}", f"work_dir={tmp_path / 'work'}", cmd[-1],
+                "pct.objective=unrolled", f"run_dir={tmp_path / 'unrolled'}"]  # same trajectory store
+    r = subprocess.run(unrolled, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = [json.loads(line) for line in (tmp_path / "unrolled/log.jsonl").read_text().splitlines()]
+    assert log and all(np.isfinite(row["loss"]) for row in log if "loss" in row)
+    assert json.loads((tmp_path / "out_unrolled/adapter.json").read_text())["config"]["pct"]["objective"] == "unrolled"
     missing = subprocess.run(cmd[:3] + [f"base={tmp_path / 'nope'}", f"work_dir={tmp_path / 'w2'}"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "nope" in missing.stderr and "train_policy.py" in missing.stderr

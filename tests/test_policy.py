@@ -196,7 +196,8 @@ def test_frozen_graphs_compute_the_eager_outputs():
             calls.append((x, t, c, lam))
     with torch.no_grad():
         eager = [policy.denoise(x, t, c, lora_scale=lam) for x, t, c, lam in calls]
-        pcm = dict(scheduler=policy.noise_scheduler, num_steps=10, schedule=linear_schedule(1, 3), tol=0.0, solver="ddim")
+        pcm = dict(scheduler=policy.noise_scheduler, num_steps=10, schedule=linear_schedule(1, 3), tol=0.0,
+                   solver="ddim")
         x_T, cond = torch.randn(2, 16, 2, generator=g), torch.randn(2, 40, generator=g)
         ref, _ = sample_pcm(policy.denoise, x_T, cond, **pcm)
         policy.freeze()

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling import (linear_schedule, make_grid, picard_loop, picard_update, repeat_cond, sample_pcm,
-                        schedule_kwargs)
+from ..sampling import linear_schedule, make_grid, picard_loop, picard_update, repeat_cond, sample_pcm, schedule_kwargs
 from .pct_data import TrajDataConfig, iterates
 
 __all__ = ["PCTBatches", "action_distance", "alpha_from_var", "candidates", "choose_schedule", "ddim_grid",
@@ -36,10 +35,12 @@ def phi(policy, X: torch.Tensor, cond: torch.Tensor, grid, lora_scale: float = 1
 
 def unrolled_loss(policy, batch: dict, grid, schedule: dict, iters: int, first: int = 1,
                   safeguard: float | None = None, init: str | None = None) -> torch.Tensor:
-    """The unrolled objective: mean over k = first..iters of ||X^k[T] - X*[T]||^2, X^k being PCM's
-    iterates from x_T under ``schedule`` (its ``anderson`` included), with gradients through every
-    iteration: the adapted calls and, after the switch, the frozen base calls and the TAA mixing.
-    It trains the jump for the output after k iterations rather than for one update at a time."""
+    """The unrolled objective: mean over k = first..iters of the action distance of PCM's output
+    X^k[T] to X*[T] (Euclidean per action, averaged over samples and actions: the distance the tuning
+    and the sweep report, in normalised units), X^k being PCM's iterates from x_T under ``schedule``
+    (its ``anderson`` included), with gradients through every iteration: the adapted calls and, after
+    the switch, the frozen base calls and the TAA mixing. It trains the jump for the output after k
+    iterations rather than for one update at a time."""
     lam = linear_schedule(schedule["k_on"], schedule["k_off"])
 
     def evaluate(x, t, c, k):
@@ -49,7 +50,8 @@ def unrolled_loss(policy, batch: dict, grid, schedule: dict, iters: int, first: 
                         init=init, safeguard=safeguard, may_slide=lambda k: lam(k) == 0.0,
                         anderson=schedule.get("anderson", 0), return_iterates=True)
     target = batch["x_star"][:, -1]
-    return torch.stack([(st.iterates[k][-1] - target).pow(2).mean() for k in range(first, iters + 1)]).mean()
+    dist = [((st.iterates[k][-1] - target).pow(2).sum(-1) + 1e-12).sqrt().mean() for k in range(first, iters + 1)]
+    return torch.stack(dist).mean()
 
 
 def alpha_from_var(var_k: torch.Tensor, floor: float = 1e-12) -> torch.Tensor:
