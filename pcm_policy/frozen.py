@@ -14,11 +14,10 @@ adapter is loaded and the policy moved to its device (``DiffusionPolicy.freeze``
 weights afterwards is not seen by the graphs (call ``freeze`` again).
 
 TorchScript is deprecated in favour of ``torch.compile``/``torch.export`` but works in the pinned torch
-(2.13). It was kept because it needs no compiler and traces in about a second. On this 2-core CPU,
-1 thread: ``torch.compile`` (inductor, dynamic shapes) compiled for ~2 minutes and ran 2.98 ms at
-batch 1 and 21 ms at 50 rows against eager's 3.7 and 17; the frozen graphs ran 2.45 and 15.2 ms
-against eager's 4.2 and 18.1 (another day, so compare the ratios). ``--eager`` in the scripts turns
-the graphs off.
+(2.13). It was kept because it needs no compiler, traces in about a second and was the fastest here:
+on this 2-core CPU, 1 thread, side by side in one run, a 50-row call took 14.3-14.9 ms frozen, 16.6-16.7
+eager and 19.7-20.1 with ``torch.compile`` (inductor, static shapes, 62 s to compile both widths); a
+batch-1 call 2.2-2.5, 3.7-3.9 and 2.9-3.8 ms. ``--eager`` in the scripts turns the graphs off.
 """
 
 from __future__ import annotations
