@@ -181,7 +181,7 @@ def test_frozen_graphs_compute_the_eager_outputs():
     """freeze(): the frozen graphs give the eager outputs bitwise (base model and lambda = 1, any batch
     width); a fractional or per-row lambda, or a call with gradients, runs the eager model instead."""
     from pcm_policy.lora import add_lora, lora_parameters
-    from pcm_policy.sampling import linear_schedule, sample_pcm
+    from pcm_policy.sampling import linear_schedule, sample_newton, sample_pcm
 
     policy = tiny_policy()
     add_lora(policy.model)
@@ -206,6 +206,10 @@ def test_frozen_graphs_compute_the_eager_outputs():
         for (x, t, c, lam), e in zip(calls, eager, strict=True):
             assert torch.equal(policy.denoise(x, t, c, lora_scale=lam), e)
         assert torch.equal(sample_pcm(policy.denoise, x_T, cond, **pcm)[0], ref)  # lambda 1, 0.5, then 0
+    plain = tiny_policy()  # Newton's JVPs (forward-mode AD) run through the frozen graph of a policy without adapter
+    newton = dict(scheduler=plain.noise_scheduler, num_steps=6, solver="ddim", tol=0.0, max_iters=2)
+    ref_newton, _ = sample_newton(plain.denoise, x_T, cond, **newton)
+    assert torch.equal(sample_newton(plain.freeze().denoise, x_T, cond, **newton)[0], ref_newton)
     x, t, c, _ = calls[0]
     assert policy._frozen.graph(x, t, c) is None  # gradients on: the eager model, which autograd can see through
     assert policy._frozen.graph(x[:, :8], t, c) is None  # another sequence length than the traced one
