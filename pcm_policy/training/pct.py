@@ -39,7 +39,7 @@ def unrolled_loss(policy, batch: dict, grid, schedule: dict, iters: int, first: 
     X^k[T] to X*[T] (Euclidean per action, averaged over samples and actions: the distance the tuning
     and the sweep report, in normalised units), X^k being PCM's iterates from x_T under ``schedule``
     (its ``anderson`` included), with gradients through every iteration: the adapted calls and, after
-    the switch, the frozen base calls and the TAA mixing. It trains the jump for the output after k
+    the switch, the base calls (weights fixed) and the TAA mixing. It trains the jump for the output after k
     iterations rather than for one update at a time."""
     lam = linear_schedule(schedule["k_on"], schedule["k_off"])
 
