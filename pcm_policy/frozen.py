@@ -1,8 +1,9 @@
 """Frozen inference graphs of the policy UNet: the same arithmetic without Python's per-layer cost.
 
 A batch-1 call of the small UNet is mostly interpreter and dispatch overhead on a CPU (some 200 module
-calls for 12 MFLOP); freezing took 40-55 % off its time here. ``torch.jit.trace`` records the forward once and ``torch.jit.freeze`` inlines
-the weights as constants, so a call runs the recorded kernels back to back. The kernels are the
+calls for 12 MFLOP); freezing took 40-55 % off its time here. ``torch.jit.trace`` records the
+forward once and ``torch.jit.freeze`` inlines the weights as constants, so a call runs the recorded
+kernels back to back. The kernels are the
 ones eager mode runs, so the outputs are the eager ones (tested bitwise on CPU); sequential
 sampling (many narrow calls) gains the most, a wide Picard window less.
 
