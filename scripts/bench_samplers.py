@@ -290,20 +290,15 @@ def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
     runs = {SEQ: lambda x, c: sample_sequential(base_d, x, c, **kw)}
     for k in ints(a.ddim_ks) if a.ddim_ks else []:
         runs[f"ddim_k{k}"] = lambda x, c, k=k: sample_sequential(base_d, x, c, **{**kw, "num_steps": k})
-    for init in a.inits.split(","):
+    variants = [("picard", "" if init == "noise" else f"_{init}", {"init": init}) for init in a.inits.split(",")]
+    variants += [(f"taa{m}", "", {"init": "prior", "anderson": m}) for m in (ints(a.anderson) if a.anderson else [])]
+    for prefix, suffix, extra in variants:
         for w in ints(a.windows):
             for tol in tols:
                 for sg in sgs:
-                    runs[f"picard_w{w}_tol{tol:g}{tag(sg)}" + ("" if init == "noise" else f"_{init}")] = (
-                        lambda x, c, w=w, tol=tol, sg=sg, init=init:
-                        sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, init=init, **kw))
-    for m in ints(a.anderson) if a.anderson else []:
-        for w in ints(a.windows):
-            for tol in tols:
-                for sg in sgs:
-                    runs[f"taa{m}_w{w}_tol{tol:g}{tag(sg)}"] = (
-                        lambda x, c, w=w, tol=tol, sg=sg, m=m:
-                        sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, init="prior", anderson=m, **kw))
+                    runs[f"{prefix}_w{w}_tol{tol:g}{tag(sg)}{suffix}"] = (
+                        lambda x, c, w=w, tol=tol, sg=sg, extra=extra:
+                        sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, **extra, **kw))
     spaces = a.pcm_spaces.split(",") if a.pcm_spaces else [schedule.get("space", "weight")]
     for space in spaces:
         for w in ints(a.pcm_windows):

@@ -24,7 +24,7 @@ from .ddim import draw_noise, make_grid
 from .denoiser import Cond, SampleStats, call_denoiser, repeat_cond
 from .picard import picard_loop
 
-__all__ = ["linear_schedule", "hard_switch", "sample_pcm"]
+__all__ = ["linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm", "schedule_kwargs"]
 
 Schedule = Callable[[int], float]
 _MAX_K = 100_000
@@ -58,6 +58,37 @@ def hard_switch(k_switch: int) -> Schedule:
     return linear_schedule(k_switch, k_switch)
 
 
+def pcm_evaluator(denoise, schedule: Schedule, space: str = "weight", lambdas: list | None = None):
+    """``picard_loop``'s model call for PCM and the lambda it uses: (evaluate, lam_of). Iteration k calls
+    ``denoise`` at lambda = schedule(k), in weight space (``lora_scale=lambda``) or feature space (both
+    calls batched, outputs mixed). ``lambdas``, if given, records each iteration's lambda. No
+    ``no_grad`` here: PCT's unrolled objective differentiates through it."""
+    if space not in ("weight", "feature"):
+        raise ValueError(f"space must be 'weight' or 'feature', got {space!r}")
+    if not callable(schedule):
+        raise ValueError("schedule must be a callable k -> lambda, e.g. linear_schedule(k_on, k_off)")
+
+    def lam_of(k: int) -> float:
+        lam = float(schedule(k))
+        if not lam == lam or lam in (float("inf"), float("-inf")):
+            raise ValueError(f"schedule({k}) = {lam} is not finite")
+        return lam
+
+    def evaluate(x, t, c, k):
+        lam = lam_of(k)
+        if lambdas is not None:
+            lambdas.append(lam)
+        if space == "weight" or lam in (0.0, 1.0):  # W_0 + lambda dW, one call per position
+            return call_denoiser(denoise, x, t, c, lora_scale=lam), 1
+        n = x.shape[0]  # feature space: [adapted rows; base rows] in one call
+        scale = torch.cat([x.new_ones(n), x.new_zeros(n)])
+        xx, tt, cc = torch.cat([x, x]), torch.cat([t, t]), repeat_cond(c, 2)
+        out = call_denoiser(denoise, xx, tt, cc, lora_scale=scale)
+        return lam * out[:n] + (1 - lam) * out[n:], 2  # eps = lambda eps_pcm + (1 - lambda) eps_base
+
+    return evaluate, lam_of
+
+
 @torch.no_grad()
 def sample_pcm(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
                schedule: Schedule, window: int | None = None, tol: float = 0.1, space: str = "weight",
@@ -71,33 +102,12 @@ def sample_pcm(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_
     ``denoise(x, t, cond, lora_scale=...)`` must accept a float and, for ``space="feature"``, a
     tensor (N,) of per-row scales. Other arguments as in ``sample_picard``.
     """
-    if space not in ("weight", "feature"):
-        raise ValueError(f"space must be 'weight' or 'feature', got {space!r}")
-    if not callable(schedule):
-        raise ValueError("schedule must be a callable k -> lambda, e.g. linear_schedule(k_on, k_off)")
+    lambdas: list[float] = []
+    evaluate, lam_of = pcm_evaluator(denoise, schedule, space, lambdas)
     if max_iters is None and all(float(schedule(k)) != 0.0 for k in range(_MAX_K)):
         raise ValueError("schedule never reaches lambda = 0, so the base fixed point is never reached; "
                          "use a schedule that ends at 0 or pass max_iters")
     grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
-    lambdas: list[float] = []
-
-    def lam_of(k: int) -> float:
-        lam = float(schedule(k))
-        if not lam == lam or lam in (float("inf"), float("-inf")):
-            raise ValueError(f"schedule({k}) = {lam} is not finite")
-        return lam
-
-    def evaluate(x, t, c, k):
-        lam = lam_of(k)
-        lambdas.append(lam)
-        if space == "weight" or lam in (0.0, 1.0):  # W_0 + lambda dW, one call per position
-            return call_denoiser(denoise, x, t, c, lora_scale=lam), 1
-        n = x.shape[0]  # feature space: [adapted rows; base rows] in one call
-        scale = torch.cat([x.new_ones(n), x.new_zeros(n)])
-        xx, tt, cc = torch.cat([x, x]), torch.cat([t, t]), repeat_cond(c, 2)
-        out = call_denoiser(denoise, xx, tt, cc, lora_scale=scale)
-        return lam * out[:n] + (1 - lam) * out[n:], 2  # eps = lambda eps_pcm + (1 - lambda) eps_base
-
     x, stats = picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                            noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                            return_iterates=return_iterates, return_trajectory=return_trajectory,

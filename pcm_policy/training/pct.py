@@ -17,7 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling import linear_schedule, make_grid, picard_loop, picard_update, repeat_cond, sample_pcm, schedule_kwargs
+from ..sampling import (
+    linear_schedule,
+    make_grid,
+    pcm_evaluator,
+    picard_loop,
+    picard_update,
+    repeat_cond,
+    sample_pcm,
+    schedule_kwargs,
+)
 from .pct_data import TrajDataConfig, iterates
 
 __all__ = ["PCTBatches", "action_distance", "alpha_from_var", "candidates", "choose_schedule", "ddim_grid",
@@ -41,14 +50,11 @@ def unrolled_loss(policy, batch: dict, grid, schedule: dict, iters: int, first: 
     (its ``anderson`` included), with gradients through every iteration: the adapted calls and, after
     the switch, the base calls (weights fixed) and the TAA mixing. It trains the jump for the output after k
     iterations rather than for one update at a time."""
-    lam = linear_schedule(schedule["k_on"], schedule["k_off"])
-
-    def evaluate(x, t, c, k):
-        return policy.denoise(x, t, c, lora_scale=lam(k)), 1
-
+    kw = schedule_kwargs(schedule)
+    evaluate, lam_of = pcm_evaluator(policy.denoise, kw["schedule"], kw["space"])
     _, st = picard_loop(evaluate, batch["x_T"], batch["cond"], grid, window=None, tol=0.0, max_iters=iters,
-                        init=init, safeguard=safeguard, may_slide=lambda k: lam(k) == 0.0,
-                        anderson=schedule.get("anderson", 0), return_iterates=True)
+                        init=init, safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0,
+                        anderson=kw["anderson"], return_iterates=True)
     target = batch["x_star"][:, -1]
     dist = [((st.iterates[k][-1] - target).pow(2).sum(-1) + 1e-12).sqrt().mean() for k in range(first, iters + 1)]
     return torch.stack(dist).mean()
