@@ -73,6 +73,7 @@ from pcm_policy.checkpoint import load_adapter_folder, load_policy, read_config
 from pcm_policy.device import pick_device, synchronize
 from pcm_policy.lora import add_lora
 from pcm_policy.models.unet1d import count_parameters
+from pcm_policy.samplers import ANDERSON
 from pcm_policy.sampling import (
     ThreadPolicy,
     num_threads,
@@ -109,8 +110,8 @@ def parse(argv=None):
     p.add_argument("--safeguards", default="none,1.0", help="iterate safeguard kappas ('none': off)")
     p.add_argument("--pcm-windows", default="50", help="PCM windows")
     p.add_argument("--inits", default="noise,prior", help="Picard first iterates (PCM uses its adapter's)")
-    p.add_argument("--anderson", default="3", help="Picard + triangular Anderson acceleration (init prior) with "
-                                                   "these memories ('' for none)")
+    p.add_argument("--anderson", default=str(ANDERSON),
+                   help="Picard + triangular Anderson acceleration (init prior) with these memories ('' for none)")
     p.add_argument("--ddim-ks", default="5", help="also DDIM re-discretised to these step counts ('' for none)")
     p.add_argument("--pcm-spaces", help="weight,feature (default: the adapter's own space)")
     p.add_argument("--k-on", type=int, help="override the adapter's schedule (random adapter: 2)")

@@ -47,7 +47,7 @@ from pcm_policy.checkpoint import ADAPTER_CONFIG, WEIGHTS, CheckpointError, load
 from pcm_policy.checkpoint import _atomic as write_atomic  # noqa: E402
 from pcm_policy.device import pick_device  # noqa: E402
 from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
-from pcm_policy.samplers import ANDERSON, make_sampler  # noqa: E402
+from pcm_policy.samplers import ANDERSON, TAA_SAFEGUARD, make_sampler  # noqa: E402
 from pcm_policy.sampling import INITS, schedule_kwargs  # noqa: E402
 from pcm_policy.training.pct import action_distance  # noqa: E402
 from pcm_policy.training.pct_data import ObsRecorder  # noqa: E402
@@ -207,7 +207,7 @@ def setup(a):
            **({"device": base.device.type} if base.device.type != "cpu" else {})}  # GPU runs cached apart
     keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
     if "taa" in a.samplers:  # its own defaults, in the cache key too
-        opts["taa"] = {"init": a.init or "prior", "anderson": ANDERSON}
+        opts["taa"] = {"init": a.init or "prior", "anderson": ANDERSON, "safeguard": TAA_SAFEGUARD}
         keys["taa"].update(opts["taa"])
     if "pcm" in a.samplers:
         policies["pcm"] = copy.deepcopy(base)

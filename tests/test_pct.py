@@ -203,3 +203,21 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     missing = subprocess.run(cmd[:3] + [f"base={tmp_path / 'nope'}", f"work_dir={tmp_path / 'w2'}"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "nope" in missing.stderr and "train_policy.py" in missing.stderr
+
+
+def test_tune_taa_reports_every_variant_and_picks_by_the_pct_rule(env, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import tune_taa
+
+    out = tmp_path / "taa.json"
+    args = ["--store", str(env / "traj.zarr"), "--checkpoint", str(env / "base"), "--memories", "2,3", "--weights", "1",
+            "--mixings", "0.8,1", "--k-max", "4", "--threads", "1", "--json", str(out)]
+    assert tune_taa.main(args) == 0
+    res = json.loads(out.read_text())
+    assert [(r["anderson"], r["anderson_mixing"]) for r in res["results"]] == [(2, 0.8), (2, 1.0), (3, 0.8), (3, 1.0)]
+    assert res["chosen"] == choose_schedule(res["results"]) and len(res["results"][0]["px"]) == 4
+    assert "chosen: m =" in capsys.readouterr().out
+    assert tune_taa.main(["--store", str(tmp_path / "none.zarr"), "--checkpoint", str(env / "base")]) == 2
+    with pytest.raises(SystemExit) as e:
+        tune_taa.main(["--mixings", "1.5"])
+    assert e.value.code == 2

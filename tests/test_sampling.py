@@ -237,6 +237,43 @@ def test_anderson_keeps_the_fixed_point_and_triangular_exactness(case, window, i
     assert (stats.iterates[3] - plain.iterates[3]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("w,beta", [(0.0, 1.0), (1.0, 1.0), (1.0, 0.8)])
+def test_anderson_step_is_the_weighted_triangular_least_squares(w, beta):
+    """Position j's correction is (1 - beta) R_j + sum_n gamma[n] (dX[n] + beta dR[n]), gamma the least-squares fit
+    of the last residual by the residual differences over positions i <= j, each scaled by weight_i (solved
+    directly here); with no difference yet it is (1 - beta) R_j (None when beta = 1)."""
+    from pcm_policy.sampling.picard import _anderson
+
+    g = torch.Generator().manual_seed(3)
+    L, B, m = 6, 2, 3
+    hist = [(torch.randn(L + 1, B, *SHAPE, generator=g), torch.randn(L + 1, B, *SHAPE, generator=g)) for _ in range(m)]
+    weight = torch.rand(L + 1, generator=g) ** w
+    corr = _anderson(hist, torch.full((L + 1,), m), 0, L, 0.0, weight, beta)
+    X, R = (torch.stack([h[i][1:] for h in hist]).flatten(3).double() for i in (0, 1))  # (m, L, B, d)
+    dX, dR = X[1:] - X[:-1], R[1:] - R[:-1]
+    wt = weight[1:].double().view(-1, 1)
+    for j in range(L):
+        for b in range(B):
+            A = (dR[:, : j + 1, b] * wt[: j + 1]).reshape(m - 1, -1).T  # rows: (position i <= j, element)
+            gamma = torch.linalg.lstsq(A, (R[-1, : j + 1, b] * wt[: j + 1]).reshape(-1, 1)).solution[:, 0]
+            want = torch.einsum("p,pd->d", gamma, dX[:, j, b] + beta * dR[:, j, b]) + (1 - beta) * R[-1, j, b]
+            assert close(corr[j, b].flatten().double(), want, 1e-4), (j, b)
+    first = _anderson(hist[:1], torch.ones(L + 1, dtype=torch.long), 0, L, 0.0, weight, beta)
+    assert first is None if beta == 1.0 else close(first, (1 - beta) * hist[0][1][1:], 1e-6)
+
+
+def test_anderson_weight_and_mixing_change_the_path_not_the_fixed_point():
+    model, (x_T, cond) = MLPDenoiser(seed=5), inputs()
+    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
+    kw = dict(scheduler=ddim(), num_steps=T, tol=0.0, anderson=3, init="prior", return_iterates=True)
+    runs = [sample_picard(model, x_T, cond, anderson_weight=w, anderson_mixing=beta, **kw)
+            for w, beta in ((0.0, 1.0), (1.0, 1.0), (1.0, 0.8))]
+    for x, _ in runs:
+        assert close(x, seq, 1e-5)
+    for (_, a), (_, b) in zip(runs, runs[1:], strict=False):
+        assert (a.iterates[4] - b.iterates[4]).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("space", ["weight", "feature"])
 def test_pcm_with_anderson_equals_sequential(space):
     model, (x_T, cond) = MLPDenoiser(seed=7), inputs()
@@ -381,6 +418,10 @@ def test_bad_arguments_raise_clear_errors():
     kw = dict(scheduler=ddim(), num_steps=T)
     with pytest.raises(ValueError, match="anderson"):
         sample_picard(model, x_T, cond, anderson=-1, **kw)
+    with pytest.raises(ValueError, match="anderson_weight"):
+        sample_picard(model, x_T, cond, anderson=2, anderson_weight=-1.0, **kw)
+    with pytest.raises(ValueError, match="anderson_mixing"):
+        sample_picard(model, x_T, cond, anderson=2, anderson_mixing=0.0, **kw)
     with pytest.raises(ValueError, match="window"):
         sample_picard(model, x_T, cond, window=0, **kw)
     with pytest.raises(ValueError, match="tol"):

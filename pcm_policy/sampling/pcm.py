@@ -96,7 +96,8 @@ def sample_pcm(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_
                generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                form: str = "paradigms", return_iterates: bool = False, return_trajectory: bool = False,
                safeguard: float | None = None, solver: str | None = None,
-               anderson: int = 0) -> tuple[torch.Tensor, SampleStats]:
+               anderson: int = 0, anderson_weight: float = 1.0,
+               anderson_mixing: float = 0.8) -> tuple[torch.Tensor, SampleStats]:
     """PCM: ``sample_picard`` whose denoiser is called with ``lora_scale`` per ``schedule``.
 
     ``denoise(x, t, cond, lora_scale=...)`` must accept a float and, for ``space="feature"``, a
@@ -111,6 +112,7 @@ def sample_pcm(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_
     x, stats = picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                            noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                            return_iterates=return_iterates, return_trajectory=return_trajectory,
-                           safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0, anderson=anderson)
+                           safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0, anderson=anderson,
+                           anderson_weight=anderson_weight, anderson_mixing=anderson_mixing)
     stats.lambdas = lambdas
     return x, stats

@@ -22,12 +22,19 @@ Glossary (spec ``pcm.md`` §2; ParaDiGMS, Shih et al. 2023, Alg. 1; PCM suppleme
 
 The window slides to the first position that has not converged (its new value was computed from a
 converged prefix, so it is exact); it always advances by >= 1, so at most T iterations are needed.
-Triangular Anderson acceleration (``anderson=m``, ParaTAA, Tang et al. 2024): positions after the new
-anchor take x_j + R_j - sum_n gamma_j[n] (dX_j[n] + dR_j[n]) instead of the Picard value x_j + R_j,
-where R = Picard value - x, dX and dR are the differences of the last m iterates and residuals, and
-gamma_j solves the ridge least squares min ||R_i - dR_i gamma||^2 summed over the window positions
-i <= j (the ones x_j depends on: "triangular"). The anchor and the prefix keep their Picard values and
-convergence is judged on the Picard residual, so the exactness properties and the fixed point stay.
+Triangular Anderson acceleration (``anderson=m``, ParaTAA, Tang et al. 2024) with mixing beta
+(Walker & Ni 2011): positions after the new anchor take x_j + beta R_j - sum_n gamma_j[n] (dX_j[n] + beta dR_j[n])
+instead of the Picard value x_j + R_j, where R = Picard value - x, dX and dR are the differences of the last
+m iterates and residuals, and gamma_j solves the ridge least squares
+min sum_{i <= j} abar_i^(2w) ||R_i - dR_i gamma||^2 over the window positions i <= j (the ones x_j depends
+on: "triangular"). ``anderson_weight=w`` scales position i's residual by its signal fraction abar_i^w, so
+the low-noise end, which becomes the output, is fitted more closely than the noisy start;
+``anderson_mixing=beta`` < 1 damps every step (the first, which has no differences yet, included). w = 0,
+beta = 1 is ParaTAA's update; the defaults w = 1, beta = 0.8 took PushT's mean distance after 5
+iterations from 1.25 to 0.46 px (held-out training-seed conditions; README). The ridge term is
+``anderson_reg`` times the mean diagonal of the Gram matrix (scale-free). The anchor and the prefix keep
+their Picard values and convergence is judged on the Picard residual, so the exactness properties and
+the fixed point stay.
 Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
 may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| (c = the
 scheduler's clip range, bounding x0) without changing the fixed point; the anchor and the prefix
@@ -123,40 +130,51 @@ def _bound(grid: Grid, x_T: torch.Tensor, kappa: float) -> torch.Tensor:
     return abar**0.5 * grid.clip + (1 - abar) ** 0.5 * m
 
 
-def _anderson(hist: list, count: torch.Tensor, b: int, e: int, reg: float) -> torch.Tensor | None:
-    """TAA correction sum_n gamma_j[n] (dX_j[n] + dR_j[n]) for the window positions b+1..e.
+def _anderson(hist: list, count: torch.Tensor, b: int, e: int, reg: float, weight: torch.Tensor,
+              beta: float = 1.0) -> torch.Tensor | None:
+    """TAA correction (1 - beta) R_j + sum_n gamma_j[n] (dX_j[n] + beta dR_j[n]) for the window positions
+    b+1..e, to subtract from their Picard values.
 
     ``hist``: (X, R) full trajectories of the last iterations, oldest first (R is zero outside the
     window it was computed on); ``count[j]``: how many of them hold a residual of position j, so
-    position j uses its last count[j] - 1 differences. None while there is no difference yet."""
+    position j uses its last count[j] - 1 differences. ``weight``: (T+1,) residual scale per position.
+    None when there is nothing to correct (no difference yet and beta = 1)."""
     n = len(hist) - 1
+    R_last = hist[-1][1][b + 1:e + 1]
     if n < 1:
-        return None
+        return None if beta == 1.0 else (1 - beta) * R_last
     X = torch.stack([x[b + 1:e + 1] for x, _ in hist]).flatten(3).double()  # (n+1, L, B, d)
     R = torch.stack([r[b + 1:e + 1] for _, r in hist]).flatten(3).double()
     dX, dR = X[1:] - X[:-1], R[1:] - R[:-1]  # (n, L, B, d)
     valid = torch.arange(n, device=R.device)[None, :] >= n - (count[b + 1:e + 1, None] - 1)  # (L, n)
     m = valid[:, None, :].to(R.dtype)  # (L, 1, n): drop the differences position j does not have
-    gram = torch.einsum("pibd,qibd->ibpq", dR, dR).cumsum(0)  # (L, B, n, n): summed over i <= j
-    rhs = torch.einsum("pibd,ibd->ibp", dR, R[-1]).cumsum(0)  # (L, B, n)
+    w = weight[b + 1:e + 1].view(-1, 1, 1).double()
+    gram = torch.einsum("pibd,qibd->ibpq", dR * w, dR * w).cumsum(0)  # (L, B, n, n): summed over i <= j
+    gram = gram * m[..., :, None] * m[..., None, :]
+    rhs = torch.einsum("pibd,ibd->ibp", dR * w, R[-1] * w).cumsum(0) * m  # (L, B, n)
+    ridge = reg * gram.diagonal(dim1=-2, dim2=-1).mean(-1) + torch.finfo(R.dtype).tiny  # (L, B)
     eye = torch.eye(n, dtype=R.dtype, device=R.device)
-    gamma = torch.linalg.solve(gram * m[..., :, None] * m[..., None, :] + reg * eye, (rhs * m).unsqueeze(-1))
-    corr = torch.einsum("ibp,pibd->ibd", gamma.squeeze(-1), dX + dR)
-    return corr.view_as(hist[-1][0][b + 1:e + 1]).to(hist[-1][0].dtype)
+    gamma = torch.linalg.solve(gram + ridge[..., None, None] * eye, rhs.unsqueeze(-1))
+    corr = torch.einsum("ibp,pibd->ibd", gamma.squeeze(-1), dX + beta * dR)
+    return corr.view_as(R_last).to(R_last.dtype) + (1 - beta) * R_last
 
 
 def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
                 init=None, form="paradigms", return_iterates=False, return_trajectory=False,
                 safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, anderson: int = 0,
-                anderson_reg: float = 1e-3):
+                anderson_weight: float = 1.0, anderson_mixing: float = 0.8, anderson_reg: float = 1e-6):
     """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``.
 
     ``may_slide(k)`` says whether iteration k (0-based) may move the anchor (PCM: only base-model
     iterations may, so the fixed point stays the base model's). ``anderson=m >= 2``: triangular
-    Anderson acceleration with the last m iterates (module doc); 0 or 1: plain Picard.
+    Anderson acceleration with the last m iterates, residuals weighted by abar^``anderson_weight``, mixing
+    ``anderson_mixing`` (module doc); 0 or 1: plain Picard.
     """
-    if anderson < 0 or anderson_reg <= 0:
-        raise ValueError(f"anderson must be >= 0 and anderson_reg > 0, got {anderson} and {anderson_reg}")
+    if anderson < 0 or anderson_reg < 0 or anderson_weight < 0:
+        raise ValueError(f"anderson, anderson_weight and anderson_reg must be >= 0, got {anderson}, {anderson_weight} "
+                         f"and {anderson_reg}")
+    if not 0 < anderson_mixing <= 1:
+        raise ValueError(f"anderson_mixing (beta) must be in (0, 1], got {anderson_mixing}")
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
     _check(x_T, window, tol, max_iters, form, init, T)
     check_cond(cond, B)
@@ -165,6 +183,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     copy_exposed = _is_noise(init)
     scale = d * _tol_scale(grid)
     bound = None if safeguard is None else _bound(grid, x_T, safeguard)
+    aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T.device) ** anderson_weight
     stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
     hist, count = [], torch.zeros(T + 1, dtype=torch.long, device=x_T.device)  # Anderson memory
     b, e = 0, p
@@ -194,7 +213,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
             bad = (~(err <= tol**2)).any(dim=1).tolist() + [True]  # NaN/inf: not converged
             new_b = b + min(bad.index(True) + 1, L)
         if anderson >= 2 and new_b < e:  # TAA on the positions after the new anchor only
-            corr = _anderson(hist, count, b, e, anderson_reg)
+            corr = _anderson(hist, count, b, e, anderson_reg, aweight, anderson_mixing)
             if corr is not None:
                 X[new_b + 1:e + 1] -= corr[new_b - b:]
         new_e = min(new_b + p, T)
@@ -221,9 +240,11 @@ def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
                   generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                   form: str = "paradigms", return_iterates: bool = False,
                   return_trajectory: bool = False, safeguard: float | None = None,
-                  solver: str | None = None, anderson: int = 0) -> tuple[torch.Tensor, SampleStats]:
+                  solver: str | None = None, anderson: int = 0,
+                  anderson_weight: float = 1.0, anderson_mixing: float = 0.8) -> tuple[torch.Tensor, SampleStats]:
     """Parallel sampling by windowed Picard iteration; converges to sequential sampling's output.
-    ``anderson=m >= 2``: ParaTAA's triangular Anderson acceleration with memory m (module doc).
+    ``anderson=m >= 2``: ParaTAA's triangular Anderson acceleration with memory m, residuals weighted
+    by abar^``anderson_weight``, mixing ``anderson_mixing`` (0 and 1: ParaTAA's own update; module doc).
 
     ``window=None`` is the full window (T). ``noise`` (standard normal, ``(T, *x_T.shape)``) or
     ``generator`` fixes a stochastic solver's noise before the loop (DDPM, DDIM eta > 0).
@@ -239,4 +260,5 @@ def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
     return picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                        noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                        return_iterates=return_iterates, return_trajectory=return_trajectory,
-                       safeguard=safeguard, anderson=anderson)
+                       safeguard=safeguard, anderson=anderson, anderson_weight=anderson_weight,
+                       anderson_mixing=anderson_mixing)

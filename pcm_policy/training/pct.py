@@ -124,10 +124,11 @@ def action_distance(out: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor) -
 
 @torch.no_grad()
 def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, *, num_steps: int = 50,
-                  safeguard: float | None = None, init: str | None = None, batch: int = 100) -> dict:
+                  safeguard: float | None = None, init: str | None = None, batch: int = 100, **taa) -> dict:
     """Distance of PCM's output after k = 1..k_max iterations (tol 0) to ``target`` = X*[T], per k:
     ``norm`` (normalised units) and ``px`` (env pixels). ``schedule=None`` is plain Picard; a schedule's
-    ``anderson`` (default 0) is the TAA memory of its base iterations."""
+    ``anderson`` (default 0) is the TAA memory of its base iterations; ``taa``: ``anderson_weight`` and
+    ``anderson_mixing`` for them (default: the sampler's)."""
     s = schedule or {"k_on": 0, "k_off": 0, "space": "weight"}  # lambda = 0 throughout: base Picard
     scale = policy.normalizer["action"].scale
     norm, px = torch.zeros(k_max), torch.zeros(k_max)
@@ -135,7 +136,7 @@ def pcm_distances(policy, cond, x_T, target, schedule: dict | None, k_max: int, 
         sl = slice(i0, i0 + batch)
         _, st = sample_pcm(policy.denoise, x_T[sl], cond[sl], scheduler=policy.noise_scheduler, num_steps=num_steps,
                            solver="ddim", tol=0.0, max_iters=k_max, return_iterates=True,
-                           **{**schedule_kwargs(s), "safeguard": safeguard, "init": init})
+                           **{**schedule_kwargs(s), "safeguard": safeguard, "init": init}, **taa)
         outs = torch.stack([st.iterates[min(k, len(st.iterates) - 1)][-1] for k in range(1, k_max + 1)])
         n, p = action_distance(outs, target[sl], scale)  # outs: (k, b, H, A)
         norm += n

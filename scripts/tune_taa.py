@@ -1,0 +1,87 @@
+"""Choose the training-free sampler's (``taa``) settings on held-out training-seed conditions.
+
+    python scripts/tune_taa.py                                # the PCT store of the shipped adapter
+    python scripts/tune_taa.py --memories 3 --weights 0 --mixings 1 --n 64   # ParaTAA's own update only
+
+Picard + triangular Anderson acceleration (``init=prior``) with every combination of memory m,
+residual weight exponent w and mixing beta (``pcm_policy.sampling.picard``), on the held-out split of
+a PCT trajectory store (demonstration windows and states the base policy visits on training seeds;
+never evaluation seeds). Prints the mean distance (px) to the DDIM-T output after k = 1..k_max
+iterations and picks the variant by PCT's rule (smallest k under 1 px, then the distance there).
+The store comes from ``scripts/train_pct.py`` (stage 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from pcm_policy.checkpoint import CheckpointError, _atomic, load_policy  # noqa: E402
+from pcm_policy.training import pct as P  # noqa: E402
+from pcm_policy.training.pct_data import TrajDataError, load_trajectories  # noqa: E402
+
+
+def floats(s: str) -> list[float]:
+    return [float(v) for v in s.split(",")]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", type=Path, default=ROOT / "runs/pct_pusht_r3/trajectories.zarr")
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints/pusht_base")
+    p.add_argument("--memories", default="2,3,4,5", help="TAA memories m")
+    p.add_argument("--weights", default="0,1", help="residual weight exponents w (0: unweighted, ParaTAA)")
+    p.add_argument("--mixings", default="0.7,0.8,0.9,1", help="mixings beta (1: undamped, ParaTAA)")
+    p.add_argument("--safeguard", type=float, default=1.0, help="iterate safeguard kappa (0: off)")
+    p.add_argument("--n", type=int, default=200, help="held-out conditions used")
+    p.add_argument("--k-max", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="write every variant's distances here")
+    a = p.parse_args(argv)
+    try:
+        grid = [(int(m), w, b) for m, w, b in itertools.product(floats(a.memories), floats(a.weights),
+                                                                floats(a.mixings))]
+    except ValueError as e:
+        p.exit(2, f"error: --memories, --weights and --mixings must be comma lists of numbers ({e})\n")
+    if min(a.n, a.k_max, a.threads) < 1 or a.safeguard < 0 or any(m < 2 or w < 0 or not 0 < b <= 1 for m, w, b in grid):
+        p.exit(2, "error: need --n, --k-max, --threads >= 1, --safeguard >= 0, memories >= 2, weights >= 0 and "
+                  "mixings in (0, 1]\n")
+    torch.set_num_threads(a.threads)
+    try:
+        data, policy = load_trajectories(a.store), load_policy(a.checkpoint)
+    except (TrajDataError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    policy.freeze()
+    val = (data["split"] == 1).nonzero().flatten()[: a.n]
+    cond, x_T, target = data["cond"][val], data["x_T"][val], data["x_star"][val, -1]
+    safeguard = a.safeguard or None
+    results = []
+    print(f"{len(val)} held-out conditions of {a.store}; mean distance (px) after k iterations")
+    print(f"{'m':>2s} {'w':>4s} {'beta':>5s}  " + " ".join(f"{'k=' + str(k):>7s}" for k in range(1, a.k_max + 1)))
+    for m, w, b in grid:
+        d = P.pcm_distances(policy, cond, x_T, target, {"k_on": 0, "k_off": 0, "anderson": m}, a.k_max,
+                            num_steps=int(data["config"]["num_steps"]), safeguard=safeguard, init="prior",
+                            anderson_weight=w, anderson_mixing=b)
+        results.append({"anderson": m, "anderson_weight": w, "anderson_mixing": b, **d})
+        print(f"{m:2d} {w:4g} {b:5g}  " + " ".join(f"{v:7.3g}" for v in d["px"]), flush=True)
+    best = P.choose_schedule(results)
+    print(f"chosen: m = {best['anderson']}, w = {best['anderson_weight']:g}, beta = {best['anderson_mixing']:g} "
+          f"(k to 1 px: {best['k_1px']})")
+    if a.json:
+        _atomic(a.json, lambda f: f.write_text(json.dumps({"conditions": len(val), "store": str(a.store),
+                                                           "safeguard": safeguard, "results": results,
+                                                           "chosen": best}, indent=1)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
