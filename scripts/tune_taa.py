@@ -47,8 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="write every variant's distances here")
     a = p.parse_args(argv)
     try:
-        grid = [(int(m), w, b) for m, w, b in itertools.product(floats(a.memories), floats(a.weights),
-                                                                floats(a.mixings))]
+        grid = list(itertools.product([int(m) for m in a.memories.split(",")], floats(a.weights), floats(a.mixings)))
     except ValueError as e:
         p.exit(2, f"error: --memories, --weights and --mixings must be comma lists of numbers ({e})\n")
     if min(a.n, a.k_max, a.threads) < 1 or a.safeguard < 0 or any(m < 2 or w < 0 or not 0 < b <= 1 for m, w, b in grid):

@@ -22,7 +22,7 @@ import torch
 
 from .ddim import draw_noise, make_grid
 from .denoiser import Cond, SampleStats, call_denoiser, repeat_cond
-from .picard import picard_loop
+from .picard import ANDERSON_MIXING, ANDERSON_WEIGHT, picard_loop
 
 __all__ = ["linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm", "schedule_kwargs"]
 
@@ -96,8 +96,8 @@ def sample_pcm(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_
                generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                form: str = "paradigms", return_iterates: bool = False, return_trajectory: bool = False,
                safeguard: float | None = None, solver: str | None = None,
-               anderson: int = 0, anderson_weight: float = 1.0,
-               anderson_mixing: float = 0.8) -> tuple[torch.Tensor, SampleStats]:
+               anderson: int = 0, anderson_weight: float = ANDERSON_WEIGHT,
+               anderson_mixing: float = ANDERSON_MIXING) -> tuple[torch.Tensor, SampleStats]:
     """PCM: ``sample_picard`` whose denoiser is called with ``lora_scale`` per ``schedule``.
 
     ``denoise(x, t, cond, lora_scale=...)`` must accept a float and, for ``space="feature"``, a

@@ -53,6 +53,7 @@ from .denoiser import Cond, SampleStats, call_denoiser, check_cond, repeat_cond
 __all__ = ["INITS", "initial_trajectory", "sample_picard", "picard_update", "picard_loop"]
 
 INITS = ("noise", "prior")
+ANDERSON_WEIGHT, ANDERSON_MIXING = 1.0, 0.8  # TAA's w and beta (module doc), chosen by scripts/tune_taa.py
 
 # evaluate(x_rows, t_rows, cond_rows, k) -> (model output, model calls per row)
 Evaluate = Callable[[torch.Tensor, torch.Tensor, Cond, int], tuple[torch.Tensor, int]]
@@ -162,7 +163,8 @@ def _anderson(hist: list, count: torch.Tensor, b: int, e: int, reg: float, weigh
 def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
                 init=None, form="paradigms", return_iterates=False, return_trajectory=False,
                 safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, anderson: int = 0,
-                anderson_weight: float = 1.0, anderson_mixing: float = 0.8, anderson_reg: float = 1e-6):
+                anderson_weight: float = ANDERSON_WEIGHT, anderson_mixing: float = ANDERSON_MIXING,
+                anderson_reg: float = 1e-6):
     """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``.
 
     ``may_slide(k)`` says whether iteration k (0-based) may move the anchor (PCM: only base-model
@@ -241,7 +243,8 @@ def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
                   form: str = "paradigms", return_iterates: bool = False,
                   return_trajectory: bool = False, safeguard: float | None = None,
                   solver: str | None = None, anderson: int = 0,
-                  anderson_weight: float = 1.0, anderson_mixing: float = 0.8) -> tuple[torch.Tensor, SampleStats]:
+                  anderson_weight: float = ANDERSON_WEIGHT,
+                  anderson_mixing: float = ANDERSON_MIXING) -> tuple[torch.Tensor, SampleStats]:
     """Parallel sampling by windowed Picard iteration; converges to sequential sampling's output.
     ``anderson=m >= 2``: ParaTAA's triangular Anderson acceleration with memory m, residuals weighted
     by abar^``anderson_weight``, mixing ``anderson_mixing`` (0 and 1: ParaTAA's own update; module doc).
