@@ -49,6 +49,7 @@ from pcm_policy.device import pick_device  # noqa: E402
 from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
 from pcm_policy.samplers import ANDERSON, TAA_SAFEGUARD, make_sampler  # noqa: E402
 from pcm_policy.sampling import INITS, schedule_kwargs  # noqa: E402
+from pcm_policy.sampling.picard import ANDERSON_MIXING, ANDERSON_WEIGHT  # noqa: E402
 from pcm_policy.training.pct import action_distance  # noqa: E402
 from pcm_policy.training.pct_data import ObsRecorder  # noqa: E402
 
@@ -206,6 +207,8 @@ def setup(a):
            "checkpoint": file_hash(a.checkpoint, [WEIGHTS]),
            **({"device": base.device.type} if base.device.type != "cpu" else {})}  # GPU runs cached apart
     keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
+    for s in {"taa", "pcm"} & set(a.samplers):  # their TAA update: a change of its defaults invalidates the cache
+        keys[s]["taa_update"] = {"weight": ANDERSON_WEIGHT, "mixing": ANDERSON_MIXING}
     if "taa" in a.samplers:  # its own defaults, in the cache key too
         opts["taa"] = {"init": a.init or "prior", "anderson": ANDERSON, "safeguard": TAA_SAFEGUARD}
         keys["taa"].update(opts["taa"])

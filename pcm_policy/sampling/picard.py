@@ -185,7 +185,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     copy_exposed = _is_noise(init)
     scale = d * _tol_scale(grid)
     bound = None if safeguard is None else _bound(grid, x_T, safeguard)
-    aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T.device) ** anderson_weight
+    aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T.device) ** anderson_weight if anderson >= 2 else None
     stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
     hist, count = [], torch.zeros(T + 1, dtype=torch.long, device=x_T.device)  # Anderson memory
     b, e = 0, p
