@@ -28,7 +28,7 @@ A quick check of the script itself (about a minute; the numbers mean nothing):
     OMP_NUM_THREADS=1 python scripts/bench_samplers.py --checkpoint /tmp/smoke/checkpoint --adapter random \\
         --conds 1 --repeats 1 --windows 50 --tols 0.1 --safeguards none --curve 1,50 --curve-repeats 2
 
-What runs: the policy's own sampler-protocol denoiser (``policy.denoise``) and noise schedule
+What runs: the policy's own sampler-protocol denoiser (``policy.model_fn``) and noise schedule
 (``policy.noise_scheduler``, solved with DDIM, eta = 0), conditioned on observation windows
 (``n_obs_steps`` consecutive steps of one episode) drawn from the demonstrations (``--dataset``),
 one action chunk of ``--batch`` samples per window. The UNet runs as frozen TorchScript graphs
@@ -69,18 +69,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pcm_policy.checkpoint import load_adapter_folder, load_policy, read_config
 from pcm_policy.device import pick_device, synchronize
 from pcm_policy.lora import add_lora
-from pcm_policy.models.unet1d import count_parameters
-from pcm_policy.samplers import ANDERSON
+from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, read_config
+from pcm_policy.pusht.unet1d import count_parameters
 from pcm_policy.sampling import (
+    DEFAULTS,
+    TAA,
+    SamplerSpec,
+    Switch,
     ThreadPolicy,
+    make_sampler,
     num_threads,
-    sample_pcm,
-    sample_picard,
-    sample_sequential,
-    schedule_kwargs,
     switch_cost_us,
 )
 
@@ -110,7 +110,7 @@ def parse(argv=None):
     p.add_argument("--safeguards", default="none,1.0", help="iterate safeguard kappas ('none': off)")
     p.add_argument("--pcm-windows", default="50", help="PCM windows")
     p.add_argument("--inits", default="noise,prior", help="Picard first iterates (PCM uses its adapter's)")
-    p.add_argument("--anderson", default=str(ANDERSON),
+    p.add_argument("--anderson", default=str(DEFAULTS["taa"]["taa"].memory),
                    help="Picard + triangular Anderson acceleration (init prior) with these memories ('' for none)")
     p.add_argument("--ddim-ks", default="5", help="also DDIM re-discretised to these step counts ('' for none)")
     p.add_argument("--pcm-spaces", help="weight,feature (default: the adapter's own space)")
@@ -140,8 +140,8 @@ def parse(argv=None):
 def load_base(a, dataset):
     """(policy, description). A checkpoint, or a random policy of preset ``--size``."""
     if a.size:
-        from pcm_policy.normalizer import NormalizerDict
-        from pcm_policy.policy import DiffusionPolicy, PolicyConfig
+        from pcm_policy.pusht.normalizer import NormalizerDict
+        from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
 
         torch.manual_seed(a.seed)
         policy = DiffusionPolicy(PolicyConfig(unet_size=a.size)).eval()
@@ -158,7 +158,7 @@ def load_base(a, dataset):
 
 
 def load_pcm(a, policy):
-    """(adapted copy of policy, schedule dict, description)."""
+    """(adapted copy of policy, its PCM SamplerSpec, description)."""
     pcm = copy.deepcopy(policy)
     path = a.adapter or (str(DEFAULT_ADAPTER) if DEFAULT_ADAPTER.is_dir() else "random")
     if path == "random":
@@ -168,16 +168,14 @@ def load_pcm(a, policy):
             for n, p in pcm.model.named_parameters():
                 if "lora_B" in n:
                     p.copy_(torch.randn(p.shape, generator=g).to(p.device) * 0.05)
-        schedule, info = {"k_on": 2, "k_off": 6, "space": "weight"}, {"source": "random (timing only)"}
+        spec, info = SamplerSpec.named("pcm", switch=Switch(2, 6)), {"source": "random (timing only)"}
     else:
-        cfg = load_adapter_folder(pcm, path)
-        schedule = dict(cfg["schedule"])
-        info = {"source": path, **{k: v for k, v in cfg.items() if k != "schedule" and _small(v)}}
-    if a.k_on is not None:
-        schedule["k_on"] = a.k_on
-    if a.k_off is not None:
-        schedule["k_off"] = a.k_off
-    return pcm.eval(), schedule, info
+        spec, cfg = load_adapter_folder(pcm, path)
+        info = {"source": path, **{k: v for k, v in cfg.items() if k not in ("schedule", "sampler") and _small(v)}}
+    sw = spec.switch
+    spec = spec.replace(switch=Switch(sw.k_on if a.k_on is None else a.k_on, sw.k_off if a.k_off is None else a.k_off,
+                                      sw.space))
+    return pcm.eval(), spec, info
 
 
 def _small(v) -> bool:
@@ -278,37 +276,39 @@ def compute_floor(model, rows: int, conds: torch.Tensor, horizon: int, action_di
             "floor_ms": round(flops / gflops / 1e6, 3)}
 
 
-def build_samplers(a, schedule, sched, base_d, pcm_d) -> dict:
-    """{name: fn(x_T, cond) -> (x_0, stats)}; ``SEQ`` first."""
+def build_samplers(a, spec: SamplerSpec, sched, base_d, pcm_d) -> dict:
+    """{name: fn(x_T, cond) -> (x_0, stats)}; ``SEQ`` first. ``spec``: the adapter's PCM spec."""
     T = a.num_steps
-    kw = dict(scheduler=sched, num_steps=T, solver="ddim")
     sgs = [None if s.strip().lower() in ("none", "off", "") else float(s) for s in a.safeguards.split(",")]
     tols = [float(v) for v in a.tols.split(",")]
 
     def tag(sg):
         return "" if sg is None else f"_sg{sg:g}"
 
-    runs = {SEQ: lambda x, c: sample_sequential(base_d, x, c, **kw)}
+    def run(s: SamplerSpec, model_fn):
+        sampler = make_sampler(s, sched)
+        return lambda x, c: sampler(model_fn, x, c)
+
+    runs = {SEQ: run(SamplerSpec.named("ddim", num_steps=T), base_d)}
     for k in ints(a.ddim_ks) if a.ddim_ks else []:
-        runs[f"ddim_k{k}"] = lambda x, c, k=k: sample_sequential(base_d, x, c, **{**kw, "num_steps": k})
+        runs[f"ddim_k{k}"] = run(SamplerSpec.named("ddim-k", k=k), base_d)
     variants = [("picard", "" if init == "noise" else f"_{init}", {"init": init}) for init in a.inits.split(",")]
-    variants += [(f"taa{m}", "", {"init": "prior", "anderson": m}) for m in (ints(a.anderson) if a.anderson else [])]
+    mems = ints(a.anderson) if a.anderson else []
+    variants += [(f"taa{m}", "", {"init": "prior", "taa": TAA(memory=m)}) for m in mems]
     for prefix, suffix, extra in variants:
         for w in ints(a.windows):
             for tol in tols:
                 for sg in sgs:
-                    runs[f"{prefix}_w{w}_tol{tol:g}{tag(sg)}{suffix}"] = (
-                        lambda x, c, w=w, tol=tol, sg=sg, extra=extra:
-                        sample_picard(base_d, x, c, window=w, tol=tol, safeguard=sg, **extra, **kw))
-    spaces = a.pcm_spaces.split(",") if a.pcm_spaces else [schedule.get("space", "weight")]
+                    s = SamplerSpec(name="picard", num_steps=T, window=w, tol=tol, safeguard=sg, **extra)
+                    runs[f"{prefix}_w{w}_tol{tol:g}{tag(sg)}{suffix}"] = run(s, base_d)
+    spaces = a.pcm_spaces.split(",") if a.pcm_spaces else [spec.switch.space]
     for space in spaces:
         for w in ints(a.pcm_windows):
             for tol in tols:
                 for sg in sgs:
-                    runs[f"pcm_{space}_w{w}_tol{tol:g}{tag(sg)}"] = (
-                        lambda x, c, w=w, tol=tol, sg=sg, space=space:
-                        sample_pcm(pcm_d, x, c, window=w, tol=tol,
-                                   **{**schedule_kwargs(schedule), "safeguard": sg, "space": space}, **kw))
+                    sw = Switch(spec.switch.k_on, spec.switch.k_off, space)
+                    s = spec.replace(num_steps=T, window=w, tol=tol, safeguard=sg, switch=sw)
+                    runs[f"pcm_{space}_w{w}_tol{tol:g}{tag(sg)}"] = run(s, pcm_d)
     return runs
 
 
@@ -355,7 +355,7 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     torch.set_num_threads(a.threads)  # the process default; ThreadPolicy switches wide calls from here
-    from pcm_policy.data import PushTLowdimDataset
+    from pcm_policy.pusht.dataset import PushTLowdimDataset
 
     datasets = {}
 
@@ -365,7 +365,7 @@ def main(argv=None):
         return datasets[obs_type]
 
     policy, base_info = load_base(a, dataset)
-    pcm, schedule, adapter_info = load_pcm(a, policy)
+    pcm, spec, adapter_info = load_pcm(a, policy)
     ds = dataset(policy.cfg.obs_type)
     cfg = policy.cfg
     B, T = a.batch, a.num_steps
@@ -379,18 +379,18 @@ def main(argv=None):
     eager = None if a.eager else copy.deepcopy(policy)  # the curve times eager calls beside frozen ones
     policy.freeze(not a.eager)
     pcm.freeze(not a.eager)
-    base_d = ThreadPolicy(policy.denoise, a.threads, a.window_threads, a.switch_rows)
-    pcm_d = ThreadPolicy(pcm.denoise, a.threads, a.window_threads, a.switch_rows)
+    base_d = ThreadPolicy(policy.model_fn, a.threads, a.window_threads, a.switch_rows)
+    pcm_d = ThreadPolicy(pcm.model_fn, a.threads, a.window_threads, a.switch_rows)
 
     # batch-cost curve: fixed thread counts, then through the ThreadPolicy (base and adapted model);
     # always holds width 1 and the full window (T * B rows), and the two thread counts in use
     widths = sorted({1, T * B, *ints(a.curve)})
     fixed = sorted({a.threads, a.window_threads, *ints(a.curve_threads)})
-    rows = {f"threads={th}": (policy.denoise, th, {}) for th in fixed}
+    rows = {f"threads={th}": (policy.model_fn, th, {}) for th in fixed}
     rows["thread_policy"] = (base_d, a.threads, {})
     rows["thread_policy_pcm_adapter_lambda1"] = (pcm_d, a.threads, {"lora_scale": 1.0})
     if eager is not None:
-        rows.update({f"eager threads={th}": (eager.denoise, th, {}) for th in fixed})
+        rows.update({f"eager threads={th}": (eager.model_fn, th, {}) for th in fixed})
     curve = batch_cost_curve(rows, widths, conds.flatten(0, 1), cfg.horizon, cfg.action_dim,
                              cfg.num_train_timesteps, a.curve_repeats, a.seed)
     with num_threads(a.threads):
@@ -400,7 +400,7 @@ def main(argv=None):
                           a.window_threads)
 
     # samplers: warm-up on the first condition, then interleaved repeats
-    runs = build_samplers(a, schedule, policy.noise_scheduler, base_d, pcm_d)
+    runs = build_samplers(a, spec, policy.noise_scheduler, base_d, pcm_d)
     for fn in runs.values():
         fn(noises[0], conds[0])
     times = {name: [] for name in runs}
@@ -451,7 +451,8 @@ def main(argv=None):
             "policy": {**base_info, "unet_size": cfg.unet_size, "unet": cfg.unet,
                        "parameters": count_parameters(policy.model), "obs_type": cfg.obs_type,
                        "horizon": cfg.horizon, "n_obs_steps": cfg.n_obs_steps},
-            "adapter": {**adapter_info, "schedule": schedule, "parameters_with_adapter": count_parameters(pcm.model)},
+            "adapter": {**adapter_info, "sampler": spec.to_dict(),
+                        "parameters_with_adapter": count_parameters(pcm.model)},
             "dataset": a.dataset, "observation_start_steps": obs_idx, "conds": a.conds, "batch": B,
             "num_steps": T, "solver": "ddim", "repeats": a.repeats, "threads": a.threads,
             "window_threads": a.window_threads, "switch_rows": a.switch_rows, "curve_widths": widths,

@@ -26,7 +26,6 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 import numpy as np  # noqa: E402
@@ -46,8 +45,8 @@ def _init_worker(success_coverage, relabel=None, ddim_k=10):
     if relabel is not None:  # load the policy once per worker
         import torch
 
-        from pcm_policy.checkpoint import load_policy
-        from pcm_policy.samplers import make_sampler
+        from pcm_policy.pusht.checkpoint import load_policy
+        from pcm_policy.sampling import make_sampler
 
         torch.set_num_threads(1)
         policy = load_policy(relabel)
@@ -58,7 +57,7 @@ def _work(job):
     seed, args = job
     t0 = time.perf_counter()
     if _POLICY is not None:
-        from pcm_policy.relabel import relabel_episode
+        from pcm_policy.pusht.relabel import relabel_episode
 
         ep = relabel_episode(*_POLICY, seed, max_chunks=args["max_chunks"], success_coverage=args["success_coverage"],
                              max_steps=args["max_steps"], legacy=args["legacy"], expert=_EXPERT)
@@ -120,7 +119,7 @@ def main(argv=None) -> int:
     if args.relabel is not None:  # a clear error now rather than in every worker
         import torch
 
-        from pcm_policy.checkpoint import CheckpointError, load_policy
+        from pcm_policy.pusht.checkpoint import CheckpointError, load_policy
 
         torch.set_num_threads(1)  # workers are forked from here
         try:

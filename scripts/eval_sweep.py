@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import hashlib
-import json
 import multiprocessing
 import os
 import sys
@@ -36,26 +33,28 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pcm_policy.checkpoint import ADAPTER as ADAPTER_WEIGHTS  # noqa: E402
-from pcm_policy.checkpoint import ADAPTER_CONFIG, WEIGHTS, CheckpointError, load_adapter_folder, load_policy  # noqa: E402
-from pcm_policy.checkpoint import _atomic as write_atomic  # noqa: E402
 from pcm_policy.device import pick_device  # noqa: E402
-from pcm_policy.rollout import run_rollouts, summarize  # noqa: E402
-from pcm_policy.samplers import ANDERSON, TAA_SAFEGUARD, make_sampler  # noqa: E402
-from pcm_policy.sampling import INITS, schedule_kwargs  # noqa: E402
-from pcm_policy.sampling.picard import ANDERSON_MIXING, ANDERSON_WEIGHT  # noqa: E402
-from pcm_policy.training.pct import action_distance  # noqa: E402
-from pcm_policy.training.pct_data import ObsRecorder  # noqa: E402
+from pcm_policy.evaluation import cached, distances_vs_k, file_hash, k_match, plots, write_csv  # noqa: E402
+from pcm_policy.io import write_json  # noqa: E402
+from pcm_policy.pusht.checkpoint import ADAPTER as ADAPTER_WEIGHTS  # noqa: E402
+from pcm_policy.pusht.checkpoint import (  # noqa: E402
+    ADAPTER_CONFIG,
+    WEIGHTS,
+    CheckpointError,
+    load_adapter_folder,
+    load_policy,
+)
+from pcm_policy.pusht.pct_data import pixel_distance  # noqa: E402
+from pcm_policy.pusht.rollout import run_rollouts, summarize  # noqa: E402
+from pcm_policy.sampling import INITS, ITERATIVE, SamplerSpec, make_sampler  # noqa: E402
 
 BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
-NAMES = ("ddim", "ddim-k", "picard", "taa", "pcm", "newton")
-ITERATIVE = ("picard", "taa", "pcm", "newton")
+NAMES = ("ddim", "ddim-k", "picard", "taa", "pcm", "newton")  # the samplers a PushT sweep compares
 KS = "1,2,3,4,5,6,8,10,12,15,20,25,30,40,50"
 SCORE_TOL, PX_TOL = 0.02, 1.0
 
@@ -102,27 +101,6 @@ def parse_args(argv=None):
     return a
 
 
-def file_hash(folder: Path, names) -> str:
-    h = hashlib.sha256()
-    for n in names:
-        h.update((folder / n).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cached(path: Path, key: dict, compute, label: str, t_start: float):
-    """``compute()`` once per key: its JSON result is kept in ``path`` and reused while the key matches."""
-    old = json.loads(path.read_text()) if path.exists() else {}
-    if old.get("key") == key:
-        print(f"{label}: cached ({path.name})", flush=True)
-        return old["value"]
-    t0 = time.perf_counter()
-    value = compute()
-    write_atomic(path, lambda p: p.write_text(json.dumps({"key": key, "value": value}, indent=1)))
-    print(f"{label}: done in {time.perf_counter() - t0:.1f} s ({time.perf_counter() - t_start:.0f} s elapsed)",
-          flush=True)
-    return value
-
-
 def rollout_summary(policy, sampler, a) -> dict:
     eps = run_rollouts(policy, sampler, list(range(a.seed, a.seed + a.episodes)), max_steps=a.max_steps)["episodes"]
     return {**summarize(eps), "scores": [float(e["score"]) for e in eps]}
@@ -130,100 +108,48 @@ def rollout_summary(policy, sampler, a) -> dict:
 
 def reference(policy, sampler, a) -> dict:
     """DDIM-T rollouts: summary plus every chunk's raw observations and noise (as lists, for JSON)."""
-    rec = ObsRecorder(policy)
+    obs, noise = [], []
+
+    def record(chunk, o, out):
+        obs.append(o.clone())
+        noise.append(out["x_T"].cpu().clone())
+
     with torch.no_grad():
-        summary = rollout_summary(rec, sampler, a)
-    return {"summary": summary, "obs": torch.cat(rec.batches).tolist(), "noise": torch.cat(rec.noise).tolist()}
-
-
-@torch.no_grad()
-def distances(name, policy, make, ks, cond, x_T, traj, batch: int = 100) -> dict:
-    """Mean distance to DDIM-T's output (``traj[:, -1]``) of ``name``'s output at every k."""
-    T, scale, total = traj.shape[1] - 1, policy.normalizer["action"].scale, torch.zeros(len(ks), 2)
-    for i0 in range(0, len(cond), batch):
-        c, x, tr = cond[i0:i0 + batch], x_T[i0:i0 + batch], traj[i0:i0 + batch]
-        if name == "ddim":
-            outs = [tr[:, min(k, T)] for k in ks]
-        elif name == "ddim-k":
-            outs = [make(name, k)(policy.denoise, x, c)[0] for k in ks]
-        else:
-            its = make(name, max(ks))(policy.denoise, x, c, return_iterates=True)[1].iterates
-            outs = [its[min(k, len(its) - 1)][-1] for k in ks]
-        total += torch.stack([torch.stack(action_distance(o, tr[:, -1], scale)) for o in outs]).cpu()
-    total /= len(cond)
-    return {"norm": total[:, 0].tolist(), "px": total[:, 1].tolist()}
-
-
-def plots(out: Path, res: dict, ref_score: float, T: int) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed; plots skipped")
-        return
-    px = f"action distance to DDIM-{T} (px)"
-    scored = {s: [(max(r["distance_px"], 1e-4), r["mean_score"], r["k"]) for r in rows if r["mean_score"] is not None]
-              for s, rows in res.items()}
-    for name, title, xlabel, ylabel in (("score_vs_k", "Score vs k", "k", "mean score"),
-                                        ("distance_vs_k", "Distance vs k", "k", px),
-                                        ("pareto", "Score vs distance (labels: k)", px, "mean score")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for s, rows in res.items():
-            if name == "score_vs_k" and scored[s]:
-                ax.plot([k for _, _, k in scored[s]], [v for _, v, _ in scored[s]], "o-", label=s)
-            elif name == "distance_vs_k":
-                ax.plot([r["k"] for r in rows], [max(r["distance_px"], 1e-4) for r in rows], "o-", label=s)
-            elif name == "pareto" and scored[s]:
-                ax.scatter([d for d, _, _ in scored[s]], [v for _, v, _ in scored[s]], label=s)
-                for d, v, k in scored[s]:
-                    ax.annotate(str(k), (d, v), fontsize=7, xytext=(2, 2), textcoords="offset points")
-        if name == "pareto":  # the front: points no other point beats in both distance and score
-            front, best = [], -np.inf
-            for d, v, _ in sorted((p for ps in scored.values() for p in ps), key=lambda q: (q[0], -q[1])):
-                if v > best:
-                    front, best = front + [(d, v)], v
-            if front:
-                ax.step(*zip(*front, strict=True), "k--", where="post", lw=1, label="Pareto front")
-        if name != "score_vs_k":
-            (ax.axhline if name == "distance_vs_k" else ax.axvline)(PX_TOL, color="r", ls="--", lw=1, label="1 px")
-        if name != "distance_vs_k":
-            ax.axhline(ref_score, color="k", lw=1, label=f"DDIM-{T} score")
-            ax.axhspan(ref_score - SCORE_TOL, ref_score + SCORE_TOL, color="k", alpha=0.08)
-        ax.set(xscale="log", yscale="log" if name == "distance_vs_k" else "linear", xlabel=xlabel, ylabel=ylabel,
-               title=title)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=120)
-        plt.close(fig)
+        eps = run_rollouts(policy, sampler, list(range(a.seed, a.seed + a.episodes)), max_steps=a.max_steps,
+                           on_chunk=record)["episodes"]
+    summary = {**summarize(eps), "scores": [float(e["score"]) for e in eps]}
+    return {"summary": summary, "obs": torch.cat(obs).tolist(), "noise": torch.cat(noise).tolist()}
 
 
 def setup(a):
     """(base policy, make(name, k) -> sampler, {sampler: policy}, {sampler: cache key}, common key).
+    Every sampler's cache key holds its full ``SamplerSpec``, so a change of any default recomputes it.
     Raises CheckpointError, FileNotFoundError, KeyError or ValueError on a bad checkpoint or adapter."""
     base = load_policy(a.checkpoint, pick_device(a.device))
-    policies, opts = {s: base for s in a.samplers}, {s: {"init": a.init} for s in a.samplers}
+    policies = {s: base for s in a.samplers}
     key = {"seed": a.seed, "episodes": a.episodes, "max_steps": a.max_steps, "num_steps": a.num_steps,
            "checkpoint": file_hash(a.checkpoint, [WEIGHTS]),
            **({"device": base.device.type} if base.device.type != "cpu" else {})}  # GPU runs cached apart
-    keys = {s: {**key, "init": a.init if s in ITERATIVE else None} for s in a.samplers}
-    for s in {"taa", "pcm"} & set(a.samplers):  # their TAA update: a change of its defaults invalidates the cache
-        keys[s]["taa_update"] = {"weight": ANDERSON_WEIGHT, "mixing": ANDERSON_MIXING}
-    if "taa" in a.samplers:  # its own defaults, in the cache key too
-        opts["taa"] = {"init": a.init or "prior", "anderson": ANDERSON, "safeguard": TAA_SAFEGUARD}
-        keys["taa"].update(opts["taa"])
+    specs = {s: SamplerSpec.named(s, num_steps=a.num_steps, tol=0.0, init=a.init if s in ITERATIVE else None,
+                                  k=1 if s == "ddim-k" else None) for s in a.samplers if s != "pcm"}
+    keys = {s: dict(key) for s in a.samplers}
     if "pcm" in a.samplers:
         policies["pcm"] = copy.deepcopy(base)
-        sched = load_adapter_folder(policies["pcm"], a.adapter)["schedule"]
-        opts["pcm"] = schedule_kwargs({**sched, **({"init": a.init} if a.init else {})})
-        keys["pcm"].update(init=opts["pcm"]["init"], adapter=file_hash(a.adapter, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]))
+        spec, _ = load_adapter_folder(policies["pcm"], a.adapter)
+        specs["pcm"] = spec.replace(num_steps=a.num_steps, tol=0.0, **({"init": a.init} if a.init else {}))
+        keys["pcm"]["adapter"] = file_hash(a.adapter, [ADAPTER_WEIGHTS, ADAPTER_CONFIG])
+    for s in a.samplers:
+        keys[s]["spec"] = {**specs[s].to_dict(), "k": None}  # k varies within a sweep
     for pol in {id(p): p for p in (base, *policies.values())}.values():  # after the adapter is in: traced too
         pol.freeze(not a.eager)
 
-    def make(name, k):  # ddim truncates the T-step trajectory: a budget beyond T is the full trajectory
-        return make_sampler(name, base.noise_scheduler, num_steps=a.num_steps, tol=0.0,
-                            k=min(k, a.num_steps) if name == "ddim" else k, **opts.get(name, {}))
+    def make(name, k):  # a budget beyond what a sampler can use (ddim: T steps) is its converged output
+        spec = specs[name]
+        limit = a.num_steps if name == "ddim" else spec.max_iterations()
+        return make_sampler(spec.replace(k=min(k, limit) if limit else k), base.noise_scheduler)
 
+    if "ddim" not in specs:
+        specs["ddim"] = SamplerSpec.named("ddim", num_steps=a.num_steps)
     return base, make, policies, keys, key
 
 
@@ -253,18 +179,18 @@ def main(argv=None) -> int:
     idx = np.unique(np.linspace(0, n_all - 1, min(a.distance_conditions, n_all)).round().astype(int))
     with torch.no_grad():  # float32 -> JSON -> float32 is exact
         cond, x_T = base.condition(torch.tensor(ref["obs"])[idx]), torch.tensor(ref["noise"])[idx].to(base.device)
-        traj = torch.cat([make("ddim", a.num_steps)(base.denoise, x_T[i:i + 100], cond[i:i + 100],
+        traj = torch.cat([make("ddim", a.num_steps)(base.model_fn, x_T[i:i + 100], cond[i:i + 100],
                                                     return_trajectory=True)[1].trajectory.transpose(0, 1)
                           for i in range(0, len(idx), 100)])
 
-    res = {}
+    res, px = {}, pixel_distance(base)
     for s in a.samplers:
         dkey = {**keys[s], "ks": a.ks, "conditions": len(idx)}
         d = cached(runs / f"distance_{s}.json", dkey,
-                   lambda s=s: distances(s, policies[s], make, a.ks, cond, x_T, traj), f"distances {s}", t_start)
-        res[s] = [{"sampler": s, "k": k, "mean_score": None, "success_rate": None, "mean_iterations": None,
-                   "median_latency_s": None, "distance_norm": d["norm"][i], "distance_px": d["px"][i]}
-                  for i, k in enumerate(a.ks)]
+                   lambda s=s: distances_vs_k(s, make, policies[s].model_fn, a.ks, cond, x_T, traj, px),
+                   f"distances {s}", t_start)
+        res[s] = [{"sampler": s, "k": k, "score": None, "success_rate": None, "mean_iterations": None,
+                   "median_latency_s": None, "distance": d[i]} for i, k in enumerate(a.ks)]
     todo = [(s, r) for s in a.samplers if s in a.score_samplers.split(",") for r in res[s] if r["k"] in a.score_ks]
     jobs = sorted(((s, r["k"]) for s, r in todo if not (s in ("ddim", "ddim-k") and r["k"] == a.num_steps)),
                   key=lambda sk: -min(sk[1], a.num_steps) * (2 if sk[0] in ITERATIVE else 1))
@@ -277,45 +203,35 @@ def main(argv=None) -> int:
             print(f"[{j + 1}/{len(todo)}] {s} k={r['k']}: the reference run", flush=True)
         else:
             summary = score_run(a, s, r["k"], f"[{j + 1}/{len(todo)}] {s} k={r['k']}", t_start, ctx)
-        r.update({f: summary[f] for f in ("mean_score", "success_rate", "mean_iterations", "median_latency_s")})
+        r.update({f: summary[f] for f in ("success_rate", "mean_iterations", "median_latency_s")},
+                 score=summary["mean_score"])
 
-    def matched(r):
-        return (r["mean_score"] is not None and abs(r["mean_score"] - ref_score) <= SCORE_TOL + 1e-12
-                and r["distance_px"] < PX_TOL)
-
-    k_match = {s: next((r["k"] for r in rows if matched(r)), None) for s, rows in res.items()}
-    kp, kq = k_match.get("pcm"), k_match.get("picard")
+    km = {s: k_match(rows, ref_score, SCORE_TOL, PX_TOL) for s, rows in res.items()}
+    kp, kq = km.get("pcm"), km.get("picard")
     result = {
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
                      "checkpoint_hash": key["checkpoint"], "adapter_hash": keys.get("pcm", {}).get("adapter"),
                      "distance_conditions_used": len(idx),
                      "chunks_recorded": n_all, "tol": 0.0, "score_tol": SCORE_TOL, "px_tol": PX_TOL},
         "reference": {"sampler": "ddim", "k": a.num_steps, **ref["summary"]},
-        "results": res, "k_match": k_match,
+        "distance_unit": "px", "results": res, "k_match": km,
         "speedups": {"sequential_over_pcm": a.num_steps / kp if kp else None,
                      "picard_over_pcm": kq / kp if kp and kq else None,
-                     **({"sequential_over_taa": a.num_steps / kt if (kt := k_match["taa"]) else None,
-                         "picard_over_taa": kq / kt if kt and kq else None} if "taa" in k_match else {})},
+                     **({"sequential_over_taa": a.num_steps / kt if (kt := km["taa"]) else None,
+                         "picard_over_taa": kq / kt if kt and kq else None} if "taa" in km else {})},
     }
-    write_atomic(a.out / "sweep.json", lambda p: p.write_text(json.dumps(result, indent=1)))
+    write_json(a.out / "sweep.json", result)
     rows = [r for rs in res.values() for r in rs]
-
-    def write_csv(p):
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-    write_atomic(a.out / "sweep.csv", write_csv)
-    plots(a.out, res, ref_score, a.num_steps)
+    write_csv(a.out / "sweep.csv", rows)
+    plots(a.out, res, ref_score, f"DDIM-{a.num_steps}", "px", PX_TOL, SCORE_TOL)
 
     print(f"\nreference DDIM-{a.num_steps}: score {ref_score:.3f}, success {100 * ref['summary']['success_rate']:.0f}%")
-    print(f"{'sampler':8s} {'k':>4s} {'score':>6s} {'success':>7s} {'dist px':>9s} {'dist norm':>9s}")
+    print(f"{'sampler':8s} {'k':>4s} {'score':>6s} {'success':>7s} {'dist px':>9s}")
     for r in rows:
-        sc = "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}"
+        sc = "-" if r["score"] is None else f"{r['score']:.3f}"
         su = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.0f}%"
-        print(f"{r['sampler']:8s} {r['k']:4d} {sc:>6s} {su:>7s} {r['distance_px']:9.3g} {r['distance_norm']:9.3g}")
-    print("k_match:", k_match, "| speedups:", result["speedups"])
+        print(f"{r['sampler']:8s} {r['k']:4d} {sc:>6s} {su:>7s} {r['distance']:9.3g}")
+    print("k_match:", km, "| speedups:", result["speedups"])
     print(f"wrote {a.out / 'sweep.json'}, sweep.csv and plots ({time.perf_counter() - t_start:.0f} s)")
     return 0
 

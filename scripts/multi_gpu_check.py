@@ -1,4 +1,4 @@
-"""Multi-GPU check of ``pcm_policy.sampling.distributed``: sharded Picard == one device, and its latency.
+"""Multi-GPU check of ``pcm_policy.sampling.wrappers.Sharded``: sharded Picard == one device, and its latency.
 
 Run on a machine with N GPUs (nccl, one process per GPU):
 
@@ -28,9 +28,9 @@ import torch.distributed as dist
 from diffusers import DDIMScheduler
 
 from pcm_policy.device import pick_device
-from pcm_policy.models.unet1d import build_unet
-from pcm_policy.sampling import sample_picard, sample_sequential
-from pcm_policy.sampling.distributed import ShardedDenoiser
+from pcm_policy.io import write_text
+from pcm_policy.pusht.unet1d import build_unet
+from pcm_policy.sampling import Sharded, sample_picard, sample_sequential, step_grid
 
 
 def main():
@@ -60,12 +60,12 @@ def main():
     x_T = torch.randn(a.batch, 16, 2, generator=g).to(device)
     cond = torch.randn(a.batch, model.global_cond_dim, generator=g).to(device)
     sched = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)
-    kw = dict(scheduler=sched, num_steps=a.num_steps)
+    kw = dict(grid=step_grid(sched, a.num_steps))
 
     def plain(x, t, c):
         return model(x, t, c)
 
-    sharded = ShardedDenoiser(plain)
+    sharded = Sharded(plain)
 
     with torch.no_grad():
         def picard(den):
@@ -92,9 +92,7 @@ def main():
             text = json.dumps(result, indent=2)
             print(text, flush=True)
             if a.out:
-                with open(a.out + ".tmp", "w") as f:
-                    f.write(text)
-                os.replace(a.out + ".tmp", a.out)
+                write_text(a.out, text)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -4,29 +4,28 @@
     python scripts/rollout.py --sampler ddim --seed 100000 --episodes 50 --json results/ddim.json
     python scripts/rollout.py --sampler picard --k 10 --seed 0 --video picard.mp4
 
-Samplers: ddim (sequential DDIM-50; --k truncates), ddim-k (DDIM re-discretised to --k steps), ddpm
-(100 ancestral steps), picard, pcm (Picard + the shipped adapter's model switching), newton.
+Samplers (``pcm_policy.sampling.spec``): ddim (sequential DDIM-50; --k truncates), ddim-k (DDIM
+re-discretised to --k steps), ddpm (100 ancestral steps), picard, taa (Picard + triangular Anderson
+acceleration, training-free), pcm (Picard + the shipped adapter's model switching and its tuned
+settings), newton. Flags left unset take the sampler's defaults (for pcm: the adapter's spec).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
 
 
 def parse_args(argv=None):
-    from pcm_policy.samplers import SAMPLERS
-    from pcm_policy.sampling import INITS
+    from pcm_policy.sampling import INITS, SAMPLERS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sampler", default="pcm", help=f"one of {', '.join(SAMPLERS)} (default pcm)")
@@ -34,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--episodes", type=int, default=1, help="seeds seed..seed+N-1, run in lockstep")
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--k", type=int, default=None, help="iteration budget (default: run to tolerance)")
-    p.add_argument("--tol", type=float, default=0.1, help="Picard/PCM/Newton tolerance")
+    p.add_argument("--tol", type=float, default=None, help="Picard/PCM/Newton tolerance (default 0.1)")
     p.add_argument("--window", type=int, default=None, help="Picard window (default: all steps)")
     p.add_argument("--num-steps", type=int, default=50, help="DDIM steps T of the trajectory")
     p.add_argument("--checkpoint", type=Path, default=BASE)
@@ -61,7 +60,7 @@ def parse_args(argv=None):
     errors = [
         (a.sampler not in SAMPLERS, f"unknown sampler {a.sampler!r}; choose one of {', '.join(SAMPLERS)}"),
         (a.k is not None and a.k < 1, f"--k must be >= 1, got {a.k}"),
-        (a.tol < 0, f"--tol must be >= 0, got {a.tol}"),
+        (a.tol is not None and a.tol < 0, f"--tol must be >= 0, got {a.tol}"),
         (a.episodes < 1 or a.max_steps < 1, "--episodes and --max-steps must be >= 1"),
         (a.window is not None and a.window < 1, f"--window must be >= 1, got {a.window}"),
         (a.safeguard is not None and a.safeguard <= 0, f"--safeguard must be > 0, got {a.safeguard}"),
@@ -80,30 +79,34 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from pcm_policy.checkpoint import CheckpointError, load_adapter_folder, load_policy
     from pcm_policy.device import pick_device
-    from pcm_policy.rollout import run_rollouts, summarize
-    from pcm_policy.samplers import make_sampler
-    from pcm_policy.sampling import schedule_kwargs
+    from pcm_policy.pusht.checkpoint import CheckpointError, load_adapter_folder, load_policy
+    from pcm_policy.pusht.rollout import run_rollouts, summarize
+    from pcm_policy.sampling import SamplerSpec, Switch, make_sampler
 
     torch.set_num_threads(args.threads)
     try:
         policy = load_policy(args.checkpoint, pick_device(args.device))
-        given = {"k_on": args.k_on, "k_off": args.k_off, "space": args.space, "safeguard": args.safeguard,
-                 "init": args.init}
-        opts = {"space": args.space or "weight", "safeguard": args.safeguard, "init": args.init}
-        if args.sampler == "pcm":  # the adapter's schedule, where the command line does not override it
-            sched = load_adapter_folder(policy, args.adapter or ADAPTER)["schedule"]
-            opts = schedule_kwargs({**sched, **{k: v for k, v in given.items() if v is not None}})
-        sampler = make_sampler(args.sampler, policy.noise_scheduler, num_steps=args.num_steps, k=args.k,
-                               tol=args.tol, window=args.window, **opts)
+        given = dict(num_steps=args.num_steps, k=args.k, tol=args.tol, window=args.window, init=args.init,
+                     safeguard=args.safeguard)
+        if args.sampler == "pcm":  # the adapter's spec, where the command line does not override it
+            spec, _ = load_adapter_folder(policy, args.adapter or ADAPTER)
+            sw = spec.switch
+            switch = Switch(sw.k_on if args.k_on is None else args.k_on, sw.k_off if args.k_off is None else args.k_off,
+                            args.space or sw.space)
+            spec = spec.replace(switch=switch, **{k: v for k, v in given.items() if v is not None})
+        else:
+            if args.k_on is not None or args.k_off is not None or args.space is not None:
+                print(f"note: --k-on/--k-off/--space are PCM settings; {args.sampler} ignores them", file=sys.stderr)
+            spec = SamplerSpec.named(args.sampler, **given)
+        sampler = make_sampler(spec, policy.noise_scheduler)
         policy.freeze(not args.eager)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     seeds = list(range(args.seed, args.seed + args.episodes))
-    label = args.sampler + (f" k={args.k}" if args.k else "")
+    label = spec.label()
 
     def caption(c):
         if c is None:
@@ -132,11 +135,10 @@ def main(argv=None) -> int:
         print(f"video: {args.video}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                   "summary": summary, "episodes": out["episodes"]}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, args.json)
+        from pcm_policy.io import write_json
+
+        write_json(args.json, {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                               "sampler": spec.to_dict(), "summary": summary, "episodes": out["episodes"]})
         print(f"json: {args.json}")
     return 0
 

@@ -2,7 +2,7 @@
 
     python scripts/train_pct.py task=pusht
     python scripts/train_pct.py task=pusht base=runs/pusht_small/checkpoint out=/tmp/pcm
-    python scripts/train_pct.py task=pusht pct.on_policy=true          # the on-policy variant
+    python scripts/train_pct.py task=pusht pct=paper out=runs/pusht_pcm_paper   # the paper's recipe
     python scripts/train_pct.py task=pusht pct=smoke work_dir=/tmp/pct  # tiny end to end run
 
 Three resumable stages under ``work_dir`` (re-running the same command continues where it stopped):
@@ -20,17 +20,24 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pcm_policy.checkpoint import CheckpointError, load_policy, save_adapter_folder  # noqa: E402
 from pcm_policy.lora import add_lora, lora_parameters  # noqa: E402
+from pcm_policy.pusht.checkpoint import CheckpointError, load_policy, save_adapter_folder  # noqa: E402
+from pcm_policy.pusht.pct_data import (  # noqa: E402
+    TrajDataConfig,
+    TrajDataError,
+    action_distance,
+    generate,
+    load_trajectories,
+    pixel_distance,
+)
+from pcm_policy.sampling import SamplerSpec, step_grid  # noqa: E402
 from pcm_policy.training import LoopConfig, train  # noqa: E402
 from pcm_policy.training import pct as P  # noqa: E402
-from pcm_policy.training.pct_data import TrajDataConfig, TrajDataError, generate, load_trajectories  # noqa: E402
 
 
 def resolve(path: str) -> Path:
@@ -58,7 +65,7 @@ def main(cfg: DictConfig) -> None:
     command = "python scripts/train_pct.py " + " ".join(sys.argv[1:])
     dcfg = TrajDataConfig(**OmegaConf.to_container(pc.data))
     data_path = resolve(cfg.data_path)
-    run_dir = resolve(cfg.run_dir or Path(cfg.work_dir) / ("train_on_policy" if pc.on_policy else "train"))
+    run_dir = resolve(cfg.run_dir or Path(cfg.work_dir) / "train")
 
     # 1. trajectory store
     try:
@@ -73,53 +80,51 @@ def main(cfg: DictConfig) -> None:
 
     # 2. PCT
     add_lora(policy.model, rank=int(pc.lora.rank), alpha=float(pc.lora.alpha), target_modules=list(pc.lora.targets))
-    grid, alpha = P.ddim_grid(policy, dcfg.num_steps), P.alpha_from_var(data["var_k"], float(pc.alpha_floor))
-    sched = OmegaConf.to_container(pc.on_policy_schedule)
-    regen = dict(regen_every=int(pc.regen_every), regen_size=int(pc.regen_size)) if pc.on_policy else {}
-    batches = P.PCTBatches(data, int(pc.batch_size), policy=policy, data_cfg=dcfg, schedule=sched, k_max=pc.k_max,
-                           **regen)
-    safeguard = pc.tune.safeguard
-    if pc.objective == "unrolled":  # through `iters` PCM iterations under the unroll schedule (TAA included)
+    grid, alpha = step_grid(policy.noise_scheduler, dcfg.num_steps, solver="ddim"), P.alpha_from_var(
+        data["var_k"], float(pc.alpha_floor))
+    batches = P.PCTBatches(data, int(pc.batch_size), k_max=pc.k_max)
+    settings = dict(num_steps=dcfg.num_steps, safeguard=pc.tune.safeguard, init=dcfg.init)
+    form = str(pc.get("form", "paradigms"))
+    if pc.objective == "unrolled":  # through `iters` PCM iterations under the unroll spec (TAA included)
         ur = pc.unroll
-        sched = OmegaConf.to_container(ur.schedule)
-        loss_fn = lambda b: P.unrolled_loss(policy, b, grid, sched, int(ur.iters), int(ur.first),  # noqa: E731
-                                            safeguard, dcfg.init)
+        spec = SamplerSpec.from_dict(OmegaConf.to_container(ur.schedule)).replace(**settings)
+        loss_fn = lambda b: P.unrolled_loss(policy.model_fn, b, grid, spec, int(ur.iters), int(ur.first),  # noqa: E731
+                                            action_distance)
     elif pc.objective == "picard":
-        loss_fn = lambda b: P.pct_loss(policy, b, grid, alpha)  # noqa: E731
+        spec = SamplerSpec.from_dict(OmegaConf.to_container(pc.val.schedule)).replace(**settings)
+        loss_fn = lambda b: P.pct_loss(policy.model_fn, b, grid, alpha, form)  # noqa: E731
     else:
         raise SystemExit(f"error: pct.objective must be picard or unrolled, got {pc.objective!r}")
-    val_fn = P.make_val_fn(grid, alpha, data, int(pc.val.n), int(pc.val.k_max), sched, safeguard, dcfg.init)
+    px = pixel_distance(policy)
+    val_fn = P.make_val_fn(lambda m: m.model_fn, grid, alpha, data, px, spec, int(pc.val.n), int(pc.val.k_max), form)
     config = OmegaConf.to_container(cfg, resolve=True)
 
-    def save_fn(model, step):  # the EMA adapter, with a provisional schedule until tuning
-        save_adapter_folder(model, run_dir / "adapter", sched, extra={"step": abs(step), "tuned": False,
-                                                                      "command": command, "config": config})
+    def save_fn(model, step):  # the EMA adapter, with a provisional sampler spec until tuning
+        save_adapter_folder(model, run_dir / "adapter", spec, extra={"step": abs(step), "tuned": False,
+                                                                     "command": command, "config": config})
 
     loop = LoopConfig(**OmegaConf.to_container(pc.training))
     t0 = time.perf_counter()
-    ema = train(policy, loss_fn, batches, loop, run_dir, save_fn, val_fn,
-                params=lora_parameters(policy.model), desc="PCT" + (" on-policy" if pc.on_policy else ""))
+    ema = train(policy, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=lora_parameters(policy.model),
+                desc="PCT")
     train_s = time.perf_counter() - t0
 
     # 3. schedule tuning on the held-out split
     val = (data["split"] == 1).nonzero().flatten()[: pc.tune.n]
     t0 = time.perf_counter()
     cands = P.candidates(list(pc.tune.hard), [list(r) for r in pc.tune.ramps], list(pc.tune.spaces),
-                         list(pc.tune.get("anderson", [0])))
-    schedule, metrics = P.tune_schedule(ema, data["cond"][val], data["x_T"][val], data["x_star"][val, -1], cands,
-                                        int(pc.tune.k_max), num_steps=dcfg.num_steps, safeguard=safeguard,
-                                        init=dcfg.init)
-    schedule.update(safeguard=safeguard, init=dcfg.init)  # the PCM sampler settings the distances were measured with
+                         list(pc.tune.get("anderson", [0])), **settings)
+    chosen, metrics = P.tune_schedule(ema.model_fn, grid, data["cond"][val], data["x_T"][val],
+                                      data["x_star"][val, -1], cands, int(pc.tune.k_max), px)
     metrics["timing"] = {"trajectories": tm, "train_s_this_call": train_s, "s_per_step": mean_s_per_step(
         run_dir / "log.jsonl"), "tune_s": time.perf_counter() - t0, "threads": int(cfg.threads)}
     metrics["data"] = {"path": str(data_path), "rollout_seeds": data["rollout_seeds"],
                        "held_out": len(val), "var_k": data["var_k"].tolist()}
-    save_adapter_folder(ema, out, schedule, extra={"metrics": metrics, "command": command, "config": config,
-                                                  "base": str(base), "steps": loop.steps, "tuned": True})
+    save_adapter_folder(ema, out, chosen, extra={"metrics": metrics, "command": command, "config": config,
+                                                "base": str(base), "steps": loop.steps, "tuned": True})
     c, pic = metrics["chosen"], metrics["picard"]
-    print(f"schedule k_on={schedule['k_on']} k_off={schedule['k_off']} {schedule['space']} "
-          f"anderson={schedule['anderson']}: "
-          f"{c['px'][0]:.2f} px at k=1, < 1 px at k={c['k_1px']} (Picard: k={pic['k_1px']}); adapter at {out}")
+    print(f"chosen {chosen.switch} taa={chosen.taa}: {c['distance'][0]:.2f} px at k=1, < 1 px at k={c['k_match']} "
+          f"(Picard: k={pic['k_match']}); adapter at {out}")
 
 
 if __name__ == "__main__":

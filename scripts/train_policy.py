@@ -21,17 +21,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import hydra  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pcm_policy.checkpoint import CheckpointError, load_policy, save_policy  # noqa: E402
-from pcm_policy.data import PushTLowdimDataset  # noqa: E402
-from pcm_policy.normalizer import NormalizerDict  # noqa: E402
-from pcm_policy.policy import DiffusionPolicy, PolicyConfig  # noqa: E402
+from pcm_policy.pusht.checkpoint import CheckpointError, load_policy, save_policy  # noqa: E402
+from pcm_policy.pusht.dataset import PushTLowdimDataset  # noqa: E402
+from pcm_policy.pusht.normalizer import NormalizerDict  # noqa: E402
+from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig  # noqa: E402
 from pcm_policy.training import LoopConfig, infinite_batches, train  # noqa: E402
 
 

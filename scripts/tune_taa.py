@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pcm_policy.checkpoint import CheckpointError, _atomic, load_policy  # noqa: E402
+from pcm_policy.io import write_json  # noqa: E402
+from pcm_policy.pusht.checkpoint import CheckpointError, load_policy  # noqa: E402
+from pcm_policy.pusht.pct_data import TrajDataError, load_trajectories, pixel_distance  # noqa: E402
+from pcm_policy.sampling import TAA, SamplerSpec, Switch, step_grid  # noqa: E402
 from pcm_policy.training import pct as P  # noqa: E402
-from pcm_policy.training.pct_data import TrajDataError, load_trajectories  # noqa: E402
 
 
 def floats(s: str) -> list[float]:
@@ -66,19 +66,21 @@ def main(argv=None) -> int:
     results = []
     print(f"{len(val)} held-out conditions of {a.store}; mean distance (px) after k iterations")
     print(f"{'m':>2s} {'w':>4s} {'beta':>5s}  " + " ".join(f"{'k=' + str(k):>7s}" for k in range(1, a.k_max + 1)))
+    px = pixel_distance(policy)
+    steps_grid = step_grid(policy.noise_scheduler, int(data["config"]["num_steps"]), solver="ddim")
     for m, w, b in grid:
-        d = P.pcm_distances(policy, cond, x_T, target, {"k_on": 0, "k_off": 0, "anderson": m}, a.k_max,
-                            num_steps=int(data["config"]["num_steps"]), safeguard=safeguard, init="prior",
-                            anderson_weight=w, anderson_mixing=b)
-        results.append({"anderson": m, "anderson_weight": w, "anderson_mixing": b, **d})
-        print(f"{m:2d} {w:4g} {b:5g}  " + " ".join(f"{v:7.3g}" for v in d["px"]), flush=True)
+        spec = SamplerSpec.named("pcm", switch=Switch(0, 0), taa=TAA(memory=m, weight=w, mixing=b), init="prior",
+                                 safeguard=safeguard)  # lambda = 0 throughout: Picard + this TAA
+        d = P.pcm_distances(policy.model_fn, steps_grid, cond, x_T, target, spec, a.k_max, px)
+        results.append({"spec": spec, "distance": d})
+        print(f"{m:2d} {w:4g} {b:5g}  " + " ".join(f"{v:7.3g}" for v in d), flush=True)
     best = P.choose_schedule(results)
-    print(f"chosen: m = {best['anderson']}, w = {best['anderson_weight']:g}, beta = {best['anderson_mixing']:g} "
-          f"(k to 1 px: {best['k_1px']})")
+    t = best["spec"].taa
+    print(f"chosen: m = {t.memory}, w = {t.weight:g}, beta = {t.mixing:g} (k to 1 px: {best['k_match']})")
     if a.json:
-        _atomic(a.json, lambda f: f.write_text(json.dumps({"conditions": len(val), "store": str(a.store),
-                                                           "safeguard": safeguard, "results": results,
-                                                           "chosen": best}, indent=1)))
+        rows = [{**r, "spec": r["spec"].to_dict()} for r in results]
+        write_json(a.json, {"conditions": len(val), "store": str(a.store), "safeguard": safeguard, "results": rows,
+                            "chosen": {**best, "spec": best["spec"].to_dict()}})
     return 0
 
 

@@ -5,15 +5,14 @@ import pytest
 import torch
 
 from pcm_policy.data import (
-    PushTLowdimDataset,
     ReplayBuffer,
     SequenceSampler,
     downsample_mask,
     split_masks,
     val_mask,
     window_indices,
-    wrap_angle,
 )
+from pcm_policy.pusht.dataset import PushTLowdimDataset, wrap_angle
 
 
 def reference_windows(lengths, horizon, pad_before, pad_after, keep):

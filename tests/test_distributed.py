@@ -11,8 +11,7 @@ import torch.multiprocessing as mp
 from diffusers import DDIMScheduler
 from torch import nn
 
-from pcm_policy.sampling import linear_schedule, sample_pcm, sample_picard
-from pcm_policy.sampling.distributed import ShardedDenoiser
+from pcm_policy.sampling import Sharded, linear_schedule, sample_pcm, sample_picard, step_grid
 
 T = 10
 
@@ -36,7 +35,7 @@ def run(denoise):
     g = torch.Generator().manual_seed(0)
     x_T, cond = torch.randn(3, 8, 2, generator=g), {"obs": torch.randn(3, 3, generator=g)}
     sched = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
-    kw = dict(scheduler=sched, num_steps=T)
+    kw = dict(grid=step_grid(sched, T))
     x1, s1 = sample_picard(denoise, x_T, cond, window=7, tol=0.0, **kw)
     x2, s2 = sample_pcm(denoise, x_T, cond, schedule=linear_schedule(1, 3), space="feature", tol=0.0, **kw)
     return x1, x2, s1.iterations, s2.iterations
@@ -46,7 +45,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        result = run(ShardedDenoiser(Net()))
+        result = run(Sharded(Net()))
         torch.save(result, f"{out_file}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -65,4 +64,4 @@ def test_sharded_equals_single_process(tmp_path):
 
 def test_needs_an_initialised_group():
     with pytest.raises(RuntimeError, match="init_process_group"):
-        ShardedDenoiser(Net())
+        Sharded(Net())

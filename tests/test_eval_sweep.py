@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pcm_policy.checkpoint import save_adapter_folder, save_policy
 from pcm_policy.lora import add_lora, lora_parameters
-from pcm_policy.normalizer import NormalizerDict
-from pcm_policy.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.pusht.checkpoint import save_adapter_folder, save_policy
+from pcm_policy.pusht.normalizer import NormalizerDict
+from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.sampling import SamplerSpec, Switch
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("eval_sweep", ROOT / "scripts" / "eval_sweep.py")
@@ -37,7 +38,7 @@ def ckpt(tmp_path_factory):
     with torch.no_grad():
         for w in lora_parameters(p.model):
             w.copy_(0.05 * torch.randn(w.shape, generator=g))
-    save_adapter_folder(p, tmp / "adapter", {"k_on": 1, "k_off": 1, "space": "weight"})
+    save_adapter_folder(p, tmp / "adapter", SamplerSpec.named("pcm", switch=Switch(1, 1)))
     return tmp
 
 
@@ -55,15 +56,15 @@ def test_sweep_outputs_and_cache(ckpt, tmp_path, capsys):
     for s in SAMPLERS:
         rows = {r["k"]: r for r in res["results"][s]}
         assert sorted(rows) == KS
-        assert all(np.isfinite(r["distance_px"]) and np.isfinite(r["distance_norm"]) for r in rows.values())
-        assert rows[2]["mean_score"] is None and rows[1]["mean_score"] is not None  # --score-ks 1,4 only
+        assert all(np.isfinite(r["distance"]) for r in rows.values())
+        assert rows[2]["score"] is None and rows[1]["score"] is not None  # --score-ks 1,4 only
     by = {s: {r["k"]: r for r in res["results"][s]} for s in SAMPLERS}
     # at k = T the truncated, re-discretised and Picard (tol 0) samplers are DDIM-T itself; not so at k = 1
-    assert by["ddim"][T]["distance_px"] == 0 and by["ddim-k"][T]["distance_px"] < 1e-4
-    assert by["picard"][T]["distance_px"] < 1e-2 and by["picard"][6]["distance_px"] < 1e-2
-    assert by["picard"][1]["distance_px"] > 1 and by["ddim"][1]["distance_px"] > 1
-    assert by["ddim"][T]["mean_score"] == ref and by["ddim"][6]["distance_px"] == 0  # a budget beyond T: full
-    assert by["picard"][T]["mean_score"] == pytest.approx(ref, abs=1e-3)
+    assert by["ddim"][T]["distance"] == 0 and by["ddim-k"][T]["distance"] < 1e-4
+    assert by["picard"][T]["distance"] < 1e-2 and by["picard"][6]["distance"] < 1e-2
+    assert by["picard"][1]["distance"] > 1 and by["ddim"][1]["distance"] > 1
+    assert by["ddim"][T]["score"] == ref and by["ddim"][6]["distance"] == 0  # a budget beyond T: full
+    assert by["picard"][T]["score"] == pytest.approx(ref, abs=1e-3)
     assert res["k_match"]["ddim"] == T and res["k_match"]["picard"] in (T, None)
     kp = res["k_match"]["pcm"]
     assert res["speedups"]["sequential_over_pcm"] == (T / kp if kp else None)
@@ -97,8 +98,8 @@ def test_sweep_of_one_sampler_without_ddim(ckpt, tmp_path):
     assert sweep.main(_args(ckpt, out, ["picard", "newton"])) == 0
     res = json.loads((out / "sweep.json").read_text())
     assert set(res["results"]) == {"picard", "newton"}
-    assert res["results"]["picard"][0]["mean_score"] is not None and res["results"]["newton"][0]["mean_score"] is None
-    assert res["results"]["newton"][-1]["distance_px"] < 1e-2  # Newton at k = 6 > T has converged
+    assert res["results"]["picard"][0]["score"] is not None and res["results"]["newton"][0]["score"] is None
+    assert res["results"]["newton"][-1]["distance"] < 1e-2  # Newton at k = 6 > T has converged
 
 
 def test_parallel_jobs_give_the_serial_results(ckpt, tmp_path):

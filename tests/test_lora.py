@@ -17,7 +17,7 @@ from pcm_policy.lora import (
     save_adapter,
     set_lora_scale,
 )
-from pcm_policy.models.unet1d import ConditionalUnet1D
+from pcm_policy.pusht.unet1d import ConditionalUnet1D
 
 CFG = dict(
     input_dim=2, global_cond_dim=6, diffusion_step_embed_dim=16, down_dims=(16, 32, 32),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pcm_policy.normalizer import MinMaxNormalizer, NormalizerDict
+from pcm_policy.pusht.normalizer import MinMaxNormalizer, NormalizerDict
 
 
 def data(n=200, seed=0):

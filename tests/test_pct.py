@@ -9,16 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from pcm_policy.checkpoint import load_adapter_folder, load_policy, save_policy
 from pcm_policy.data import ReplayBuffer
 from pcm_policy.lora import add_lora, lora_parameters
-from pcm_policy.normalizer import NormalizerDict
-from pcm_policy.policy import DiffusionPolicy, PolicyConfig
-from pcm_policy.sampling import linear_schedule, sample_pcm, sample_sequential, schedule_kwargs
+from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, save_policy
+from pcm_policy.pusht.normalizer import NormalizerDict
+from pcm_policy.pusht.pct_data import (
+    TrajDataConfig,
+    TrajDataError,
+    action_distance,
+    generate,
+    load_trajectories,
+)
+from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.sampling import TAA, SamplerSpec, Switch, sample_pcm, sample_sequential, step_grid
 from pcm_policy.sampling.picard import _bound
 from pcm_policy.training import LoopConfig, train
-from pcm_policy.training.pct import PCTBatches, alpha_from_var, choose_schedule, ddim_grid, pct_loss, phi, unrolled_loss
-from pcm_policy.training.pct_data import TrajDataConfig, TrajDataError, generate, load_trajectories
+from pcm_policy.training.pct import PCTBatches, alpha_from_var, choose_schedule, pct_loss, phi, unrolled_loss
+
+
+def ddim_grid(policy, T):
+    return step_grid(policy.noise_scheduler, T, solver="ddim")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TrajDataConfig(n=6, num_steps=8, iterates=4, chunk=3, val_fraction=0.34, rollout_fraction=0.5,
@@ -73,7 +83,7 @@ def test_pct_loss_trains_only_lora(env, tmp_path):
     _randomise_lora(policy.model)  # B != 0, so A gets gradients too
     grid, alpha = ddim_grid(policy, TINY.num_steps), alpha_from_var(d["var_k"])
     batch = next(PCTBatches(d, 3))
-    pct_loss(policy, batch, grid, alpha).backward()
+    pct_loss(policy.model_fn, batch, grid, alpha).backward()
     lora = {id(p) for p in lora_parameters(policy.model)}
     for name, p in policy.named_parameters():
         if id(p) in lora:
@@ -83,7 +93,7 @@ def test_pct_loss_trains_only_lora(env, tmp_path):
     policy.zero_grad(set_to_none=True)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     loop = LoopConfig(steps=1, warmup_steps=0, optimizer="adam", log_every=1, ckpt_every=1)
-    train(policy, lambda b: pct_loss(policy, b, grid, alpha), PCTBatches(d, 2), loop, tmp_path, lambda m, s: None,
+    train(policy, lambda b: pct_loss(policy.model_fn, b, grid, alpha), PCTBatches(d, 2), loop, tmp_path, lambda m, s: None,
           params=lora_parameters(policy.model))
     after = policy.state_dict()
     for k, v in before.items():
@@ -98,11 +108,11 @@ def test_unrolled_loss_is_the_samplers_distance_and_reaches_every_adapter_tensor
     add_lora(policy.model, rank=4, alpha=8)
     _randomise_lora(policy.model)
     batch = next(PCTBatches(d, 3))
-    sched = {"k_on": 1, "k_off": 1, "space": "weight", "anderson": 2}
-    loss = unrolled_loss(policy, batch, ddim_grid(policy, TINY.num_steps), sched, 4, 2, safeguard=1.0, init="prior")
-    _, st = sample_pcm(policy.denoise, batch["x_T"], batch["cond"], scheduler=policy.noise_scheduler,
-                       num_steps=TINY.num_steps, solver="ddim", tol=0.0, max_iters=4, return_iterates=True,
-                       **schedule_kwargs({**sched, "safeguard": 1.0, "init": "prior"}))
+    spec = SamplerSpec.named("pcm", switch=Switch(1, 1), taa=TAA(memory=2), safeguard=1.0, init="prior")
+    grid = ddim_grid(policy, TINY.num_steps)
+    loss = unrolled_loss(policy.model_fn, batch, grid, spec, 4, 2, action_distance)
+    _, st = sample_pcm(policy.model_fn, batch["x_T"], batch["cond"], grid=grid, schedule=spec.switch, tol=0.0,
+                       max_iters=4, return_iterates=True, taa=spec.taa, safeguard=1.0, init="prior")
     want = torch.stack([(st.iterates[k][-1] - batch["x_star"][:, -1]).norm(dim=-1).mean() for k in (2, 3, 4)]).mean()
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
     loss.backward()
@@ -124,14 +134,15 @@ def test_phi_at_lambda_zero_is_the_base_picard_update(env, tmp_path, safeguard):
     with torch.no_grad():
         for k in range(TINY.iterates - 1):
             X, nxt = d["iterates"][:, k].transpose(0, 1), d["iterates"][:, k + 1].transpose(0, 1)
-            out = phi(policy, X, d["cond"], grid, lora_scale=0.0)
+            out = phi(policy.model_fn, X, d["cond"], grid, lora_scale=0.0)
             tol = 1e-5 * (1 + nxt.abs().max())
             if bound is None:
                 assert (out - nxt).abs().max() <= tol
             else:  # the safeguard clamps positions after the anchor: each entry is Phi or clamp(Phi)
                 clamped = torch.maximum(torch.minimum(out, bound), -bound)
                 assert torch.minimum((out - nxt).abs(), (clamped - nxt).abs()).max() <= tol
-            assert (phi(policy, X, d["cond"], grid, lora_scale=1.0) - out).abs().max() > 1e-4  # the adapter acts
+            adapted = phi(policy.model_fn, X, d["cond"], grid, lora_scale=1.0)
+            assert (adapted - out).abs().max() > 1e-4  # the adapter acts
 
 
 def test_generation_resumes_after_a_chunk(env, tmp_path):
@@ -148,29 +159,17 @@ def test_generation_resumes_after_a_chunk(env, tmp_path):
         generate(policy, tmp_path / "a.zarr", other, env / "demos.zarr", progress=False)
 
 
-def test_on_policy_batches_regenerate_iterates(env):
-    d, policy = load_trajectories(env / "traj.zarr"), load_policy(env / "base")
-    add_lora(policy.model, rank=4, alpha=8)
-    _randomise_lora(policy.model, scale=0.5)
-    b = PCTBatches(d, 2, policy=policy, data_cfg=TINY, regen_every=1, regen_size=2,
-                   schedule={"k_on": 1, "k_off": 1, "space": "weight"})
-    next(b), next(b)
-    n = b.regenerated.nonzero().flatten()
-    assert len(n) == 2
-    base = d["iterates"][d["split"] == 0][n]
-    assert torch.equal(b.its[n][:, 0], base[:, 0])  # X^0 = (x_T, ..., x_T)
-    assert not torch.allclose(b.its[n][:, 1], base[:, 1])  # X^1 comes from the adapted iteration 0
-
-
 def test_choose_schedule_rule():
-    r = [{"k_on": 1, "k_off": 1, "px": [5.0, 0.9, 0.1]}, {"k_on": 2, "k_off": 2, "px": [4.0, 0.5, 0.2]},
-         {"k_on": 0, "k_off": 3, "px": [3.0, 2.0, 1.5]}]
-    assert choose_schedule(r)["k_on"] == 2 and r[0]["k_1px"] == 2 and r[2]["k_1px"] is None
-    assert choose_schedule([r[2]])["k_on"] == 0  # none reaches 1 px: the smallest final distance
-    tie = [{"k_on": 3, "k_off": 3, "space": "weight", "px": [2.0, 0.500001]},
-           {"k_on": 0, "k_off": 2, "space": "feature", "px": [2.0, 0.5]},
-           {"k_on": 0, "k_off": 2, "space": "weight", "px": [2.0, 0.5]}]
-    assert choose_schedule(tie) is tie[2]  # equal to 0.01 px: fewest adapted iterations, weight space
+    def spec(k_on, k_off, space="weight"):
+        return SamplerSpec.named("pcm", switch=Switch(k_on, k_off, space))
+
+    r = [{"spec": spec(1, 1), "distance": [5.0, 0.9, 0.1]}, {"spec": spec(2, 2), "distance": [4.0, 0.5, 0.2]},
+         {"spec": spec(0, 3), "distance": [3.0, 2.0, 1.5]}]
+    assert choose_schedule(r) is r[1] and r[0]["k_match"] == 2 and r[2]["k_match"] is None
+    assert choose_schedule([r[2]]) is r[2]  # none reaches the threshold: the smallest final distance
+    tie = [{"spec": spec(3, 3), "distance": [2.0, 0.500001]}, {"spec": spec(0, 2, "feature"), "distance": [2.0, 0.5]},
+           {"spec": spec(0, 2), "distance": [2.0, 0.5]}]
+    assert choose_schedule(tie) is tie[2]  # equal to the resolution: fewest adapted iterations, weight space
 
 
 def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
@@ -180,18 +179,17 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((out / "adapter.json").read_text())
-    assert {"k_on", "k_off", "space"} <= set(cfg["schedule"]) and cfg["tuned"]
+    assert cfg["sampler"]["name"] == "pcm" and cfg["tuned"]
     assert {"candidates", "picard", "chosen", "timing"} <= set(cfg["metrics"]) and "train_pct.py" in cfg["command"]
     assert (tmp_path / "work/train/log.jsonl").exists()
     policy = load_policy(env / "base")
-    sched = load_adapter_folder(policy, out)["schedule"]
+    spec, _ = load_adapter_folder(policy, out)
     assert any(p.abs().sum() > 0 for n, p in policy.model.named_parameters() if "lora_B" in n)  # it trained
     g = torch.Generator().manual_seed(3)
     x_T, cond = torch.randn(3, 16, 2, generator=g), torch.randn(3, 40, generator=g)
-    kw = dict(scheduler=policy.noise_scheduler, num_steps=10, solver="ddim")
-    ref, _ = sample_sequential(policy.denoise, x_T, cond, **kw)
-    x, st = sample_pcm(policy.denoise, x_T, cond, schedule=linear_schedule(sched["k_on"], sched["k_off"]),
-                       space=sched["space"], tol=0.0, **kw)
+    kw = dict(grid=step_grid(policy.noise_scheduler, 10, solver="ddim"))
+    ref, _ = sample_sequential(policy.model_fn, x_T, cond, **kw)
+    x, st = sample_pcm(policy.model_fn, x_T, cond, schedule=spec.switch, taa=spec.taa, tol=0.0, **kw)
     assert st.converged and torch.allclose(x, ref, atol=1e-5)  # exactness: PCM at tol 0 == sequential DDIM
     unrolled = [*cmd[:-3], f"out={tmp_path / 'out_unrolled'}", f"work_dir={tmp_path / 'work'}", cmd[-1],
                 "pct.objective=unrolled", f"run_dir={tmp_path / 'unrolled'}"]  # same trajectory store
@@ -214,8 +212,10 @@ def test_tune_taa_reports_every_variant_and_picks_by_the_pct_rule(env, tmp_path,
             "--mixings", "0.8,1", "--k-max", "4", "--threads", "1", "--json", str(out)]
     assert tune_taa.main(args) == 0
     res = json.loads(out.read_text())
-    assert [(r["anderson"], r["anderson_mixing"]) for r in res["results"]] == [(2, 0.8), (2, 1.0), (3, 0.8), (3, 1.0)]
-    assert res["chosen"] == choose_schedule(res["results"]) and len(res["results"][0]["px"]) == 4
+    got = [(r["spec"]["taa"]["memory"], r["spec"]["taa"]["mixing"]) for r in res["results"]]
+    assert got == [(2, 0.8), (2, 1.0), (3, 0.8), (3, 1.0)]
+    rows = [{**r, "spec": SamplerSpec.from_dict(r["spec"])} for r in res["results"]]
+    assert res["chosen"]["spec"] == choose_schedule(rows)["spec"].to_dict() and len(res["results"][0]["distance"]) == 4
     assert "chosen: m =" in capsys.readouterr().out
     assert tune_taa.main(["--store", str(tmp_path / "none.zarr"), "--checkpoint", str(env / "base")]) == 2
     with pytest.raises(SystemExit) as e:

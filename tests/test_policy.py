@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pcm_policy.checkpoint import CheckpointError, load_policy, save_policy
-from pcm_policy.policy import DiffusionPolicy, PolicyConfig
-from pcm_policy.rollout import run_rollouts, summarize
-from pcm_policy.samplers import make_sampler
+from pcm_policy.pusht.checkpoint import CheckpointError, load_policy, save_policy
+from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.pusht.rollout import run_rollouts, summarize
+from pcm_policy.sampling import make_sampler, step_grid
 from pcm_policy.training import EMA, ema_decay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,20 +74,30 @@ def test_loss_decreases_on_one_batch_and_ema_decay():
         opt.step()
     assert policy.compute_loss(batch, generator=torch.Generator().manual_seed(0)).item() < first
     assert ema_decay(2) == pytest.approx(0.4054, abs=1e-4) and ema_decay(10000) == pytest.approx(0.999, abs=1e-4)
+    policy.normalizer.requires_grad_(False)
+    policy.model.final_conv.requires_grad_(False)  # a frozen part: the EMA holds nothing of it
     ema = EMA(policy)
+    trained = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert set(ema.shadow) == trained and len(trained) < len(list(policy.parameters()))
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(1.0)
     ema.update(policy)  # step 1: decay 0 -> a straight copy
-    assert all(torch.equal(p, q) for p, q in zip(ema.model.parameters(), policy.parameters(), strict=True))
-    old = [p.clone() for p in ema.model.parameters()]
+    params = dict(policy.named_parameters())
+    assert all(torch.equal(ema.shadow[n], params[n]) for n in trained)
+    old = {n: v.clone() for n, v in ema.shadow.items()}
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(1.0)
     ema.update(policy)  # step 2: ema = d * old + (1 - d) * new, d = ema_decay(2)
     d = ema_decay(2)
-    for avg, o, new in zip(ema.model.parameters(), old, policy.parameters(), strict=True):
-        torch.testing.assert_close(avg, d * o + (1 - d) * new)
+    for n in trained:
+        torch.testing.assert_close(ema.shadow[n], d * old[n] + (1 - d) * params[n])
+    live = {n: p.clone() for n, p in params.items()}
+    with ema.applied(policy):  # the averages in place, the frozen parameters untouched
+        assert all(torch.equal(params[n], ema.shadow[n]) for n in trained)
+        assert all(torch.equal(params[n], live[n]) for n in params if n not in trained)
+    assert all(torch.equal(params[n], live[n]) for n in params)  # and the live weights back
 
 
 def test_rollout_same_seed_same_episode():
@@ -109,7 +119,7 @@ def test_rollout_warm_start_keeps_the_actions():
     for c, w in zip(cold, warm, strict=True):
         assert abs(c["score"] - w["score"]) < 1e-6 and c["steps"] == w["steps"] == 24
         assert abs(c["final_coverage"] - w["final_coverage"]) < 1e-6
-    with pytest.raises(TypeError):  # sequential samplers take no x0 guess
+    with pytest.raises(ValueError, match="iterative"):  # sequential samplers take no x0 guess
         run_rollouts(policy, make_sampler("ddim", policy.noise_scheduler, num_steps=4), [0], max_steps=8,
                      warm_start=True)
 
@@ -167,13 +177,13 @@ def test_denoise_lambda_zero_is_the_base_model_exactly():
 
     policy = tiny_policy()
     x, t, c = torch.randn(3, 16, 2), torch.tensor([5, 60, 99]), torch.randn(3, 40)
-    base = policy.denoise(x, t, c)
+    base = policy.model_fn(x, t, c)
     add_lora(policy.model)
     with torch.no_grad():
         for p in lora_parameters(policy.model):
             p.normal_()
-    assert torch.equal(policy.denoise(x, t, c), base) and torch.equal(policy.denoise(x, t, c, lora_scale=0.0), base)
-    rows = policy.denoise(x, t, c, lora_scale=torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(policy.model_fn(x, t, c), base) and torch.equal(policy.model_fn(x, t, c, lora_scale=0.0), base)
+    rows = policy.model_fn(x, t, c, lora_scale=torch.tensor([0.0, 1.0, 0.0]))
     assert torch.equal(rows[0], base[0]) and not torch.allclose(rows[1], base[1])
 
 
@@ -195,21 +205,20 @@ def test_frozen_graphs_compute_the_eager_outputs():
         for lam in (None, 0.0, 1.0, 0.5, (torch.arange(w) % 2).float()):
             calls.append((x, t, c, lam))
     with torch.no_grad():
-        eager = [policy.denoise(x, t, c, lora_scale=lam) for x, t, c, lam in calls]
-        pcm = dict(scheduler=policy.noise_scheduler, num_steps=10, schedule=linear_schedule(1, 3), tol=0.0,
-                   solver="ddim")
+        eager = [policy.model_fn(x, t, c, lora_scale=lam) for x, t, c, lam in calls]
+        pcm = dict(grid=step_grid(policy.noise_scheduler, 10, solver="ddim"), schedule=linear_schedule(1, 3), tol=0.0)
         x_T, cond = torch.randn(2, 16, 2, generator=g), torch.randn(2, 40, generator=g)
-        ref, _ = sample_pcm(policy.denoise, x_T, cond, **pcm)
+        ref, _ = sample_pcm(policy.model_fn, x_T, cond, **pcm)
         policy.freeze()
         served = [policy._frozen.graph(x, t, c, lam) is not None for x, t, c, lam in calls]
         assert served == [not torch.is_tensor(lam) and lam in (None, 0.0, 1.0) for _, _, _, lam in calls]
         for (x, t, c, lam), e in zip(calls, eager, strict=True):
-            assert torch.equal(policy.denoise(x, t, c, lora_scale=lam), e)
-        assert torch.equal(sample_pcm(policy.denoise, x_T, cond, **pcm)[0], ref)  # lambda 1, 0.5, then 0
+            assert torch.equal(policy.model_fn(x, t, c, lora_scale=lam), e)
+        assert torch.equal(sample_pcm(policy.model_fn, x_T, cond, **pcm)[0], ref)  # lambda 1, 0.5, then 0
     plain = tiny_policy()  # Newton's JVPs (forward-mode AD) run through the frozen graph of a policy without adapter
-    newton = dict(scheduler=plain.noise_scheduler, num_steps=6, solver="ddim", tol=0.0, max_iters=2)
-    ref_newton, _ = sample_newton(plain.denoise, x_T, cond, **newton)
-    assert torch.equal(sample_newton(plain.freeze().denoise, x_T, cond, **newton)[0], ref_newton)
+    newton = dict(grid=step_grid(plain.noise_scheduler, 6, solver="ddim"), tol=0.0, max_iters=2)
+    ref_newton, _ = sample_newton(plain.model_fn, x_T, cond, **newton)
+    assert torch.equal(sample_newton(plain.freeze().model_fn, x_T, cond, **newton)[0], ref_newton)
     x, t, c, _ = calls[0]
     assert policy._frozen.graph(x, t, c) is None  # gradients on: the eager model, which autograd can see through
     assert policy._frozen.graph(x[:, :8], t, c) is None  # another sequence length than the traced one

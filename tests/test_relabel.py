@@ -11,12 +11,12 @@ import torch
 
 from envs.pusht import PushTEnv
 from envs.pusht import geometry as G
-from pcm_policy.checkpoint import load_policy, save_policy
 from pcm_policy.data.replay_buffer import ReplayBuffer
-from pcm_policy.normalizer import NormalizerDict
-from pcm_policy.policy import DiffusionPolicy, PolicyConfig
-from pcm_policy.relabel import flatten_state, policy_prefix, takeover_chunks, unflatten_state
-from pcm_policy.samplers import make_sampler
+from pcm_policy.pusht.checkpoint import load_policy, save_policy
+from pcm_policy.pusht.normalizer import NormalizerDict
+from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.pusht.relabel import flatten_state, policy_prefix, takeover_chunks, unflatten_state
+from pcm_policy.sampling import make_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED, MAX_CHUNKS = 7, 2

@@ -11,11 +11,11 @@ import zarr
 from pcm_policy.data import (
     CorruptStoreError,
     MissingKeyError,
-    PushTLowdimDataset,
     ReplayBuffer,
     ReplayBufferError,
     StoreNotFoundError,
 )
+from pcm_policy.pusht.dataset import PushTLowdimDataset
 
 KEYS = ("img", "state", "keypoint", "action", "n_contacts")
 

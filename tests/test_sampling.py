@@ -16,15 +16,16 @@ from diffusers import (
 from torch import nn
 
 from pcm_policy.sampling import (
+    TAA,
     ddim_step,
     hard_switch,
     linear_schedule,
-    make_grid,
     sample_newton,
     sample_pcm,
     sample_picard,
     sample_sequential,
     sample_with_scheduler,
+    step_grid,
 )
 
 SHAPE, COND, T = (8, 2), 3, 12  # a small action chunk (horizon 8, 2-D actions)
@@ -118,7 +119,7 @@ def test_timesteps_match_diffusers(spacing, n_train, n, offset):
         if spacing == "leading" and offset and n == n_train:
             continue  # diffusers itself would index past the schedule
         s.set_timesteps(n)
-        assert make_grid(s, n).timesteps.tolist() == s.timesteps.tolist()
+        assert step_grid(s, n).timesteps.tolist() == s.timesteps.tolist()
 
 
 @pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
@@ -127,7 +128,7 @@ def test_timesteps_match_diffusers(spacing, n_train, n, offset):
 def test_ddim_step_matches_diffusers_step(pred, clip, eta):
     s = ddim(prediction_type=pred, clip_sample=clip)
     s.set_timesteps(T)
-    g = make_grid(s, T, eta=eta)
+    g = step_grid(s, T, eta=eta)
     x, out, z = (torch.randn(T, 4, *SHAPE) * 1.5 for _ in range(3))
     idx = torch.arange(T).repeat_interleave(4)
     ours = ddim_step(g, x.flatten(0, 1), out.flatten(0, 1), idx).view_as(x)
@@ -144,7 +145,7 @@ def test_step_matches_batch_step_no_noise(cls):
     x, out = torch.randn(2 * T, *SHAPE), torch.randn(2 * T, *SHAPE)
     idx = torch.randperm(2 * T) % T
     ref = s.batch_step_no_noise(out, s.timesteps[idx], x)
-    assert close(ddim_step(make_grid(s, T), x, out, idx), ref, 1e-6)
+    assert close(ddim_step(step_grid(s, T), x, out, idx), ref, 1e-6)
 
 
 @pytest.mark.parametrize("make", [ddim, ddpm])
@@ -156,7 +157,7 @@ def test_sequential_matches_diffusers_loop(make):
     with torch.no_grad():
         for t in s.timesteps:
             x = s.step(model(x, t.repeat(len(x)), cond), t, x, generator=gen).prev_sample
-    ours, stats = sample_sequential(model, x_T, cond, scheduler=make(), num_steps=T,
+    ours, stats = sample_sequential(model, x_T, cond, grid=step_grid(make(), T),
                                     generator=torch.Generator().manual_seed(5))
     assert close(ours, x, 1e-5) and stats.nfe == T
 
@@ -176,8 +177,8 @@ def test_sample_with_scheduler_dpm_solver():
 
 def test_truncate_is_the_kth_position():
     model, (x_T, cond) = MLPDenoiser(), inputs()
-    _, full = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T, return_trajectory=True)
-    x5, stats = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T, truncate=5)
+    _, full = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T), return_trajectory=True)
+    x5, stats = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T), truncate=5)
     assert close(x5, full.trajectory[5], 0) and stats.iterations == 5 and not stats.converged
 
 
@@ -198,13 +199,13 @@ def denoisers():
 def test_picard_full_window_tol0_equals_sequential(form, case):
     _, model, s, wrap = denoisers()[case]
     x_T, cond = inputs()
-    seq, _ = sample_sequential(model, x_T, wrap(cond), scheduler=s, num_steps=T, return_trajectory=True)
-    x, stats = sample_picard(model, x_T, wrap(cond), scheduler=s, num_steps=T, window=T, tol=0.0, form=form,
+    seq, _ = sample_sequential(model, x_T, wrap(cond), grid=step_grid(s, T), return_trajectory=True)
+    x, stats = sample_picard(model, x_T, wrap(cond), grid=step_grid(s, T), window=T, tol=0.0, form=form,
                              return_iterates=True)
     assert close(x, seq, 1e-5)
     assert stats.iterations <= T and len(stats.residuals) == stats.iterations
     assert stats.nfe <= T * (T + 1) // 2
-    _, st = sample_sequential(model, x_T, wrap(cond), scheduler=s, num_steps=T, return_trajectory=True)
+    _, st = sample_sequential(model, x_T, wrap(cond), grid=step_grid(s, T), return_trajectory=True)
     for k, Xk in enumerate(stats.iterates):  # triangular exactness: positions 0..k exact after k iterations
         assert close(Xk[: k + 1], st.trajectory[: k + 1], 1e-5), k
 
@@ -212,10 +213,10 @@ def test_picard_full_window_tol0_equals_sequential(form, case):
 @pytest.mark.parametrize("window", [1, 3, 5, T + 4])
 def test_sliding_window_equals_sequential(window):
     model, (x_T, cond) = MLPDenoiser(), inputs()
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
-    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, window=window, tol=0.0)
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), window=window, tol=0.0)
     assert close(x, seq, 1e-5) and stats.iterations <= T
-    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, window=window, tol=0.1)
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), window=window, tol=0.1)
     assert stats.iterations <= T and (x - seq).abs().max() < 0.05
 
 
@@ -227,9 +228,9 @@ def test_anderson_keeps_the_fixed_point_and_triangular_exactness(case, window, i
     exact after k iterations, at most T iterations; and it does change the iterates (it is active)."""
     _, model, s, wrap = denoisers()[case]
     x_T, cond = inputs()
-    _, st = sample_sequential(model, x_T, wrap(cond), scheduler=s, num_steps=T, return_trajectory=True)
-    kw = dict(scheduler=s, num_steps=T, window=window, tol=0.0, init=init, return_iterates=True)
-    x, stats = sample_picard(model, x_T, wrap(cond), anderson=m, **kw)
+    _, st = sample_sequential(model, x_T, wrap(cond), grid=step_grid(s, T), return_trajectory=True)
+    kw = dict(grid=step_grid(s, T), window=window, tol=0.0, init=init, return_iterates=True)
+    x, stats = sample_picard(model, x_T, wrap(cond), taa=TAA(memory=m), **kw)
     assert close(x, st.trajectory[T], 1e-5) and stats.iterations <= T
     for k, Xk in enumerate(stats.iterates):
         assert close(Xk[: k + 1], st.trajectory[: k + 1], 1e-5), k
@@ -264,9 +265,9 @@ def test_anderson_step_is_the_weighted_triangular_least_squares(w, beta):
 
 def test_anderson_weight_and_mixing_change_the_path_not_the_fixed_point():
     model, (x_T, cond) = MLPDenoiser(seed=5), inputs()
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
-    kw = dict(scheduler=ddim(), num_steps=T, tol=0.0, anderson=3, init="prior", return_iterates=True)
-    runs = [sample_picard(model, x_T, cond, anderson_weight=w, anderson_mixing=beta, **kw)
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    kw = dict(grid=step_grid(ddim(), T), tol=0.0, init="prior", return_iterates=True)
+    runs = [sample_picard(model, x_T, cond, taa=TAA(memory=3, weight=w, mixing=beta), **kw)
             for w, beta in ((0.0, 1.0), (1.0, 1.0), (1.0, 0.8))]
     for x, _ in runs:
         assert close(x, seq, 1e-5)
@@ -277,26 +278,26 @@ def test_anderson_weight_and_mixing_change_the_path_not_the_fixed_point():
 @pytest.mark.parametrize("space", ["weight", "feature"])
 def test_pcm_with_anderson_equals_sequential(space):
     model, (x_T, cond) = MLPDenoiser(seed=7), inputs()
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
-    x, _ = sample_pcm(model, x_T, cond, scheduler=ddim(), num_steps=T, schedule=linear_schedule(1, 3), tol=0.0,
-                      space=space, anderson=3)
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    x, _ = sample_pcm(model, x_T, cond, grid=step_grid(ddim(), T), schedule=linear_schedule(1, 3), tol=0.0,
+                      space=space, taa=TAA(memory=3))
     assert close(x, seq, 1e-5)
 
 
 def test_tolerance_stops_early_and_max_iters_caps():
     model, (x_T, cond) = MLPDenoiser(), inputs()
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
-    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.1)
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), tol=0.1)
     assert stats.iterations < T and stats.converged and (x - seq).abs().max() < 0.05
-    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.0, max_iters=2,
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), tol=0.0, max_iters=2,
                              return_trajectory=True)
     assert stats.iterations == 2 and not stats.converged and close(x, stats.trajectory[T], 0)
 
 
 def test_warm_start_from_the_fixed_point_takes_one_iteration():
     model, (x_T, cond) = MLPDenoiser(), inputs()
-    seq, st = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T, return_trajectory=True)
-    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=1e-3, init=st.trajectory)
+    seq, st = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T), return_trajectory=True)
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), tol=1e-3, init=st.trajectory)
     assert stats.iterations == 1 and close(x, seq, 1e-5)
 
 
@@ -305,49 +306,61 @@ def test_prior_init_keeps_the_fixed_point(window):
     """init="prior" starts later positions at sqrt((1-abar_j)/(1-abar_0)) x_T; the output is still sequential's,
     and the first iterate is that trajectory exactly."""
     model, (x_T, cond) = MLPDenoiser(), inputs()
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
-    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, window=window, tol=0.0, init="prior",
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), window=window, tol=0.0, init="prior",
                              return_iterates=True)
     assert close(x, seq, 1e-5) and stats.iterations <= T
-    grid = make_grid(ddim(), T)
+    grid = step_grid(ddim(), T)
     abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]])
     X0 = stats.iterates[0]
     assert close(X0[0], x_T, 0) and close(X0[T // 2], ((1 - abar[T // 2]) / (1 - abar[0])).sqrt() * x_T, 1e-6)
-    xn, _ = sample_newton(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.0, init="prior")
+    xn, _ = sample_newton(model, x_T, cond, grid=step_grid(ddim(), T), tol=0.0, init="prior")
     assert close(xn, seq, 1e-5)
     guess = torch.randn_like(x_T)  # an x0 guess: prior trajectory around it, same fixed point
-    x, stats = sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, window=window, tol=0.0, init=guess,
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), window=window, tol=0.0, init=guess,
                              return_iterates=True)
     assert close(x, seq, 1e-5) and close(stats.iterates[0][0], x_T, 0)
     j = T // 2
     want = abar[j].sqrt() * guess + ((1 - abar[j]) / (1 - abar[0])).sqrt() * x_T
     assert close(stats.iterates[0][j], want, 1e-6)
     with pytest.raises(ValueError, match="init must be one of"):
-        sample_picard(model, x_T, cond, scheduler=ddim(), num_steps=T, init="zeros")
+        sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), init="zeros")
 
 
 @pytest.mark.parametrize("make,eta", [(ddpm, 0.0), (ddim, 0.8)])
 def test_stochastic_picard_with_presampled_noise_equals_sequential(make, eta):
     model, (x_T, cond) = MLPDenoiser(), inputs()
     noise = torch.randn(T, *x_T.shape, generator=torch.Generator().manual_seed(3))
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=make(), num_steps=T, eta=eta, noise=noise)
+    grid = step_grid(make(), T, eta=eta)
+    seq, _ = sample_sequential(model, x_T, cond, grid=grid, noise=noise)
     for form in ("paradigms", "chain"):
-        x, stats = sample_picard(model, x_T, cond, scheduler=make(), num_steps=T, window=5, tol=0.0, eta=eta,
-                                 noise=noise, form=form)
+        x, stats = sample_picard(model, x_T, cond, grid=grid, window=5, tol=0.0, noise=noise, form=form)
         assert close(x, seq, 1e-5) and stats.iterations <= T
 
 
 def test_safeguard_keeps_the_fixed_point():
     model, (x_T, cond) = MLPDenoiser(), inputs()  # a random network: its Picard iterates blow up
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
-    kw = dict(scheduler=ddim(), num_steps=T, tol=0.0, return_iterates=True)
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    kw = dict(grid=step_grid(ddim(), T), tol=0.0, return_iterates=True)
     plain, s0 = sample_picard(model, x_T, cond, **kw)
     x, s1 = sample_picard(model, x_T, cond, safeguard=1.0, **kw)
     assert close(x, seq, 1e-5) and close(plain, seq, 1e-5)
     assert max(X.abs().max() for X in s0.iterates) > 50 * x_T.abs().max()
     assert s1.clamped > 0 and max(X.abs().max() for X in s1.iterates) < 1.5 * x_T.abs().max()
-    with pytest.raises(ValueError, match="clip_sample"):
-        sample_picard(model, x_T, cond, scheduler=ddim(clip_sample=False), num_steps=T, safeguard=1.0)
+
+
+
+def test_safeguard_without_clip_sample_keeps_the_fixed_point():
+    # SD and LDM schedulers have no clip_sample: the bound on x0 is then kappa max|x_T| (picard.py)
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    grid = step_grid(ddim(clip_sample=False), T)
+    seq, _ = sample_sequential(model, x_T, cond, grid=grid)
+    _, plain = sample_picard(model, x_T, cond, grid=grid, tol=0.0, return_iterates=True)
+    x, st = sample_picard(model, x_T, cond, grid=grid, tol=0.0, safeguard=1.0, return_iterates=True)
+    assert close(x, seq, 1e-5) and st.clamped > 0
+    assert any(not torch.equal(a, b) for a, b in zip(st.iterates, plain.iterates, strict=False))
+    with pytest.raises(ValueError, match="safeguard"):
+        sample_picard(model, x_T, cond, grid=grid, safeguard=-1.0)
 
 
 # ---------------------------------------------------------------- PCM and Newton
@@ -358,15 +371,15 @@ def test_safeguard_keeps_the_fixed_point():
 @pytest.mark.parametrize("window", [None, 4])
 def test_pcm_reaching_lambda_0_equals_sequential(space, schedule, window):
     model, (x_T, cond) = MLPDenoiser(seed=7), inputs()
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
-    x, stats = sample_pcm(model, x_T, cond, scheduler=ddim(), num_steps=T, schedule=schedule, window=window,
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    x, stats = sample_pcm(model, x_T, cond, grid=step_grid(ddim(), T), schedule=schedule, window=window,
                           tol=0.0, space=space)
     assert close(x, seq, 1e-5)
     assert stats.lambdas[:3] == [schedule(k) for k in range(3)] and stats.lambdas[-1] == 0.0
     if space == "feature" and schedule(3) not in (0.0, 1.0):  # the mix was batched into one call
         assert any(torch.is_tensor(s) and set(s.tolist()) == {0.0, 1.0} for s in model.scales)
     # the adapter matters: without switching, PCM ends elsewhere
-    x1, _ = sample_pcm(model, x_T, cond, scheduler=ddim(), num_steps=T, schedule=lambda k: 1.0, max_iters=T)
+    x1, _ = sample_pcm(model, x_T, cond, grid=step_grid(ddim(), T), schedule=lambda k: 1.0, max_iters=T)
     assert (x1 - seq).abs().max() > 1e-2
 
 
@@ -378,34 +391,34 @@ def test_schedules():
         linear_schedule(3, 2)
     model, (x_T, cond) = MLPDenoiser(), inputs()
     with pytest.raises(ValueError, match="never reaches"):
-        sample_pcm(model, x_T, cond, scheduler=ddim(), num_steps=T, schedule=lambda k: 0.5)
+        sample_pcm(model, x_T, cond, grid=step_grid(ddim(), T), schedule=lambda k: 0.5)
 
 
 def test_newton_linear_denoiser_converges_in_one_iteration():
     s = ddim(clip_sample=False)
     model, (x_T, cond) = gaussian_denoiser(s), inputs()
-    _, st = sample_sequential(model, x_T, cond, scheduler=s, num_steps=T, return_trajectory=True)
-    x, stats = sample_newton(model, x_T, cond, scheduler=s, num_steps=T, tol=1e-3, return_iterates=True)
+    _, st = sample_sequential(model, x_T, cond, grid=step_grid(s, T), return_trajectory=True)
+    x, stats = sample_newton(model, x_T, cond, grid=step_grid(s, T), tol=1e-3, return_iterates=True)
     assert close(stats.iterates[1], st.trajectory, 1e-5) and stats.iterations == 2
     assert close(x, st.trajectory[-1], 1e-5)
 
 
 def test_newton_converges_on_a_network():
     model, (x_T, cond) = MLPDenoiser(), inputs()
-    seq, _ = sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=T)
-    x, stats = sample_newton(model, x_T, cond, scheduler=ddim(), num_steps=T, tol=0.0)
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    x, stats = sample_newton(model, x_T, cond, grid=step_grid(ddim(), T), tol=0.0)
     assert close(x, seq, 1e-5) and stats.iterations <= T
     s = ddim(clip_sample=False)  # smooth F: Newton needs fewer iterations than Picard
-    _, picard = sample_picard(model, x_T, cond, scheduler=s, num_steps=T, tol=1e-3)
-    _, newton = sample_newton(model, x_T, cond, scheduler=s, num_steps=T, tol=1e-3)
+    _, picard = sample_picard(model, x_T, cond, grid=step_grid(s, T), tol=1e-3)
+    _, newton = sample_newton(model, x_T, cond, grid=step_grid(s, T), tol=1e-3)
     assert newton.iterations < picard.iterations
 
 
 def test_tolerance_scale_is_the_variance_of_the_step_leaving_each_position():
-    from pcm_policy.sampling.picard import _tol_scale
+    from pcm_policy.sampling.picard import tol_scale
 
-    g = make_grid(ddim(), T)
-    scale = _tol_scale(g)
+    g = step_grid(ddim(), T)
+    scale = tol_scale(g)
     assert len(scale) == T + 1 and close(scale[1:T - 1], g.var[1:T - 1], 0)
     assert g.var[-1] == 0 and scale[T] == scale[T - 1] == g.var[g.var > 0].min()
 
@@ -415,13 +428,15 @@ def test_tolerance_scale_is_the_variance_of_the_step_leaving_each_position():
 
 def test_bad_arguments_raise_clear_errors():
     model, (x_T, cond) = MLPDenoiser(), inputs()
-    kw = dict(scheduler=ddim(), num_steps=T)
-    with pytest.raises(ValueError, match="anderson"):
-        sample_picard(model, x_T, cond, anderson=-1, **kw)
-    with pytest.raises(ValueError, match="anderson_weight"):
-        sample_picard(model, x_T, cond, anderson=2, anderson_weight=-1.0, **kw)
-    with pytest.raises(ValueError, match="anderson_mixing"):
-        sample_picard(model, x_T, cond, anderson=2, anderson_mixing=0.0, **kw)
+    kw = dict(grid=step_grid(ddim(), T))
+    with pytest.raises(ValueError, match="memory"):
+        TAA(memory=1)
+    with pytest.raises(ValueError, match="weight"):
+        TAA(weight=-1.0)
+    with pytest.raises(ValueError, match="mixing"):
+        TAA(mixing=0.0)
+    with pytest.raises(ValueError, match="taa must be"):
+        sample_picard(model, x_T, cond, taa=3, **kw)
     with pytest.raises(ValueError, match="window"):
         sample_picard(model, x_T, cond, window=0, **kw)
     with pytest.raises(ValueError, match="tol"):
@@ -435,22 +450,22 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="shaped like x"):
         sample_sequential(lambda x, t, c: x[:, :1], x_T, cond, **kw)
     with pytest.raises(ValueError, match="noise"):
-        sample_sequential(model, x_T, cond, scheduler=ddpm(), num_steps=T, noise=torch.zeros(3))
+        sample_sequential(model, x_T, cond, grid=step_grid(ddpm(), T), noise=torch.zeros(3))
     with pytest.raises(ValueError, match="num_steps"):
-        sample_sequential(model, x_T, cond, scheduler=ddim(), num_steps=101)
+        sample_sequential(model, x_T, cond, grid=step_grid(ddim(), 101))
     with pytest.raises(ValueError, match="space"):
         sample_pcm(model, x_T, cond, schedule=hard_switch(1), space="both", **kw)
     with pytest.raises(ValueError, match="solver"):
-        make_grid(DPMSolverMultistepScheduler(), T)
+        step_grid(DPMSolverMultistepScheduler(), T)
 
 
 def test_newton_converges_on_the_policy_unet():
-    from pcm_policy.models.unet1d import build_unet
+    from pcm_policy.pusht.unet1d import build_unet
 
     torch.manual_seed(0)
     unet = build_unet("small", input_dim=2, global_cond_dim=COND).eval()
     x_T, cond = torch.randn(2, 8, 2), torch.randn(2, COND)
-    kw = dict(scheduler=ddim(), num_steps=6)
+    kw = dict(grid=step_grid(ddim(), 6))
     seq, _ = sample_sequential(unet, x_T, cond, **kw)
     x, stats = sample_newton(unet, x_T, cond, tol=0.0, **kw)
     assert close(x, seq, 1e-5) and stats.iterations <= 6

@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from pcm_policy.lora import add_lora
-from pcm_policy.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
 from pcm_policy.sampling import (
     ThreadPolicy,
     linear_schedule,
@@ -13,6 +13,7 @@ from pcm_policy.sampling import (
     sample_pcm,
     sample_picard,
     sample_sequential,
+    step_grid,
     switch_cost_us,
 )
 
@@ -107,8 +108,8 @@ def test_bad_settings(bad):
 def test_same_output_as_the_unwrapped_denoiser(policy, n):
     x, t, c = rows(policy, n)
     with torch.no_grad():
-        ref = policy.denoise(x, t, c)
-        out = ThreadPolicy(policy.denoise, narrow_threads=1, wide_threads=2, switch_rows=4)(x, t, c)
+        ref = policy.model_fn(x, t, c)
+        out = ThreadPolicy(policy.model_fn, narrow_threads=1, wide_threads=2, switch_rows=4)(x, t, c)
     assert torch.get_num_threads() == 1
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
     if n < 4:  # same thread count: the very same computation
@@ -117,13 +118,13 @@ def test_same_output_as_the_unwrapped_denoiser(policy, n):
 
 def test_samplers_unchanged(policy):
     x_T, _, c = rows(policy, 2, seed=1)
-    kw = dict(scheduler=DDIMScheduler.from_config(policy.noise_scheduler.config), num_steps=20, solver="ddim")
-    d = ThreadPolicy(policy.denoise, narrow_threads=1, wide_threads=2, switch_rows=4)
-    ref, _ = sample_sequential(policy.denoise, x_T, c, **kw)
+    kw = dict(grid=step_grid(DDIMScheduler.from_config(policy.noise_scheduler.config), 20, solver="ddim"))
+    d = ThreadPolicy(policy.model_fn, narrow_threads=1, wide_threads=2, switch_rows=4)
+    ref, _ = sample_sequential(policy.model_fn, x_T, c, **kw)
     out, _ = sample_sequential(d, x_T, c, **kw)
     assert torch.equal(out, ref) and d.switches == 0  # 2-row calls stay narrow
-    ref, _ = sample_picard(policy.denoise, x_T, c, window=20, tol=0.0, **kw)
-    same, _ = sample_picard(ThreadPolicy(policy.denoise, 1, 1), x_T, c, window=20, tol=0.0, **kw)
+    ref, _ = sample_picard(policy.model_fn, x_T, c, window=20, tol=0.0, **kw)
+    same, _ = sample_picard(ThreadPolicy(policy.model_fn, 1, 1), x_T, c, window=20, tol=0.0, **kw)
     assert torch.equal(same, ref)
     out, _ = sample_picard(d, x_T, c, window=20, tol=0.0, **kw)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
@@ -140,13 +141,13 @@ def test_pcm_lora_scale_reaches_the_adapter():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
     x_T, _, c = rows(pol, 1, seed=2)
-    kw = dict(scheduler=pol.noise_scheduler, num_steps=10, solver="ddim", schedule=linear_schedule(1, 3),
+    kw = dict(grid=step_grid(pol.noise_scheduler, 10, solver="ddim"), schedule=linear_schedule(1, 3),
               tol=0.0, max_iters=3)
     for space in ("weight", "feature"):
-        ref, _ = sample_pcm(pol.denoise, x_T, c, space=space, **kw)
-        same, _ = sample_pcm(ThreadPolicy(pol.denoise, 1, 1), x_T, c, space=space, **kw)
+        ref, _ = sample_pcm(pol.model_fn, x_T, c, space=space, **kw)
+        same, _ = sample_pcm(ThreadPolicy(pol.model_fn, 1, 1), x_T, c, space=space, **kw)
         assert torch.equal(same, ref)  # same threads: bitwise, so lora_scale arrives unchanged
-        out, _ = sample_pcm(ThreadPolicy(pol.denoise, 1, 2), x_T, c, space=space, **kw)
+        out, _ = sample_pcm(ThreadPolicy(pol.model_fn, 1, 2), x_T, c, space=space, **kw)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # truncated iterates: |x| up to ~10
     assert torch.get_num_threads() == 1
 

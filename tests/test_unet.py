@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import assert_jvp_matches_finite_difference
 
-from pcm_policy.models.unet1d import UNET_PRESETS, ConditionalUnet1D, build_unet, count_parameters
+from pcm_policy.pusht.unet1d import UNET_PRESETS, ConditionalUnet1D, build_unet, count_parameters
 
 TINY = dict(diffusion_step_embed_dim=16, down_dims=(16, 32, 32), attn_levels=(0, 1), n_heads=2)
 

@@ -1,13 +1,16 @@
 """One training loop for every loss: AdamW + warm-up/cosine + EMA, JSON-lines log, resumable.
 
 The loop knows nothing about diffusion: it gets a module, a ``loss_fn(batch) -> loss``, an iterator
-of batches and a ``save_fn(ema_module, step)`` that writes the deliverable (a policy checkpoint or an
-adapter). Its own resume state (``state.pt``: weights, EMA, optimiser, schedule, step) is written
-atomically every ``ckpt_every`` steps and on exit, so a killed run continues where it stopped.
+of batches and a ``save_fn(module, step)`` that writes the deliverable (a policy checkpoint or an
+adapter; the module carries the EMA weights while it runs). Its own resume state (``state.pt``: the
+TRAINED parameters, their EMA, optimiser, schedule, step, RNG) is written atomically every
+``ckpt_every`` steps and on exit, so a killed run continues where it stopped; a frozen base is never
+copied or saved there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..io import atomic_path, write_text
 from .ema import EMA
 
 
@@ -38,7 +42,6 @@ class LoopConfig:
     val_every: int = 1000
     ckpt_every: int = 1000
     snapshot_every: int = 0  # keep a copy of the deliverable every N steps (0: never)
-    grad_clip: float | None = None
     seed: int = 42
 
 
@@ -54,12 +57,23 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
           run_dir: str | os.PathLike, save_fn: Callable[[nn.Module, int], None],
           val_fn: Callable[[nn.Module], dict] | None = None, params: list[nn.Parameter] | None = None,
           desc: str = "train") -> nn.Module:
-    """Train ``params`` (default: every trainable parameter of ``model``); returns the EMA module."""
+    """Train ``params`` (default: every trainable parameter of ``model``) for ``cfg.steps`` steps.
+
+    Returns ``model`` with the EMA weights loaded (``cfg.use_ema``), else as trained.
+    Raises ValueError when nothing requires grad or ``params`` are not parameters of ``model``.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
+    ids = {id(p) for p in params}
+    names = [n for n, p in model.named_parameters() if id(p) in ids]
+    if len(names) != len(params):
+        raise ValueError("params must be parameters of model")
+    for p in model.parameters():  # the EMA and the resume state follow requires_grad
+        p.requires_grad_(id(p) in ids)
+    named = dict(model.named_parameters())
     opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.optimizer]
     opt = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
@@ -67,7 +81,12 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
     step, state_path, log_path = 0, run_dir / "state.pt", run_dir / "log.jsonl"
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        if "params" in state:
+            with torch.no_grad():
+                for n in names:
+                    named[n].copy_(state["params"][n])
+        else:  # resume state of an earlier version: the whole model
+            model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if ema is not None:
@@ -76,21 +95,25 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
         step = int(state["step"])
         if log_path.exists():  # drop log rows written after the checkpoint we resume from
             rows = [r for r in log_path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
-            tmp = log_path.with_name("log.jsonl.tmp")
-            tmp.write_text("".join(r + "\n" for r in rows))
-            os.replace(tmp, log_path)
+            write_text(log_path, "".join(r + "\n" for r in rows))
     else:
         torch.manual_seed(cfg.seed)
 
+    def averaged():
+        return ema.applied(model) if ema is not None else contextlib.nullcontext(model)
+
     def checkpoint():
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "step": step, "rng": torch.get_rng_state()}
+        state = {"params": {n: named[n].detach().clone() for n in names}, "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "step": step, "rng": torch.get_rng_state()}
         if ema is not None:
             state["ema"] = ema.state_dict()
-        tmp = state_path.with_name("state.pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, state_path)
-        save_fn(ema.model if ema is not None else model, step)
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
+        was = model.training
+        model.eval()
+        with averaged() as m:
+            save_fn(m, step)
+        model.train(was)
 
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True)
@@ -100,8 +123,6 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
             loss = loss_fn(next(batches))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
             if ema is not None:
@@ -114,7 +135,8 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
                        "s_per_step": (time.perf_counter() - t0) / len(losses)}
                 if val_fn is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                     model.eval()
-                    rec.update(val_fn(ema.model if ema is not None else model))
+                    with averaged() as m:
+                        rec.update(val_fn(m))
                     model.train()
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -123,13 +145,21 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 checkpoint()
             if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-                save_fn(ema.model if ema is not None else model, -step)
+                model.eval()
+                with averaged() as m:
+                    save_fn(m, -step)
+                model.train()
     except KeyboardInterrupt:
         checkpoint()
         raise
     finally:
         bar.close()
-    return ema.model if ema is not None else model
+    model.eval()
+    if ema is not None:
+        with torch.no_grad():
+            for n, avg in ema.shadow.items():
+                named[n].copy_(avg)
+    return model
 
 
 def infinite_batches(loader, start_epoch: int = 0) -> Iterator[dict]:

@@ -20,9 +20,9 @@ import os
 import numpy as np
 import torch
 
-from .errors import MissingKeyError
-from .replay_buffer import ReplayBuffer
-from .sequence import SequenceSampler, split_masks
+from ..data.errors import MissingKeyError
+from ..data.replay_buffer import ReplayBuffer
+from ..data.sequence import SequenceSampler, split_masks
 
 OBS_DIMS = {"keypoints": 20, "state": 5}
 

@@ -32,9 +32,10 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from ..sampling import sample_pcm, sample_picard, sample_sequential
+from ..sampling import sample_picard, sample_sequential, step_grid
 
-__all__ = ["TrajDataConfig", "TrajDataError", "fingerprint", "generate", "iterates", "load_trajectories", "trajectory"]
+__all__ = ["TrajDataConfig", "TrajDataError", "action_distance", "fingerprint", "generate", "iterates",
+           "load_trajectories", "pixel_distance", "trajectory"]
 
 
 class TrajDataError(ValueError):
@@ -70,7 +71,7 @@ def fingerprint(policy) -> str:
 
 # ---------------------------------------------------------------------------------------- conditions
 def _demo_conditions(policy, path, n_train: int, n_val: int, cfg: TrajDataConfig, rng) -> dict:
-    from ..data import PushTLowdimDataset
+    from .dataset import PushTLowdimDataset
 
     if path is None or not Path(path).exists():
         raise TrajDataError(f"demonstrations {path} not found; make them with python scripts/collect_demos.py "
@@ -96,29 +97,11 @@ def _demo_conditions(policy, path, n_train: int, n_val: int, cfg: TrajDataConfig
     return out
 
 
-class ObsRecorder:
-    """Stands in for the policy in ``run_rollouts`` and keeps every observation batch it is shown (and the
-    initial noise, where ``run_rollouts`` passes one)."""
-
-    def __init__(self, policy):
-        self.policy, self.cfg, self.batches, self.noise = policy, policy.cfg, [], []
-
-    @property
-    def device(self):
-        return self.policy.device
-
-    def predict_action(self, obs, sampler, **kw):
-        self.batches.append(torch.as_tensor(obs).clone())
-        if kw.get("noise") is not None:
-            self.noise.append(kw["noise"].clone())
-        return self.policy.predict_action(obs, sampler, **kw)
-
-
 def _rollout_conditions(policy, n: int, seed: int, cfg: TrajDataConfig, rng, progress: bool):
     """Observation histories of base-policy (DDIM-T) rollouts on seeds seed, seed+1, ...:
     up to ``per_episode`` random chunks per episode until ``n`` are collected."""
-    from ..rollout import run_rollouts
-    from ..samplers import make_sampler
+    from ..sampling import make_sampler
+    from .rollout import run_rollouts
 
     sampler = make_sampler("ddim", policy.noise_scheduler, num_steps=cfg.num_steps)
     obs, origin, step, seeds = [], [], [], []
@@ -126,11 +109,12 @@ def _rollout_conditions(policy, n: int, seed: int, cfg: TrajDataConfig, rng, pro
     while len(obs) < n:
         batch = list(range(seed, seed + min(cfg.rollout_batch, math.ceil((n - len(obs)) / cfg.per_episode))))
         seed += len(batch)
-        rec = ObsRecorder(policy)
+        shown = []  # the observation batch of every chunk
         with torch.no_grad():
-            eps = run_rollouts(rec, sampler, batch, max_steps=cfg.max_steps)["episodes"]
+            eps = run_rollouts(policy, sampler, batch, max_steps=cfg.max_steps,
+                               on_chunk=lambda c, obs, out, shown=shown: shown.append(obs.clone()))["episodes"]
         per_seed = {s: [] for s in batch}
-        for c, rows in enumerate(rec.batches):  # run_rollouts keeps running episodes in seed order
+        for c, rows in enumerate(shown):  # run_rollouts keeps running episodes in seed order
             alive = [e["seed"] for e in eps if len(e["chunks"]) > c]
             if len(alive) != len(rows):
                 raise RuntimeError("rollout bookkeeping: observation rows do not match running episodes")
@@ -179,24 +163,37 @@ def collect_conditions(policy, cfg: TrajDataConfig, demos=None, progress: bool =
 
 
 # ---------------------------------------------------------------------------------------- trajectories
-def trajectory(denoise, scheduler, x_T, cond, cfg: TrajDataConfig) -> torch.Tensor:
+def trajectory(model_fn, scheduler, x_T, cond, cfg: TrajDataConfig) -> torch.Tensor:
     """X*: the sequential DDIM-T trajectory (B, T+1, H, A) of the base model."""
-    _, st = sample_sequential(denoise, x_T, cond, scheduler=scheduler, num_steps=cfg.num_steps, solver="ddim",
-                              return_trajectory=True)
+    grid = step_grid(scheduler, cfg.num_steps, solver="ddim")
+    _, st = sample_sequential(model_fn, x_T, cond, grid=grid, return_trajectory=True)
     return st.trajectory.transpose(0, 1)
 
 
-def iterates(denoise, scheduler, x_T, cond, cfg: TrajDataConfig, schedule=None, space: str = "weight"):
-    """X^0..X^{K-1} (B, K, T+1, H, A): full-window Picard iterates (tol 0, safeguard ``cfg.safeguard``)
-    of the base model, or with ``schedule`` PCM's (model switching: the on-policy variant)."""
-    kw = dict(scheduler=scheduler, num_steps=cfg.num_steps, solver="ddim", tol=0.0, max_iters=cfg.iterates - 1,
-              return_iterates=True, safeguard=cfg.safeguard, init=cfg.init)
-    if schedule is None:
-        _, st = sample_picard(denoise, x_T, cond, **kw)
-    else:
-        _, st = sample_pcm(denoise, x_T, cond, schedule=schedule, space=space, **kw)
+def iterates(model_fn, scheduler, x_T, cond, cfg: TrajDataConfig):
+    """X^0..X^{K-1} (B, K, T+1, H, A): full-window Picard iterates of the base model (tol 0, plain
+    updates, first iterate ``cfg.init``, safeguard ``cfg.safeguard``)."""
+    grid = step_grid(scheduler, cfg.num_steps, solver="ddim")
+    _, st = sample_picard(model_fn, x_T, cond, grid=grid, tol=0.0, max_iters=cfg.iterates - 1, return_iterates=True,
+                          safeguard=cfg.safeguard, init=cfg.init)
     its = st.iterates + [st.iterates[-1]] * (cfg.iterates - len(st.iterates))  # converged early: repeat
     return torch.stack(its).movedim(2, 0)
+
+
+def action_distance(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per sample, the mean over the H actions of the Euclidean action distance, in normalised units:
+    (..., B, H, A) -> (..., B). Differentiable (PCT's unrolled loss uses it)."""
+    return ((out - ref).pow(2).sum(-1) + 1e-12).sqrt().mean(-1)
+
+
+def pixel_distance(policy):
+    """``action_distance`` in env pixels (normalised / the action normaliser's scale): (out, ref) -> (B,)."""
+    scale = policy.normalizer["action"].scale
+
+    def distance(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return ((out - ref) / scale).norm(dim=-1).mean(-1)
+
+    return distance
 
 
 def _open(path: Path, config: dict):
@@ -247,7 +244,7 @@ def generate(policy, path, cfg: TrajDataConfig, demos=None, *, max_chunks: int |
         t0 = time.perf_counter()
         i0, i1 = ci * cfg.chunk, min(N, (ci + 1) * cfg.chunk)
         with torch.no_grad():
-            args = (policy.denoise, policy.noise_scheduler, torch.from_numpy(xT_all[i0:i1]),
+            args = (policy.model_fn, policy.noise_scheduler, torch.from_numpy(xT_all[i0:i1]),
                     torch.from_numpy(cond_all[i0:i1]), cfg)
             xs, its = trajectory(*args), iterates(*args)
         root["x_star"][i0:i1] = xs.numpy()

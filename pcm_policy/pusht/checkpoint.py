@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io import atomic_path, write_json
+from ..sampling import SamplerSpec
 from .policy import DiffusionPolicy, PolicyConfig
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -24,9 +26,9 @@ def save_policy(policy: DiffusionPolicy, folder: str | os.PathLike, extra: dict 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items() if "lora_" not in k}
-    _atomic(folder / WEIGHTS, lambda p: save_file(state, str(p)))
-    config = {"policy": policy.cfg.to_dict(), **(extra or {})}
-    _atomic(folder / CONFIG, lambda p: p.write_text(json.dumps(config, indent=1)))
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    write_json(folder / CONFIG, {"policy": policy.cfg.to_dict(), **(extra or {})})
     return folder
 
 
@@ -58,40 +60,46 @@ def read_config(folder: str | os.PathLike) -> dict:
     return json.loads((Path(folder) / CONFIG).read_text())
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 ADAPTER, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
 
 
-def save_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike, schedule: dict,
+def save_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike, spec: SamplerSpec,
                         extra: dict | None = None) -> Path:
-    """Write the PCM adapter (LoRA weights only) and its switching schedule
-    (``{"k_on": int, "k_off": int, "space": "weight"|"feature"}``) to ``folder``."""
-    from .lora import save_adapter
+    """Write the PCM adapter (LoRA weights only, ``adapter.safetensors``) and ``adapter.json`` with the
+    sampler it was tuned for (key ``sampler``: ``spec.to_dict()``) plus ``extra`` to ``folder``."""
+    from ..lora import save_adapter
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_adapter(policy.model, folder / ADAPTER)
-    config = {"schedule": schedule, **(extra or {})}
-    _atomic(folder / ADAPTER_CONFIG, lambda p: p.write_text(json.dumps(config, indent=1)))
+    write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), **(extra or {})})
     return folder
 
 
-def load_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike) -> dict:
-    """Attach the adapter of ``folder`` to ``policy`` (base weights untouched); returns its config."""
-    from .lora import load_adapter
+def load_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike) -> tuple[SamplerSpec, dict]:
+    """Attach the adapter of ``folder`` to ``policy`` (base weights untouched).
+
+    Returns:
+        ``(spec, config)``: the sampler the adapter was tuned for and the whole ``adapter.json``.
+        Folders written before sampler specs (a ``schedule`` dict) are read through
+        ``SamplerSpec.from_dict``'s conversion.
+    Raises:
+        CheckpointError: a missing file, an adapter that does not fit the policy, a bad sampler entry.
+    """
+    from ..lora import load_adapter
 
     folder = Path(folder)
     for name in (ADAPTER, ADAPTER_CONFIG):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: missing {name}; a PCM adapter folder holds {ADAPTER} and "
-                                  f"{ADAPTER_CONFIG} (train one with scripts/train_pct.py task=pusht)")
+                                  f"{ADAPTER_CONFIG} (train one with python scripts/train_pct.py task=pusht)")
     try:
         load_adapter(policy.model, folder / ADAPTER)
     except ValueError as e:
         raise CheckpointError(f"{folder / ADAPTER} does not fit this policy: {e}") from e
-    return json.loads((folder / ADAPTER_CONFIG).read_text())
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    try:
+        spec = SamplerSpec.from_dict(config["sampler"] if "sampler" in config else config["schedule"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / ADAPTER_CONFIG}: no valid sampler entry ({e})") from e
+    return spec, config

@@ -10,7 +10,7 @@ sampling (many narrow calls) gains the most, a wide Picard window less.
 PCM needs the model at two LoRA scales: ``FrozenGraphs`` holds one graph of the base model (adapter
 disabled) and, when the policy has an adapter, one with the adapter at lambda = 1. Any other call
 (a fractional or per-row lambda, a different sequence length, device or dtype, gradients enabled)
-is not served, and ``DiffusionPolicy.denoise`` falls back to the eager model. Trace after the
+is not served, and ``DiffusionPolicy.model_fn`` falls back to the eager model. Trace after the
 adapter is loaded and the policy moved to its device (``DiffusionPolicy.freeze``); changing the
 weights afterwards is not seen by the graphs (call ``freeze`` again).
 
@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch import nn
 
-from .lora import has_lora, lora_disabled, lora_scale
+from ..lora import has_lora, lora_disabled, lora_scale
 
 __all__ = ["FrozenGraphs"]
 

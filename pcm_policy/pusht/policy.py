@@ -4,8 +4,8 @@ Receding horizon (Diffusion Policy, Chi et al. 2023): the policy sees the last `
 observations, predicts ``horizon`` actions aligned so that index 0 is the older observed step, and
 the caller executes ``n_action_steps`` of them starting at index ``n_obs_steps - 1``.
 
-The policy is wrapped ONCE into the sampler protocol (``self.denoise``); which sampler runs is the
-caller's choice (``pcm_policy.samplers``).
+The policy is wrapped ONCE into the sampler protocol (``self.model_fn``); which sampler runs is the
+caller's choice (``pcm_policy.sampling.make_sampler``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..sampling import LoraScale
 from .frozen import FrozenGraphs
-from .lora import has_lora, lora_disabled, set_lora_scale
-from .models.unet1d import UNET_PRESETS, ConditionalUnet1D
 from .normalizer import NormalizerDict
+from .unet1d import UNET_PRESETS, ConditionalUnet1D
 
 OBS_DIMS = {"keypoints": 20, "state": 5}
 
@@ -74,25 +74,20 @@ class DiffusionPolicy(nn.Module):
             clip_sample=cfg.clip_sample, prediction_type=cfg.prediction_type, variance_type="fixed_small")
 
     # ------------------------------------------------------------------ sampler protocol
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, lora_scale=None) -> torch.Tensor:
-        """eps(x, t, cond). With adapters attached, ``lora_scale`` (float or (N,) per row) sets
-        W = W_0 + lora_scale * dW for this call; None means the base model (scale 0). After
-        ``freeze()`` the calls a frozen graph computes exactly go to it (``pcm_policy.frozen``)."""
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, lora_scale=None) -> torch.Tensor:
+        """The UNet's eps(x, t, cond) in the sampler protocol: x (N, horizon, action_dim) normalised
+        actions, t (N,) training timesteps, cond (N, n_obs_steps * obs_dim) from ``condition``.
+        ``lora_scale`` (float or (N,) per row; ``sampling.LoraScale``) sets W = W_0 + lora_scale * dW
+        when an adapter is attached; None is the base model. After ``freeze()`` the calls a frozen graph
+        computes exactly go to it (``frozen.py``)."""
         graph = self._frozen.graph(x, t, cond, lora_scale) if self._frozen is not None else None
         if graph is not None:
             return graph(x, t, cond)
-        if has_lora(self.model):
-            if lora_scale is None or (not torch.is_tensor(lora_scale) or lora_scale.ndim == 0) and lora_scale == 0:
-                with lora_disabled(self.model):  # the base model exactly, without the adapter's cost
-                    return self.model(x, t, cond)
-            set_lora_scale(self.model, lora_scale)
-        elif lora_scale is not None and (torch.as_tensor(lora_scale) != 0).any():
-            raise ValueError("lora_scale != 0 needs a LoRA adapter; load one (pcm_policy.lora.load_adapter)")
-        return self.model(x, t, cond)
+        return LoraScale(self.model, self.model)(x, t, cond, lora_scale=lora_scale)
 
     def freeze(self, enabled: bool = True) -> DiffusionPolicy:
         """Trace the UNet into frozen inference graphs (base and, with an adapter, lambda = 1) that
-        ``denoise`` then uses where they apply; same outputs, less per-call overhead. Call it after
+        ``model_fn`` then uses where they apply; same outputs, less per-call overhead. Call it after
         loading the adapter and moving the policy; ``freeze(False)`` drops the graphs."""
         self.eval()
         self._frozen = FrozenGraphs(self.model, (self.cfg.horizon, self.cfg.action_dim),
@@ -114,20 +109,22 @@ class DiffusionPolicy(nn.Module):
     @torch.no_grad()
     def predict_action(self, obs: torch.Tensor, sampler, *, noise: torch.Tensor | None = None,
                        generator: torch.Generator | None = None, **sampler_kwargs) -> dict:
-        """Sample an action chunk. ``sampler(denoise, x_T, cond, **kw) -> (x_0, stats)``, e.g. from
-        ``pcm_policy.samplers.make_sampler``. Returns ``action`` (B, n_action_steps, action_dim) in env
-        units, ``action_pred`` (B, horizon, action_dim), ``action_pred_norm`` and the sampler's ``stats``."""
+        """Sample an action chunk. ``sampler(model_fn, x_T, cond, **kw) -> (x_0, stats)``, e.g. from
+        ``pcm_policy.sampling.make_sampler``; ``obs`` (B, >= n_obs_steps, obs_dim) raw observations;
+        ``noise`` (B, horizon, action_dim) is x_T (drawn from ``generator`` if None). Returns ``action``
+        (B, n_action_steps, action_dim) in env
+        units, ``action_pred`` (B, horizon, action_dim), ``action_pred_norm``, ``x_T`` and the sampler's ``stats``."""
         cond = self.condition(torch.as_tensor(obs))
         shape = (cond.shape[0], self.cfg.horizon, self.cfg.action_dim)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=self.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x0, stats = sampler(self.denoise, noise.to(self.device), cond, **sampler_kwargs)
+        x0, stats = sampler(self.model_fn, noise.to(self.device), cond, **sampler_kwargs)
         pred = self.normalizer.unnormalize("action", x0)
         start = self.cfg.n_obs_steps - 1  # reference oa_step_convention: execute from the current step
         return {"action": pred[:, start : start + self.cfg.n_action_steps], "action_pred": pred,
-                "action_pred_norm": x0, "stats": stats}
+                "action_pred_norm": x0, "x_T": noise, "stats": stats}
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:

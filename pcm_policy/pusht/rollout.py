@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from envs.pusht import PushTEnv
-from pcm_policy.device import synchronize
+
+from ..device import synchronize
 
 
 def chunk_noise(seed: int, chunk: int, shape: tuple, noise_seed: int = 0) -> torch.Tensor:
@@ -29,9 +30,22 @@ def chunk_noise(seed: int, chunk: int, shape: tuple, noise_seed: int = 0) -> tor
 def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int = 200, legacy: bool = True,
                  noise_seed: int = 0, record: set[int] | None = None, render_size: int = 256,
                  caption: Callable[[dict], str] | None = None, progress: bool = False,
-                 warm_start: bool = False) -> dict:
-    """Roll out ``policy`` with ``sampler`` on ``seeds``; returns {"episodes": [...], "frames": {seed: [...]},
-    "envs": [...]} (the envs are left where their episodes ended).
+                 warm_start: bool = False, on_chunk: Callable[[int, torch.Tensor, dict], None] | None = None) -> dict:
+    """Roll out ``policy`` with ``sampler`` on ``seeds`` in lockstep.
+
+    Args:
+        policy: a ``DiffusionPolicy`` (``predict_action``, ``cfg``, ``device``).
+        sampler: ``sampler(model_fn, x_T, cond, **kw) -> (x_0, stats)`` (``sampling.make_sampler``).
+        seeds: episode seeds (legacy reset: the reference's start state for each).
+        max_steps: env steps per episode (200 in the evaluation protocol).
+        noise_seed: salt of the per-(seed, chunk) initial noise.
+        on_chunk: called after every batched chunk as ``on_chunk(chunk, obs, out)``: ``obs`` (B_active,
+            n_obs_steps, obs_dim) raw observations, ``out`` the ``predict_action`` dict (rows in the
+            order of the running episodes, by seed order).
+    Returns:
+        {"episodes": [{"seed", "score", "success", "steps", "max_coverage", "final_coverage", "chunks": [
+        {"chunk", "iterations", "nfe", "latency_s" (s), "batch"}, ...]}, ...], "frames": {seed: [...]},
+        "envs": [...]} (the envs are left where their episodes ended).
 
     ``record``: seeds whose frames (with the action marker) are kept for a video; ``caption(chunk)``
     turns a chunk's figures (None for the first frame) into a line drawn on its frames.
@@ -64,6 +78,8 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
         out = policy.predict_action(obs, sampler, noise=noise, **kw)
         synchronize(policy.device)
         latency = time.perf_counter() - t0
+        if on_chunk is not None:
+            on_chunk(chunk, obs, out)
         if warm_start:
             pred, n = out["action_pred_norm"].detach().cpu(), cfg.n_action_steps
             guess[active] = torch.cat([pred[:, n:], pred[:, -1:].expand(-1, n, -1)], dim=1)
