@@ -100,6 +100,38 @@ def test_rollout_same_seed_same_episode():
     assert s["episodes"] == 2 and 0 <= s["mean_score"] <= 1 and s["mean_iterations"] == 3
 
 
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_rollout_episode_is_the_same_alone_batched_and_under_any_global_seed(name):
+    """Every draw of a chunk (x_T and DDPM's step noise) comes from the episode's (seed, chunk) generator."""
+    policy = tiny_policy()
+    sampler = make_sampler(name, policy.noise_scheduler, num_steps=10)
+
+    def agent_after_one_chunk(seeds, global_seed):
+        torch.manual_seed(global_seed)
+        return np.array(run_rollouts(policy, sampler, seeds, max_steps=8)["envs"][0].agent.position)
+
+    alone = agent_after_one_chunk([100000], 0)
+    np.testing.assert_allclose(agent_after_one_chunk([100000, 100001, 100002], 0), alone, atol=1e-3)
+    np.testing.assert_allclose(agent_after_one_chunk([100000], 1), alone, atol=1e-3)
+
+
+def test_predict_action_generator_drives_the_step_noise_too():
+    policy = tiny_policy()
+    obs = torch.rand(2, 2, 20) * 512
+    sampler = make_sampler("ddpm", policy.noise_scheduler)
+    torch.manual_seed(0)
+    a = policy.predict_action(obs, sampler, generator=torch.Generator().manual_seed(3))["action"]
+    torch.manual_seed(1)
+    b = policy.predict_action(obs, sampler, generator=torch.Generator().manual_seed(3))["action"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    both = policy.predict_action(obs, sampler, generator=gens)["action"]
+    second = policy.predict_action(obs[1:], sampler, generator=[torch.Generator().manual_seed(6)])["action"]
+    torch.testing.assert_close(both[1:], second, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="one per row"):
+        policy.predict_action(obs, sampler, generator=gens[:1])
+
+
 def test_rollout_warm_start_keeps_the_actions():
     """Warm-started chunks (x0 guess = the previous prediction, shifted) converge to the same actions."""
     policy = tiny_policy()

@@ -250,7 +250,8 @@ def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
     by abar^``anderson_weight``, mixing ``anderson_mixing`` (0 and 1: ParaTAA's own update; module doc).
 
     ``window=None`` is the full window (T). ``noise`` (standard normal, ``(T, *x_T.shape)``) or
-    ``generator`` fixes a stochastic solver's noise before the loop (DDPM, DDIM eta > 0).
+    ``generator`` (or one per row: ``ddim.draw_noise``) fixes a stochastic solver's noise before the loop
+    (DDPM, DDIM eta > 0).
     ``init``: "noise" (default), "prior", an x0 guess shaped like x_T, or a trajectory X^0
     ``(T+1, *x_T.shape)`` (module doc); position 0 is always x_T. Except with "noise" (where they start
     from the last window value) later positions are kept as they are when the window exposes them.
