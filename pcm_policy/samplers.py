@@ -38,8 +38,16 @@ def make_sampler(name: str, scheduler, *, num_steps: int = 50, k: int | None = N
     ``safeguard``: iterate safeguard kappa (default: ``TAA_SAFEGUARD`` for taa, off for the others)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    n_train = scheduler.config.num_train_timesteps
+    if not 1 <= num_steps <= n_train:
+        raise ValueError(f"num_steps (DDIM steps T) must be in 1..{n_train} (the policy's training timesteps), "
+                         f"got {num_steps}")
     if k is not None and k < 1:
         raise ValueError(f"k (the iteration budget) must be >= 1, got {k}")
+    limit = {"ddim": num_steps, "ddim-k": n_train, "ddpm": n_train}.get(name)
+    if k is not None and limit is not None and k > limit:
+        what = "the training timesteps" if name == "ddim-k" else "the steps it truncates"
+        raise ValueError(f"k must be in 1..{limit} for {name} ({what}), got {k}")
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
     if name == "ddim":

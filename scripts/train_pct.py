@@ -1,7 +1,8 @@
-"""Picard Consistency Training of a LoRA adapter for the PushT base policy, then schedule tuning.
+r"""Picard Consistency Training of a LoRA adapter for the PushT base policy, then schedule tuning.
 
     python scripts/train_pct.py task=pusht
-    python scripts/train_pct.py task=pusht base=runs/pusht_small/checkpoint out=/tmp/pcm
+    python scripts/train_pct.py task=pusht base=runs/pusht_small_default/checkpoint out=/tmp/pcm
+    python scripts/train_pct.py task=pusht out=checkpoints/pusht_pcm force=true   # replace the shipped adapter
     python scripts/train_pct.py task=pusht pct.on_policy=true          # the on-policy variant
     python scripts/train_pct.py task=pusht pct=smoke work_dir=/tmp/pct  # tiny end to end run
 
@@ -9,7 +10,12 @@ Three resumable stages under ``work_dir`` (re-running the same command continues
 1. the trajectory store (``data_path``, zarr): N conditions, x_T, X* and the base Picard iterates;
 2. PCT with the one training loop (``run_dir``: state.pt, log.jsonl, the EMA adapter in ``adapter/``);
 3. schedule tuning on the held-out split; the EMA adapter, the chosen schedule, the metrics, the
-   command and the config are written to ``out`` (adapter.safetensors + adapter.json).
+   command and the config are written to ``out`` (adapter.safetensors + adapter.json), by default
+   ``work_dir/adapter_tuned``.
+
+A resume is announced; one under another config (``run_dir/config.json``; ``pct.tune`` and the output paths
+aside) is refused. Nothing is written into files git tracks (the shipped ``checkpoints/pusht_pcm``)
+unless ``force=true``.
 """
 
 from __future__ import annotations
@@ -26,9 +32,15 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pcm_policy.checkpoint import CheckpointError, load_policy, save_adapter_folder  # noqa: E402
+from pcm_policy.checkpoint import (  # noqa: E402
+    CheckpointError,
+    check_not_shipped,
+    load_policy,
+    save_adapter_folder,
+)
+from pcm_policy.data import ReplayBufferError  # noqa: E402
 from pcm_policy.lora import add_lora, lora_parameters  # noqa: E402
-from pcm_policy.training import LoopConfig, train  # noqa: E402
+from pcm_policy.training import LoopConfig, ResumeError, train  # noqa: E402
 from pcm_policy.training import pct as P  # noqa: E402
 from pcm_policy.training.pct_data import TrajDataConfig, TrajDataError, generate, load_trajectories  # noqa: E402
 
@@ -45,6 +57,15 @@ def mean_s_per_step(log: Path) -> float | None:
 
 @hydra.main(config_path="../configs", config_name="train_pct", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ReplayBufferError, ResumeError, ValueError) as e:  # one line, no traceback
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(cfg: DictConfig) -> None:
+    if int(cfg.threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {cfg.threads}")
     torch.set_num_threads(int(cfg.threads))
     pc = cfg.pct
     base, out = resolve(cfg.base), resolve(cfg.out)
@@ -59,6 +80,8 @@ def main(cfg: DictConfig) -> None:
     dcfg = TrajDataConfig(**OmegaConf.to_container(pc.data))
     data_path = resolve(cfg.data_path)
     run_dir = resolve(cfg.run_dir or Path(cfg.work_dir) / ("train_on_policy" if pc.on_policy else "train"))
+    for name, path in (("out", out), ("run_dir", run_dir), ("data_path", data_path)):
+        check_not_shipped(path, bool(cfg.force), "force=true", name)
 
     # 1. trajectory store
     try:
@@ -90,6 +113,8 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"error: pct.objective must be picard or unrolled, got {pc.objective!r}")
     val_fn = P.make_val_fn(grid, alpha, data, int(pc.val.n), int(pc.val.k_max), sched, safeguard, dcfg.init)
     config = OmegaConf.to_container(cfg, resolve=True)
+    run_config = {k: v for k, v in config.items() if k not in ("threads", "force", "out", "run_dir", "work_dir")}
+    run_config["pct"] = {k: v for k, v in config["pct"].items() if k != "tune"}
 
     def save_fn(model, step):  # the EMA adapter, with a provisional schedule until tuning
         save_adapter_folder(model, run_dir / "adapter", sched, extra={"step": abs(step), "tuned": False,
@@ -98,7 +123,8 @@ def main(cfg: DictConfig) -> None:
     loop = LoopConfig(**OmegaConf.to_container(pc.training))
     t0 = time.perf_counter()
     ema = train(policy, loss_fn, batches, loop, run_dir, save_fn, val_fn,
-                params=lora_parameters(policy.model), desc="PCT" + (" on-policy" if pc.on_policy else ""))
+                params=lora_parameters(policy.model), desc="PCT" + (" on-policy" if pc.on_policy else ""),
+                config=run_config)
     train_s = time.perf_counter() - t0
 
     # 3. schedule tuning on the held-out split
@@ -123,4 +149,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(__doc__)
     main()

@@ -159,9 +159,15 @@ def test_smoke_training_and_rollout_script(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["val_loss"]) for r in log)
-    subprocess.run([*cmd, "training.steps=3"], check=True, capture_output=True)  # resumes at step 2
+    again = subprocess.run(cmd, capture_output=True, text=True)  # the same command resumes, and says so
+    assert again.returncode == 0 and f"resuming the run in {run} at step 2" in again.stdout
+    other = subprocess.run([*cmd, "training.steps=3"], capture_output=True, text=True)  # another config: refused
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert "another config (training.steps: 2 there, 3 now)" in other.stderr.strip().splitlines()[-1]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3]
+    assert [r["step"] for r in log] == [1, 2]
+    shipped = subprocess.run([*cmd[:-3], f"run_dir={ROOT / 'checkpoints/pusht_base'}"], capture_output=True, text=True)
+    assert shipped.returncode != 0 and "tracked by git" in shipped.stderr and "force=true" in shipped.stderr
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
                         "--checkpoint", str(run / "checkpoint"), "--max-steps", "8", "--episodes", "2",
@@ -188,10 +194,26 @@ def test_smoke_training_and_rollout_script(tmp_path):
     (["--sampler", "ddim", "--device", "nope"], "unknown device 'nope'"),
     pytest.param(["--sampler", "ddim", "--device", "cuda"], "torch sees no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
+    (["--sampler", "ddim", "--seed", "-1"], "--seed must be in 0..4294967295"),
+    (["--sampler", "ddim", "--seed", str(2**32 - 1), "--episodes", "2"], "--seed must be in 0..4294967295"),
+    (["--sampler", "ddim", "--k", "100"], "--k truncates the 50-step DDIM trajectory: it must be in 1..--num-steps"),
+    (["--sampler", "picard", "--k", "60"], "--k must be in 1..--num-steps=50 for picard"),
+    (["--sampler", "ddim", "--num-steps", "0"], "--num-steps (DDIM steps T) must be >= 1"),
+    (["--sampler", "ddim", "--num-steps", "1000"], "num_steps (DDIM steps T) must be in 1..100"),
+    (["--sampler", "ddim-k", "--k", "101"], "k must be in 1..100 for ddim-k"),
+    (["--sampler", "ddim", "--threads", "0"], "--threads must be >= 1"),
+    (["--sampler", "picard", "--window", "51"], "--window must be in 1..--num-steps=50"),
 ])
 def test_rollout_bad_input_exits_2(args, msg):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), *args], capture_output=True, text=True)
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_rollout_says_when_an_option_is_ignored(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
+                        "--max-steps", "1", "--adapter", str(tmp_path), "--k-on", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "note: --adapter, --k-on only apply to --sampler pcm; ignored for ddim-k" in r.stderr
 
 
 def test_denoise_lambda_zero_is_the_base_model_exactly():

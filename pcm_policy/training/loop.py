@@ -4,6 +4,10 @@ The loop knows nothing about diffusion: it gets a module, a ``loss_fn(batch) -> 
 of batches and a ``save_fn(ema_module, step)`` that writes the deliverable (a policy checkpoint or an
 adapter). Its own resume state (``state.pt``: weights, EMA, optimiser, schedule, step) is written
 atomically every ``ckpt_every`` steps and on exit, so a killed run continues where it stopped.
+
+A resume is announced, and refused (``ResumeError``) when the caller's ``config`` (what defines the run)
+differs from the one the run folder was started with (``config.json``, written on a fresh start): a run
+folder holds one run, never a mix of two.
 """
 
 from __future__ import annotations
@@ -42,6 +46,40 @@ class LoopConfig:
     seed: int = 42
 
 
+class ResumeError(ValueError):
+    """A run folder holds a run started with another configuration."""
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+
+
+def check_resume(run_dir: Path, config: dict | None, step: int | None) -> None:
+    """Write ``config.json`` on a fresh start (``step`` None); on a resume compare and announce."""
+    path = run_dir / "config.json"
+    config = None if config is None else json.loads(json.dumps(config))  # tuples -> lists, as saved
+    if step is None:
+        if config is not None:
+            tmp = path.with_name("config.json.tmp")
+            tmp.write_text(json.dumps(config, indent=1))
+            os.replace(tmp, path)
+        return
+    saved = json.loads(path.read_text()) if path.exists() else None
+    if config is not None and saved is not None and saved != config:
+        old, new = _flat(saved), _flat(config)
+        diff = [f"{k}: {old.get(k, '<unset>')!r} there, {new.get(k, '<unset>')!r} now"
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        raise ResumeError(f"{run_dir} holds a run started with another config ({'; '.join(diff[:4])}"
+                          f"{' ...' if len(diff) > 4 else ''}); pass another run folder for a new run, or the "
+                          f"run's own settings ({path}) to resume it")
+    print(f"resuming the run in {run_dir} at step {step} (state.pt)"
+          + ("" if saved is not None or config is None else "; it has no config.json to compare with"), flush=True)
+    if saved is None and config is not None:
+        check_resume(run_dir, config, None)
+
+
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
     """LR multiplier: linear warm-up from 0, then half-cosine to 0 at ``total`` (diffusers' 'cosine')."""
     if step < warmup:
@@ -53,8 +91,10 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
 def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: Iterator[dict], cfg: LoopConfig,
           run_dir: str | os.PathLike, save_fn: Callable[[nn.Module, int], None],
           val_fn: Callable[[nn.Module], dict] | None = None, params: list[nn.Parameter] | None = None,
-          desc: str = "train") -> nn.Module:
-    """Train ``params`` (default: every trainable parameter of ``model``); returns the EMA module."""
+          desc: str = "train", config: dict | None = None) -> nn.Module:
+    """Train ``params`` (default: every trainable parameter of ``model``); returns the EMA module.
+    ``config`` (JSON-able): what defines the run, kept in ``run_dir/config.json``; a resume under another
+    config raises ``ResumeError`` before anything is loaded or written."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
@@ -67,6 +107,7 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
     step, state_path, log_path = 0, run_dir / "state.pt", run_dir / "log.jsonl"
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+        check_resume(run_dir, config, int(state["step"]))
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -80,6 +121,7 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
             tmp.write_text("".join(r + "\n" for r in rows))
             os.replace(tmp, log_path)
     else:
+        check_resume(run_dir, config, None)
         torch.manual_seed(cfg.seed)
 
     def checkpoint():
