@@ -209,6 +209,21 @@ def test_rollout_bad_input_exits_2(args, msg):
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("script, args, msg", [
+    ("render_episode.py", ["--seed", "-1"], "--seed must be in 0..4294967295"),
+    ("render_episode.py", ["--fps", "0"], "--fps must be > 0"),
+    ("collect_demos.py", ["--episodes", "1", "--out", "/tmp/x.zarr", "--seed-start", "-5"], "--seed-start must be in"),
+    ("collect_demos.py", ["--episodes", "1", "--out", "data/pusht_expert.zarr"], "tracked by git"),
+    ("bench_env.py", ["--seed-start", "-1"], "--seed-start must be in"),
+    ("eval_sweep.py", ["--seed", "-1"], "--seed must be in"),
+    ("eval_sweep.py", ["--out", "results/sweep"], "pass --force"),
+])
+def test_other_scripts_bad_numbers_exit_2_with_one_line(script, args, msg):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_rollout_says_when_an_option_is_ignored(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
                         "--max-steps", "1", "--adapter", str(tmp_path), "--k-on", "2"], capture_output=True, text=True)
