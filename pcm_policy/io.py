@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_json", "write_text"]
+__all__ = ["atomic_path", "check_not_shipped", "tracked_files", "write_json", "write_text"]
 
 
 @contextmanager
@@ -41,3 +41,29 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; returns the path."""
     return write_text(path, json.dumps(obj, indent=indent))
+
+
+def tracked_files(path: str | os.PathLike) -> list[str]:
+    """Files at or under ``path`` that git tracks (shipped artifacts: checkpoints/, data/, results/ of the
+    repository); [] outside a git work tree or without git."""
+    import subprocess
+
+    path = Path(path).resolve()
+    probe = path
+    while not probe.is_dir():
+        probe = probe.parent
+    try:
+        r = subprocess.run(["git", "-C", str(probe), "ls-files", "--full-name", "--", str(path)],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return r.stdout.split() if r.returncode == 0 else []
+
+
+def check_not_shipped(path: str | os.PathLike, force: bool, flag: str, what: str = "output") -> None:
+    """Refuse (ValueError) to write into files git tracks unless ``force``: a shipped artifact changes only
+    when asked explicitly. ``flag`` names the switch that allows it (``--force``, ``force=true``)."""
+    files = [] if force else tracked_files(path)
+    if files:
+        raise ValueError(f"{what} {path} holds {len(files)} file(s) tracked by git (a shipped artifact, e.g. "
+                         f"{files[0]}); write elsewhere, or pass {flag} to replace it")

@@ -33,8 +33,13 @@ from envs.pusht import PushTEnv  # noqa: E402
 from envs.pusht.expert import ScriptedExpert, run_expert_episode  # noqa: E402
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=50, help="expert episodes (0 skips the expert)")
     p.add_argument("--seed-start", type=int, default=200000)
     p.add_argument("--max-steps", type=int, default=300)
@@ -45,6 +50,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.episodes < 0 or args.env_steps < 10 or args.max_steps < 1:
         p.error("--episodes must be >= 0, --env-steps >= 10, --max-steps >= 1")
+    if not 0 <= args.seed_start <= 2**32 - 1 - args.episodes:
+        p.error(f"--seed-start must be in 0..2^32-1 for every episode (the env's reset seed), got {args.seed_start}")
+    if not 0 < args.success_coverage <= 1:
+        p.error(f"--success-coverage must be in (0, 1], got {args.success_coverage}")
     if args.seed_start < 100050 and args.seed_start + args.episodes > 100000:
         p.error("the seed range overlaps the evaluation seeds 100000-100049")
     return args

@@ -83,8 +83,13 @@ def replay_images(seed: int, actions: np.ndarray, legacy: bool) -> np.ndarray:
     return np.stack(frames).astype(np.float32)  # the reference schema stores float32 0..255
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, required=True, help="successful episodes wanted in the store")
     p.add_argument("--out", type=Path, required=True, help="zarr store to create or extend")
     p.add_argument("--workers", type=int, default=2)
@@ -99,6 +104,7 @@ def parse_args(argv=None):
     p.add_argument("--max-chunks", type=int, default=20,
                    help="--relabel: policy chunks before the takeover, uniform in 1..N per seed")
     p.add_argument("--ddim-k", type=int, default=10, help="--relabel: the policy samples with DDIM in K steps")
+    p.add_argument("--force", action="store_true", help="allow extending a store git tracks (a shipped data/ store)")
     args = p.parse_args(argv)
     if args.episodes < 1 or args.workers < 1 or args.max_steps < 1 or args.max_chunks < 1 or args.ddim_k < 1:
         p.error("--episodes, --workers, --max-steps, --max-chunks and --ddim-k must be >= 1")
@@ -106,6 +112,16 @@ def parse_args(argv=None):
         p.error("--images is not supported with --relabel (a segment starts from a written physics state)")
     if not 0.95 <= args.success_coverage < 1.0:
         p.error("--success-coverage must be in [0.95, 1)")
+    if not 0 <= args.seed_start <= 2**32 - 1:
+        p.error(f"--seed-start must be in 0..{2**32 - 1} (the env's reset seed), got {args.seed_start}")
+    if args.ddim_k > 100:
+        p.error(f"--ddim-k must be in 1..100 (the policy's training timesteps), got {args.ddim_k}")
+    from pcm_policy.io import check_not_shipped
+
+    try:
+        check_not_shipped(args.out, args.force, "--force", "--out")
+    except ValueError as e:
+        p.error(str(e))
     if args.seed_start in EVAL_SEEDS:
         p.error(f"--seed-start {args.seed_start} is an evaluation seed (100000-100049); demonstrations must "
                 "come from other seeds (collection skips the evaluation range)")

@@ -82,7 +82,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
     p.add_argument("--eager", action="store_true",
                    help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
-    p.add_argument("--out", type=Path, default=ROOT / "results/sweep")
+    p.add_argument("--out", type=Path, default=ROOT / "runs/sweep",
+                   help="output folder (default runs/sweep; the quoted results/sweep* folders are tracked by git "
+                        "and need --force)")
+    p.add_argument("--force", action="store_true", help="allow writing into files git tracks (results/, checkpoints/)")
     a = p.parse_args(argv)
     try:
         a.samplers, a.ks = list(dict.fromkeys(a.samplers.split(","))), sorted({int(k) for k in a.ks.split(",")})
@@ -94,10 +97,18 @@ def parse_args(argv=None):
               (min(a.ks + a.score_ks) < 1, "every k must be >= 1"),
               (not set(a.score_ks) <= set(a.ks), "--score-ks must be a subset of --ks"),
               (min(a.episodes, a.max_steps, a.num_steps, a.distance_conditions, a.threads, a.jobs) < 1,
-               "--episodes, --max-steps, --num-steps, --distance-conditions, --threads and --jobs must be >= 1")]
+               "--episodes, --max-steps, --num-steps, --distance-conditions, --threads and --jobs must be >= 1"),
+              (not 0 <= a.seed <= 2**32 - a.episodes,
+               f"--seed must be in 0..2^32-1 for every episode (the env's reset seed), got {a.seed}")]
     for cond, msg in errors:
         if cond:
             p.exit(2, f"error: {msg}\n")
+    from pcm_policy.io import check_not_shipped
+
+    try:
+        check_not_shipped(a.out, a.force, "--force", "--out")
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
     return a
 
 
@@ -150,6 +161,7 @@ def setup(a):
 
     if "ddim" not in specs:
         specs["ddim"] = SamplerSpec.named("ddim", num_steps=a.num_steps)
+    make("ddim", a.num_steps)  # bad settings (e.g. --num-steps beyond the training timesteps) fail here, as errors
     return base, make, policies, keys, key
 
 

@@ -56,6 +56,12 @@ def parse_args(argv=None):
         p.error("--episode needs --zarr")
     if args.size < 16:
         p.error("--size must be >= 16")
+    if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
+        p.error(f"--seed must be in 0..{2**32 - 1} (the env's reset seed), got {args.seed}")
+    if not args.fps > 0 or args.max_steps < 1:
+        p.error(f"--fps must be > 0 and --max-steps >= 1, got {args.fps} and {args.max_steps}")
+    if not 0 < args.success_coverage <= 1:
+        p.error(f"--success-coverage must be in (0, 1], got {args.success_coverage}")
     outs = [s.strip() for o in (args.out or []) for s in o.split(",") if s.strip()]
     for o in outs:
         if Path(o).suffix.lower() not in SUFFIXES:

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
+MAX_SEED = 2**32 - 1  # the env's legacy reset draws from np.random.RandomState(seed)
+PCM_ONLY = ("adapter", "k_on", "k_off", "space")  # options only the pcm sampler reads
 
 
 def parse_args(argv=None):
@@ -57,12 +59,26 @@ def parse_args(argv=None):
     p.add_argument("--eager", action="store_true",
                    help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
     a = p.parse_args(argv)
+    iterative = a.sampler in ("picard", "taa", "pcm", "newton")
     errors = [
         (a.sampler not in SAMPLERS, f"unknown sampler {a.sampler!r}; choose one of {', '.join(SAMPLERS)}"),
+        (not 0 <= a.seed <= MAX_SEED - max(a.episodes - 1, 0),
+         f"--seed must be in 0..{MAX_SEED} for every episode (seeds --seed..--seed+--episodes-1), got {a.seed}"),
         (a.k is not None and a.k < 1, f"--k must be >= 1, got {a.k}"),
+        (a.num_steps < 1, f"--num-steps (DDIM steps T) must be >= 1 (at most the policy's training timesteps, "
+                          f"100 for the shipped policy), got {a.num_steps}"),
+        (a.k is not None and a.sampler == "ddim" and a.k > a.num_steps,
+         f"--k truncates the {a.num_steps}-step DDIM trajectory: it must be in 1..--num-steps={a.num_steps}, "
+         f"got {a.k} (re-discretised DDIM in k steps: --sampler ddim-k)"),
+        (a.k is not None and iterative and a.k > a.num_steps,
+         f"--k must be in 1..--num-steps={a.num_steps} for {a.sampler}: it converges exactly in at most T "
+         f"iterations, got {a.k}"),
         (a.tol is not None and a.tol < 0, f"--tol must be >= 0, got {a.tol}"),
         (a.episodes < 1 or a.max_steps < 1, "--episodes and --max-steps must be >= 1"),
-        (a.window is not None and a.window < 1, f"--window must be >= 1, got {a.window}"),
+        (a.threads < 1, f"--threads must be >= 1, got {a.threads}"),
+        (a.window is not None and not 1 <= a.window <= a.num_steps,
+         f"--window must be in 1..--num-steps={a.num_steps}, got {a.window}"),
+        (a.window is not None and not iterative, f"--window is for picard, taa, pcm and newton, not {a.sampler}"),
         (a.safeguard is not None and a.safeguard <= 0, f"--safeguard must be > 0, got {a.safeguard}"),
         (a.sampler == "ddim-k" and a.k is None, "--sampler ddim-k needs --k (the number of DDIM steps)"),
         (a.warm_start and a.sampler not in ("picard", "taa", "pcm", "newton"),
@@ -72,6 +88,9 @@ def parse_args(argv=None):
     for bad, msg in errors:
         if bad:
             p.exit(2, f"error: {msg}\n")
+    ignored = [f"--{n.replace('_', '-')}" for n in PCM_ONLY if getattr(a, n) is not None]
+    if ignored and a.sampler != "pcm":
+        print(f"note: {', '.join(ignored)} only apply to --sampler pcm; ignored for {a.sampler}", file=sys.stderr)
     return a
 
 
@@ -96,8 +115,6 @@ def main(argv=None) -> int:
                             args.space or sw.space)
             spec = spec.replace(switch=switch, **{k: v for k, v in given.items() if v is not None})
         else:
-            if args.k_on is not None or args.k_off is not None or args.space is not None:
-                print(f"note: --k-on/--k-off/--space are PCM settings; {args.sampler} ignores them", file=sys.stderr)
             spec = SamplerSpec.named(args.sampler, **given)
         sampler = make_sampler(spec, policy.noise_scheduler)
         policy.freeze(not args.eager)

@@ -44,7 +44,12 @@ def parse_args(argv=None):
                    help="legacy reset order (the reference demos and the shipped expert set use False)")
     p.add_argument("--images", action="store_true", help="also record the 96x96 frame before each step")
     p.add_argument("--fps", type=float, default=10.0, help="control rate (10 Hz as the reference)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.seed_start <= 2**32 - 1:
+        p.error(f"--seed-start must be in 0..{2**32 - 1} (the env's reset seed), got {args.seed_start}")
+    if not args.fps > 0:
+        p.error(f"--fps must be > 0, got {args.fps}")
+    return args
 
 
 class StoreSink:

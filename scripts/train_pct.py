@@ -1,15 +1,21 @@
-"""Picard Consistency Training of a LoRA adapter for the PushT base policy, then schedule tuning.
+r"""Picard Consistency Training of a LoRA adapter for the PushT base policy, then schedule tuning.
 
     python scripts/train_pct.py task=pusht
-    python scripts/train_pct.py task=pusht base=runs/pusht_small/checkpoint out=/tmp/pcm
-    python scripts/train_pct.py task=pusht pct=paper out=runs/pusht_pcm_paper   # the paper's recipe
+    python scripts/train_pct.py task=pusht base=runs/pusht_small_default/checkpoint out=/tmp/pcm
+    python scripts/train_pct.py task=pusht out=checkpoints/pusht_pcm force=true   # replace the shipped adapter
+    python scripts/train_pct.py task=pusht pct=paper    # the paper's recipe (plain Picard updates, K = 30)
     python scripts/train_pct.py task=pusht pct=smoke work_dir=/tmp/pct  # tiny end to end run
 
 Three resumable stages under ``work_dir`` (re-running the same command continues where it stopped):
 1. the trajectory store (``data_path``, zarr): N conditions, x_T, X* and the base Picard iterates;
 2. PCT with the one training loop (``run_dir``: state.pt, log.jsonl, the EMA adapter in ``adapter/``);
 3. schedule tuning on the held-out split; the EMA adapter, the chosen schedule, the metrics, the
-   command and the config are written to ``out`` (adapter.safetensors + adapter.json).
+   command and the config are written to ``out`` (adapter.safetensors + adapter.json), by default
+   ``work_dir/adapter_tuned``.
+
+A resume is announced; one under another config (``run_dir/config.json``; ``pct.tune`` and the output paths
+aside) is refused. Nothing is written into files git tracks (the shipped ``checkpoints/pusht_pcm``)
+unless ``force=true``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from pcm_policy.data import ReplayBufferError  # noqa: E402
+from pcm_policy.io import check_not_shipped  # noqa: E402
 from pcm_policy.lora import add_lora, lora_parameters  # noqa: E402
 from pcm_policy.pusht.checkpoint import CheckpointError, load_policy, save_adapter_folder  # noqa: E402
 from pcm_policy.pusht.pct_data import (  # noqa: E402
@@ -36,7 +44,7 @@ from pcm_policy.pusht.pct_data import (  # noqa: E402
     pixel_distance,
 )
 from pcm_policy.sampling import SamplerSpec, step_grid  # noqa: E402
-from pcm_policy.training import LoopConfig, train  # noqa: E402
+from pcm_policy.training import LoopConfig, ResumeError, train  # noqa: E402
 from pcm_policy.training import pct as P  # noqa: E402
 
 
@@ -52,6 +60,15 @@ def mean_s_per_step(log: Path) -> float | None:
 
 @hydra.main(config_path="../configs", config_name="train_pct", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ReplayBufferError, ResumeError, ValueError) as e:  # one line, no traceback
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(cfg: DictConfig) -> None:
+    if int(cfg.threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {cfg.threads}")
     torch.set_num_threads(int(cfg.threads))
     pc = cfg.pct
     base, out = resolve(cfg.base), resolve(cfg.out)
@@ -66,6 +83,8 @@ def main(cfg: DictConfig) -> None:
     dcfg = TrajDataConfig(**OmegaConf.to_container(pc.data))
     data_path = resolve(cfg.data_path)
     run_dir = resolve(cfg.run_dir or Path(cfg.work_dir) / "train")
+    for name, path in (("out", out), ("run_dir", run_dir), ("data_path", data_path)):
+        check_not_shipped(path, bool(cfg.force), "force=true", name)
 
     # 1. trajectory store
     try:
@@ -98,6 +117,8 @@ def main(cfg: DictConfig) -> None:
     px = pixel_distance(policy)
     val_fn = P.make_val_fn(lambda m: m.model_fn, grid, alpha, data, px, spec, int(pc.val.n), int(pc.val.k_max), form)
     config = OmegaConf.to_container(cfg, resolve=True)
+    run_config = {k: v for k, v in config.items() if k not in ("threads", "force", "out", "run_dir", "work_dir")}
+    run_config["pct"] = {k: v for k, v in config["pct"].items() if k != "tune"}
 
     def save_fn(model, step):  # the EMA adapter, with a provisional sampler spec until tuning
         save_adapter_folder(model, run_dir / "adapter", spec, extra={"step": abs(step), "tuned": False,
@@ -106,7 +127,7 @@ def main(cfg: DictConfig) -> None:
     loop = LoopConfig(**OmegaConf.to_container(pc.training))
     t0 = time.perf_counter()
     ema = train(policy, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=lora_parameters(policy.model),
-                desc="PCT")
+                desc="PCT", config=run_config)
     train_s = time.perf_counter() - t0
 
     # 3. schedule tuning on the held-out split
@@ -128,4 +149,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(__doc__)
     main()

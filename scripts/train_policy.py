@@ -1,8 +1,8 @@
-"""Train the PushT diffusion policy (DDPM, epsilon loss, EMA) and write a checkpoint folder.
+r"""Train the PushT diffusion policy (DDPM, epsilon loss, EMA) and write a checkpoint folder.
 
     python scripts/train_policy.py task=pusht
     python scripts/train_policy.py task=pusht policy=medium training.steps=100000
-    python scripts/train_policy.py task=pusht training=smoke run_dir=/tmp/smoke
+    python scripts/train_policy.py task=pusht training=smoke          # runs/pusht_small_smoke
     python scripts/train_policy.py task=pusht 'task.extra_datasets=[data/pusht_dagger.zarr]' \
         init_from=checkpoints/pusht_base training.steps=20000 run_dir=runs/pusht_small_dagger
 
@@ -10,9 +10,12 @@
 the main store's held-out episodes. ``init_from`` starts from a policy checkpoint's weights and normaliser
 (fine-tuning); its model config must match ``policy``.
 
-Re-running the same command resumes from ``run_dir/state.pt``. The EMA policy is written to
-``run_dir/checkpoint`` (config.json + model.safetensors) at every ``ckpt_every`` steps, with
-``run_dir/log.jsonl`` holding loss, validation loss and learning rate.
+The run folder ``run_dir`` defaults to ``runs/<task>_<policy>_<training>``: each choice of configs gets
+its own. Re-running the same command resumes from ``run_dir/state.pt`` (it says so); a resume with another
+config (``run_dir/config.json`` differs, e.g. ``training.steps=...``) is refused: pass a new ``run_dir``.
+The EMA policy is written to ``run_dir/checkpoint`` (config.json + model.safetensors) at every
+``ckpt_every`` steps, with ``run_dir/log.jsonl`` holding loss, validation loss and learning rate.
+Nothing is written into files git tracks (the shipped ``checkpoints/``) unless ``force=true``.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from pcm_policy.data import ReplayBufferError  # noqa: E402
+from pcm_policy.io import check_not_shipped  # noqa: E402
 from pcm_policy.pusht.checkpoint import CheckpointError, load_policy, save_policy  # noqa: E402
 from pcm_policy.pusht.dataset import PushTLowdimDataset  # noqa: E402
 from pcm_policy.pusht.normalizer import NormalizerDict  # noqa: E402
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig  # noqa: E402
-from pcm_policy.training import LoopConfig, infinite_batches, train  # noqa: E402
+from pcm_policy.training import LoopConfig, ResumeError, infinite_batches, train  # noqa: E402
+
+NOT_THE_RUN = ("threads", "force", "run_dir")  # settings that do not change what a run computes
 
 
 def resolve(path: str) -> Path:
@@ -41,7 +48,17 @@ def resolve(path: str) -> Path:
 
 @hydra.main(config_path="../configs", config_name="train_policy", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ReplayBufferError, ResumeError, CheckpointError, ValueError) as e:  # one line, no traceback
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(cfg: DictConfig) -> None:
+    if int(cfg.threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {cfg.threads}")
     torch.set_num_threads(int(cfg.threads))
+    check_not_shipped(resolve(cfg.run_dir), bool(cfg.force), "force=true", "run_dir")
     task, tr = cfg.task, cfg.training
     dataset_path = resolve(task.dataset)
     if not dataset_path.exists():
@@ -100,10 +117,13 @@ def main(cfg: DictConfig) -> None:
         save_policy(model, folder, extra)
 
     loop = LoopConfig(**{k: v for k, v in OmegaConf.to_container(tr).items() if k != "batch_size"})
+    config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_THE_RUN}
     train(policy, policy.compute_loss, infinite_batches(loader), loop, run_dir, save_fn, val_fn,
-          desc=f"train {cfg.policy.name}")
+          desc=f"train {cfg.policy.name}", config=config)
     print(f"done: EMA checkpoint at {run_dir / 'checkpoint'}")
 
 
 if __name__ == "__main__":
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(__doc__)
     main()

@@ -93,7 +93,8 @@ def test_pct_loss_trains_only_lora(env, tmp_path):
     policy.zero_grad(set_to_none=True)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     loop = LoopConfig(steps=1, warmup_steps=0, optimizer="adam", log_every=1, ckpt_every=1)
-    train(policy, lambda b: pct_loss(policy.model_fn, b, grid, alpha), PCTBatches(d, 2), loop, tmp_path, lambda m, s: None,
+    train(policy, lambda b: pct_loss(policy.model_fn, b, grid, alpha), PCTBatches(d, 2), loop, tmp_path,
+          lambda m, s: None,
           params=lora_parameters(policy.model))
     after = policy.state_dict()
     for k, v in before.items():

@@ -110,6 +110,38 @@ def test_rollout_same_seed_same_episode():
     assert s["episodes"] == 2 and 0 <= s["mean_score"] <= 1 and s["mean_iterations"] == 3
 
 
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_rollout_episode_is_the_same_alone_batched_and_under_any_global_seed(name):
+    """Every draw of a chunk (x_T and DDPM's step noise) comes from the episode's (seed, chunk) generator."""
+    policy = tiny_policy()
+    sampler = make_sampler(name, policy.noise_scheduler, num_steps=10)
+
+    def agent_after_one_chunk(seeds, global_seed):
+        torch.manual_seed(global_seed)
+        return np.array(run_rollouts(policy, sampler, seeds, max_steps=8)["envs"][0].agent.position)
+
+    alone = agent_after_one_chunk([100000], 0)
+    np.testing.assert_allclose(agent_after_one_chunk([100000, 100001, 100002], 0), alone, atol=1e-3)
+    np.testing.assert_allclose(agent_after_one_chunk([100000], 1), alone, atol=1e-3)
+
+
+def test_predict_action_generator_drives_the_step_noise_too():
+    policy = tiny_policy()
+    obs = torch.rand(2, 2, 20) * 512
+    sampler = make_sampler("ddpm", policy.noise_scheduler)
+    torch.manual_seed(0)
+    a = policy.predict_action(obs, sampler, generator=torch.Generator().manual_seed(3))["action"]
+    torch.manual_seed(1)
+    b = policy.predict_action(obs, sampler, generator=torch.Generator().manual_seed(3))["action"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    both = policy.predict_action(obs, sampler, generator=gens)["action"]
+    second = policy.predict_action(obs[1:], sampler, generator=[torch.Generator().manual_seed(6)])["action"]
+    torch.testing.assert_close(both[1:], second, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="one per row"):
+        policy.predict_action(obs, sampler, generator=gens[:1])
+
+
 def test_rollout_warm_start_keeps_the_actions():
     """Warm-started chunks (x0 guess = the previous prediction, shifted) converge to the same actions."""
     policy = tiny_policy()
@@ -137,9 +169,15 @@ def test_smoke_training_and_rollout_script(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["val_loss"]) for r in log)
-    subprocess.run([*cmd, "training.steps=3"], check=True, capture_output=True)  # resumes at step 2
+    again = subprocess.run(cmd, capture_output=True, text=True)  # the same command resumes, and says so
+    assert again.returncode == 0 and f"resuming the run in {run} at step 2" in again.stdout
+    other = subprocess.run([*cmd, "training.steps=3"], capture_output=True, text=True)  # another config: refused
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert "another config (training.steps: 2 there, 3 now)" in other.stderr.strip().splitlines()[-1]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3]
+    assert [r["step"] for r in log] == [1, 2]
+    shipped = subprocess.run([*cmd[:-3], f"run_dir={ROOT / 'checkpoints/pusht_base'}"], capture_output=True, text=True)
+    assert shipped.returncode != 0 and "tracked by git" in shipped.stderr and "force=true" in shipped.stderr
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
                         "--checkpoint", str(run / "checkpoint"), "--max-steps", "8", "--episodes", "2",
@@ -166,10 +204,41 @@ def test_smoke_training_and_rollout_script(tmp_path):
     (["--sampler", "ddim", "--device", "nope"], "unknown device 'nope'"),
     pytest.param(["--sampler", "ddim", "--device", "cuda"], "torch sees no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
+    (["--sampler", "ddim", "--seed", "-1"], "--seed must be in 0..4294967295"),
+    (["--sampler", "ddim", "--seed", str(2**32 - 1), "--episodes", "2"], "--seed must be in 0..4294967295"),
+    (["--sampler", "ddim", "--k", "100"], "--k truncates the 50-step DDIM trajectory: it must be in 1..--num-steps"),
+    (["--sampler", "picard", "--k", "60"], "--k must be in 1..--num-steps=50 for picard"),
+    (["--sampler", "ddim", "--num-steps", "0"], "--num-steps (DDIM steps T) must be >= 1"),
+    (["--sampler", "ddim", "--num-steps", "1000"], "num_steps (DDIM steps T) must be in 1..100"),
+    (["--sampler", "ddim-k", "--k", "101"], "k (ddim-k's steps) must be in 1..100"),
+    (["--sampler", "ddim", "--threads", "0"], "--threads must be >= 1"),
+    (["--sampler", "picard", "--window", "51"], "--window must be in 1..--num-steps=50"),
 ])
 def test_rollout_bad_input_exits_2(args, msg):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), *args], capture_output=True, text=True)
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script, args, msg", [
+    ("render_episode.py", ["--seed", "-1"], "--seed must be in 0..4294967295"),
+    ("render_episode.py", ["--fps", "0"], "--fps must be > 0"),
+    ("collect_demos.py", ["--episodes", "1", "--out", "/tmp/x.zarr", "--seed-start", "-5"], "--seed-start must be in"),
+    ("collect_demos.py", ["--episodes", "1", "--out", "data/pusht_expert.zarr"], "tracked by git"),
+    ("bench_env.py", ["--seed-start", "-1"], "--seed-start must be in"),
+    ("eval_sweep.py", ["--seed", "-1"], "--seed must be in"),
+    ("eval_sweep.py", ["--out", "results/sweep"], "pass --force"),
+])
+def test_other_scripts_bad_numbers_exit_2_with_one_line(script, args, msg):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_rollout_says_when_an_option_is_ignored(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
+                        "--max-steps", "1", "--adapter", str(tmp_path), "--k-on", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "note: --adapter, --k-on only apply to --sampler pcm; ignored for ddim-k" in r.stderr
 
 
 def test_denoise_lambda_zero_is_the_base_model_exactly():

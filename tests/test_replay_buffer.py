@@ -218,9 +218,64 @@ def test_corrupt_chunk(tmp_path, episodes):
     path = tmp_path / "s.zarr"
     write_reference_store(path, episodes)
     (path / "data" / "state" / "0.0").write_bytes(b"not a blosc chunk" * 8)
-    buf = ReplayBuffer.open(path)
-    with pytest.raises(CorruptStoreError, match=r"s\.zarr.*data/state"):
-        buf.get_episode(0)
+    with pytest.raises(CorruptStoreError, match=r"s\.zarr: data/state has 1 damaged chunk\(s\): 0\.0"):
+        ReplayBuffer.open(path)
+
+
+@pytest.mark.parametrize("keep", [0, 5, 16, 0.5, -1], ids=["empty", "5-bytes", "header-only", "half", "1-short"])
+@pytest.mark.parametrize("key", ["action", "img"])
+def test_truncated_chunk_is_refused_before_decoding(tmp_path, episodes, key, keep):
+    """A truncated Blosc chunk crashed the decoder (segfault) in about half the tries: it is refused on open,
+    naming the store, the array and the chunk, and nothing is ever decoded."""
+    path = tmp_path / "s.zarr"
+    write_reference_store(path, episodes)
+    chunk = path / "data" / key / ("0.0" if key == "action" else "0.0.0.0")
+    data = chunk.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else (len(data) + keep if keep < 0 else keep)
+    chunk.write_bytes(data[:n])
+    for _ in range(3):
+        with pytest.raises(CorruptStoreError, match=rf"s\.zarr: data/{key} has 1 damaged chunk\(s\): "
+                                                    rf"{chunk.name} \({n} bytes stored"):
+            ReplayBuffer.open(path)
+    with pytest.raises(CorruptStoreError, match=rf"data/{key}.*{chunk.name}"):
+        PushTLowdimDataset(path)
+
+
+def test_deleted_chunk_is_refused_not_read_as_zeros(tmp_path, episodes):
+    path = tmp_path / "s.zarr"
+    write_reference_store(path, episodes)  # 161-row chunks: one chunk per array
+    (path / "data" / "action" / "0.0").unlink()
+    with pytest.raises(CorruptStoreError, match=r"s\.zarr: data/action is missing 1 chunk\(s\) \(0\.0\).*zeros"):
+        ReplayBuffer.open(path)
+    buf = ReplayBuffer.open(path, allow_missing_chunks=True)  # the escape hatch reads the fill value
+    assert not buf.get_episode(0)["action"].any()
+    (path / "meta" / "episode_ends" / "0").unlink()
+    with pytest.raises(CorruptStoreError, match=r"meta/episode_ends is missing 1 chunk"):
+        ReplayBuffer.open(path)
+
+
+def test_damaged_uncompressed_meta_chunk_and_uncommitted_chunks(tmp_path, episodes):
+    path = tmp_path / "demo.zarr"
+    buf = ReplayBuffer.create(path)
+    for seed, ep in enumerate(episodes):
+        buf.add_episode(ep, meta={"seed": seed})
+    chunk = path / "meta" / "episode_seed" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    with pytest.raises(CorruptStoreError, match=r"meta/episode_seed has 1 damaged chunk\(s\): 0 \(8189 bytes"):
+        ReplayBuffer.open(path)
+
+
+def test_fill_value_chunks_are_stored_and_accepted(tmp_path, episodes):
+    """zarr 3 skips chunks equal to the fill value unless told otherwise: the buffer stores them, so an
+    all-zero array opens and a missing chunk can only mean damage."""
+    path = tmp_path / "demo.zarr"
+    buf = ReplayBuffer.create(path)
+    for ep in episodes:
+        buf.add_episode(dict(ep, n_contacts=np.zeros_like(ep["n_contacts"])), meta={"takeover_step": 0})
+    assert (path / "data" / "n_contacts" / "0.0").exists() and (path / "meta" / "episode_takeover_step" / "0").exists()
+    assert not ReplayBuffer.open(path).load(["n_contacts"])["n_contacts"].any()
+    copy = ReplayBuffer.open(path).copy_to(tmp_path / "copy.zarr")
+    assert (tmp_path / "copy.zarr" / "data" / "n_contacts" / "0.0").exists() and copy.n_episodes == 3
 
 
 def test_corrupt_metadata(tmp_path, episodes):

@@ -469,3 +469,31 @@ def test_newton_converges_on_the_policy_unet():
     seq, _ = sample_sequential(unet, x_T, cond, **kw)
     x, stats = sample_newton(unet, x_T, cond, tol=0.0, **kw)
     assert close(x, seq, 1e-5) and stats.iterations <= 6
+
+
+@pytest.mark.parametrize("sampler", ["sequential", "picard", "pcm", "newton"])
+def test_per_row_generators_make_each_row_independent_of_the_batch(sampler):
+    """Step noise drawn from one generator per row: a row's sample is the same alone or batched, whatever the
+    global seed (diffusers issue 6222: batch-wide draws make a sample depend on the batch)."""
+    model, (x_T, cond) = MLPDenoiser(), inputs(batch=3)
+    kw = dict(grid=step_grid(ddpm(), T))
+    run = {"sequential": lambda x, c, g: sample_sequential(model, x, c, generator=g, **kw),
+           "picard": lambda x, c, g: sample_picard(model, x, c, window=5, tol=0.0, generator=g, **kw),
+           "pcm": lambda x, c, g: sample_pcm(model, x, c, window=T, tol=0.0, schedule=hard_switch(2), generator=g,
+                                             **kw),
+           "newton": lambda x, c, g: sample_newton(model, x, c, tol=0.0, generator=g, **kw)}[sampler]
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    torch.manual_seed(0)
+    batched, _ = run(x_T, cond, gens([10, 11, 12]))
+    torch.manual_seed(1)
+    alone, _ = run(x_T[1:2], cond[1:2], gens([11]))
+    assert close(batched[1:2], alone, 1e-5)
+    want, _ = sample_sequential(model, x_T, cond, generator=gens([10, 11, 12]), **kw)  # same noise, same fixed point
+    assert close(batched, want, 1e-4)
+    other, _ = run(x_T, cond, gens([10, 99, 12]))
+    assert not close(other[1], batched[1], 1e-3) and close(other[0], batched[0], 1e-5)
+    with pytest.raises(ValueError, match="one per row"):
+        run(x_T, cond, gens([1, 2]))

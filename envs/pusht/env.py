@@ -6,7 +6,8 @@ its physics, goal, reward, reset distribution and quirks (see ``shared/spec/push
 Action Space
     ``Box(0, 512, (2,), float64)``: the absolute target position of the pusher. A PD controller
     (k_p = 100, k_v = 20) drives the kinematic pusher toward it for 10 substeps of 0.01 s per step.
-    Actions are not clipped; NaN or infinite actions raise ``ValueError``.
+    Actions outside the box are applied as given, unclipped, as the reference does (its scripted demos
+    command targets up to ~90 px outside); NaN or infinite actions raise ``ValueError``.
 
 Observation Space (``obs_type``)
     - ``"state"``: ``[agent_x, agent_y, block_x, block_y, block_angle mod 2pi]`` (float64); block x, y
@@ -15,6 +16,13 @@ Observation Space (``obs_type``)
       of the reference low-dimensional dataset.
     - ``"pixels"``: a (96, 96, 3) uint8 image, without the action marker.
     - ``"pixels_agent_pos"``: ``{"pixels": ..., "agent_pos": (2,)}``.
+
+    Bounds (the true ones, nothing is clipped, so the values are the reference's): the pusher stays in
+    [0, 512] (its PD response to a target is a convex combination of past targets); block points (keypoints,
+    the body origin) can be pushed into and through the walls, up to ``BLOCK_REACH`` = 170 px past the window:
+    [-170, 682]. Every observation lies in ``observation_space`` as long as the actions lie in
+    ``action_space``; after actions outside it, or a ``set_physics_state`` with an unreachable state, they
+    may not.
 
 Rewards
     ``clip(coverage / 0.95, 0, 1)``, coverage = area(goal T & block T) / area(T).
@@ -25,8 +33,9 @@ Starting State
     reference evaluation setting) sets the block position before its angle, so pymunk's rotation about
     the centre of gravity (0, 45) moves the origin; ``legacy=False`` sets the angle first. Then one
     physics step of 0.01 s. ``options={"reset_to_state": [ax, ay, bx, by, angle]}`` goes through the same
-    path. Unseeded resets continue the legacy stream of the last seed (or of a seed drawn from the
-    env's ``np_random`` when none was ever given), so successive resets differ, as gymnasium expects.
+    path (positions in [0, 512], the angle any finite number). Unseeded resets continue the legacy stream
+    of the last seed (or of a seed drawn from the env's ``np_random`` when none was ever given), so
+    successive resets differ, as gymnasium expects.
 
 Episode End
     Terminated when coverage > 0.95 (strict). Never truncated by the env itself; wrap with a time
@@ -57,6 +66,7 @@ SIM_HZ, CONTROL_HZ, K_P, K_V = 100, 10, 100.0, 20.0
 class PushTEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": CONTROL_HZ}
     track_contacts = True  # count contact points for info["n_contacts"]
+    record_history = True  # keep what was done to the world since it was built: pickling replays it
 
     def __init__(
         self,
@@ -95,11 +105,13 @@ class PushTEnv(gym.Env):
 
     # ------------------------------------------------------------------ spaces
     def _make_observation_space(self):
-        ws = float(G.WINDOW_SIZE)
+        ws, reach = float(G.WINDOW_SIZE), G.BLOCK_REACH
+        lo_b, hi_b = -reach, ws + reach  # block points: pushed into and through the walls (module doc)
         if self.obs_type == "state":
-            return spaces.Box(np.zeros(5), np.array([ws, ws, ws, ws, 2 * math.pi]), dtype=np.float64)
+            return spaces.Box(np.array([0.0, 0.0, lo_b, lo_b, 0.0]), np.array([ws, ws, hi_b, hi_b, 2 * math.pi]),
+                              dtype=np.float64)
         if self.obs_type == "keypoints":
-            return spaces.Box(0.0, ws, shape=(20,), dtype=np.float64)
+            return spaces.Box(np.r_[np.full(18, lo_b), 0.0, 0.0], np.r_[np.full(18, hi_b), ws, ws], dtype=np.float64)
         size = self.observation_size
         pixels = spaces.Box(0, 255, shape=(size, size, 3), dtype=np.uint8)
         if self.obs_type == "pixels":
@@ -126,6 +138,9 @@ class PushTEnv(gym.Env):
             s.filter = pymunk.ShapeFilter(mask=pymunk.ShapeFilter.ALL_MASKS())
         space.add(self.block, *shapes)
         self._n_contact_points = 0
+        # (kind, values) since this world was built: "state" (_set_state), "physics" (set_physics_state),
+        # "action" (a simulated step); None when the world is also changed behind the env's back.
+        self._history = [] if self.record_history else None
         if not self.track_contacts:
             return
         if hasattr(space, "on_collision"):  # pymunk >= 7
@@ -139,8 +154,10 @@ class PushTEnv(gym.Env):
     def _set_state(self, state):
         """Place agent and block, then one physics step (the reference's `_set_state`)."""
         state = np.asarray(state, dtype=np.float64)
-        if state.shape != (5,) or not np.all(np.isfinite(state)):
-            raise ValueError(f"reset_to_state must be 5 finite numbers [ax, ay, bx, by, angle], got {state}")
+        if state.shape != (5,) or not np.all(np.isfinite(state)) or np.any(state[:4] < 0) \
+                or np.any(state[:4] > G.WINDOW_SIZE):
+            raise ValueError(f"reset_to_state must be 5 finite numbers [ax, ay, bx, by, angle] with positions in "
+                             f"[0, {G.WINDOW_SIZE}], got {state.tolist()}")
         self.agent.position = tuple(state[:2])
         if self.legacy:  # position first: pymunk then rotates about the CoG and moves the origin
             self.block.position = tuple(state[2:4])
@@ -149,6 +166,7 @@ class PushTEnv(gym.Env):
             self.block.angle = float(state[4])
             self.block.position = tuple(state[2:4])
         self.space.step(self.dt)
+        self._record("state", tuple(float(v) for v in state))
 
     def set_physics_state(self, agent_pos, agent_vel, block_pos, block_angle, block_vel=(0, 0), block_ang_vel=0.0):
         """Write the full 10-number state directly (angle before position); no physics step."""
@@ -156,6 +174,12 @@ class PushTEnv(gym.Env):
         self.block.angle = float(block_angle)
         self.block.position = tuple(block_pos)
         self.block.velocity, self.block.angular_velocity = tuple(block_vel), float(block_ang_vel)
+        self._record("physics", (tuple(agent_pos), tuple(agent_vel), tuple(block_pos), float(block_angle),
+                                 tuple(block_vel), float(block_ang_vel)))
+
+    def _record(self, kind: str, values) -> None:
+        if self._history is not None:
+            self._history.append((kind, values))
 
     def get_physics_state(self) -> tuple:
         a, b = self.agent, self.block
@@ -188,14 +212,10 @@ class PushTEnv(gym.Env):
             if action.shape != (2,):
                 raise ValueError(f"action must have shape (2,), got {action.shape}")
             if not np.all(np.isfinite(action)):
-                raise ValueError(f"action must be finite target coordinates in [0, 512]^2, got {action}")
+                raise ValueError(f"action must be 2 finite numbers (the pusher's target x, y in px; the action "
+                                 f"space is [0, 512]^2, values outside are applied unclipped), got {action}")
             self.last_action = action
-            target = pymunk.Vec2d(float(action[0]), float(action[1]))
-            for _ in range(self.n_substeps):
-                # PD law, integrated into the kinematic body's velocity, then one physics substep.
-                acc = K_P * (target - self.agent.position) + K_V * (pymunk.Vec2d(0, 0) - self.agent.velocity)
-                self.agent.velocity += acc * self.dt
-                self.space.step(self.dt)
+            self._simulate(action)
         coverage = self.coverage()
         reward = float(np.clip(coverage / G.SUCCESS_THRESHOLD, 0.0, 1.0))
         terminated = bool(coverage > G.SUCCESS_THRESHOLD)
@@ -203,6 +223,15 @@ class PushTEnv(gym.Env):
         if self.render_mode == "human":
             self.render()
         return obs, reward, terminated, False, info
+
+    def _simulate(self, action: np.ndarray) -> None:
+        target = pymunk.Vec2d(float(action[0]), float(action[1]))
+        for _ in range(self.n_substeps):
+            # PD law, integrated into the kinematic body's velocity, then one physics substep.
+            acc = K_P * (target - self.agent.position) + K_V * (pymunk.Vec2d(0, 0) - self.agent.velocity)
+            self.agent.velocity += acc * self.dt
+            self.space.step(self.dt)
+        self._record("action", (float(action[0]), float(action[1])))
 
     # ------------------------------------------------------------------ observations
     @property
@@ -262,16 +291,32 @@ class PushTEnv(gym.Env):
             self._renderer = None
 
     # ------------------------------------------------------------------ pickling
+    # A copy must continue exactly as the original, also while the pusher touches the block. The world's
+    # positions and velocities are not enough: the solver keeps hidden state between steps (cached contact
+    # impulses for its warm start, the bias velocities of its position correction, the order of its contact
+    # pairs), which pymunk neither exposes nor fully pickles (pymunk issue 181). The env is deterministic, so
+    # it pickles what was done to the world since it was built (the reset state, set_physics_state calls and
+    # the actions) and the copy replays it: bit-identical continuation. A world also changed directly (the
+    # expert's planning world, ``record_history = False``) falls back to its 10-number physics state.
     def __getstate__(self):
-        return {"kwargs": self._kwargs, "physics": self.get_physics_state(), "last_action": self.last_action,
+        return {"kwargs": self._kwargs, "history": self._history, "physics": self.get_physics_state(),
+                "n_contact_points": self._n_contact_points, "last_action": self.last_action,
                 "legacy_rng": self._legacy_rng, "np_random": self._np_random}
 
     def __setstate__(self, state):
         self.__init__(**state["kwargs"])
-        self.set_physics_state(*state["physics"])
+        if state["history"] is None:
+            self.set_physics_state(*state["physics"])
+        for kind, values in state["history"] or []:
+            if kind == "state":
+                self._set_state(values)
+            elif kind == "physics":
+                self.set_physics_state(*values)
+            else:
+                self._simulate(np.asarray(values, dtype=np.float64))
+        self._n_contact_points = state["n_contact_points"]
         self.last_action = state["last_action"]
         self._legacy_rng, self._np_random = state["legacy_rng"], state["np_random"]
-
 
 def _shapely_t(pose) -> sg.MultiPolygon:
     return sg.MultiPolygon([sg.Polygon(G.to_world(s, pose)) for s in (G.BAR, G.STEM)])

@@ -39,6 +39,13 @@ BLOCK_KEYPOINTS = np.array(
     ]
 )
 
+# How far past the 512 x 512 window a block point (keypoint or body origin) can be: the block moves only
+# while the pusher (centre within the window for actions in the action space) touches it, so every block
+# point is within AGENT_RADIUS + 143.4 (the largest keypoint/origin-to-T-vertex distance) of a pusher
+# position, and the walls only push it further out until it clears them. 170 leaves slack for penetration.
+# Pushing the block into a wall does drive it through (keypoints reached 143 px past the window in stress runs).
+BLOCK_REACH = 170.0
+
 WALLS = (((5, 506), (5, 5)), ((5, 5), (506, 5)), ((506, 5), (506, 506)), ((5, 506), (506, 506)))
 
 

@@ -17,6 +17,13 @@ atomic (zarr's LocalStore writes a temporary file and renames it); the only wind
 writes of the commit (`episode_ends` grown, its new value not yet written) leaves a trailing 0, which
 can never be a valid end, so it is dropped on open.
 
+Damage: `open` checks every chunk that holds committed rows before anything is decoded: a chunk file that
+is absent (zarr would read it as the fill value, zeros) or whose stored size does not match what its codec
+needs (a truncated Blosc chunk can crash the decoder) is refused with a `CorruptStoreError` naming the
+store, the array and the chunks. Stores written here store every chunk, fill-value ones included; for a
+store written elsewhere with zarr's `write_empty_chunks=False`, `open(..., allow_missing_chunks=True)`
+reads absent chunks as the fill value.
+
 Images: the reference release stores `img` as float32 with integer values 0..255. Methods that load
 data for use (`get_episode`, `get_steps`, `load`, `to_numpy`) cast a floating `img` to uint8 unless
 `img_uint8=False`; raw access (`buffer[key]`) and `copy_to` keep the stored dtype.
@@ -33,7 +40,16 @@ import numpy as np
 import zarr
 
 from .errors import CorruptStoreError, MissingKeyError, ReplayBufferError, StoreNotFoundError
-from .storage import IMG_KEY, META_CHUNK, ZarrRows, disk_compressor, time_chunks, to_uint8_image
+from .storage import (
+    ARRAY_CONFIG,
+    IMG_KEY,
+    META_CHUNK,
+    ZarrRows,
+    check_chunks,
+    disk_compressor,
+    time_chunks,
+    to_uint8_image,
+)
 
 COPY_BLOCK_BYTES = 2**26
 
@@ -64,12 +80,15 @@ class ReplayBuffer:
         group = zarr.open_group(str(path), mode="w", zarr_format=2)
         group.require_group("data")
         group.require_group("meta").create_array(
-            "episode_ends", shape=(0,), chunks=(META_CHUNK,), dtype="int64", compressors=None)
+            "episode_ends", shape=(0,), chunks=(META_CHUNK,), dtype="int64", compressors=None, config=ARRAY_CONFIG)
         return cls.open(path, mode="a")
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> ReplayBuffer:
-        """Open a zarr store (format 2 or 3; a `.zip` file read-only) for reading ('r') or appending ('a')."""
+    def open(cls, path: str | os.PathLike, mode: str = "r", *, allow_missing_chunks: bool = False) -> ReplayBuffer:
+        """Open a zarr store (format 2 or 3; a `.zip` file read-only) for reading ('r') or appending ('a').
+
+        Every chunk holding committed rows is checked first (module doc); ``allow_missing_chunks`` reads
+        absent ones as the fill value (stores written with zarr's ``write_empty_chunks=False``)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         path = Path(path)
@@ -85,7 +104,7 @@ class ReplayBuffer:
             else:
                 store = str(path)
             group = zarr.open_group(store, mode="r" if mode == "r" else "r+", use_consolidated=False)
-            return cls._from_group(group, path, read_only=mode == "r")
+            return cls._from_group(group, path, read_only=mode == "r", allow_missing_chunks=allow_missing_chunks)
         except ReplayBufferError:
             raise
         except Exception as e:
@@ -100,7 +119,7 @@ class ReplayBuffer:
         return cls.open(path, mode="a") if Path(path).exists() else cls.create(path)
 
     @classmethod
-    def _from_group(cls, group, path: Path, read_only: bool) -> ReplayBuffer:
+    def _from_group(cls, group, path: Path, read_only: bool, allow_missing_chunks: bool = False) -> ReplayBuffer:
         meta = group.get("meta")
         if not isinstance(group.get("data"), zarr.Group) or not isinstance(meta, zarr.Group) \
                 or not isinstance(meta.get("episode_ends"), zarr.Array):
@@ -108,6 +127,7 @@ class ReplayBuffer:
                 f"{path}: not a replay buffer store (needs groups data/ and meta/ and the array "
                 "meta/episode_ends); check the path")
         ee = meta["episode_ends"]
+        _check_chunks(path, "meta/episode_ends", ee, None, allow_missing_chunks)
         try:
             ends = np.asarray(ee[:])
         except Exception as e:
@@ -135,6 +155,10 @@ class ReplayBuffer:
             if arr.ndim == 0 or arr.shape[0] < n_eps:
                 raise ReplayBufferError(f"{path}: meta/episode_{name} has fewer rows than the {n_eps} "
                                         "episodes; restore or re-create the store")
+        for key, arr in data.items():
+            _check_chunks(path, f"data/{key}", arr, n_steps, allow_missing_chunks)
+        for name, arr in extras.items():
+            _check_chunks(path, f"meta/episode_{name}", arr, n_eps, allow_missing_chunks)
         return cls(data, extras, ends, group=group, path=path, read_only=read_only)
 
     # ---------------------------------------------------------------- inspection
@@ -298,7 +322,7 @@ class ReplayBuffer:
                 else (META_CHUNK, *value.shape[1:])
             arr = self._group[group].create_array(
                 name, shape=(0, *value.shape[1:]), chunks=chunks, dtype=value.dtype,
-                compressors=disk_compressor(fmt) if group == "data" else None)
+                compressors=disk_compressor(fmt) if group == "data" else None, config=ARRAY_CONFIG)
         arr.resize((stop, *value.shape[1:]))  # also drops any uncommitted tail of a crashed write
         arr[start:stop] = value
         return arr
@@ -323,7 +347,7 @@ class ReplayBuffer:
             src = self[key]
             chunks = src.zarr.chunks if isinstance(src, ZarrRows) else time_chunks(src.shape[1:], src.dtype)
             arr = dst._group["data"].create_array(key, shape=src.shape, chunks=chunks, dtype=src.dtype,
-                                                  compressors=disk_compressor(2))
+                                                  compressors=disk_compressor(2), config=ARRAY_CONFIG)
             row_bytes = max(1, int(np.prod(src.shape[1:], dtype=np.int64)) * src.dtype.itemsize)
             block = max(1, COPY_BLOCK_BYTES // row_bytes // chunks[0]) * chunks[0]
             for a in range(0, self.n_steps, block):
@@ -331,10 +355,29 @@ class ReplayBuffer:
         for name in self.meta_keys():
             v = self.episode_meta(name)
             dst._group["meta"].create_array(f"episode_{name}", shape=v.shape, dtype=v.dtype,
-                                            chunks=(META_CHUNK, *v.shape[1:]), compressors=None)[:] = v
+                                            chunks=(META_CHUNK, *v.shape[1:]), compressors=None,
+                                            config=ARRAY_CONFIG)[:] = v
         dst._ee.resize((self.n_episodes,))
         dst._ee[:] = self._ends
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
         return ReplayBuffer.open(path, mode="a")
+
+
+def _check_chunks(path: Path, name: str, arr, rows: int | None, allow_missing: bool) -> None:
+    """Refuse a store whose array `name` has absent or damaged chunks among those holding `rows` rows."""
+    try:
+        missing, damaged = check_chunks(arr, rows)
+    except Exception as e:  # the store itself cannot be listed or read
+        raise CorruptStoreError(f"{path}: cannot check the chunks of {name} ({type(e).__name__}: {e}); restore "
+                                "the store from a copy or re-create it") from e
+    if damaged:
+        raise CorruptStoreError(f"{path}: {name} has {len(damaged)} damaged chunk(s): {'; '.join(damaged[:5])}"
+                                f"{' ...' if len(damaged) > 5 else ''}. Restore the store from a copy or re-create it")
+    if missing and not allow_missing:
+        raise CorruptStoreError(
+            f"{path}: {name} is missing {len(missing)} chunk(s) ({', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}); zarr would read them as zeros. Restore the store from a "
+            "copy or re-create it (a store written with zarr's write_empty_chunks=False: "
+            "ReplayBuffer.open(path, allow_missing_chunks=True))")

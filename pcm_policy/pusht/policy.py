@@ -10,6 +10,7 @@ caller's choice (``pcm_policy.sampling.make_sampler``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -108,18 +109,34 @@ class DiffusionPolicy(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_action(self, obs: torch.Tensor, sampler, *, noise: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None, **sampler_kwargs) -> dict:
-        """Sample an action chunk. ``sampler(model_fn, x_T, cond, **kw) -> (x_0, stats)``, e.g. from
-        ``pcm_policy.sampling.make_sampler``; ``obs`` (B, >= n_obs_steps, obs_dim) raw observations;
-        ``noise`` (B, horizon, action_dim) is x_T (drawn from ``generator`` if None). Returns ``action``
-        (B, n_action_steps, action_dim) in env
-        units, ``action_pred`` (B, horizon, action_dim), ``action_pred_norm``, ``x_T`` and the sampler's ``stats``."""
+                       generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                       **sampler_kwargs) -> dict:
+        """Sample an action chunk with ``sampler(model_fn, x_T, cond, **kw) -> (x_0, stats)`` (e.g. from
+        ``pcm_policy.sampling.make_sampler``).
+
+        Args:
+            obs: (B, >= n_obs_steps, obs_dim) raw observations.
+            noise: x_T, (B, horizon, action_dim); drawn from ``generator`` if None.
+            generator: every random draw comes from it: x_T (unless ``noise`` gives it) and, passed on to
+                the sampler, a stochastic solver's step noise (DDPM). A list holds one generator per row,
+                so a row's draws do not depend on the other rows. None: torch's global generator.
+        Returns:
+            ``action`` (B, n_action_steps, action_dim) in env units, ``action_pred`` (B, horizon,
+            action_dim), ``action_pred_norm``, ``x_T`` and the sampler's ``stats``.
+        """
         cond = self.condition(torch.as_tensor(obs))
         shape = (cond.shape[0], self.cfg.horizon, self.cfg.action_dim)
-        if noise is None:
+        per_row = isinstance(generator, (list, tuple))
+        if per_row and len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per row")
+        if noise is None and per_row:
+            noise = torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator])
+        elif noise is None:
             noise = torch.randn(shape, generator=generator, device=self.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        if generator is not None:
+            sampler_kwargs["generator"] = generator
         x0, stats = sampler(self.model_fn, noise.to(self.device), cond, **sampler_kwargs)
         pred = self.normalizer.unnormalize("action", x0)
         start = self.cfg.n_obs_steps - 1  # reference oa_step_convention: execute from the current step

@@ -9,7 +9,7 @@ there, and let ``run_expert_episode`` continue from exactly that state until cov
 Replaying a stored segment: ``env = PushTEnv(legacy=False); env.reset(seed=seed);
 env.set_physics_state(*unflatten_state(takeover_state))``, then step the stored actions.
 
-The policy half is ``pcm_policy.rollout.run_rollouts`` itself (same noise per (seed, chunk), same
+The policy half is ``pcm_policy.pusht.rollout.run_rollouts`` itself (same noise per (seed, chunk), same
 observation history and stopping rule), limited to the takeover chunk.
 """
 

@@ -4,8 +4,9 @@ Each control step feeds the last ``n_obs_steps`` observations of every running e
 batched policy call, then executes ``n_action_steps`` actions per env, stopping an env as soon as it
 succeeds (coverage > 0.95) or reaches ``max_steps`` (pusht.md 6.1). Score = the episode's max reward.
 
-Initial noise is drawn per (episode seed, chunk) from its own generator, so an episode's noise does
-not depend on which other episodes share the batch.
+Every random draw of a chunk (the initial noise x_T and, for DDPM, the step noise) comes from a generator
+of its own per (episode seed, chunk), so an episode's actions do not depend on which other episodes share
+the batch, nor on torch's global seed.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from envs.pusht import PushTEnv
 from ..device import synchronize
 
 
+def chunk_generator(seed: int, chunk: int, noise_seed: int = 0) -> torch.Generator:
+    """The generator of one (episode seed, chunk): x_T first, then any step noise (CPU, any device)."""
+    return torch.Generator().manual_seed(hash((noise_seed, seed, chunk)) % (2**63))
+
+
 def chunk_noise(seed: int, chunk: int, shape: tuple, noise_seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(hash((noise_seed, seed, chunk)) % (2**63))
-    return torch.randn(shape, generator=g)
+    """x_T of one (episode seed, chunk): the first draw of ``chunk_generator``."""
+    return torch.randn(shape, generator=chunk_generator(seed, chunk, noise_seed))
 
 
 def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int = 200, legacy: bool = True,
@@ -72,10 +78,11 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
     guess = torch.zeros(len(envs), *shape)  # warm start: x0 guess per episode
     while active:
         obs = torch.as_tensor(np.stack([np.stack(hist[i]) for i in active]), dtype=torch.float32)
-        noise = torch.stack([chunk_noise(seeds[i], chunk, shape, noise_seed) for i in active])
+        gens = [chunk_generator(seeds[i], chunk, noise_seed) for i in active]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in gens])  # x_T = chunk_noise(...)
         t0 = time.perf_counter()
         kw = {"init": guess[active].to(policy.device)} if warm_start else {}
-        out = policy.predict_action(obs, sampler, noise=noise, **kw)
+        out = policy.predict_action(obs, sampler, noise=noise, generator=gens, **kw)  # gens: the step noise
         synchronize(policy.device)
         latency = time.perf_counter() - t0
         if on_chunk is not None:

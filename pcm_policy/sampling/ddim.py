@@ -19,6 +19,7 @@ schedule. A config with ``set_alpha_to_one`` is solved as DDIM, one with ``varia
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -174,15 +175,22 @@ def ddim_step(grid: Grid, x: torch.Tensor, model_output: torch.Tensor, idx: torc
 
 
 def draw_noise(grid: Grid, x_T: torch.Tensor, noise: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor | None:
+               generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor | None:
     """The noise term std_i * z_i of every step, ``(T, *x_T.shape)``; None for deterministic DDIM.
 
     ``noise`` (standard normal, ``(T, *x_T.shape)``) is used when given; otherwise it is drawn one
-    step at a time from ``generator``, as a diffusers step loop would draw it.
+    step at a time from ``generator``, as a diffusers step loop would draw it. A list of generators,
+    one per row of ``x_T`` (diffusers' convention), draws each row's T steps from its own generator
+    (on the generator's device, then moved), so a row's noise does not depend on the other rows.
     """
     if not grid.stochastic:
         return None
-    if noise is None:
+    if noise is None and isinstance(generator, (list, tuple)):
+        if len(generator) != x_T.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {x_T.shape[0]} rows; pass one per row")
+        noise = torch.stack([torch.stack([torch.randn(x_T.shape[1:], generator=g, device=g.device)
+                                          for _ in range(len(grid))]) for g in generator], dim=1)
+    elif noise is None:
         noise = torch.stack([torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype)
                              for _ in range(len(grid))])
     if noise.shape != (len(grid), *x_T.shape):

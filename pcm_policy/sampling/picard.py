@@ -269,7 +269,8 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
     output on the same grid and noise.
 
     Args:
-        model_fn, x_T, cond, grid, noise, generator: as in ``sample_sequential``; T = ``len(grid)``.
+        model_fn, x_T, cond, grid, noise, generator: as in ``sample_sequential``; T = ``len(grid)``;
+            ``generator`` may be one per row of ``x_T`` (``ddim.draw_noise``).
         window: p positions per batched call (default: all T).
         tol: tau of the tolerance rule (module doc); 0 runs until the window has slid to T.
         max_iters: stop after this many iterations (``stats.converged`` False if not done).

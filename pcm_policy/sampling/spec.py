@@ -210,10 +210,10 @@ def make_sampler(spec: SamplerSpec | str, scheduler, *, solver_scheduler=None, *
     if not isinstance(spec, SamplerSpec):
         raise ValueError(f"spec must be a SamplerSpec or a sampler name, got {spec!r}")
     n_train = int(scheduler.config.num_train_timesteps)
-    for what, v in (("num_steps", spec.num_steps), ("ddim-k's k", spec.k if spec.name == "ddim-k" else None)):
+    for what, v in (("num_steps (DDIM steps T)", spec.num_steps), ("k (ddim-k's steps)",
+                                                                   spec.k if spec.name == "ddim-k" else None)):
         if v is not None and v > n_train:
-            raise ValueError(f"{what} = {v} is more than the scheduler's {n_train} training timesteps; "
-                             f"use 1..{n_train}")
+            raise ValueError(f"{what} must be in 1..{n_train} (the scheduler's training timesteps), got {v}")
     if spec.name == "dpmsolver":
         if solver_scheduler is None:
             raise ValueError("dpmsolver needs solver_scheduler (e.g. DPMSolverMultistepScheduler.from_config)")

@@ -6,6 +6,10 @@ adapter; the module carries the EMA weights while it runs). Its own resume state
 TRAINED parameters, their EMA, optimiser, schedule, step, RNG) is written atomically every
 ``ckpt_every`` steps and on exit, so a killed run continues where it stopped; a frozen base is never
 copied or saved there.
+
+A resume is announced, and refused (``ResumeError``) when the caller's ``config`` (what defines the run)
+differs from the one the run folder was started with (``config.json``, written on a fresh start): a run
+folder holds one run, never a mix of two.
 """
 
 from __future__ import annotations
@@ -45,6 +49,40 @@ class LoopConfig:
     seed: int = 42
 
 
+class ResumeError(ValueError):
+    """A run folder holds a run started with another configuration."""
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+
+
+def check_resume(run_dir: Path, config: dict | None, step: int | None) -> None:
+    """Write ``config.json`` on a fresh start (``step`` None); on a resume compare and announce."""
+    path = run_dir / "config.json"
+    config = None if config is None else json.loads(json.dumps(config))  # tuples -> lists, as saved
+    if step is None:
+        if config is not None:
+            tmp = path.with_name("config.json.tmp")
+            tmp.write_text(json.dumps(config, indent=1))
+            os.replace(tmp, path)
+        return
+    saved = json.loads(path.read_text()) if path.exists() else None
+    if config is not None and saved is not None and saved != config:
+        old, new = _flat(saved), _flat(config)
+        diff = [f"{k}: {old.get(k, '<unset>')!r} there, {new.get(k, '<unset>')!r} now"
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        raise ResumeError(f"{run_dir} holds a run started with another config ({'; '.join(diff[:4])}"
+                          f"{' ...' if len(diff) > 4 else ''}); pass another run folder for a new run, or the "
+                          f"run's own settings ({path}) to resume it")
+    print(f"resuming the run in {run_dir} at step {step} (state.pt)"
+          + ("" if saved is not None or config is None else "; it has no config.json to compare with"), flush=True)
+    if saved is None and config is not None:
+        check_resume(run_dir, config, None)
+
+
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
     """LR multiplier: linear warm-up from 0, then half-cosine to 0 at ``total`` (diffusers' 'cosine')."""
     if step < warmup:
@@ -56,9 +94,11 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
 def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: Iterator[dict], cfg: LoopConfig,
           run_dir: str | os.PathLike, save_fn: Callable[[nn.Module, int], None],
           val_fn: Callable[[nn.Module], dict] | None = None, params: list[nn.Parameter] | None = None,
-          desc: str = "train") -> nn.Module:
+          desc: str = "train", config: dict | None = None) -> nn.Module:
     """Train ``params`` (default: every trainable parameter of ``model``) for ``cfg.steps`` steps.
 
+    ``config`` (JSON-able): what defines the run, kept in ``run_dir/config.json``; a resume under another
+    config raises ``ResumeError`` before anything is loaded or written.
     Returns ``model`` with the EMA weights loaded (``cfg.use_ema``), else as trained.
     Raises ValueError when nothing requires grad or ``params`` are not parameters of ``model``.
     """
@@ -81,6 +121,7 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
     step, state_path, log_path = 0, run_dir / "state.pt", run_dir / "log.jsonl"
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+        check_resume(run_dir, config, int(state["step"]))
         if "params" in state:
             with torch.no_grad():
                 for n in names:
@@ -97,6 +138,7 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
             rows = [r for r in log_path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
             write_text(log_path, "".join(r + "\n" for r in rows))
     else:
+        check_resume(run_dir, config, None)
         torch.manual_seed(cfg.seed)
 
     def averaged():
