@@ -1,21 +1,25 @@
-"""The sampler core: sequential, Picard (ParaDiGMS), PCM model switching and Newton emulation.
+"""The sampler core: sequential, Picard (ParaDiGMS) with TAA, PCM model switching, Newton emulation.
 
-Every sampler is a function of a denoiser ``denoise(x, t, cond, **kw) -> eps`` (``denoiser.py``)
-and a configured diffusers DDIM/DDPM scheduler, read for its noise schedule only; it returns
-``(x_0, SampleStats)``. Imports torch only.
+Every sampler is a function of a model function ``model_fn(x, t, cond, **kw) -> model output``
+(``denoiser.py``) and a step grid (``ddim.step_grid`` of a configured diffusers DDIM/DDPM scheduler);
+it returns ``(x_0, SampleStats)``. ``spec.py`` turns a ``SamplerSpec`` into a ready sampler;
+``wrappers.py`` holds what goes around a model function (threads, sharding, guidance, LoRA scale).
+Imports torch only (peft lazily, in ``wrappers.LoraScale``).
 """
 
-from .ddim import Grid, ddim_step, draw_noise, make_grid, sample_sequential
-from .denoiser import Denoiser, SampleStats, repeat_cond
+from .ddim import Grid, ddim_step, draw_noise, sample_sequential, step_grid
+from .denoiser import Cond, ModelFn, SampleStats, call_model, repeat_cond
 from .newton import sample_newton
-from .pcm import hard_switch, linear_schedule, pcm_evaluator, sample_pcm, schedule_kwargs
-from .picard import INITS, initial_trajectory, picard_loop, picard_update, sample_picard
+from .pcm import Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
+from .picard import INITS, TAA, initial_trajectory, picard_loop, picard_update, sample_picard
 from .scheduler_loop import sample_with_scheduler
-from .threads import ThreadPolicy, num_threads, switch_cost_us
+from .spec import DEFAULTS, ITERATIVE, SAMPLERS, Sampler, SamplerSpec, make_sampler
+from .wrappers import ClassifierFreeGuidance, LoraScale, Sharded, ThreadPolicy, num_threads, switch_cost_us
 
 __all__ = [
-    "INITS", "Denoiser", "Grid", "SampleStats", "ThreadPolicy", "ddim_step", "draw_noise", "hard_switch",
-    "initial_trajectory", "linear_schedule", "make_grid", "num_threads", "pcm_evaluator", "picard_loop",
-    "picard_update", "repeat_cond", "sample_newton", "sample_pcm", "sample_picard", "sample_sequential",
-    "sample_with_scheduler", "schedule_kwargs", "switch_cost_us",
+    "DEFAULTS", "INITS", "ITERATIVE", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Cond", "Grid", "LoraScale",
+    "ModelFn", "SampleStats", "Sampler", "SamplerSpec", "Sharded", "Switch", "ThreadPolicy", "call_model", "ddim_step",
+    "draw_noise", "hard_switch", "initial_trajectory", "linear_schedule", "make_sampler", "num_threads",
+    "pcm_evaluator", "picard_loop", "picard_update", "repeat_cond", "sample_newton", "sample_pcm", "sample_picard",
+    "sample_sequential", "sample_with_scheduler", "step_grid", "switch_cost_us",
 ]

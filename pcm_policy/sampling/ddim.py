@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .denoiser import Cond, SampleStats, call_denoiser, check_cond
+from .denoiser import Cond, SampleStats, call_model, check_cond
 
-__all__ = ["Grid", "make_grid", "ddim_step", "draw_noise", "sample_sequential"]
+__all__ = ["Grid", "step_grid", "ddim_step", "draw_noise", "sample_sequential"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,19 @@ class Grid:
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+    def to(self, device=None, dtype=None) -> Grid:
+        """The same grid with its float tensors on ``device`` as ``dtype`` (timesteps stay long)."""
+        f = dict(device=device, dtype=dtype)
+        return Grid(self.solver, self.timesteps.to(device), self.alpha.to(**f), self.alpha_prev.to(**f),
+                    self.std.to(**f), self.var.to(**f), self.prediction_type, self.clip)
+
+    def like(self, x: torch.Tensor) -> Grid:
+        """This grid on ``x``'s device, coefficients in float32 (or float64 if ``x`` is)."""
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if self.alpha.device == x.device and self.alpha.dtype == dtype:
+            return self
+        return self.to(x.device, dtype)
 
     @property
     def stochastic(self) -> bool:
@@ -75,9 +88,22 @@ def _solver_of(cfg: dict) -> str:
                      "'ddpm', or use sample_with_scheduler for other diffusers schedulers")
 
 
-def make_grid(scheduler, num_steps: int, *, solver: str | None = None, eta: float = 0.0,
+def step_grid(scheduler, num_steps: int, *, solver: str | None = None, eta: float = 0.0,
               device=None, dtype=torch.float32) -> Grid:
-    """Timesteps and coefficients of ``num_steps`` steps of a configured DDIM/DDPM scheduler."""
+    """The step grid of ``num_steps`` steps of a configured diffusers DDIM/DDPM scheduler.
+
+    Args:
+        scheduler: a ``DDIMScheduler`` / ``DDPMScheduler`` (or anything with the same ``config`` and
+            ``alphas_cumprod``); read, never called.
+        num_steps: T, in 1..``num_train_timesteps``.
+        solver: "ddim" or "ddpm"; default: told from the config (``set_alpha_to_one`` -> DDIM).
+        eta: DDIM's stochasticity (DDIM eq. 16); 0 is deterministic DDIM.
+    Returns:
+        a ``Grid`` with T timesteps (descending, as ``set_timesteps`` gives them) and coefficients.
+    Raises:
+        ValueError: an unsupported config (thresholding, timestep spacing, prediction or variance
+            type) or an out-of-range ``num_steps`` / ``eta``.
+    """
     cfg = dict(scheduler.config)
     solver = solver or _solver_of(cfg)
     if solver not in ("ddim", "ddpm"):
@@ -166,16 +192,28 @@ def draw_noise(grid: Grid, x_T: torch.Tensor, noise: torch.Tensor | None = None,
 
 
 @torch.no_grad()
-def sample_sequential(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
-                      eta: float = 0.0, noise: torch.Tensor | None = None, truncate: int | None = None,
-                      generator: torch.Generator | None = None, solver: str | None = None,
+def sample_sequential(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
+                      noise: torch.Tensor | None = None, truncate: int | None = None,
+                      generator: torch.Generator | None = None,
                       return_trajectory: bool = False) -> tuple[torch.Tensor, SampleStats]:
     """Sequential sampling X[i+1] = F_i(X[i]): T model calls one after another.
 
-    ``truncate=k`` stops after k of the T steps and returns X[k] (the paper's "Sequential" at k);
-    DDIM re-discretised to k steps is ``num_steps=k``.
+    Args:
+        model_fn: ``model_fn(x, t, cond) -> model output`` (``denoiser.ModelFn``).
+        x_T: ``(B, ...)`` initial noise, float32 (or float64).
+        cond: per-sample condition, batched along dim 0 (``denoiser.Cond``).
+        grid: the step grid (``step_grid``); T = ``len(grid)``.
+        noise: standard normal step noise ``(T, *x_T.shape)`` for a stochastic grid; else drawn from
+            ``generator`` one step at a time.
+        truncate: stop after k of the T steps and return X[k] (the paper's "Sequential" at k); DDIM
+            re-discretised to k steps is a grid of k steps instead.
+    Returns:
+        ``(x, stats)``: X[T] (or X[k]) shaped like ``x_T``, and ``SampleStats``.
+    Raises:
+        ValueError: ``truncate`` outside 0..T, a condition or noise of the wrong shape.
     """
-    grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
+    grid = grid.like(x_T)
+    num_steps = len(grid)
     check_cond(cond, x_T.shape[0])
     steps = num_steps if truncate is None else truncate
     if not 0 <= steps <= num_steps:
@@ -184,7 +222,7 @@ def sample_sequential(denoise, x_T: torch.Tensor, cond: Cond = None, *, schedule
     x, traj = x_T, [x_T]
     for i in range(steps):
         idx = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        x = ddim_step(grid, x, call_denoiser(denoise, x, grid.timesteps[idx], cond), idx)
+        x = ddim_step(grid, x, call_model(model_fn, x, grid.timesteps[idx], cond), idx)
         if noise_terms is not None:
             x = x + noise_terms[i]
         traj.append(x)

@@ -1,17 +1,19 @@
-"""The denoiser protocol every sampler is written against, and the statistics a sampler returns.
+"""The model-function protocol every sampler is written against, and the statistics a sampler returns.
 
-A denoiser is any callable ``denoise(x, t, cond, **kw) -> eps``:
+A model function is any callable ``model_fn(x, t, cond, **kw) -> model output``:
 
 - ``x``: ``(N, ...)`` samples, one per row;
 - ``t``: ``LongTensor (N,)`` training timesteps, one per row (rows of a Picard window differ);
-- ``cond``: a tensor batched along dim 0, a dict of such tensors, or ``None``; the sampler repeats
-  it for the rows of a window, so the denoiser sees exactly one condition row per ``x`` row;
+- ``cond``: a tensor batched along dim 0, a (possibly nested) dict of such tensors, or ``None``; the
+  sampler repeats it for the rows of a window, so the model sees exactly one condition row per ``x`` row;
 - ``lora_scale`` (PCM samplers only): a float, or a tensor ``(N,)`` with one scale per row. The
   sampler knows nothing about peft; the wrapper that owns the adapter interprets the scale
   (``W = W_0 + lora_scale * dW``).
 
 The output has the shape of ``x`` and is whatever the scheduler's ``prediction_type`` names
-(epsilon, sample or v_prediction).
+(epsilon, sample or v_prediction): a diffusers UNet's output, not a k-diffusion "denoiser" (which
+returns x0). Wrappers that change how the model is called (threads, sharding, classifier-free
+guidance, LoRA scale) are in ``wrappers.py``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from typing import Any, Protocol
 
 import torch
 
-Cond = torch.Tensor | dict[str, torch.Tensor] | None
+Cond = torch.Tensor | dict[str, 'Cond'] | None
 
-__all__ = ["Cond", "Denoiser", "SampleStats", "repeat_cond", "check_cond", "call_denoiser"]
+__all__ = ["Cond", "ModelFn", "SampleStats", "repeat_cond", "check_cond", "call_model"]
 
 
-class Denoiser(Protocol):
+class ModelFn(Protocol):
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, **kwargs: Any) -> torch.Tensor: ...
 
 
@@ -57,9 +59,12 @@ class SampleStats:
 
 
 def check_cond(cond: Cond, batch: int) -> None:
-    """Raise a ValueError unless every tensor of ``cond`` has ``batch`` rows."""
+    """Raise a ValueError unless every tensor of ``cond`` (nested dicts included) has ``batch`` rows."""
     items = cond.items() if isinstance(cond, dict) else [("cond", cond)] if cond is not None else []
     for name, c in items:
+        if isinstance(c, dict):
+            check_cond(c, batch)
+            continue
         if not torch.is_tensor(c) or c.ndim == 0 or c.shape[0] != batch:
             shape = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
             raise ValueError(f"{name} must be a tensor batched along dim 0 with {batch} rows "
@@ -75,10 +80,11 @@ def repeat_cond(cond: Cond, n: int) -> Cond:
     return cond.repeat(n, *([1] * (cond.ndim - 1)))
 
 
-def call_denoiser(denoise: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: Cond, **kw) -> torch.Tensor:
-    """``denoise(x, t, cond, **kw)`` with a shape check on its output."""
-    out = denoise(x, t, cond, **kw)
+def call_model(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: Cond, **kw) -> torch.Tensor:
+    """``model_fn(x, t, cond, **kw)`` with a shape check on its output, returned in ``x``'s dtype (a model
+    may run in float16/bfloat16; the trajectory stays in ``x``'s dtype)."""
+    out = model_fn(x, t, cond, **kw)
     if not torch.is_tensor(out) or out.shape != x.shape:
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ValueError(f"the denoiser must return a tensor shaped like x {tuple(x.shape)}, got {got}")
-    return out
+        raise ValueError(f"the model function must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+    return out.to(x.dtype)

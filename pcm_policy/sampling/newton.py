@@ -18,30 +18,31 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .ddim import ddim_step, draw_noise, make_grid
-from .denoiser import Cond, SampleStats, call_denoiser, check_cond
-from .picard import _check, _tol_scale, initial_trajectory
+from .ddim import Grid, ddim_step, draw_noise
+from .denoiser import Cond, SampleStats, call_model, check_cond
+from .picard import check_args, initial_trajectory, slide, tol_scale
 
 __all__ = ["sample_newton"]
 
 
 @torch.no_grad()
-def sample_newton(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
-                  tol: float = 0.1, max_iters: int | None = None, eta: float = 0.0,
-                  noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                  init: str | torch.Tensor | None = None, return_iterates: bool = False,
-                  return_trajectory: bool = False, solver: str | None = None,
-                  **denoise_kwargs) -> tuple[torch.Tensor, SampleStats]:
-    """Newton's method on Psi(X) = 0, full window. ``denoise_kwargs`` (e.g. ``lora_scale``) pass through.
+def sample_newton(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, tol: float = 0.1,
+                  max_iters: int | None = None, noise: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
+                  return_iterates: bool = False, return_trajectory: bool = False,
+                  **model_kwargs) -> tuple[torch.Tensor, SampleStats]:
+    """Newton's method on Psi(X) = 0, full window (supplement eq. 5-7).
 
-    ``nfe`` counts one per position per iteration (a JVP, or a plain call at the anchor).
+    Args and returns as ``sample_picard`` (no window, TAA or safeguard); ``model_kwargs`` (e.g.
+    ``lora_scale``) pass through to every call. ``nfe`` counts one per position per iteration (a JVP,
+    or a plain call at the anchor). Raises ValueError on bad arguments.
     """
-    grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
+    grid = grid.like(x_T)
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
-    _check(x_T, None, tol, max_iters, "paradigms", init, T)
+    check_args(x_T, None, tol, max_iters, "paradigms", init, T)
     check_cond(cond, B)
     noise_terms = draw_noise(grid, x_T, noise, generator)
-    scale = d * _tol_scale(grid)
+    scale = d * tol_scale(grid)
     X = initial_trajectory(grid, x_T, init)
     stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
 
@@ -49,7 +50,7 @@ def sample_newton(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
         idx = torch.full((B,), i, dtype=torch.long, device=x_T.device)
 
         def F(x):  # F_i(x), noise term included
-            out = call_denoiser(denoise, x, grid.timesteps[idx], cond, **denoise_kwargs)
+            out = call_model(model_fn, x, grid.timesteps[idx], cond, **model_kwargs)
             fx = ddim_step(grid, x, out, idx)
             return fx if noise_terms is None else fx + noise_terms[i]
 
@@ -70,8 +71,7 @@ def sample_newton(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, n
         stats.iterations += 1
         stats.nfe += T - b
         stats.residuals.append(err.max().sqrt().item())
-        bad = (~(err <= tol**2)).any(dim=1).tolist() + [True]
-        b += min(bad.index(True) + 1, T - b)
+        b += slide(err, tol)
         X = Xn
         if return_iterates:
             stats.iterates.append(X.clone())

@@ -17,14 +17,15 @@ sampling's. The schedule must reach 0 (checked), unless ``max_iters`` truncates 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from .ddim import draw_noise, make_grid
-from .denoiser import Cond, SampleStats, call_denoiser, repeat_cond
-from .picard import ANDERSON_MIXING, ANDERSON_WEIGHT, picard_loop
+from .ddim import Grid, draw_noise
+from .denoiser import Cond, SampleStats, call_model, repeat_cond
+from .picard import TAA, picard_loop
 
-__all__ = ["linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm", "schedule_kwargs"]
+__all__ = ["Switch", "linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm"]
 
 Schedule = Callable[[int], float]
 _MAX_K = 100_000
@@ -46,11 +47,22 @@ def linear_schedule(k_on: int, k_off: int) -> Schedule:
     return schedule
 
 
-def schedule_kwargs(stored: dict) -> dict:
-    """``sample_pcm`` / ``make_sampler`` keywords of a stored schedule (``adapter.json``'s ``schedule``:
-    k_on, k_off and optionally space, anderson, safeguard, init; missing ones take their defaults)."""
-    return {"schedule": linear_schedule(stored["k_on"], stored["k_off"]), "space": stored.get("space", "weight"),
-            "anderson": stored.get("anderson", 0), "safeguard": stored.get("safeguard"), "init": stored.get("init")}
+@dataclass(frozen=True)
+class Switch:
+    """A PCM model-switching schedule as a value: lambda(k) = ``linear_schedule(k_on, k_off)`` in
+    ``space`` ("weight": W_0 + lambda dW; "feature": mixed model outputs)."""
+
+    k_on: int = 1
+    k_off: int = 1
+    space: str = "weight"
+
+    def __post_init__(self):
+        linear_schedule(self.k_on, self.k_off)  # validates
+        if self.space not in ("weight", "feature"):
+            raise ValueError(f"space must be 'weight' or 'feature', got {self.space!r}")
+
+    def __call__(self, k: int) -> float:
+        return linear_schedule(self.k_on, self.k_off)(k)
 
 
 def hard_switch(k_switch: int) -> Schedule:
@@ -58,9 +70,9 @@ def hard_switch(k_switch: int) -> Schedule:
     return linear_schedule(k_switch, k_switch)
 
 
-def pcm_evaluator(denoise, schedule: Schedule, space: str = "weight", lambdas: list | None = None):
+def pcm_evaluator(model_fn, schedule: Schedule, space: str = "weight", lambdas: list | None = None):
     """``picard_loop``'s model call for PCM and the lambda it uses: (evaluate, lam_of). Iteration k calls
-    ``denoise`` at lambda = schedule(k), in weight space (``lora_scale=lambda``) or feature space (both
+    ``model_fn`` at lambda = schedule(k), in weight space (``lora_scale=lambda``) or feature space (both
     calls batched, outputs mixed). ``lambdas``, if given, records each iteration's lambda. No
     ``no_grad`` here: PCT's unrolled objective differentiates through it."""
     if space not in ("weight", "feature"):
@@ -79,40 +91,49 @@ def pcm_evaluator(denoise, schedule: Schedule, space: str = "weight", lambdas: l
         if lambdas is not None:
             lambdas.append(lam)
         if space == "weight" or lam in (0.0, 1.0):  # W_0 + lambda dW, one call per position
-            return call_denoiser(denoise, x, t, c, lora_scale=lam), 1
+            return call_model(model_fn, x, t, c, lora_scale=lam), 1
         n = x.shape[0]  # feature space: [adapted rows; base rows] in one call
         scale = torch.cat([x.new_ones(n), x.new_zeros(n)])
         xx, tt, cc = torch.cat([x, x]), torch.cat([t, t]), repeat_cond(c, 2)
-        out = call_denoiser(denoise, xx, tt, cc, lora_scale=scale)
+        out = call_model(model_fn, xx, tt, cc, lora_scale=scale)
         return lam * out[:n] + (1 - lam) * out[n:], 2  # eps = lambda eps_pcm + (1 - lambda) eps_base
 
     return evaluate, lam_of
 
 
 @torch.no_grad()
-def sample_pcm(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
-               schedule: Schedule, window: int | None = None, tol: float = 0.1, space: str = "weight",
-               max_iters: int | None = None, eta: float = 0.0, noise: torch.Tensor | None = None,
+def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, schedule: Schedule,
+               space: str | None = None, window: int | None = None, tol: float = 0.1,
+               max_iters: int | None = None, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
-               form: str = "paradigms", return_iterates: bool = False, return_trajectory: bool = False,
-               safeguard: float | None = None, solver: str | None = None,
-               anderson: int = 0, anderson_weight: float = ANDERSON_WEIGHT,
-               anderson_mixing: float = ANDERSON_MIXING) -> tuple[torch.Tensor, SampleStats]:
-    """PCM: ``sample_picard`` whose denoiser is called with ``lora_scale`` per ``schedule``.
+               form: str = "paradigms", safeguard: float | None = None, taa: TAA | None = None,
+               return_iterates: bool = False, return_trajectory: bool = False) -> tuple[torch.Tensor, SampleStats]:
+    """PCM: ``sample_picard`` whose model function is called with ``lora_scale`` = lambda(k).
 
-    ``denoise(x, t, cond, lora_scale=...)`` must accept a float and, for ``space="feature"``, a
-    tensor (N,) of per-row scales. Other arguments as in ``sample_picard``.
+    Args:
+        model_fn: ``model_fn(x, t, cond, lora_scale=...)``; it must accept a float and, for
+            ``space="feature"``, a per-row tensor ``(N,)`` (``wrappers.LoraScale`` does both).
+        schedule: k -> lambda, e.g. ``Switch(k_on, k_off, space)`` or ``linear_schedule``; must reach 0
+            unless ``max_iters`` is given.
+        space: "weight" or "feature"; default: the schedule's own (a ``Switch``), else "weight".
+        taa: TAA on the base (lambda = 0) iterations; None: plain Picard updates.
+        other arguments: as in ``sample_picard``.
+    Returns:
+        ``(x, stats)`` as ``sample_picard``; ``stats.lambdas`` holds each iteration's lambda.
+    Raises:
+        ValueError: a schedule that never reaches 0 without ``max_iters``, a non-finite lambda, bad space,
+            and everything ``sample_picard`` raises.
     """
+    space = space or getattr(schedule, "space", "weight")
     lambdas: list[float] = []
-    evaluate, lam_of = pcm_evaluator(denoise, schedule, space, lambdas)
+    evaluate, lam_of = pcm_evaluator(model_fn, schedule, space, lambdas)
     if max_iters is None and all(float(schedule(k)) != 0.0 for k in range(_MAX_K)):
         raise ValueError("schedule never reaches lambda = 0, so the base fixed point is never reached; "
                          "use a schedule that ends at 0 or pass max_iters")
-    grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
+    grid = grid.like(x_T)
     x, stats = picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                            noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                            return_iterates=return_iterates, return_trajectory=return_trajectory,
-                           safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0, anderson=anderson,
-                           anderson_weight=anderson_weight, anderson_mixing=anderson_mixing)
+                           safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0, taa=taa)
     stats.lambdas = lambdas
     return x, stats

@@ -22,38 +22,59 @@ Glossary (spec ``pcm.md`` §2; ParaDiGMS, Shih et al. 2023, Alg. 1; PCM suppleme
 
 The window slides to the first position that has not converged (its new value was computed from a
 converged prefix, so it is exact); it always advances by >= 1, so at most T iterations are needed.
-Triangular Anderson acceleration (``anderson=m``, ParaTAA, Tang et al. 2024) with mixing beta
+Triangular Anderson acceleration (``taa=TAA(memory=m, ...)``, ParaTAA, Tang et al. 2024) with mixing beta
 (Walker & Ni 2011): positions after the new anchor take x_j + beta R_j - sum_n gamma_j[n] (dX_j[n] + beta dR_j[n])
 instead of the Picard value x_j + R_j, where R = Picard value - x, dX and dR are the differences of the last
 m iterates and residuals, and gamma_j solves the ridge least squares
 min sum_{i <= j} abar_i^(2w) ||R_i - dR_i gamma||^2 over the window positions i <= j (the ones x_j depends
-on: "triangular"). ``anderson_weight=w`` scales position i's residual by its signal fraction abar_i^w, so
+on: "triangular"). ``TAA.weight=w`` scales position i's residual by its signal fraction abar_i^w, so
 the low-noise end, which becomes the output, is fitted more closely than the noisy start;
-``anderson_mixing=beta`` < 1 damps every step (the first, which has no differences yet, included). w = 0,
-beta = 1 is ParaTAA's update; the defaults w = 1, beta = 0.8 took PushT's mean distance after 5
-iterations from 1.11 to 0.46 px with m = 3 (held-out training-seed conditions; README). The ridge term is
-``anderson_reg`` times the mean diagonal of the Gram matrix (scale-free). The anchor and the prefix keep
+``TAA.mixing=beta`` < 1 damps every step (the first, which has no differences yet, included). w = 0,
+beta = 1 is ParaTAA's update; the defaults (w = 1, beta = 0.8, m = 3) were chosen on held-out PushT
+training-seed conditions (``docs/pusht.md``, ``results/taa_tuning.json``). The ridge term is
+``TAA.reg`` times the mean diagonal of the Gram matrix (scale-free). The anchor and the prefix keep
 their Picard values and convergence is judged on the Picard residual, so the exactness properties and
 the fixed point stay.
 Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
-may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| (c = the
-scheduler's clip range, bounding x0) without changing the fixed point; the anchor and the prefix
-are never touched.
+may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| without changing
+the fixed point; the anchor and the prefix are never touched. c bounds x0: the scheduler's clip range
+with ``clip_sample``, else kappa max|x_T| (unit-scale data such as SD's scaled latents; a loose bound
+only makes the safeguard act less).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from .ddim import Grid, ddim_step, draw_noise, make_grid
-from .denoiser import Cond, SampleStats, call_denoiser, check_cond, repeat_cond
+from .ddim import Grid, ddim_step, draw_noise
+from .denoiser import Cond, SampleStats, call_model, check_cond, repeat_cond
 
-__all__ = ["INITS", "initial_trajectory", "sample_picard", "picard_update", "picard_loop"]
+__all__ = ["INITS", "TAA", "initial_trajectory", "sample_picard", "picard_update", "picard_loop", "slide", "check_args", "tol_scale"]
 
 INITS = ("noise", "prior")
-ANDERSON_WEIGHT, ANDERSON_MIXING = 1.0, 0.8  # TAA's w and beta (module doc), chosen by scripts/tune_taa.py
+
+
+@dataclass(frozen=True)
+class TAA:
+    """Triangular Anderson acceleration settings (module doc): ``memory`` m >= 2 iterates, residual
+    ``weight`` w >= 0 (abar^w), ``mixing`` beta in (0, 1], relative ridge ``reg``. ParaTAA's own update
+    is ``TAA(memory=m, weight=0, mixing=1)``; the defaults are the tuned ones (``scripts/tune_taa.py``)."""
+
+    memory: int = 3
+    weight: float = 1.0
+    mixing: float = 0.8
+    reg: float = 1e-6
+
+    def __post_init__(self):
+        if not isinstance(self.memory, int) or self.memory < 2:
+            raise ValueError(f"TAA memory must be an int >= 2 (use taa=None for plain Picard), got {self.memory!r}")
+        if self.weight < 0 or self.reg < 0:
+            raise ValueError(f"TAA weight and reg must be >= 0, got {self.weight} and {self.reg}")
+        if not 0 < self.mixing <= 1:
+            raise ValueError(f"TAA mixing (beta) must be in (0, 1], got {self.mixing}")
 
 # evaluate(x_rows, t_rows, cond_rows, k) -> (model output, model calls per row)
 Evaluate = Callable[[torch.Tensor, torch.Tensor, Cond, int], tuple[torch.Tensor, int]]
@@ -75,7 +96,7 @@ def picard_update(grid: Grid, xs: torch.Tensor, out: torch.Tensor, b: int, ancho
     return anchor + torch.cumsum(fx - xs, dim=0)  # Picard: x_j = x_b + cumsum of drifts
 
 
-def _check(x_T, window, tol, max_iters, form, init, T):
+def check_args(x_T, window, tol, max_iters, form, init, T):
     if x_T.ndim < 1:
         raise ValueError("x_T must be batched: shape (B, ...)")
     if window is not None and window < 1:
@@ -114,7 +135,7 @@ def initial_trajectory(grid: Grid, x_T: torch.Tensor, init: str | torch.Tensor |
     return X
 
 
-def _tol_scale(grid: Grid) -> torch.Tensor:
+def tol_scale(grid: Grid) -> torch.Tensor:
     """d-free part of the tolerance denominator for positions 0..T: sigma_j^2, zeros floored."""
     var = torch.cat([grid.var, grid.var[-1:]])  # position j -> step min(j, T-1)
     pos = var[var > 0]
@@ -123,12 +144,12 @@ def _tol_scale(grid: Grid) -> torch.Tensor:
 
 def _bound(grid: Grid, x_T: torch.Tensor, kappa: float) -> torch.Tensor:
     """Safeguard bound for positions 0..T, shape (T+1, B, 1, ...)."""
-    if grid.clip is None:
-        raise ValueError("the iterate safeguard needs a bounded x0: configure the scheduler with "
-                         "clip_sample=True")
+    if kappa <= 0:
+        raise ValueError(f"safeguard (kappa) must be > 0 or None, got {kappa}")
     abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).view(-1, 1, *([1] * (x_T.ndim - 1)))
     m = kappa * x_T.abs().flatten(1).amax(1).view(1, -1, *([1] * (x_T.ndim - 1)))
-    return abar**0.5 * grid.clip + (1 - abar) ** 0.5 * m
+    c = grid.clip if grid.clip is not None else m  # a bound on x0
+    return abar**0.5 * c + (1 - abar) ** 0.5 * m
 
 
 def _anderson(hist: list, count: torch.Tensor, b: int, e: int, reg: float, weight: torch.Tensor,
@@ -160,32 +181,35 @@ def _anderson(hist: list, count: torch.Tensor, b: int, e: int, reg: float, weigh
     return corr.view_as(R_last).to(R_last.dtype) + (1 - beta) * R_last
 
 
+def slide(err: torch.Tensor, tol: float) -> int:
+    """How far the anchor moves: 1 + the number of leading window positions whose scaled change
+    ``err`` (L, B) is within ``tol`` for every sample (NaN/inf count as not converged), at most L."""
+    bad = (~(err <= tol**2)).any(dim=1).tolist() + [True]
+    return min(bad.index(True) + 1, err.shape[0])
+
+
 def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
                 init=None, form="paradigms", return_iterates=False, return_trajectory=False,
-                safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, anderson: int = 0,
-                anderson_weight: float = ANDERSON_WEIGHT, anderson_mixing: float = ANDERSON_MIXING,
-                anderson_reg: float = 1e-6):
+                safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, taa: TAA | None = None):
     """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``.
 
-    ``may_slide(k)`` says whether iteration k (0-based) may move the anchor (PCM: only base-model
-    iterations may, so the fixed point stays the base model's). ``anderson=m >= 2``: triangular
-    Anderson acceleration with the last m iterates, residuals weighted by abar^``anderson_weight``, mixing
-    ``anderson_mixing`` (module doc); 0 or 1: plain Picard.
+    ``evaluate(x_rows, t_rows, cond_rows, k) -> (model output, calls per row)`` is iteration k's model
+    call. ``may_slide(k)`` says whether iteration k (0-based) may move the anchor (PCM: only base-model
+    iterations may, so the fixed point stays the base model's). ``taa``: triangular Anderson
+    acceleration (module doc); None: plain Picard. Differentiable when grad is enabled (PCT unrolls it).
     """
-    if anderson < 0 or anderson_reg < 0 or anderson_weight < 0:
-        raise ValueError(f"anderson, anderson_weight and anderson_reg must be >= 0, got {anderson}, {anderson_weight} "
-                         f"and {anderson_reg}")
-    if not 0 < anderson_mixing <= 1:
-        raise ValueError(f"anderson_mixing (beta) must be in (0, 1], got {anderson_mixing}")
+    if taa is not None and not isinstance(taa, TAA):
+        raise ValueError(f"taa must be a TAA(...) or None, got {taa!r}")
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
-    _check(x_T, window, tol, max_iters, form, init, T)
+    check_args(x_T, window, tol, max_iters, form, init, T)
     check_cond(cond, B)
     p = T if window is None else min(window, T)
     X = initial_trajectory(grid, x_T, init)
     copy_exposed = _is_noise(init)
-    scale = d * _tol_scale(grid)
+    scale = d * tol_scale(grid)
     bound = None if safeguard is None else _bound(grid, x_T, safeguard)
-    aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T.device) ** anderson_weight if anderson >= 2 else None
+    m = taa.memory if taa is not None else 0
+    aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T.device) ** taa.weight if taa is not None else None
     stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
     hist, count = [], torch.zeros(T + 1, dtype=torch.long, device=x_T.device)  # Anderson memory
     b, e = 0, p
@@ -201,21 +225,20 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         err = (new - X[b + 1:e + 1]).flatten(2).pow(2).sum(-1) / scale[b + 1:e + 1, None]  # (L, B)
         if torch.is_grad_enabled():  # differentiable (PCT unrolls it): leave the tensors autograd saved intact
             X = X.clone()
-        if anderson >= 2:
+        if taa is not None:
             R = torch.zeros_like(X)
             R[b + 1:e + 1] = new - X[b + 1:e + 1]
-            count[b + 1:e + 1] = (count[b + 1:e + 1] + 1).clamp(max=anderson)
-            hist = (hist + [(X.clone(), R)])[-anderson:]
+            count[b + 1:e + 1] = (count[b + 1:e + 1] + 1).clamp(max=m)
+            hist = (hist + [(X.clone(), R)])[-m:]
         X[b + 1:e + 1] = new
         stats.iterations += 1
         stats.nfe += L * calls
         stats.residuals.append(err.max().sqrt().item())
         new_b = b
         if may_slide(k):  # slide to the first position that has not converged (>= 1 step)
-            bad = (~(err <= tol**2)).any(dim=1).tolist() + [True]  # NaN/inf: not converged
-            new_b = b + min(bad.index(True) + 1, L)
-        if anderson >= 2 and new_b < e:  # TAA on the positions after the new anchor only
-            corr = _anderson(hist, count, b, e, anderson_reg, aweight, anderson_mixing)
+            new_b = b + slide(err, tol)
+        if taa is not None and new_b < e:  # TAA on the positions after the new anchor only
+            corr = _anderson(hist, count, b, e, taa.reg, aweight, taa.mixing)
             if corr is not None:
                 X[new_b + 1:e + 1] -= corr[new_b - b:]
         new_e = min(new_b + p, T)
@@ -236,32 +259,38 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
 
 
 @torch.no_grad()
-def sample_picard(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
-                  window: int | None = None, tol: float = 0.1, max_iters: int | None = None,
-                  eta: float = 0.0, noise: torch.Tensor | None = None,
+def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, window: int | None = None,
+                  tol: float = 0.1, max_iters: int | None = None, noise: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
-                  form: str = "paradigms", return_iterates: bool = False,
-                  return_trajectory: bool = False, safeguard: float | None = None,
-                  solver: str | None = None, anderson: int = 0,
-                  anderson_weight: float = ANDERSON_WEIGHT,
-                  anderson_mixing: float = ANDERSON_MIXING) -> tuple[torch.Tensor, SampleStats]:
-    """Parallel sampling by windowed Picard iteration; converges to sequential sampling's output.
-    ``anderson=m >= 2``: ParaTAA's triangular Anderson acceleration with memory m, residuals weighted
-    by abar^``anderson_weight``, mixing ``anderson_mixing`` (0 and 1: ParaTAA's own update; module doc).
+                  form: str = "paradigms", safeguard: float | None = None, taa: TAA | None = None,
+                  return_iterates: bool = False, return_trajectory: bool = False) -> tuple[torch.Tensor, SampleStats]:
+    """Parallel sampling by windowed Picard iteration (ParaDiGMS Alg. 1); converges to ``sample_sequential``'s
+    output on the same grid and noise.
 
-    ``window=None`` is the full window (T). ``noise`` (standard normal, ``(T, *x_T.shape)``) or
-    ``generator`` fixes a stochastic solver's noise before the loop (DDPM, DDIM eta > 0).
-    ``init``: "noise" (default), "prior", an x0 guess shaped like x_T, or a trajectory X^0
-    ``(T+1, *x_T.shape)`` (module doc); position 0 is always x_T. Except with "noise" (where they start
-    from the last window value) later positions are kept as they are when the window exposes them.
+    Args:
+        model_fn, x_T, cond, grid, noise, generator: as in ``sample_sequential``; T = ``len(grid)``.
+        window: p positions per batched call (default: all T).
+        tol: tau of the tolerance rule (module doc); 0 runs until the window has slid to T.
+        max_iters: stop after this many iterations (``stats.converged`` False if not done).
+        taa: triangular Anderson acceleration (``TAA``); None: plain Picard updates.
+        safeguard: kappa of the iterate safeguard (module doc); None: off.
+        init: X^0: "noise" (default), "prior", an x0 guess shaped like x_T, or a trajectory
+            ``(T+1, *x_T.shape)`` (module doc); position 0 is always x_T. Except with "noise" (where they
+            start from the last window value) later positions are kept as they are when the window
+            exposes them.
+        form: "paradigms" (cumulative sum) or "chain" (supplement eq. 1); same fixed point.
+        return_iterates, return_trajectory: keep every iterate / the final trajectory in ``stats``.
+    Returns:
+        ``(x, stats)``: X[T] shaped like ``x_T`` and ``SampleStats``.
+    Raises:
+        ValueError: bad window, tol, max_iters, form, init, taa or safeguard, or a mis-shaped condition.
     """
-    grid = make_grid(scheduler, num_steps, solver=solver, eta=eta, device=x_T.device, dtype=x_T.dtype)
+    grid = grid.like(x_T)
 
     def evaluate(x, t, c, k):
-        return call_denoiser(denoise, x, t, c), 1
+        return call_model(model_fn, x, t, c), 1
 
     return picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                        noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                        return_iterates=return_iterates, return_trajectory=return_trajectory,
-                       safeguard=safeguard, anderson=anderson, anderson_weight=anderson_weight,
-                       anderson_mixing=anderson_mixing)
+                       safeguard=safeguard, taa=taa)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from .denoiser import Cond, SampleStats, call_denoiser, check_cond
+from .denoiser import Cond, SampleStats, call_model, check_cond
 
 __all__ = ["sample_with_scheduler"]
 
 
 @torch.no_grad()
-def sample_with_scheduler(denoise, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
+def sample_with_scheduler(model_fn, x_T: torch.Tensor, cond: Cond = None, *, scheduler, num_steps: int,
                           generator: torch.Generator | None = None) -> tuple[torch.Tensor, SampleStats]:
     """``num_steps`` calls of ``scheduler.step``, one model call each."""
     if num_steps < 1:
@@ -27,7 +27,7 @@ def sample_with_scheduler(denoise, x_T: torch.Tensor, cond: Cond = None, *, sche
     for t in scheduler.timesteps:
         t_rows = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         x_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-        out = scheduler.step(call_denoiser(denoise, x_in, t_rows, cond), t, x, generator=generator)
+        out = scheduler.step(call_model(model_fn, x_in, t_rows, cond), t, x, generator=generator)
         x = out.prev_sample if hasattr(out, "prev_sample") else out[0]
     n = len(scheduler.timesteps)
     return x, SampleStats(iterations=n, nfe=n)

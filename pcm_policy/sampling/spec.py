@@ -1,0 +1,219 @@
+"""A sampler and its settings as one value (``SamplerSpec``), and the one factory from spec to sampler.
+
+    ddim       sequential DDIM over T = ``num_steps`` steps; ``k`` truncates after k steps (the paper's
+               "Sequential" at equal k)
+    ddim-k     DDIM re-discretised to ``k`` steps (a different, coarser solver)
+    ddpm       sequential ancestral DDPM over every training timestep (``num_steps`` None)
+    dpmsolver  a diffusers multistep solver's own ``step`` (DPM-Solver++); its scheduler is passed in
+    picard     Picard iteration over the T-step DDIM trajectory (ParaDiGMS)
+    taa        Picard with triangular Anderson acceleration (``TAA()``), the "prior" first iterate and the
+               iterate safeguard kappa = 1: training-free
+    pcm        Picard with model switching: lambda(k) from ``switch`` (an adapter's own spec in practice)
+    newton     Newton emulation with JVPs (a reference curve, not a fast sampler)
+
+For the iterative samplers ``k`` caps the iterations and ``tol`` stops them earlier. The CLI, an
+adapter's ``adapter.json`` (key ``sampler``), the evaluation cache key and the benchmarks all read and
+write this value (``to_dict`` / ``from_dict`` / ``key``); a sampler's defaults live in ``DEFAULTS`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import torch
+
+from .ddim import Grid, sample_sequential, step_grid
+from .denoiser import Cond, SampleStats
+from .newton import sample_newton
+from .pcm import Switch, sample_pcm
+from .picard import INITS, TAA, sample_picard
+from .scheduler_loop import sample_with_scheduler
+
+__all__ = ["DEFAULTS", "ITERATIVE", "SAMPLERS", "Sampler", "SamplerSpec", "make_sampler"]
+
+SAMPLERS = ("ddim", "ddim-k", "ddpm", "dpmsolver", "picard", "taa", "pcm", "newton")
+ITERATIVE = ("picard", "taa", "pcm", "newton")  # take tol, init, k as an iteration budget
+# Per-sampler defaults, written once. TAA's (memory 3, weight 1, mixing 0.8, prior init, safeguard 1) were
+# chosen on held-out PushT training-seed conditions (scripts/tune_taa.py, docs/pusht.md).
+DEFAULTS: dict[str, dict] = {
+    "ddpm": {"num_steps": None},
+    "taa": {"taa": TAA(), "init": "prior", "safeguard": 1.0},
+    "pcm": {"switch": Switch(1, 1)},
+}
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler and its settings (module doc). Frozen and hashable; ``key()`` is a stable string.
+
+    Attributes:
+        name: one of ``SAMPLERS``.
+        num_steps: T, the DDIM steps of the trajectory (None for ddpm: every training timestep).
+        k: iteration budget (iterative samplers), truncation (ddim, ddpm) or step count (ddim-k).
+        tol: tolerance tau of Picard's convergence rule (iterative samplers).
+        window: Picard window p (None: all T).
+        init: first Picard iterate, "noise" or "prior" (None: "noise").
+        safeguard: iterate safeguard kappa (None: off).
+        taa: triangular Anderson acceleration of the base iterations (None: plain Picard updates).
+        switch: PCM's lambda schedule (pcm only).
+    """
+
+    name: str
+    num_steps: int | None = 50
+    k: int | None = None
+    tol: float = 0.1
+    window: int | None = None
+    init: str | None = None
+    safeguard: float | None = None
+    taa: TAA | None = None
+    switch: Switch | None = None
+
+    def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.name == "ddim-k" and self.k is None:
+            raise ValueError("ddim-k needs k, the number of re-discretised DDIM steps")
+        if self.tol < 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol}")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be >= 1 (or None for all T steps), got {self.window}")
+        if self.init is not None and self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.safeguard is not None and self.safeguard <= 0:
+            raise ValueError(f"safeguard (kappa) must be > 0, got {self.safeguard}")
+        if self.name == "pcm" and self.switch is None:
+            raise ValueError("pcm needs a switch (lambda schedule); use SamplerSpec.named('pcm', ...)")
+        if self.name in ITERATIVE and self.k is not None and self.num_steps is not None and self.k > self.num_steps:
+            raise ValueError(f"k = {self.k} iterations is more than {self.name} can use: it converges exactly "
+                             f"within T = {self.num_steps}; use k <= {self.num_steps}")
+        if self.name in ("ddim", "ddpm") and self.k is not None and self.num_steps is not None \
+                and self.k > self.num_steps:
+            raise ValueError(f"k = {self.k} truncates {self.name} after more than its T = {self.num_steps} steps; "
+                             f"use k <= {self.num_steps} (or ddim-k for a k-step DDIM)")
+
+    @classmethod
+    def named(cls, name: str, **overrides) -> SamplerSpec:
+        """The spec of ``name`` with its defaults (``DEFAULTS``), then every override that is not None."""
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        return cls(name=name, **{**DEFAULTS.get(name, {}), **{k: v for k, v in overrides.items() if v is not None}})
+
+    def replace(self, **changes) -> SamplerSpec:
+        """A copy with ``changes`` (None values included: they switch a setting off)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SamplerSpec:
+        """Inverse of ``to_dict``. Also reads the schedule dict of adapters written before specs
+        ({"k_on", "k_off", "space", "anderson": memory, "safeguard", "init"}) as a pcm spec."""
+        d = dict(d)
+        if "name" not in d and "k_on" in d:  # an old adapter.json "schedule"
+            m = d.get("anderson", 0)
+            return cls(name="pcm", switch=Switch(d["k_on"], d["k_off"], d.get("space", "weight")),
+                       taa=TAA(memory=m) if m >= 2 else None, safeguard=d.get("safeguard"), init=d.get("init"))
+        if d.get("taa") is not None:
+            d["taa"] = TAA(**d["taa"])
+        if d.get("switch") is not None:
+            d["switch"] = Switch(**d["switch"])
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown sampler spec fields {sorted(unknown)}")
+        return cls(**d)
+
+    def key(self) -> str:
+        """A stable string of every setting (a result cache's key)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def label(self) -> str:
+        """A short human label, e.g. ``pcm k=4``."""
+        return self.name + (f" k={self.k}" if self.k else "")
+
+
+class Sampler:
+    """A ready-to-call sampler: ``sampler(model_fn, x_T, cond=None, **kw) -> (x_0, SampleStats)``.
+
+    The step grid is computed once here (and moved once per device). ``kw``: ``noise`` / ``generator``
+    (stochastic grids, dpmsolver), ``init`` (iterative samplers: overrides the spec's, e.g. a warm
+    start), ``return_iterates`` / ``return_trajectory``.
+    """
+
+    def __init__(self, spec: SamplerSpec, grid: Grid | None, solver_scheduler=None):
+        self.spec, self.grid, self.solver_scheduler = spec, grid, solver_scheduler
+        self._grids: dict = {}
+
+    def _grid(self, x: torch.Tensor) -> Grid:
+        key = (x.device, x.dtype == torch.float64)
+        if key not in self._grids:
+            self._grids[key] = self.grid.like(x)
+        return self._grids[key]
+
+    def __call__(self, model_fn, x_T: torch.Tensor, cond: Cond = None, **kw) -> tuple[torch.Tensor, SampleStats]:
+        s = self.spec
+        if s.name == "dpmsolver":
+            kw.pop("init", None)
+            return sample_with_scheduler(model_fn, x_T, cond, scheduler=self.solver_scheduler,
+                                         num_steps=s.k or s.num_steps, **kw)
+        grid = self._grid(x_T)
+        if s.name in ("ddim", "ddim-k", "ddpm"):
+            kw.pop("init", None)
+            return sample_sequential(model_fn, x_T, cond, grid=grid, truncate=None if s.name == "ddim-k" else s.k,
+                                     **kw)
+        kw.setdefault("init", s.init)
+        common = dict(grid=grid, tol=s.tol, max_iters=s.k, **kw)
+        if s.name == "newton":
+            return sample_newton(model_fn, x_T, cond, **common)
+        if s.name == "pcm":
+            return sample_pcm(model_fn, x_T, cond, schedule=s.switch, window=s.window, safeguard=s.safeguard,
+                              taa=s.taa, **common)
+        return sample_picard(model_fn, x_T, cond, window=s.window, safeguard=s.safeguard, taa=s.taa, **common)
+
+    def __repr__(self) -> str:
+        return f"Sampler({self.spec})"
+
+
+def make_sampler(spec: SamplerSpec | str, scheduler, *, solver_scheduler=None, **overrides) -> Sampler:
+    """The sampler of ``spec`` on ``scheduler``'s noise schedule.
+
+    Args:
+        spec: a ``SamplerSpec``, or a sampler name (then ``SamplerSpec.named(name, **overrides)``).
+        scheduler: a configured diffusers DDIM/DDPM scheduler, read for its noise schedule
+            (``ddim.step_grid``). DDIM is solved on it unless the spec is ddpm.
+        solver_scheduler: dpmsolver only, the diffusers multistep scheduler to step with (e.g.
+            ``DPMSolverMultistepScheduler.from_config(scheduler.config)``).
+    Returns:
+        a ``Sampler``.
+    Raises:
+        ValueError: a bad spec, num_steps or k outside the scheduler's training timesteps, or
+            dpmsolver without ``solver_scheduler``.
+    """
+    spec = SamplerSpec.named(spec, **overrides) if isinstance(spec, str) else spec
+    if not isinstance(spec, SamplerSpec):
+        raise ValueError(f"spec must be a SamplerSpec or a sampler name, got {spec!r}")
+    n_train = int(scheduler.config.num_train_timesteps)
+    for what, v in (("num_steps", spec.num_steps), ("ddim-k's k", spec.k if spec.name == "ddim-k" else None)):
+        if v is not None and v > n_train:
+            raise ValueError(f"{what} = {v} is more than the scheduler's {n_train} training timesteps; "
+                             f"use 1..{n_train}")
+    if spec.name == "dpmsolver":
+        if solver_scheduler is None:
+            raise ValueError("dpmsolver needs solver_scheduler (e.g. DPMSolverMultistepScheduler.from_config)")
+        return Sampler(spec, None, solver_scheduler)
+    if spec.name == "ddpm":
+        grid = step_grid(scheduler, spec.num_steps or n_train, solver="ddpm")
+    elif spec.name == "ddim-k":
+        grid = step_grid(scheduler, spec.k, solver="ddim")
+    else:
+        grid = step_grid(scheduler, spec.num_steps, solver="ddim")
+    if spec.name == "ddpm" and spec.k is not None and spec.k > len(grid):
+        raise ValueError(f"k = {spec.k} truncates ddpm after more than its {len(grid)} steps")
+    return Sampler(spec, grid)
