@@ -82,7 +82,8 @@ def _missing(root: Path, name: str, cls: str) -> list[str]:
     kinds = _TRANSFORMERS_WEIGHTS if name == "text_encoder" else (_DIFFUSERS_WEIGHTS,)
     if not _weights(sub, kinds)[0]:
         files = " or ".join(f"{stem}.{ext}" for stem, exts in kinds for ext in exts)
-        out.append(f"{name}/{files} (weights{'; the config is there, the download looks unfinished' if not out else ''})")
+        why = "; the config is there, the download looks unfinished" if not out else ""
+        out.append(f"{name}/{files} (weights{why})")
     return out
 
 

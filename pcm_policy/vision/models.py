@@ -100,7 +100,8 @@ def add_attention_lora(unet: torch.nn.Module, rank: int = 4, alpha: float | None
                          target_modules=ATTENTION_TARGETS)
 
 
-def save_adapter_folder(unet: torch.nn.Module, folder: str | Path, spec: SamplerSpec, extra: dict | None = None) -> Path:
+def save_adapter_folder(unet: torch.nn.Module, folder: str | Path, spec: SamplerSpec,
+                        extra: dict | None = None) -> Path:
     """Write a PCM adapter folder: ``adapter.safetensors`` (LoRA tensors alone, ``pcm_policy.lora``) and
     ``adapter.json`` = ``{"sampler": spec.to_dict(), **extra}``, each written to a temporary name first."""
     folder = Path(folder)
