@@ -35,13 +35,20 @@ def _bytes_to_unicode() -> list[str]:
 
 def clip_byte_tokenizer(max_length: int = 77):
     """A ``CLIPTokenizer`` with a byte-level vocabulary (each byte, alone and word-final) and the two
-    special tokens, no merges: 514 tokens, ids 512 (<|startoftext|>) and 513 (<|endoftext|>)."""
+    special tokens, no merges: 514 tokens, ids 512 (<|startoftext|>) and 513 (<|endoftext|>). Built from
+    vocab.json + merges.txt files, as SD v1.4's tokenizer folder holds them."""
+    import tempfile
+
     from transformers import CLIPTokenizer
 
     chars = _bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": 256 + i for i, c in enumerate(chars)}
     vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        (Path(tmp) / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_length}))
+        return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
 
 
 def tiny_ldm_pipeline(seed: int = 0, sample_size: int = 8):
