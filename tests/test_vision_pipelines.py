@@ -91,6 +91,7 @@ def test_encode_prompts_equals_pipeline_encode_prompt(sd_dir):  # noqa: F811
     assert torch.equal(cond["uncond"]["encoder_hidden_states"], neg)
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
 @pytest.mark.parametrize("family", ["ldm", "sd"])
 def test_dpmsolver_equals_pipeline_with_dpmsolver(dirs, family):  # noqa: F811
     from diffusers import DPMSolverMultistepScheduler

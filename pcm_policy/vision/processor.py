@@ -53,7 +53,8 @@ def encode_prompts(model: ImageModel, prompts: Sequence[str], negative_prompt: s
     """Text embeddings for classifier-free guidance, as ``StableDiffusionPipeline.encode_prompt``.
 
     Each prompt is tokenized padded/truncated to ``tokenizer.model_max_length`` and encoded by the
-    text encoder (its last hidden state). Distinct strings are encoded once.
+    text encoder (its last hidden state). Distinct strings are encoded once; prompts and negative
+    prompts in separate calls, as the pipeline does.
 
     Args:
         model: a text-conditional ``ImageModel``.
@@ -73,17 +74,17 @@ def encode_prompts(model: ImageModel, prompts: Sequence[str], negative_prompt: s
     negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negs) != len(prompts):
         raise ValueError(f"got {len(negs)} negative prompts for {len(prompts)} prompts")
-    unique = sorted(set(prompts) | set(negs))
-    tok = model.tokenizer(unique, padding="max_length", max_length=model.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt")
     device = next(model.text_encoder.parameters()).device
-    emb = model.text_encoder(tok.input_ids.to(device))[0]
-    row = {p: i for i, p in enumerate(unique)}
 
-    def rows(ps):
-        return {"encoder_hidden_states": emb[torch.tensor([row[p] for p in ps], device=device)]}
+    def embed(ps):  # distinct strings once, in one call (a single prompt: the pipeline's own batch of 1)
+        unique = list(dict.fromkeys(ps))
+        tok = model.tokenizer(unique, padding="max_length", max_length=model.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt")
+        emb = model.text_encoder(tok.input_ids.to(device))[0]
+        rows = torch.tensor([unique.index(p) for p in ps], device=device)
+        return {"encoder_hidden_states": emb[rows]}
 
-    return {"cond": rows(prompts), "uncond": rows(negs)}
+    return {"cond": embed(prompts), "uncond": embed(negs)}
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
