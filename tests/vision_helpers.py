@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pcm_policy.vision import add_attention_lora, load_model  # noqa: E402
+from pcm_policy.vision import add_attention_lora  # noqa: E402
 from pcm_policy.vision.tiny import save_tiny  # noqa: E402
 
 
@@ -45,7 +45,3 @@ def with_random_lora(model, seed: int = 1, std: float = 0.05):
             if "lora_" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
-
-
-def load(path, **kw):
-    return load_model(path, **kw)
