@@ -1,0 +1,31 @@
+"""The image task: LDM-CelebA and Stable Diffusion v1.4 on the sampler core (spec ``vision.md``).
+
+    loaders    the two real folder layouts, local files only -> ``ImageModel``
+    models     UNet adapters into the sampler protocol, CFG + LoRA scale, attention LoRA, adapter folders
+    processor  prompts -> embeddings, seeds -> x_T, latents -> uint8 images (as the diffusers pipelines)
+    generate   one call from a folder to images + stats; ``save_generation`` writes them
+    bench      ms per sequential step vs one Picard window call
+    tiny       tiny random pipelines in both layouts (tests, benchmarks)
+
+Imports diffusers (and transformers for sd) where used.
+"""
+
+from .generate import NO_MODEL, Generation, build_spec, generate, grid_image, save_generation
+from .loaders import LAYOUTS, ImageModel, ModelFolderError, check_folder, load_model, parse_dtype
+from .models import (
+    ATTENTION_TARGETS,
+    TextUNetFn,
+    UNetFn,
+    add_attention_lora,
+    load_adapter_folder,
+    model_function,
+    save_adapter_folder,
+)
+from .processor import decode_latents, encode_prompts, initial_latents, seeds_for, to_uint8
+
+__all__ = [
+    "ATTENTION_TARGETS", "LAYOUTS", "NO_MODEL", "Generation", "ImageModel", "ModelFolderError", "TextUNetFn",
+    "UNetFn", "add_attention_lora", "build_spec", "check_folder", "decode_latents", "encode_prompts", "generate",
+    "grid_image", "initial_latents", "load_adapter_folder", "load_model", "model_function", "parse_dtype",
+    "save_adapter_folder", "save_generation", "seeds_for", "to_uint8",
+]

@@ -1,0 +1,127 @@
+"""What one Picard iteration costs next to one sequential step, on this machine (``scripts/vision/bench_window.py``).
+
+A sequential DDIM step is one model call on B rows plus the step; a Picard iteration at window p is
+ONE call on p*B rows (CFG doubles both inside the model function) plus the cumulative-sum update
+(ParaDiGMS Alg. 1). Picard pays off when ``ratio = ms(window p) / ms(sequential step)`` stays well
+below p: with k iterations instead of T steps, the wall-clock speed-up is about T / (k * ratio). All
+calls are timed interleaved, repeat by repeat, in one process (side by side), and the median is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..sampling import Grid, ddim_step, picard_update, repeat_cond
+from ..sampling.denoiser import Cond, call_model
+
+__all__ = ["bench_window", "time_interleaved"]
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int = 3,
+                     warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times in ms of each call; every repeat runs all calls once, in order (so load that comes and
+    goes hits every call alike).
+
+    Args:
+        calls: name -> a function of no arguments.
+        repeats: timed rounds (>= 1); warmup: untimed rounds first.
+    Returns:
+        name -> ``repeats`` times in ms.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(warmup + repeats):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+@torch.no_grad()
+def bench_window(model_fn, x_T: torch.Tensor, cond: Cond, grid: Grid, windows: Sequence[int], repeats: int = 3,
+                 warmup: int = 1) -> dict:
+    """ms per sequential step vs one Picard iteration at each window, for one model.
+
+    Args:
+        model_fn: a sampler-protocol model function (CFG inside it doubles every call).
+        x_T: ``(B, ...)``; cond: its condition (B rows).
+        grid: the step grid (``step_grid``); windows above T are capped at T.
+        windows: window sizes p.
+    Returns:
+        ``{"batch": B, "num_steps": T, "ms": {"sequential": ms, "window=p": ms, ...} (medians), "ms_min",
+        "ratio": {"window=p": ms / sequential ms}, "break_even_iterations": {"window=p": T / ratio}}``:
+        Picard at window p beats sequential when it needs fewer than ``T / ratio`` iterations.
+    """
+    grid = grid.like(x_T)
+    B, T = x_T.shape[0], len(grid)
+    idx0 = torch.zeros(B, dtype=torch.long)
+
+    def sequential():
+        return ddim_step(grid, x_T, call_model(model_fn, x_T, grid.timesteps[idx0], cond), idx0)
+
+    def picard(p):
+        xs = x_T.expand(p, *x_T.shape).contiguous()  # X[0:p], one window
+        t = grid.timesteps[:p].repeat_interleave(B)
+        out = call_model(model_fn, xs.flatten(0, 1), t, repeat_cond(cond, p))
+        return picard_update(grid, xs, out, 0, x_T)
+
+    ps = sorted({min(p, T) for p in windows})
+    calls = {"sequential": sequential} | {f"window={p}": (lambda p=p: picard(p)) for p in ps}
+    times = time_interleaved(calls, repeats, warmup)
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    ratio = {k: v / ms["sequential"] for k, v in ms.items() if k != "sequential"}
+    return {"batch": B, "num_steps": T, "ms": ms, "ms_min": {k: min(v) for k, v in times.items()}, "ratio": ratio,
+            "break_even_iterations": {k: T / r for k, r in ratio.items()}}
+
+
+def bench_models(windows: Sequence[int] = (4, 8, 16), repeats: int = 3, batch: int = 1, mid_size: int = 16,
+                 guidance: float = 7.5, progress: bool = True) -> dict:
+    """``bench_window`` for the tiny LDM (T = 50, the paper's LDM-CelebA T), the tiny SD and a mid-sized
+    random ``UNet2DConditionModel`` (T = 30, SD v1.4's; CFG doubling), windows ``windows`` and T.
+
+    Random weights: only the timings mean something. Returns ``{name: bench_window result + "params"}``
+    plus a ``"setup"`` entry (threads, torch version, batch, guidance).
+    """
+    import tempfile
+
+    from diffusers import DDIMScheduler
+
+    from ..sampling import ClassifierFreeGuidance, LoraScale, step_grid
+    from .loaders import load_model
+    from .models import TextUNetFn, model_function
+    from .processor import encode_prompts, initial_latents
+    from .tiny import SD_SCHEDULER, mid_text_unet, save_tiny
+
+    results = {"setup": {"threads": torch.get_num_threads(), "torch": torch.__version__, "batch": batch,
+                         "guidance": guidance, "repeats": repeats, "note": "random weights: timings only",
+                         "load_average_before": os.getloadavg()}}
+    seeds = list(range(batch))
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, T in (("ldm", 50), ("sd", 30)):
+            m = load_model(save_tiny(family, f"{tmp}/{family}"))
+            cond = encode_prompts(m, ["a photo of a cat"] * batch) if m.conditional else None
+            res = bench_window(model_function(m, guidance), initial_latents(m, seeds), cond,
+                               step_grid(m.scheduler, T), [*windows, T], repeats)
+            results[f"tiny_{family}"] = {"params": sum(p.numel() for p in m.unet.parameters()), **res}
+            if progress:
+                print(f"tiny_{family} done", flush=True)
+    unet = mid_text_unet(sample_size=mid_size)
+    fn = ClassifierFreeGuidance(LoraScale(TextUNetFn(unet), unet), guidance)
+    g = torch.Generator().manual_seed(0)
+    dim = unet.config.cross_attention_dim
+    cond = {h: {"encoder_hidden_states": torch.randn(batch, 77, dim, generator=g)} for h in ("cond", "uncond")}
+    sched = DDIMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "skip_prk_steps"}, clip_sample=False)
+    x_T = torch.randn(batch, 4, mid_size, mid_size, generator=g)
+    res = bench_window(fn, x_T, cond, step_grid(sched, 30), [*windows, 30], repeats)
+    results["mid_sd_unet"] = {"params": sum(p.numel() for p in unet.parameters()), "latent": [4, mid_size, mid_size],
+                              **res}
+    results["setup"]["load_average_after"] = os.getloadavg()
+    return results
