@@ -25,7 +25,7 @@ import torch
 
 Cond = torch.Tensor | dict[str, 'Cond'] | None
 
-__all__ = ["Cond", "ModelFn", "SampleStats", "repeat_cond", "check_cond", "call_model"]
+__all__ = ["Cond", "ModelFn", "SampleStats", "call_model", "check_cond", "index_cond", "repeat_cond"]
 
 
 class ModelFn(Protocol):
@@ -69,6 +69,15 @@ def check_cond(cond: Cond, batch: int) -> None:
             shape = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
             raise ValueError(f"{name} must be a tensor batched along dim 0 with {batch} rows "
                              f"(one per sample of x_T), got {shape}")
+
+
+def index_cond(cond: Cond, idx) -> Cond:
+    """Rows ``idx`` (an index, slice or index tensor) of every tensor in ``cond`` (None stays None)."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: index_cond(v, idx) for k, v in cond.items()}
+    return cond[idx]
 
 
 def repeat_cond(cond: Cond, n: int) -> Cond:

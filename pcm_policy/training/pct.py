@@ -26,6 +26,7 @@ from ..sampling import (
     TAA,
     SamplerSpec,
     Switch,
+    index_cond,
     pcm_evaluator,
     picard_loop,
     picard_update,
@@ -100,14 +101,14 @@ def pcm_distances(model_fn, grid, cond, x_T, target, spec: SamplerSpec | None, k
     ``spec=None`` is plain Picard (lambda = 0 throughout)."""
     spec = spec or SamplerSpec.named("pcm", switch=Switch(0, 0))
     total = torch.zeros(k_max, dtype=torch.float64)
-    for i0 in range(0, len(cond), batch):
+    for i0 in range(0, len(x_T), batch):
         sl = slice(i0, i0 + batch)
-        _, st = sample_pcm(model_fn, x_T[sl], cond[sl], grid=grid, schedule=spec.switch, tol=0.0, max_iters=k_max,
+        _, st = sample_pcm(model_fn, x_T[sl], index_cond(cond, sl), grid=grid, schedule=spec.switch, tol=0.0, max_iters=k_max,
                            return_iterates=True, safeguard=spec.safeguard, init=spec.init, taa=spec.taa,
                            window=spec.window)
         for k in range(1, k_max + 1):
             total[k - 1] += distance(st.iterates[min(k, len(st.iterates) - 1)][-1], target[sl]).double().sum()
-    return (total / len(cond)).tolist()
+    return (total / len(x_T)).tolist()
 
 
 def choose_schedule(results: list[dict], threshold: float = 1.0, resolution: float = 0.01) -> dict:
@@ -152,7 +153,7 @@ def tune_schedule(model_fn, grid, cond, x_T, target, cands: list[SamplerSpec], k
     speedup = picard["k_match"] / chosen["k_match"] if picard["k_match"] and chosen["k_match"] else None
     rows = [{**r, "spec": r["spec"].to_dict()} for r in results]
     return chosen["spec"], {"candidates": rows, "picard": picard,
-                            "chosen": {**chosen, "spec": chosen["spec"].to_dict()}, "conditions": len(cond),
+                            "chosen": {**chosen, "spec": chosen["spec"].to_dict()}, "conditions": len(x_T),
                             "k_max": k_max, "threshold": threshold, "speedup_vs_picard": speedup}
 
 

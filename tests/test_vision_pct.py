@@ -1,0 +1,89 @@
+"""PCT for images (scripts/train_pct.py task=celeba|sd): iterates on the fly, the one training loop, an
+exact adapter, on tiny saved models of both real layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from vision_helpers import assert_close, dirs, ldm_dir, sd_dir  # noqa: F401
+
+from pcm_policy.sampling import index_cond, sample_pcm, sample_picard, sample_sequential, step_grid
+from pcm_policy.vision import load_adapter_folder, load_model, model_function
+from pcm_policy.vision.pct import ImagePCTBatches, ImagePCTConfig, base_iterates, make_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose(overrides: list[str]) -> dict:
+    """The resolved train_pct config for ``overrides``, as the script builds it (hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return OmegaConf.to_container(hydra_compose("train_pct", overrides=overrides), resolve=True)
+
+
+@pytest.mark.parametrize("family", ["ldm", "sd"])
+def test_iterates_on_the_fly_are_the_base_picard_iterates(dirs, family):  # noqa: F811
+    model = load_model(dirs[family])
+    fn = model_function(model, 7.5)
+    grid = step_grid(model.scheduler, 6, solver="ddim")
+    cfg = ImagePCTConfig(n=4, num_steps=6, iterates=4, prompts=("a", "b") if family == "sd" else ())
+    data = make_data(model, fn, grid, cfg, progress=False)
+    assert data["x_star"].shape == (4, 7, *model.latent_shape) and int(data["split"].sum()) == 1
+    seq, _ = sample_sequential(fn, data["x_T"], data["cond"], grid=grid)
+    assert_close(data["x_star"][:, -1], seq)
+    torch.manual_seed(0)
+    b = next(ImagePCTBatches(data, fn, grid, batch_size=3, K=4))
+    for i in range(3):  # each row is the base Picard iterate k of its condition, position 0 is x_T
+        n = int((data["x_T"] == b["x_T"][i]).flatten(1).all(1).nonzero()[0])
+        one = base_iterates(fn, grid, data["x_T"][n:n + 1], index_cond(data["cond"], slice(n, n + 1)), 3)
+        assert_close(b["x_k"][i], one[int(b["k"][i])][:, 0])
+        assert torch.equal(b["x_k"][i, 0], b["x_T"][i])
+    # iterate k is exact up to position k (triangular exactness), the last iterate is X*
+    its = base_iterates(fn, grid, data["x_T"], data["cond"], 6)
+    assert_close(its[6].transpose(0, 1), data["x_star"])
+
+
+@pytest.mark.parametrize("family,task", [("ldm", "celeba"), ("sd", "sd")])
+def test_train_pct_smoke_run_writes_an_exact_adapter(dirs, tmp_path, family, task):  # noqa: F811
+    from pcm_policy.vision.pct import run_pct
+
+    out = tmp_path / "out"
+    cfg = compose([f"task={task}", "pct=image_smoke", f"task.model={dirs[family]}", "task.n=6", "task.num_steps=6",
+                   "task.iterates=4", f"work_dir={tmp_path / 'w'}", f"out={out}"]
+                  + (["task.prompts=[a,b]"] if task == "sd" else []))
+    assert cfg["pct"]["name"] == "image_smoke" and cfg["task"]["name"] == task
+    run_pct(cfg, "test", ROOT)
+    cfg = json.loads((out / "adapter.json").read_text())
+    assert cfg["tuned"] and cfg["sampler"]["name"] == "pcm" and cfg["metrics"]["distance"] == "latent RMSE"
+    assert cfg["metrics"]["data"]["n"] == 6 and (tmp_path / "w/train/log.jsonl").exists()
+    model = load_model(dirs[family])
+    spec = load_adapter_folder(model.unet, out)
+    assert any(p.abs().sum() > 0 for n, p in model.unet.named_parameters() if "lora_B" in n)  # it trained
+    fn = model_function(model, 7.5)
+    grid = step_grid(model.scheduler, 6, solver="ddim")
+    data = make_data(model, fn, grid, ImagePCTConfig(n=2, num_steps=6, seed_base=7,
+                                                     prompts=("a",) if family == "sd" else ()), progress=False)
+    ref, _ = sample_sequential(fn, data["x_T"], data["cond"], grid=grid)
+    x, st = sample_pcm(fn, data["x_T"], data["cond"], grid=grid, schedule=spec.switch, taa=spec.taa, tol=0.0)
+    assert st.converged
+    assert_close(x, ref)  # exactness: PCM at tol 0 == sequential DDIM, whatever the adapter learned
+    x2, _ = sample_picard(fn, data["x_T"], data["cond"], grid=grid, tol=0.0)
+    assert_close(x2, ref)
+
+
+def test_bad_task_settings_are_one_line_errors(ldm_dir, tmp_path):  # noqa: F811
+    from pcm_policy.vision.pct import run_pct
+
+    with pytest.raises(ValueError, match="unconditional"):
+        run_pct(compose(["task=celeba", f"task.model={ldm_dir}", "task.prompts=[a]", f"work_dir={tmp_path}"]),
+                "t", ROOT)
+    with pytest.raises(ValueError, match="none"):  # ModelFolderError: the script prints it as one line, exit 1
+        run_pct(compose(["task=celeba", f"task.model={tmp_path / 'none'}", f"work_dir={tmp_path}"]), "t", ROOT)
+    with pytest.raises(ValueError, match="tracked by git"):  # the shipped folders are never overwritten by default
+        run_pct(compose(["task=celeba", f"task.model={ldm_dir}", "out=checkpoints/pusht_pcm"]), "t", ROOT)
