@@ -80,3 +80,7 @@ for s in ddim pcm; do
         | tail -n 3
 done
 
+
+echo "== 5. image case: a random UNet with SD v1.4's real config (860M parameters), fp16, batch 1, windows 1..T=30"
+$py scripts/vision/bench_window.py --sd14 --device "$device" --dtype float16 --windows 1,2,4,8,16,30 --repeats 5 \
+    --out "$out/vision_sd14_window.json" | tail -n 12

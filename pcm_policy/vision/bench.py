@@ -125,3 +125,44 @@ def bench_models(windows: Sequence[int] = (4, 8, 16), repeats: int = 3, batch: i
                               **res}
     results["setup"]["load_average_after"] = os.getloadavg()
     return results
+
+
+SD14_UNET = dict(  # CompVis/stable-diffusion-v1-4 unet/config.json (the architecture; weights random here)
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+
+
+def bench_sd14(windows: Sequence[int] = (1, 2, 4, 8, 16, 30), repeats: int = 3, batch: int = 1,
+               device: str = "cuda", dtype: torch.dtype = torch.float16, guidance: float = 7.5,
+               sample_size: int = 64) -> dict:
+    """``bench_window`` for a randomly initialised UNet2DConditionModel with SD v1.4's real config (860M
+    parameters, 4x64x64 latents, CFG doubling, T = 30) on ``device`` in ``dtype``: the GPU check
+    (``scripts/device_check.sh``). Each timed call waits for the device. Returns the bench_window result
+    plus ``params``, ``device`` and ``dtype``."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from ..sampling import ClassifierFreeGuidance, LoraScale, step_grid
+    from .models import TextUNetFn
+    from .tiny import SD_SCHEDULER
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**SD14_UNET, "sample_size": sample_size}).to(device, dtype).eval()
+    inner = ClassifierFreeGuidance(LoraScale(TextUNetFn(unet), unet), guidance)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    def fn(x, t, cond, **kw):
+        out = inner(x, t, cond, **kw)
+        sync()
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    cond = {h: {"encoder_hidden_states": torch.randn(batch, 77, 768, generator=g).to(device)}
+            for h in ("cond", "uncond")}
+    sched = DDIMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "skip_prk_steps"}, clip_sample=False)
+    x_T = torch.randn(batch, 4, sample_size, sample_size, generator=g).to(device)
+    res = bench_window(fn, x_T, cond, step_grid(sched, 30), [*windows, 30], repeats)
+    name = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
+    return {"params": sum(p.numel() for p in unet.parameters()), "device": name, "dtype": str(dtype),
+            "latent": [4, sample_size, sample_size], **res}

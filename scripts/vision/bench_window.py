@@ -4,13 +4,14 @@
 
 Models: the tiny LDM and SD pipelines (tests' models) and a mid-sized random UNet2DConditionModel
 (35M parameters, 4x16x16 latents), all timed side by side in one run (interleaved repeats, medians).
+``--sd14 --device cuda --dtype float16``: instead, a random UNet with SD v1.4's real config, windows
+1..T (the GPU check of scripts/device_check.sh).
 ratio = median ms(window p) / median ms(step): Picard at window p beats sequential if it needs < T / ratio iterations.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -28,12 +28,29 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=1, help="samples B per call")
     p.add_argument("--mid-size", type=int, default=16, help="latent side of the mid-sized UNet")
-    p.add_argument("--out", type=Path, default=ROOT / "results/vision_bench_window.json")
+    p.add_argument("--sd14", action="store_true", help="SD v1.4's real UNet config (random weights), windows 1..T")
+    p.add_argument("--device", default="cpu", help="--sd14 only: cpu or cuda[:N]")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="--sd14 only")
+    p.add_argument("--out", type=Path, default=ROOT / "runs/vision_bench_window.json")
     args = p.parse_args(argv)
-    from pcm_policy.vision.bench import bench_models
+    try:
+        windows = [int(w) for w in args.windows.split(",")]
+    except ValueError:
+        p.exit(2, f"error: --windows must be a comma list of integers, got {args.windows!r}\n")
+    if min(windows + [args.repeats, args.batch, args.mid_size]) < 1:
+        p.exit(2, "error: --windows, --repeats, --batch and --mid-size must be >= 1\n")
+    import torch
+
+    from pcm_policy.io import write_json
+    from pcm_policy.vision.bench import bench_models, bench_sd14
 
     t0 = time.time()
-    res = bench_models([int(w) for w in args.windows.split(",")], args.repeats, args.batch, args.mid_size)
+    if args.sd14:
+        res = {"setup": {"note": "random weights: timings only"},
+               "sd14_unet": bench_sd14(sorted({1, 2, 4, 8, 16, *windows}), args.repeats, args.batch, args.device,
+                                       getattr(torch, args.dtype))}
+    else:
+        res = bench_models(windows, args.repeats, args.batch, args.mid_size)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     res["setup"] |= {"command": " ".join(["python scripts/vision/bench_window.py", *(argv or sys.argv[1:])]),
                      "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -46,10 +63,7 @@ def main(argv=None) -> int:
         for w, ratio in r["ratio"].items():
             print(f"  {w:>10}: {r['ms'][w]:8.1f} ms  ratio {ratio:5.2f}  break-even iterations "
                   f"{r['break_even_iterations'][w]:5.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, args.out)
+    write_json(args.out, res)
     print(f"wrote {args.out}")
     return 0
 
