@@ -103,9 +103,9 @@ def pcm_distances(model_fn, grid, cond, x_T, target, spec: SamplerSpec | None, k
     total = torch.zeros(k_max, dtype=torch.float64)
     for i0 in range(0, len(x_T), batch):
         sl = slice(i0, i0 + batch)
-        _, st = sample_pcm(model_fn, x_T[sl], index_cond(cond, sl), grid=grid, schedule=spec.switch, tol=0.0, max_iters=k_max,
-                           return_iterates=True, safeguard=spec.safeguard, init=spec.init, taa=spec.taa,
-                           window=spec.window)
+        _, st = sample_pcm(model_fn, x_T[sl], index_cond(cond, sl), grid=grid, schedule=spec.switch, tol=0.0,
+                           max_iters=k_max, return_iterates=True, safeguard=spec.safeguard, init=spec.init,
+                           taa=spec.taa, window=spec.window)
         for k in range(1, k_max + 1):
             total[k - 1] += distance(st.iterates[min(k, len(st.iterates) - 1)][-1], target[sl]).double().sum()
     return (total / len(x_T)).tolist()
