@@ -1,6 +1,6 @@
 """LoRA adapters for the policy UNet: the one place peft is applied.
 
-PCM (``../shared/spec/pcm.md`` sections 4-5) trains low-rank adapters on the attention projections
+PCM (PCM paper; docs/pusht.md, Picard Consistency Training) trains low-rank adapters on the attention projections
 (``to_q``, ``to_k``, ``to_v``, ``to_out``) of a frozen base model and, at inference, mixes in weight
 space with a run-time scale lambda: ``W = W_0 + lambda * (alpha / r) * B A``. At lambda = 0 the
 adapted layers add an exact zero, so the model IS the base model.

@@ -1,4 +1,4 @@
-"""PushT env: the reference's test vectors (shared/spec/pusht.md), gymnasium API, determinism."""
+"""PushT env: the reference's test vectors (the Diffusion Policy reference), gymnasium API, determinism."""
 
 import copy
 import math
@@ -13,7 +13,7 @@ import envs
 from envs.pusht import PushTEnv
 from envs.pusht import geometry as G
 
-LEGACY_START = {  # seed: (agent x, agent y, block x, block y, angle), pusht.md 2.8
+LEGACY_START = {  # seed: (agent x, agent y, block x, block y, angle), the reference
     0: (222, 97, 222.9938, 381.5990, 3.0080),
     1: (87, 285, 158.1625, 357.1803, 5.9706),
     100000: (235, 124, 299.6129, 145.2016, 5.3783),

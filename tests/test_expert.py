@@ -1,4 +1,4 @@
-"""Scripted expert and the demo collector (shared/spec/expert.md)."""
+"""Scripted expert and the demo collector."""
 
 import json
 import subprocess

@@ -1,7 +1,7 @@
 """PushT: push a T-shaped block onto a fixed goal pose with a round pusher.
 
 A gymnasium re-implementation of the Diffusion Policy reference environment (Chi et al. 2023), with
-its physics, goal, reward, reset distribution and quirks (see ``shared/spec/pusht.md``).
+its physics, goal, reward, reset distribution and quirks (Chi et al. 2023; docs/pusht.md).
 
 Action Space
     ``Box(0, 512, (2,), float64)``: the absolute target position of the pusher. A PD controller

@@ -1,10 +1,10 @@
-"""Scripted PushT expert: simulated push primitives with replanning (shared/spec/expert.md, v3).
+"""Scripted PushT expert: simulated push primitives with replanning (docs/pusht.md, the expert).
 
 Each plan scores 168 candidate pushes (a contact point on the T's outline, a push direction) by
 running them in a second copy of the physics (the *planning world*), picks the one whose pose cost
 J falls fastest, executes it open-loop, and plans again.
 
-Glossary (expert.md 3):
+Glossary:
     J        pose cost in px^2: centroid offset^2 + rotation term, ~0 at the goal
     C0, C    J now / J at an outcome (floored at 0.25; 0.25 for a success)
     rate     (ln C0 - ln C) / T, the log-convergence rate of an outcome reached after T steps
@@ -33,7 +33,7 @@ C_FLOOR = 0.25
 
 
 def pose_cost(x: float, y: float, theta: float) -> float:
-    """J: mean squared displacement over the T's area between block and goal (expert.md 3.1)."""
+    """J: mean squared displacement over the T's area between block and goal."""
     c, s = math.cos(theta), math.sin(theta)
     cx = x - s * CENTROID[1] - GOAL_CENTROID[0]
     cy = y + c * CENTROID[1] - GOAL_CENTROID[1]
@@ -160,7 +160,7 @@ class ScriptedExpert:
 
     # ---------------------------------------------------------------- paths
     def _approach(self, a: np.ndarray, p0: np.ndarray) -> np.ndarray:
-        """Body-frame targets from agent position a to push start p0 (expert.md 3.4)."""
+        """Body-frame targets from agent position a to push start p0."""
         seg = a + np.linspace(0, 1, 25)[1:-1, None] * (p0 - a)
         if all(dist_to_t(p) >= R + 3 for p in seg):
             path = np.stack([a, p0])

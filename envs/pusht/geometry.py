@@ -18,12 +18,12 @@ T_AREA = 6300.0
 # The T in its body frame: the bar on top (y in [0, 30]) and the stem hanging toward +y.
 BAR = ((-60.0, 30.0), (60.0, 30.0), (60.0, 0.0), (-60.0, 0.0))
 STEM = ((-15.0, 30.0), (-15.0, 120.0), (15.0, 120.0), (15.0, 30.0))
-# The reference's quirks (spec pusht.md 2.3): moment counts the bar twice, CoG is the
+# The reference's quirks (Diffusion Policy reference): moment counts the bar twice, CoG is the
 # unweighted mean of the two shape centroids.
 BLOCK_MOMENT = 3000.0
 BLOCK_COG = (0.0, 45.0)
 
-# The 9 block keypoints in the body frame, in the reference order (pusht.md 2.7). The lowdim
+# The 9 block keypoints in the body frame, in the reference order. The lowdim
 # observation is [x0, y0, ..., x8, y8, agent_x, agent_y].
 BLOCK_KEYPOINTS = np.array(
     [

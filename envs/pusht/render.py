@@ -1,4 +1,4 @@
-"""Off-screen pygame drawing of PushT in the reference's style (pusht.md 2.10).
+"""Off-screen pygame drawing of PushT in the reference's style (Diffusion Policy reference; docs/pusht.md).
 
 Import only when frames are needed; works headless (SDL dummy video driver).
 """

@@ -1,6 +1,6 @@
 """Human teleoperation of PushT: the recording logic, and a pygame window that drives it.
 
-The keys and row semantics are the reference demo script's (pusht.md 3.2):
+The keys and row semantics are the reference demo script's (Diffusion Policy reference; docs/pusht.md):
 
 - hover the mouse within 30 px of the blue agent to start; from then on the mouse position is the
   action (the agent's target) every control step, 10 Hz;

@@ -4,7 +4,7 @@
     write_video([caption(f, "PCM  k=3  12 ms") for f in frames], "out.gif")
 
 mp4: H.264 (libx264) in yuv420p through imageio-ffmpeg, constant rate factor 22 (the reference's
-video recorder setting, pusht.md 6.3). yuv420p needs even dimensions and players like multiples of
+video recorder setting, Diffusion Policy reference). yuv420p needs even dimensions and players like multiples of
 16 (H.264 macro blocks), so frames are padded at the right/bottom edge, by replicating the last
 row/column, up to a multiple of `block` (16); sizes that already fit (96, 256, 512) are unchanged.
 gif: Pillow through imageio, looping; frame duration 1000/fps ms. Pillow merges identical

@@ -1,6 +1,6 @@
 """Min-max normaliser kept as module buffers, so it is saved with the policy.
 
-Reference behaviour (``../shared/spec/pusht.md`` section 3.6, Diffusion Policy's ``LinearNormalizer``
+Reference behaviour (the Diffusion Policy reference, Chi et al. 2023; Diffusion Policy's ``LinearNormalizer``
 in ``limits`` mode): per last-dim feature, ``scale = 2 / (max - min)`` and
 ``offset = -1 - scale * min`` map [min, max] to [-1, 1]. A feature whose range is below
 ``range_eps`` (1e-4) gets ``scale = 1`` and ``offset = -min``, mapping its (constant) value to 0.

@@ -1,6 +1,6 @@
 """The Picard Consistency Training data set: conditions, seeded x_T, the DDIM trajectory X*, base iterates.
 
-Glossary (spec ``pcm.md`` §4; supplement Table 2, PushT: N = 2000, T = 50, K = 30, DDIM):
+Glossary (supplement Table 2, PushT: N = 2000, T = 50, K = 30, DDIM):
   cond_n   normalised, flattened observation history of condition n: a random demonstration window or
            a state the base policy visits in a rollout on a training seed (``rollout_seed`` + i, a
            range disjoint from the evaluation seeds 100000-100049).

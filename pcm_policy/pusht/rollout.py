@@ -2,7 +2,7 @@
 
 Each control step feeds the last ``n_obs_steps`` observations of every running episode to ONE
 batched policy call, then executes ``n_action_steps`` actions per env, stopping an env as soon as it
-succeeds (coverage > 0.95) or reaches ``max_steps`` (pusht.md 6.1). Score = the episode's max reward.
+succeeds (coverage > 0.95) or reaches ``max_steps`` (the reference protocol). Score = the episode's max reward.
 
 Every random draw of a chunk (the initial noise x_T and, for DDPM, the step noise) comes from a generator
 of its own per (episode seed, chunk), so an episode's actions do not depend on which other episodes share

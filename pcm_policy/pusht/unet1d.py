@@ -1,6 +1,6 @@
 """Conditional 1-D temporal UNet (Diffusion Policy's ``ConditionalUnet1D``) with self-attention.
 
-Reference design (``../shared/spec/pusht.md`` section 4.1): Conv1d + GroupNorm + Mish residual
+Reference design (the Diffusion Policy reference, Chi et al. 2023): Conv1d + GroupNorm + Mish residual
 blocks whose features are modulated by FiLM (per-channel scale and bias) computed from
 ``concat(timestep embedding, global_cond)``; a down path that keeps a skip per level, a mid block,
 an up path with ConvTranspose upsampling at every level, and a conv head.

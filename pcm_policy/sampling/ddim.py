@@ -1,6 +1,6 @@
 """The DDIM-family solver step, written once and vectorised over timesteps; the sequential sampler.
 
-Glossary (spec ``pcm.md`` §1; DDIM paper eq. 12/16, DDPM paper eq. 7/15):
+Glossary (DDIM paper eq. 12/16, DDPM paper eq. 7/15):
   T          number of solver steps (``num_steps``); trajectory positions 0..T.
   X[i]       the sample after i steps. X[0] = ``x_T`` (the initial noise, at diffusion time T),
              X[T] = the output x_0. The spec's x_i is X[i].

@@ -1,4 +1,4 @@
-"""Newton emulation with Jacobian-vector products (PCM supplement §2, spec ``pcm.md`` §3).
+"""Newton emulation with Jacobian-vector products (PCM supplement §2).
 
 Glossary:
   Psi(X)     root problem, Psi_i = x_i - F_{i-1}(x_{i-1}) (supplement eq. 2); its fixed point is the

@@ -1,6 +1,6 @@
 """Picard Consistency Model sampling: Picard whose model at iteration k is switched by lambda(k).
 
-Glossary (spec ``pcm.md`` §5; PCM paper, model switching; supplement Table 3, weight mixing):
+Glossary (PCM paper, model switching; supplement Table 3, weight mixing):
   lambda(k)      mixing weight used by iteration k (0-based: iteration k maps X^k to X^{k+1}).
   weight space   W = W_0 + lambda dW: one call per position, ``lora_scale=lambda``.
   feature space  eps = lambda eps_pcm + (1 - lambda) eps_base: both calls batched into ONE call

@@ -1,6 +1,6 @@
 """Picard iteration in the ParaDiGMS form: sliding window, tolerance, pre-sampled noise.
 
-Glossary (spec ``pcm.md`` §2; ParaDiGMS, Shih et al. 2023, Alg. 1; PCM supplement eq. 1):
+Glossary (ParaDiGMS, Shih et al. 2023, Alg. 1; PCM supplement eq. 1):
   X^k        the k-th iterate, a trajectory ``(T+1, B, ...)``. X^0 from ``init``:
              "noise"  x_T at every position (ParaDiGMS);
              "prior"  x_j = sqrt((1 - abar_j) / (1 - abar_0)) x_T: the DDIM trajectory of a model that

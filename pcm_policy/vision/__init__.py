@@ -1,4 +1,4 @@
-"""The image task: LDM-CelebA and Stable Diffusion v1.4 on the sampler core (spec ``vision.md``).
+"""The image task: LDM-CelebA and Stable Diffusion v1.4 on the sampler core (docs/vision.md).
 
     loaders    the two real folder layouts, local files only -> ``ImageModel``
     models     UNet adapters into the sampler protocol, CFG + LoRA scale, attention LoRA, adapter folders

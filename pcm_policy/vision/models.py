@@ -11,7 +11,7 @@ one UNet call of 2N rows [uncond; cond], as ``StableDiffusionPipeline`` batches 
 (PCM's lambda, float or per row) -> the adapter. The UNet may run in float16/bfloat16; its output
 is returned in ``x``'s dtype (float32), so guidance and the trajectory stay float32.
 
-LoRA (spec ``vision.md`` §3): ``add_attention_lora`` puts adapters on every attention projection
+LoRA (docs/vision.md): ``add_attention_lora`` puts adapters on every attention projection
 ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of both families (self- and cross-attention) through
 ``pcm_policy.lora.add_lora`` (peft's ``inject_adapter_in_model``: ``UNet2DModel`` has no
 ``add_adapter``). Projections see (B, seq, C) tensors with the batch first, so the per-row scale

@@ -6,7 +6,7 @@
     decode_latents   latents -> uint8 images (``LDMPipeline``'s vqvae decode / SD's vae decode, then
                      ``(x / 2 + 0.5).clamp(0, 1)`` and ``numpy_to_pil``'s ``round(x * 255)``)
 
-Same seed, same image (spec ``vision.md`` §2): sample i is drawn from ``torch.Generator("cpu")`` seeded
+Same seed, same image (docs/vision.md): sample i is drawn from ``torch.Generator("cpu")`` seeded
 ``seed + i``, so it does not depend on the batch it is drawn in, and a pipeline called with the list of
 those generators draws the same x_T. Latents are drawn in float32 (the pipelines draw them in the text
 encoder's dtype: float32 unless the text encoder itself is cast).
