@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,16 +185,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.cpu().contiguous() for k, v in lora_state_dict(model).items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": _FORMAT, "lora": json.dumps(_lora_config(model))})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": _FORMAT, "lora": json.dumps(_lora_config(model))})
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..io import atomic_path, write_text
+from ..io import atomic_path, write_json, write_text
 from .ema import EMA
 
 
@@ -65,9 +65,7 @@ def check_resume(run_dir: Path, config: dict | None, step: int | None) -> None:
     config = None if config is None else json.loads(json.dumps(config))  # tuples -> lists, as saved
     if step is None:
         if config is not None:
-            tmp = path.with_name("config.json.tmp")
-            tmp.write_text(json.dumps(config, indent=1))
-            os.replace(tmp, path)
+            write_json(path, config)
         return
     saved = json.loads(path.read_text()) if path.exists() else None
     if config is not None and saved is not None and saved != config:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_path
 from ..sampling import SamplerSpec, make_sampler
 from .loaders import ImageModel, load_model
 from .models import load_adapter_folder, model_function
@@ -143,13 +143,8 @@ def grid_image(images: np.ndarray, cols: int | None = None):
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_generation(gen: Generation, out: str | Path) -> Path:

@@ -21,12 +21,12 @@ hook of ``pcm_policy.lora`` scales each row's adapter branch.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from .. import lora
+from ..io import write_json
 from ..sampling import ClassifierFreeGuidance, LoraScale, SamplerSpec
 from ..sampling.denoiser import Cond, ModelFn
 from .loaders import ImageModel
@@ -107,9 +107,7 @@ def save_adapter_folder(unet: torch.nn.Module, folder: str | Path, spec: Sampler
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lora.save_adapter(unet, folder / ADAPTER)
-    tmp = folder / (ADAPTER_CONFIG + ".tmp")
-    tmp.write_text(json.dumps({"sampler": spec.to_dict(), **(extra or {})}, indent=1))
-    os.replace(tmp, folder / ADAPTER_CONFIG)
+    write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), **(extra or {})})
     return folder
 
 
