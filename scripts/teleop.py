@@ -14,7 +14,6 @@ script's "seed = number of stored episodes" for a fresh store), never an evaluat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,9 +23,8 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 from envs.pusht import PushTEnv  # noqa: E402
 from envs.pusht.teleop import TeleopRecorder, run_pygame  # noqa: E402
 from pcm_policy.data.errors import ReplayBufferError  # noqa: E402
-from pcm_policy.data.replay_buffer import ReplayBuffer  # noqa: E402
+from pcm_policy.pusht.teleop_store import StoreSink  # noqa: E402
 
-EVAL_SEEDS = range(100000, 100050)
 HELP = ("Move the mouse onto the blue agent to start, then push the T onto the green goal (saved at "
         "coverage > 0.95). SPACE (hold): pause, R: retry, Q: quit.")
 
@@ -50,59 +48,6 @@ def parse_args(argv=None):
     if not args.fps > 0:
         p.error(f"--fps must be > 0, got {args.fps}")
     return args
-
-
-class StoreSink:
-    """Appends teleop episodes to a replay buffer, with `meta/episode_seed`, and picks fresh seeds."""
-
-    def __init__(self, out: Path, *, seed_start: int = 0, legacy: bool = False, images: bool = False):
-        self.out, self.legacy = Path(out), legacy
-        self.summary_path = self.out.with_suffix(".json")
-        summary = json.loads(self.summary_path.read_text()) if self.summary_path.exists() else None
-        if summary is not None and bool(summary.get("legacy", False)) != legacy:
-            flag = "--legacy" if summary.get("legacy") else "no --legacy"
-            raise ValueError(f"{self.out}: its summary {self.summary_path.name} says legacy="
-                             f"{summary.get('legacy')}; pass {flag} so that every episode of the store "
-                             "resets the same way")
-        self._own_summary = summary is None or summary.get("source") == "teleop"
-        self.buffer = ReplayBuffer.open_or_create(self.out)
-        keys, meta = set(self.buffer.keys()), set(self.buffer.meta_keys())
-        if self.buffer.n_episodes:
-            if not {"state", "keypoint", "action", "n_contacts"} <= keys:
-                raise ValueError(f"{self.out}: holds data keys {sorted(keys)}, not the PushT demo schema")
-            images = "img" in keys
-            if not meta <= {"seed", "first_success_step"}:
-                raise ValueError(f"{self.out}: has per-episode meta {sorted(meta)} that teleop cannot fill")
-        self.images = images
-        self.meta_keys = meta if self.buffer.n_episodes else {"seed"}
-        self.used = set(self.buffer.episode_meta("seed").tolist()) if "seed" in meta else set()
-        self.seed_start = seed_start
-
-    def next_seed(self) -> int:
-        s = self.seed_start
-        while s in self.used or s in EVAL_SEEDS:
-            s += 1
-        return s
-
-    def __call__(self, episode: dict, info: dict) -> None:
-        meta = {"seed": int(info["seed"]), "first_success_step": int(info["steps"])}
-        self.buffer.add_episode(episode, meta={k: meta[k] for k in self.meta_keys})
-        self.used.add(int(info["seed"]))
-        print(f"saved episode {self.buffer.n_episodes - 1}: seed {info['seed']}, {info['steps']} steps, "
-              f"coverage {info['coverage']:.3f}", flush=True)
-        self._write_summary()
-
-    def _write_summary(self) -> None:
-        if not self._own_summary:  # a collect_demos.py summary: leave it to that tool
-            return
-        lengths = self.buffer.episode_lengths
-        summary = {"source": "teleop", "episodes": int(self.buffer.n_episodes),
-                   "steps": int(self.buffer.n_steps),
-                   "mean_length": float(lengths.mean()), "max_length": int(lengths.max()),
-                   "legacy": self.legacy, "images": self.images}
-        tmp = self.summary_path.with_name(self.summary_path.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, self.summary_path)
 
 
 def main(argv=None) -> int:

@@ -22,11 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from pcm_policy.io import write_json  # noqa: E402
-from pcm_policy.pusht.checkpoint import CheckpointError, load_policy  # noqa: E402
-from pcm_policy.pusht.pct_data import TrajDataError, load_trajectories, pixel_distance  # noqa: E402
-from pcm_policy.sampling import TAA, SamplerSpec, Switch, step_grid  # noqa: E402
-from pcm_policy.training import pct as P  # noqa: E402
+from pcm_policy.pusht.checkpoint import CheckpointError  # noqa: E402
+from pcm_policy.pusht.pct_data import TrajDataError  # noqa: E402
+from pcm_policy.pusht.taa_tuning import tune_taa  # noqa: E402
 
 
 def floats(s: str) -> list[float]:
@@ -55,32 +53,10 @@ def main(argv=None) -> int:
                   "mixings in (0, 1]\n")
     torch.set_num_threads(a.threads)
     try:
-        data, policy = load_trajectories(a.store), load_policy(a.checkpoint)
+        tune_taa(a.store, a.checkpoint, grid, a.safeguard or None, a.n, a.k_max, a.json)
     except (TrajDataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    policy.freeze()
-    val = (data["split"] == 1).nonzero().flatten()[: a.n]
-    cond, x_T, target = data["cond"][val], data["x_T"][val], data["x_star"][val, -1]
-    safeguard = a.safeguard or None
-    results = []
-    print(f"{len(val)} held-out conditions of {a.store}; mean distance (px) after k iterations")
-    print(f"{'m':>2s} {'w':>4s} {'beta':>5s}  " + " ".join(f"{'k=' + str(k):>7s}" for k in range(1, a.k_max + 1)))
-    px = pixel_distance(policy)
-    steps_grid = step_grid(policy.noise_scheduler, int(data["config"]["num_steps"]), solver="ddim")
-    for m, w, b in grid:
-        spec = SamplerSpec.named("pcm", switch=Switch(0, 0), taa=TAA(memory=m, weight=w, mixing=b), init="prior",
-                                 safeguard=safeguard)  # lambda = 0 throughout: Picard + this TAA
-        d = P.pcm_distances(policy.model_fn, steps_grid, cond, x_T, target, spec, a.k_max, px)
-        results.append({"spec": spec, "distance": d})
-        print(f"{m:2d} {w:4g} {b:5g}  " + " ".join(f"{v:7.3g}" for v in d), flush=True)
-    best = P.choose_schedule(results)
-    t = best["spec"].taa
-    print(f"chosen: m = {t.memory}, w = {t.weight:g}, beta = {t.mixing:g} (k to 1 px: {best['k_match']})")
-    if a.json:
-        rows = [{**r, "spec": r["spec"].to_dict()} for r in results]
-        write_json(a.json, {"conditions": len(val), "store": str(a.store), "safeguard": safeguard, "results": rows,
-                            "chosen": {**best, "spec": best["spec"].to_dict()}})
     return 0
 
 

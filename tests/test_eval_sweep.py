@@ -1,8 +1,10 @@
-"""scripts/eval_sweep.py on a tiny random policy: every (sampler, k) present, exactness at k = T, cache, errors."""
+"""The PushT sweep (``pcm_policy.pusht.sweep``, the library of scripts/eval_sweep.py) on a tiny random policy:
+every (sampler, k) present, exactness at k = T, cache, errors, parallel jobs; and the script's exit codes."""
 
 import csv
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,10 @@ from pcm_policy.lora import add_lora, lora_parameters
 from pcm_policy.pusht.checkpoint import save_adapter_folder, save_policy
 from pcm_policy.pusht.normalizer import NormalizerDict
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.pusht.sweep import SweepConfig, run_sweep
 from pcm_policy.sampling import SamplerSpec, Switch
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("eval_sweep", ROOT / "scripts" / "eval_sweep.py")
-sweep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep)
 
 SAMPLERS, KS, T = ["ddim", "ddim-k", "picard", "pcm"], [1, 2, 4, 6], 4
 
@@ -42,16 +42,21 @@ def ckpt(tmp_path_factory):
     return tmp
 
 
-def _args(ckpt, out, samplers=SAMPLERS, *extra):
-    return ["--samplers", ",".join(samplers), "--ks", ",".join(map(str, KS)), "--score-ks", "1,4",
-            "--episodes", "2", "--max-steps", "16", "--num-steps", str(T), "--distance-conditions", "4",
-            "--checkpoint", str(ckpt / "base"), "--adapter", str(ckpt / "adapter"), "--out", str(out), *extra]
+def _cfg(ckpt, out, samplers=SAMPLERS, **extra):
+    kw = dict(samplers=list(samplers), ks=KS, score_ks=[1, 4], episodes=2, max_steps=16, num_steps=T,
+              distance_conditions=4, checkpoint=ckpt / "base", adapter=ckpt / "adapter", out=out)
+    return SweepConfig(**{**kw, **extra})
+
+
+def _sweep(ckpt, out, samplers=SAMPLERS, **extra):
+    return run_sweep(_cfg(ckpt, out, samplers, **extra))
 
 
 def test_sweep_outputs_and_cache(ckpt, tmp_path, capsys):
     out = tmp_path / "sw"
-    assert sweep.main(_args(ckpt, out)) == 0
+    ret = _sweep(ckpt, out)
     res = json.loads((out / "sweep.json").read_text())
+    assert ret == res
     ref = res["reference"]["mean_score"]
     for s in SAMPLERS:
         rows = {r["k"]: r for r in res["results"][s]}
@@ -74,28 +79,44 @@ def test_sweep_outputs_and_cache(ckpt, tmp_path, capsys):
 
     runs = {p: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
     capsys.readouterr()
-    assert sweep.main(_args(ckpt, out)) == 0
+    _sweep(ckpt, out)
     assert "done in" not in capsys.readouterr().out  # everything came from the cache
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == runs
     assert json.loads((out / "sweep.json").read_text())["results"] == res["results"]
-    assert sweep.main(_args(ckpt, out, ["ddim", "picard"], "--init", "prior")) == 0
+    _sweep(ckpt, out, ["ddim", "picard"], init="prior")
     text = capsys.readouterr().out
     assert "picard k=1: done" in text and "ddim k=1: cached" in text  # a changed setting reruns what it affects
 
 
-@pytest.mark.parametrize("bad", [["--samplers", "ddim,nope"], ["--ks", "0,2"], ["--ks", "1,x"],
-                                 ["--score-ks", "3"], ["--adapter", "/nonexistent"]])
-def test_bad_input_exits_2(ckpt, tmp_path, capsys, bad):
-    args = _args(ckpt, tmp_path / "x") + bad
-    with pytest.raises(SystemExit) as e:
-        raise SystemExit(sweep.main(args))
-    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+@pytest.mark.parametrize("bad, msg", [({"samplers": ["ddim", "nope"]}, "unknown sampler"),
+                                      ({"ks": [0, 2]}, "every k must be >= 1"),
+                                      ({"ks": [1, 2], "score_ks": [3]}, "subset"),
+                                      ({"seed": -1}, "--seed must be in"), ({"jobs": 0}, "must be >= 1"),
+                                      ({"init": "nope"}, "--init must be one of")])
+def test_bad_settings_raise(ckpt, tmp_path, bad, msg):
+    kw = {"samplers": SAMPLERS, "ks": KS, "score_ks": [1], "checkpoint": ckpt / "base", "out": tmp_path / "x", **bad}
+    with pytest.raises(ValueError, match=msg):
+        SweepConfig(**kw)
+
+
+def test_bad_adapter_raises(ckpt, tmp_path):
+    with pytest.raises((FileNotFoundError, ValueError)):
+        _sweep(ckpt, tmp_path / "x", adapter=Path("/nonexistent"))
+
+
+@pytest.mark.parametrize("bad", [["--ks", "1,x"], ["--samplers", "ddim,nope"], ["--adapter", "/nonexistent"]])
+def test_script_bad_input_exits_2_with_one_line(ckpt, tmp_path, bad):
+    """The script is argument parsing plus run_sweep: parse errors and setup errors exit 2 with one line."""
+    args = ["--samplers", "pcm", "--ks", "1", "--episodes", "1", "--max-steps", "1", "--num-steps", str(T),
+            "--checkpoint", str(ckpt / "base"), "--adapter", str(ckpt / "adapter"), "--out", str(tmp_path / "x"), *bad]
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/eval_sweep.py"), *args], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_sweep_of_one_sampler_without_ddim(ckpt, tmp_path):
     """The DDIM-T reference is built even when ddim itself is not swept; newton is distance-only by default."""
     out = tmp_path / "one"
-    assert sweep.main(_args(ckpt, out, ["picard", "newton"])) == 0
+    _sweep(ckpt, out, ["picard", "newton"])
     res = json.loads((out / "sweep.json").read_text())
     assert set(res["results"]) == {"picard", "newton"}
     assert res["results"]["picard"][0]["score"] is not None and res["results"]["newton"][0]["score"] is None
@@ -103,15 +124,8 @@ def test_sweep_of_one_sampler_without_ddim(ckpt, tmp_path):
 
 
 def test_parallel_jobs_give_the_serial_results(ckpt, tmp_path):
-    """--jobs 2 runs the rollouts in worker processes (spawned, so run as a script) with the same results."""
-    import subprocess
-    import sys
-
-    assert sweep.main(_args(ckpt, tmp_path / "serial")) == 0
-    r = subprocess.run([sys.executable, str(ROOT / "scripts/eval_sweep.py"), *_args(ckpt, tmp_path / "par"),
-                        "--jobs", "2"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    serial, par = (json.loads((tmp_path / d / "sweep.json").read_text())["results"] for d in ("serial", "par"))
+    """jobs=2 runs the rollouts in spawned worker processes (score_run) with the same results."""
+    serial, par = _sweep(ckpt, tmp_path / "serial")["results"], _sweep(ckpt, tmp_path / "par", jobs=2)["results"]
     drop = ("median_latency_s",)  # wall clock differs
     assert ({s: [{k: v for k, v in row.items() if k not in drop} for row in rows] for s, rows in par.items()}
             == {s: [{k: v for k, v in row.items() if k not in drop} for row in rows] for s, rows in serial.items()})

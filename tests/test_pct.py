@@ -205,20 +205,28 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
 
 
 def test_tune_taa_reports_every_variant_and_picks_by_the_pct_rule(env, tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import tune_taa
+    from pcm_policy.pusht.taa_tuning import tune_taa
 
     out = tmp_path / "taa.json"
-    args = ["--store", str(env / "traj.zarr"), "--checkpoint", str(env / "base"), "--memories", "2,3", "--weights", "1",
-            "--mixings", "0.8,1", "--k-max", "4", "--threads", "1", "--json", str(out)]
-    assert tune_taa.main(args) == 0
+    grid = [(2, 1.0, 0.8), (2, 1.0, 1.0), (3, 1.0, 0.8), (3, 1.0, 1.0)]
+    ret = tune_taa(env / "traj.zarr", env / "base", grid, safeguard=1.0, n=200, k_max=4, json_out=out)
     res = json.loads(out.read_text())
     got = [(r["spec"]["taa"]["memory"], r["spec"]["taa"]["mixing"]) for r in res["results"]]
     assert got == [(2, 0.8), (2, 1.0), (3, 0.8), (3, 1.0)]
     rows = [{**r, "spec": SamplerSpec.from_dict(r["spec"])} for r in res["results"]]
     assert res["chosen"]["spec"] == choose_schedule(rows)["spec"].to_dict() and len(res["results"][0]["distance"]) == 4
+    assert ret["chosen"]["spec"].to_dict() == res["chosen"]["spec"] and ret["conditions"] == res["conditions"]
     assert "chosen: m =" in capsys.readouterr().out
-    assert tune_taa.main(["--store", str(tmp_path / "none.zarr"), "--checkpoint", str(env / "base")]) == 2
-    with pytest.raises(SystemExit) as e:
-        tune_taa.main(["--mixings", "1.5"])
-    assert e.value.code == 2
+    with pytest.raises(TrajDataError):
+        tune_taa(tmp_path / "none.zarr", env / "base", grid)
+    with pytest.raises(ValueError, match="mixings"):
+        tune_taa(env / "traj.zarr", env / "base", [(2, 1.0, 1.5)])
+
+
+def test_tune_taa_script_exit_codes(env, tmp_path):
+    script = [sys.executable, str(ROOT / "scripts/tune_taa.py")]
+    r = subprocess.run([*script, "--mixings", "1.5"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    r = subprocess.run([*script, "--store", str(tmp_path / "none.zarr"), "--checkpoint", str(env / "base")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1

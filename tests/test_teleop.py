@@ -1,7 +1,9 @@
 """Teleop recording logic, driven headless with synthetic mouse / key / tick events."""
 
-import importlib.util
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +14,11 @@ from envs.pusht import geometry as G
 from envs.pusht.expert import ScriptedExpert
 from envs.pusht.teleop import TeleopRecorder, run_pygame
 from pcm_policy.data.replay_buffer import ReplayBuffer
+from pcm_policy.pusht.teleop_store import StoreSink
 
 ROOT = Path(__file__).resolve().parents[1]
 # Block 20 px right of the goal, agent beside it: a short push finishes the episode.
 NEAR_GOAL = [330.0, 300.0, 276.0, 256.0, math.pi / 4]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("teleop_script", ROOT / "scripts" / "teleop.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _recorder(seed=3, images=False):
@@ -130,7 +126,7 @@ def test_completed_episode_rows_match_direct_replay(mouse_path, tmp_path):
     np.testing.assert_array_equal(ep["action"], mouse_path)
 
     # The script's sink appends it to a zarr store with the episode seed, and picks unused seeds.
-    sink = _script().StoreSink(tmp_path / "human.zarr", seed_start=99999)
+    sink = StoreSink(tmp_path / "human.zarr", seed_start=99999)
     assert sink.next_seed() == 99999
     sink({k: v for k, v in ep.items() if k != "img"}, {"seed": 99999, "steps": n, "coverage": 0.96})
     assert sink.next_seed() == 100050  # 99999 is used, 100000-100049 are evaluation seeds
@@ -163,3 +159,11 @@ def test_pygame_loop_headless_with_posted_events(monkeypatch):
     run_pygame(rec, fps=0, max_ticks=50, before_tick=post)
     # ticks 0, 1 record; 2, 3 paused; 4, 5 record; 6 quits.
     assert rec.quit and rec.discarded == 1 and episodes == [] and rec.n_rows == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check is Linux's")
+def test_script_without_a_display_exits_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/teleop.py"), "--out", str(tmp_path / "h.zarr")],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "needs a display" in r.stderr and not (tmp_path / "h.zarr").exists()

@@ -11,38 +11,15 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
+from ..evaluation.latency import time_interleaved
 from ..sampling import Grid, ddim_step, picard_update, repeat_cond
 from ..sampling.denoiser import Cond, call_model
 
-__all__ = ["bench_window", "time_interleaved"]
-
-
-def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int = 3,
-                     warmup: int = 1) -> dict[str, list[float]]:
-    """Wall times in ms of each call; every repeat runs all calls once, in order (so load that comes and
-    goes hits every call alike).
-
-    Args:
-        calls: name -> a function of no arguments.
-        repeats: timed rounds (>= 1); warmup: untimed rounds first.
-    Returns:
-        name -> ``repeats`` times in ms.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for r in range(warmup + repeats):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[name].append(1e3 * (time.perf_counter() - t0))
-    return times
+__all__ = ["bench_window", "time_interleaved"]  # time_interleaved: re-exported from evaluation.latency
 
 
 @torch.no_grad()
