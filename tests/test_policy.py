@@ -169,6 +169,9 @@ def test_smoke_training_and_rollout_script(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["val_loss"]) for r in log)
+    twin = tmp_path / "twin"  # the same config from scratch trains the same policy, bit for bit
+    subprocess.run([*cmd[:-3], f"run_dir={twin}", *cmd[-2:]], check=True, capture_output=True)
+    assert (twin / "checkpoint/model.safetensors").read_bytes() == (run / "checkpoint/model.safetensors").read_bytes()
     again = subprocess.run(cmd, capture_output=True, text=True)  # the same command resumes, and says so
     assert again.returncode == 0 and f"resuming the run in {run} at step 2" in again.stdout
     other = subprocess.run([*cmd, "training.steps=3"], capture_output=True, text=True)  # another config: refused

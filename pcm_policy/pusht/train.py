@@ -77,6 +77,7 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
             raise ValueError(f"init_from={cfg['init_from']} holds {policy.cfg}, but this run configures "
                              f"{pcfg}; pick the matching policy=... or drop init_from")
     else:
+        torch.manual_seed(int(tr["seed"]))  # the initial weights too: the same config trains the same policy
         policy = DiffusionPolicy(pcfg)
         # Normaliser fitted on every episode (train and validation) of every store, as the reference does.
         policy.normalizer.load_state_dict(NormalizerDict.fit(
