@@ -157,13 +157,14 @@ def _classifier():
 class _Features:
     """Inception features per image, computed once per distinct image in this run."""
 
-    def __init__(self, inception: M.Inception):
-        self.inception, self.memo = inception, {}
+    def __init__(self, batch_size: int):
+        self.batch_size, self.inception, self.memo = batch_size, None, {}
 
     def __call__(self, images) -> dict[str, np.ndarray]:
         keys = [hashlib.sha1(im.tobytes() + str(im.shape).encode()).hexdigest() for im in images]
         todo = {k: im for k, im in zip(keys, images, strict=True) if k not in self.memo}
         if todo:
+            self.inception = self.inception or M.Inception(batch_size=self.batch_size)  # loaded when first needed
             f = self.inception.features(list(todo.values()))
             for i, k in enumerate(todo):
                 self.memo[k] = (f["pool"][i], f["spatial"][i])
@@ -278,8 +279,7 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
         labels = np.array([-1 if v is None else v for v in prompt_labels(prompts)])
         if (labels < 0).all():
             skipped["class_accuracy"] = "no prompt names a digit class (zero..nine)"
-    inception = M.Inception(batch_size=inception_batch)
-    feats = _Features(inception)
+    feats = _Features(inception_batch)
     cells = out / "cells"
     cells.mkdir(parents=True, exist_ok=True)
 
@@ -320,9 +320,14 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
     resized = any(im.shape[:2] != hw for im in reference)
     reference = _resize(reference, hw)
     ref_key = _hash(b"".join(im.tobytes() for im in reference))
-    ref_feats = feats(reference)
-    ref_radii = M.manifold_radii(ref_feats["pool"]) if "precision" not in skipped else None
-    ref_clip = clip_scorer.image_embeddings(np.stack(reference)) if clip_scorer and "cmmd" not in skipped else None
+    ref_stats = {}
+
+    def ref(name: str):  # the reference set's features, computed when a cell first needs them
+        if not ref_stats:
+            ref_stats["feats"] = feats(reference)
+            ref_stats["radii"] = M.manifold_radii(ref_stats["feats"]["pool"]) if "precision" not in skipped else None
+            ref_stats["clip"] = clip_scorer.image_embeddings(np.stack(reference)) if clip_scorer else None
+        return ref_stats[name]
     mkey = {"reference": ref_key, "skipped": sorted(skipped), "metrics_version": 1}
 
     def row(name: str, k: int, lat: torch.Tensor, imgs: np.ndarray) -> dict:
@@ -334,13 +339,13 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
         r |= dict.fromkeys(("fid", "sfid", "kid", "precision", "recall", "clip_score", "cmmd", "class_accuracy"))
         f = feats(list(imgs))
         if "fid" not in skipped:
-            r["fid"], r["sfid"] = M.fid(f["pool"], ref_feats["pool"]), M.fid(f["spatial"], ref_feats["spatial"])
-            r["kid"] = M.kid(f["pool"], ref_feats["pool"])
+            r["fid"], r["sfid"] = M.fid(f["pool"], ref("feats")["pool"]), M.fid(f["spatial"], ref("feats")["spatial"])
+            r["kid"] = M.kid(f["pool"], ref("feats")["pool"])
         if "precision" not in skipped:
-            r["precision"], r["recall"] = M.precision_recall(ref_feats["pool"], f["pool"], ref_radii=ref_radii)
+            r["precision"], r["recall"] = M.precision_recall(ref("feats")["pool"], f["pool"], ref_radii=ref("radii"))
         if clip_scorer is not None:
             emb = clip_scorer.image_embeddings(imgs)
-            r["cmmd"] = M.cmmd(ref_clip, emb)
+            r["cmmd"] = M.cmmd(ref("clip"), emb)
             if "clip_score" not in skipped:
                 r["clip_score"] = clip_scorer.clip_score(emb, prompts)
         if "class_accuracy" not in skipped:
@@ -375,5 +380,5 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
                                   "adapter_path": str(adapter) if adapter else None, "reference": ref_key,
                                   "clip": str(clip) if clip else None, "batch_size": batch_size,
                                   "image_size": list(hw), "latent_size": [h, w]},
-                        inception=inception.throughput() if inception.images_seen else None,
+                        inception=feats.inception.throughput() if feats.inception else None,
                         elapsed=time.perf_counter() - t_start)

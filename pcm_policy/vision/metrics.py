@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,7 +118,9 @@ class Inception:
             sha1 = hashlib.sha1(self.path.read_bytes()).hexdigest()
             if sha1 != INCEPTION_SHA1:
                 raise ValueError(f"{self.path} has SHA-1 {sha1}, not the wheel's {INCEPTION_SHA1}: reinstall it")
-        self.net = torch.jit.load(str(self.path), map_location=device).eval()
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the wheel ships nothing else
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.net = torch.jit.load(str(self.path), map_location=device).eval()
         self.device, self.batch_size = torch.device(device), batch_size
         self.images_seen, self.seconds = 0, 0.0
         self._flops: float | None = None
