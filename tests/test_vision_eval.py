@@ -94,13 +94,34 @@ def test_eval_sd_end_to_end_with_a_classifier(sd_dir, reference, tmp_path, monke
     prompts.write_text("a handwritten digit seven\n\na handwritten digit two\n")
     out = tmp_path / "out"
     assert sd.main(["--model", str(sd_dir), "--adapter", str(adapter), "--samplers", "sequential,picard,pcm",
-                    "--ks", "1,2", "--num-samples", "2", "--steps", "4", "--guidance", "3", "--prompts", str(prompts),
+                    "--ks", "1,2", "--num-samples", "2", "--guidance", "3", "--prompts", str(prompts),
                     "--reference", str(reference), "--out", str(out)]) == 0
     res = json.loads((out / "metrics.json").read_text())
     assert [r["sampler"] for r in res["results"]] == ["sequential"] * 2 + ["picard"] * 2 + ["pcm"] * 2
     assert all(r["class_accuracy"] == 0.5 for r in res["results"])  # "seven" right, "two" wrong
     assert "hard" in res["skipped"]["pcm_mixing"] and "class_accuracy" not in res["skipped"]
-    assert res["settings"]["guidance"] == 3.0
+    assert res["settings"]["guidance"] == 3.0 and res["converged"]["k"] == 4  # T: the adapter's
+
+
+def test_stand_in_defaults_say_so(ldm_dir, tmp_path, monkeypatch):  # noqa: F811
+    """Without --model: the shipped stand-in, its adapter (for T) and the held-out set; every output says these
+    are not CelebA-HQ results."""
+    import shutil
+
+    from pcm_policy.vision import eval_cli
+
+    shutil.copytree(ldm_dir, tmp_path / "checkpoints/vision/ldm_mnist")
+    _adapter(ldm_dir, tmp_path / "checkpoints/vision/ldm_mnist_pcm", Switch(1, 1))
+    monkeypatch.setattr(eval_cli, "ROOT", tmp_path)
+    data = types.ModuleType("pcm_policy.vision.data")
+    data.reference_images = lambda: np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    monkeypatch.setitem(sys.modules, "pcm_policy.vision.data", data)
+    out = tmp_path / "out"
+    assert celeba.main(["--samplers", "sequential", "--ks", "1", "--num-samples", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert "NOT CelebA-HQ" in res["stand_in"] and res["converged"]["k"] == 4 and res["reference"]["n"] == 4
+    table = (out / "table.md").read_text()
+    assert table.count("NOT CelebA-HQ") == 2 and "stand-in model" in table
 
 
 def test_prompt_labels():

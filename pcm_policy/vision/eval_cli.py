@@ -81,11 +81,11 @@ def _run(family: str, a) -> int:
         if not model.is_dir():
             raise ValueError(f"no --model given and the shipped small model {SHIPPED[family][0]} is not there yet "
                              f"(it ships with the small-models work); pass --model DIR (e.g. a local copy of {repo})")
-        if adapter is None and "pcm" in samplers:
+        if adapter is None and (ROOT / SHIPPED[family][1]).is_dir():
             adapter = ROOT / SHIPPED[family][1]
-            if not adapter.is_dir():
-                raise ValueError(f"the shipped PCM adapter {SHIPPED[family][1]} is not there yet; pass --adapter DIR "
-                                 "or leave pcm out of --samplers")
+        elif adapter is None and "pcm" in samplers:
+            raise ValueError(f"the shipped PCM adapter {SHIPPED[family][1]} is not there yet; pass --adapter DIR "
+                             "or leave pcm out of --samplers")
     layout = check_folder(model)
     if layout.family != family:
         other = "ldm" if family == "sd" else "sd"

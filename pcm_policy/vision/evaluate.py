@@ -219,12 +219,17 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
     prompts = [prompts[i % len(prompts)] for i in range(num_samples)] if prompts else None
     key = {"model": _folder_hash(Path(model.path), LAYOUTS[model.family].components), "n": num_samples, "seed": seed}
     specs, skipped, notes, adapter_cfg, adapter_hash = {}, {"inception_score": M.INCEPTION_SCORE_SKIPPED}, [], {}, None
-    if adapter is not None and "pcm" in samplers:
+    if adapter is not None:  # its T and guidance are the defaults whichever samplers run (one T per OUT)
         adapter = Path(adapter)
-        spec = load_adapter_folder(model.unet, adapter)
-        adapter_cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
-        adapter_hash = _hash((adapter / ADAPTER).read_bytes(), (adapter / ADAPTER_CONFIG).read_bytes())
-    T = steps or (spec.num_steps if adapter_cfg else None) or DEFAULT_STEPS[model.family]
+        if "pcm" in samplers:
+            spec = load_adapter_folder(model.unet, adapter)
+            adapter_hash = _hash((adapter / ADAPTER).read_bytes(), (adapter / ADAPTER_CONFIG).read_bytes())
+        try:
+            adapter_cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
+            adapter_T = SamplerSpec.from_dict(adapter_cfg.get("sampler", adapter_cfg.get("schedule"))).num_steps
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"cannot read the sampler spec of {adapter / ADAPTER_CONFIG}: {e}") from e
+    T = steps or (adapter_T if adapter is not None else None) or DEFAULT_STEPS[model.family]
     if model.conditional:
         guidance = guidance if guidance is not None else float(adapter_cfg.get("guidance", 7.5))
         key |= {"prompts": _hash(prompts), "guidance": guidance}
