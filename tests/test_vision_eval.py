@@ -1,0 +1,154 @@
+"""scripts/vision/eval_celeba.py and eval_sd.py end to end on tiny saved models (in-process ``main(argv)``), the
+cached rerun, the skipped-metric report, and one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from vision_helpers import ldm_dir, sd_dir, with_random_lora  # noqa: F401 (fixtures)
+
+from pcm_policy.sampling import SamplerSpec, Switch
+from pcm_policy.vision import load_model, save_adapter_folder
+from pcm_policy.vision.evaluate import DIGIT_PROMPTS, prompt_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"vision_{name}", ROOT / f"scripts/vision/{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+celeba, sd = _script("eval_celeba"), _script("eval_sd")
+METRICS = ("latent_rmse", "psnr", "fid", "sfid", "kid", "precision", "recall", "clip_score", "cmmd", "class_accuracy")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference")
+    rng = np.random.default_rng(0)
+    for i in range(5):  # one of another size: resized to the generated 16 x 16
+        Image.fromarray(rng.integers(0, 256, (20 if i == 0 else 16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _adapter(model_dir, folder, switch):
+    m = with_random_lora(load_model(model_dir))
+    return save_adapter_folder(m.unet, folder, SamplerSpec.named("pcm", num_steps=4, switch=switch))
+
+
+def test_eval_celeba_end_to_end_and_cached_rerun(ldm_dir, reference, tmp_path, capsys):  # noqa: F811
+    adapter = _adapter(ldm_dir, tmp_path / "adapter", Switch(0, 2))  # a ramp: pcm (mixing) and pcm-nomix
+    out = tmp_path / "out"
+    argv = ["--model", str(ldm_dir), "--adapter", str(adapter), "--ks", "1,2", "--num-samples", "2", "--seed", "3",
+            "--steps", "4", "--reference", str(reference), "--out", str(out)]
+    assert celeba.main(argv) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["n"] == 2 and res["stand_in"] is None and res["reference"] == {"n": 5, "resized_to_generated_size": True}
+    names = ["sequential", "ddim-k", "picard", "taa", "pcm", "pcm-nomix"]
+    assert [(r["sampler"], r["k"]) for r in res["results"]] == [(s, k) for s in names for k in (1, 2)]
+    for r in res["results"]:
+        assert set(METRICS) <= set(r)
+        assert r["fid"] >= 0 and r["sfid"] >= 0 and r["kid"] is not None and r["latent_rmse"] >= 0
+        assert r["precision"] is None and r["clip_score"] is None and r["class_accuracy"] is None
+    conv = res["converged"]
+    assert conv["k"] == 4 and conv["latent_rmse"] == 0 and conv["psnr"] == float("inf") and conv["uint8_diff"] == 0
+    assert set(res["skipped"]) == {"inception_score", "precision", "recall", "clip_score", "cmmd", "class_accuracy"}
+    assert "no logits" in res["skipped"]["inception_score"] and "--clip" in res["skipped"]["cmmd"]
+    assert "unconditional" in res["skipped"]["class_accuracy"]
+    assert res["settings"]["specs"]["pcm-nomix"]["switch"] == {"k_on": 2, "k_off": 2, "space": "weight"}
+    assert set(res["k_match"]) == set(names) and all(k is None or k in (1, 2) for k in res["k_match"].values())
+    assert all(res["speedup"][s] == (4 / k if k else None) for s, k in res["k_match"].items())
+    t = res["inception_throughput"]
+    assert t["images_per_s"] > 0 and t["floor_images_per_s"] > 0
+    for f in ("metrics.csv", "table.md", "grid.png", "pareto.png", "fid_vs_k.png"):
+        assert (out / f).is_file(), f
+    table = (out / "table.md").read_text()
+    assert "| pcm-nomix |" in table and "inception_score: Inception Score not available" in table
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("sampler,k,latent_rmse,psnr")
+    first = capsys.readouterr().out
+    assert first.count("done in") == 1 + 12  # the converged output's metrics + every cell
+    # a rerun computes nothing
+    assert celeba.main(argv) == 0
+    again = capsys.readouterr().out
+    assert "done in" not in again and again.count("cached") == 2 + 12
+    assert json.loads((out / "metrics.json").read_text())["results"] == res["results"]
+
+
+def test_eval_sd_end_to_end_with_a_classifier(sd_dir, reference, tmp_path, monkeypatch):  # noqa: F811
+    """A hard-switch adapter has no mixing variant (reported skipped); the classifier hook scores prompt classes."""
+    adapter = _adapter(sd_dir, tmp_path / "adapter", Switch(1, 1))
+    fake = types.ModuleType("pcm_policy.vision.classifier")
+    fake.classify = lambda images: np.full(len(images), 7)
+    monkeypatch.setitem(sys.modules, "pcm_policy.vision.classifier", fake)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten digit seven\n\na handwritten digit two\n")
+    out = tmp_path / "out"
+    assert sd.main(["--model", str(sd_dir), "--adapter", str(adapter), "--samplers", "sequential,picard,pcm",
+                    "--ks", "1,2", "--num-samples", "2", "--guidance", "3", "--prompts", str(prompts),
+                    "--reference", str(reference), "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert [r["sampler"] for r in res["results"]] == ["sequential"] * 2 + ["picard"] * 2 + ["pcm"] * 2
+    assert all(r["class_accuracy"] == 0.5 for r in res["results"])  # "seven" right, "two" wrong
+    assert "hard" in res["skipped"]["pcm_mixing"] and "class_accuracy" not in res["skipped"]
+    assert res["settings"]["guidance"] == 3.0 and res["converged"]["k"] == 4  # T: the adapter's
+
+
+def test_stand_in_defaults_say_so(ldm_dir, tmp_path, monkeypatch):  # noqa: F811
+    """Without --model: the shipped stand-in, its adapter (for T) and the held-out set; every output says these
+    are not CelebA-HQ results."""
+    import shutil
+
+    from pcm_policy.vision import eval_cli
+
+    shutil.copytree(ldm_dir, tmp_path / "checkpoints/vision/ldm_mnist")
+    _adapter(ldm_dir, tmp_path / "checkpoints/vision/ldm_mnist_pcm", Switch(1, 1))
+    monkeypatch.setattr(eval_cli, "ROOT", tmp_path)
+    data = types.ModuleType("pcm_policy.vision.data")
+    data.reference_images = lambda: np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    monkeypatch.setitem(sys.modules, "pcm_policy.vision.data", data)
+    out = tmp_path / "out"
+    assert celeba.main(["--samplers", "sequential", "--ks", "1", "--num-samples", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert "NOT CelebA-HQ" in res["stand_in"] and res["converged"]["k"] == 4 and res["reference"]["n"] == 4
+    table = (out / "table.md").read_text()
+    assert table.count("NOT CelebA-HQ") == 2 and "stand-in model" in table
+
+
+def test_prompt_labels():
+    assert prompt_labels(DIGIT_PROMPTS) == list(range(10))
+    assert prompt_labels(["a 7", "a cat", "one or two"]) == [7, None, None]
+
+
+@pytest.mark.parametrize("script,argv,message", [
+    ("celeba", [], "shipped small model"),
+    ("sd", [], "shipped small model"),
+    ("celeba", ["--model", "{ldm}", "--samplers", "ddim,picard"], "unknown sampler"),
+    ("celeba", ["--model", "{ldm}", "--ks", "1,x"], "comma list of integers"),
+    ("celeba", ["--model", "{ldm}", "--num-samples", "0"], ">= 1"),
+    ("celeba", ["--model", "{sd}", "--reference", "{ref}"], "use eval_sd.py"),
+    ("sd", ["--model", "{ldm}", "--reference", "{ref}"], "use eval_celeba.py"),
+    ("celeba", ["--model", "{ldm}"], "pass --reference DIR"),
+    ("celeba", ["--model", "{ldm}", "--reference", "{ref}", "--prompts", "{ref}"], "takes no --prompts"),
+    ("sd", ["--model", "{sd}", "--reference", "{ref}", "--prompts", "{missing}"], "is not a file"),
+    ("celeba", ["--model", "{ldm}", "--reference", "{missing}", "--samplers", "picard"], "not a folder of images"),
+    ("celeba", ["--model", "{ldm}", "--reference", "{ref}"], "needs --adapter"),
+    ("celeba", ["--model", "{missing}", "--reference", "{ref}"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(ldm_dir, sd_dir, reference, tmp_path, capsys,  # noqa: F811
+                                          script, argv, message):
+    argv = [a.format(ldm=ldm_dir, sd=sd_dir, ref=reference, missing=tmp_path / "nope") for a in argv]
+    rc = {"celeba": celeba, "sd": sd}[script].main([*argv, "--out", str(tmp_path / "out")])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")
+           or "Traceback" in line]
+    assert rc == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out" / "metrics.json").exists()
