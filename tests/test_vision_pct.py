@@ -38,7 +38,11 @@ def test_iterates_on_the_fly_are_the_base_picard_iterates(dirs, family):  # noqa
     seq, _ = sample_sequential(fn, data["x_T"], data["cond"], grid=grid)
     assert_close(data["x_star"][:, -1], seq)
     torch.manual_seed(0)
-    b = next(ImagePCTBatches(data, fn, grid, batch_size=3, K=4))
+    b = next(ImagePCTBatches(data, fn, grid, batch_size=3, K=4, cache_bytes=0))  # made per batch
+    torch.manual_seed(0)
+    cached = next(ImagePCTBatches(data, fn, grid, batch_size=3, K=4, progress=False))  # made once, kept
+    assert torch.equal(cached["k"], b["k"])
+    assert_close(cached["x_k"], b["x_k"])
     for i in range(3):  # each row is the base Picard iterate k of its condition, position 0 is x_T
         n = int((data["x_T"] == b["x_T"][i]).flatten(1).all(1).nonzero()[0])
         one = base_iterates(fn, grid, data["x_T"][n:n + 1], index_cond(data["cond"], slice(n, n + 1)), 3)

@@ -8,9 +8,10 @@ The losses, the batches' k ~ U{0..K-1}, the EMA loop and the schedule tuning are
                images_per_prompt, as supplement Table 1: 20 prompts x 10 images).
   X*           the sequential DDIM-T trajectory of the base model on each x_T, kept in memory
                (N (T+1) latents: 200 x 31 x 4x64x64 floats = 0.4 GB for real SD).
-  X^k          base Picard iterate k of a condition, generated ON THE FLY for each batch (full window,
-               tol 0, plain updates from the ParaDiGMS first iterate): storing N K (T+1) latents would not
-               fit for SD-sized latents (6 GB at N 200, K 15, T 30).
+  X^k          base Picard iterate k of a condition (full window, tol 0, plain updates from the ParaDiGMS
+               first iterate): made once and kept in memory when N K (T+1) latents fit in
+               ``cache_bytes`` (the small stand-in models: 0.2 GB), else generated ON THE FLY for each batch
+               (SD-sized latents: 6 GB at N 200, K 15, T 30).
   distance     latent RMSE per sample, sqrt(mean (x - x*)^2) (the tuning threshold is in these units).
 
 Spec: supplement Table 1 (CelebA: 200 trajectories, T 50, DDIM; SD: 20 prompts x 10 images, T 30, K 15;
@@ -52,6 +53,7 @@ class ImagePCTConfig:
     negative_prompt: str = ""
     guidance: float = 7.5
     batch: int = 16  # rows per generation call
+    cache_bytes: float = 2e9  # keep every X^k in memory below this size, else make them per batch
 
 
 def latent_rmse(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -94,11 +96,25 @@ def base_iterates(model_fn, grid, x_T, cond, k_max: int) -> list[torch.Tensor]:
 
 class ImagePCTBatches:
     """Batches for ``training.pct.pct_loss``: n over the training split, k ~ U{0..K-1} (torch's global RNG,
-    so a resumed run continues the same stream), X^k made on the fly by base Picard from x_T."""
+    so a resumed run continues the same stream), X^k by base Picard from x_T: all made once when they fit
+    in ``cache_bytes``, else per batch (the same values either way)."""
 
-    def __init__(self, data: dict, model_fn, grid, batch_size: int, K: int):
+    def __init__(self, data: dict, model_fn, grid, batch_size: int, K: int, cache_bytes: float = 2e9,
+                 chunk: int = 16, progress: bool = True):
         self.idx = (data["split"] == 0).nonzero().flatten()
         self.data, self.model_fn, self.grid, self.batch_size, self.K = data, model_fn, grid, batch_size, K
+        x_star = data["x_star"]
+        size = len(self.idx) * K * x_star[0].numel() * x_star.element_size()
+        self.cache = None
+        if size <= cache_bytes:  # (N_train, K, T+1, ...)
+            parts = []
+            for i0 in tqdm(range(0, len(self.idx), chunk), desc="X^k (base Picard)", disable=not progress):
+                n = self.idx[i0:i0 + chunk]
+                its = base_iterates(model_fn, grid, data["x_T"][n], index_cond(data["cond"], n), K - 1)
+                parts.append(torch.stack(its[:K]).movedim(2, 0))  # (B, K, T+1, ...)
+            self.cache = torch.cat(parts)
+            self.pos = torch.full((len(data["x_T"]),), -1, dtype=torch.long)
+            self.pos[self.idx] = torch.arange(len(self.idx))
 
     def __iter__(self):
         return self
@@ -107,8 +123,11 @@ class ImagePCTBatches:
         n = self.idx[torch.randint(0, len(self.idx), (self.batch_size,))]
         k = torch.randint(0, self.K, (self.batch_size,))
         x_T, cond = self.data["x_T"][n], index_cond(self.data["cond"], n)
-        its = base_iterates(self.model_fn, self.grid, x_T, cond, int(k.max()))
-        x_k = torch.stack([its[int(kk)][:, b] for b, kk in enumerate(k)])  # (B, T+1, ...)
+        if self.cache is not None:
+            x_k = self.cache[self.pos[n], k]
+        else:
+            its = base_iterates(self.model_fn, self.grid, x_T, cond, int(k.max()))
+            x_k = torch.stack([its[int(kk)][:, b] for b, kk in enumerate(k)])  # (B, T+1, ...)
         return {"x_k": x_k, "x_star": self.data["x_star"][n], "cond": cond, "k": k, "x_T": x_T}
 
 
@@ -164,8 +183,8 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
             return P.pct_loss(model_fn, b, grid, alpha, form)
     else:
         raise ValueError(f"pct.objective must be picard or unrolled, got {pc['objective']!r}")
-    batches = ImagePCTBatches(data, model_fn, grid, int(pc["batch_size"]), min(pc.get("k_max") or dcfg.iterates,
-                                                                               dcfg.iterates))
+    batches = ImagePCTBatches(data, model_fn, grid, int(pc["batch_size"]),
+                              min(pc.get("k_max") or dcfg.iterates, dcfg.iterates), dcfg.cache_bytes)
     val = (data["split"] == 1).nonzero().flatten()[: int(pc["val"]["n"])]
 
     @torch.no_grad()
