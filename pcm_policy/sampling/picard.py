@@ -258,7 +258,8 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         err = torch.where(win, (new - X[1:]).flatten(2).pow(2).sum(-1) / scale, 0)  # (T, B)
         if taa is not None:
             count[1:] = torch.where(win, (count[1:] + 1).clamp(max=m), count[1:])
-            hist = (hist + [(X, torch.cat([torch.zeros_like(X[:1]), torch.where(win.view(view), new - X[1:], 0)]))])[-m:]
+            R = torch.cat([torch.zeros_like(X[:1]), torch.where(win.view(view), new - X[1:], 0)])  # Picard residual
+            hist = (hist + [(X, R)])[-m:]
         X = put(X, win, new)
         stats.iterations += 1
         its += live
