@@ -3,11 +3,15 @@
     python scripts/rollout.py --sampler pcm --seed 0
     python scripts/rollout.py --sampler ddim --seed 100000 --episodes 50 --json results/ddim.json
     python scripts/rollout.py --sampler picard --k 10 --seed 0 --video picard.mp4
+    python scripts/rollout.py --sampler pcm --seed 100000 --episodes 50 --budget-ms 50
 
 Samplers (``pcm_policy.sampling.spec``): ddim (sequential DDIM-50; --k truncates), ddim-k (DDIM
 re-discretised to --k steps), ddpm (100 ancestral steps), picard, taa (Picard + triangular Anderson
 acceleration, training-free), pcm (Picard + the shipped adapter's model switching and its tuned
 settings), newton. Flags left unset take the sampler's defaults (for pcm: the adapter's spec).
+The iterative samplers warm-start each chunk from the previous chunk's prediction (--no-warm-start:
+from their first iterate) and converge per sample; --budget-ms stops a chunk's iterations when its
+time budget is spent (checked between iterations, the first always runs) and acts on what they reached.
 """
 
 from __future__ import annotations
@@ -49,9 +53,12 @@ def parse_args(argv=None):
     p.add_argument("--init", choices=INITS, default=None,
                    help="Picard/PCM/Newton first iterate: x_T everywhere (noise) or scaled by the noise level "
                         "(prior); exactness kept either way. Default noise; PCM: the adapter's")
-    p.add_argument("--warm-start", action="store_true",
-                   help="picard/pcm/newton: start each chunk from the previous chunk's prediction, shifted by the "
-                        "executed actions (exactness kept)")
+    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="picard/taa/pcm/newton: start each chunk from the previous chunk's prediction, shifted by "
+                        "the executed actions (exactness kept); on by default for them, --no-warm-start: off")
+    p.add_argument("--budget-ms", type=float, default=None,
+                   help="picard/taa/pcm/newton: time budget per chunk in ms; the sampler returns its current "
+                        "iterate when it is spent (read between iterations; the first iteration always runs)")
     p.add_argument("--video", type=Path, default=None, help="mp4 or gif of the first episode")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -81,13 +88,16 @@ def parse_args(argv=None):
         (a.window is not None and not iterative, f"--window is for picard, taa, pcm and newton, not {a.sampler}"),
         (a.safeguard is not None and a.safeguard <= 0, f"--safeguard must be > 0, got {a.safeguard}"),
         (a.sampler == "ddim-k" and a.k is None, "--sampler ddim-k needs --k (the number of DDIM steps)"),
-        (a.warm_start and a.sampler not in ("picard", "taa", "pcm", "newton"),
-         "--warm-start needs picard, taa, pcm or newton"),
+        (a.warm_start and not iterative, "--warm-start needs picard, taa, pcm or newton"),
+        (a.budget_ms is not None and not iterative, "--budget-ms needs picard, taa, pcm or newton"),
+        (a.budget_ms is not None and not a.budget_ms >= 0, f"--budget-ms must be >= 0, got {a.budget_ms}"),
         (a.video is not None and a.video.suffix not in (".mp4", ".gif"), "--video must end in .mp4 or .gif"),
     ]
     for bad, msg in errors:
         if bad:
             p.exit(2, f"error: {msg}\n")
+    if a.warm_start is None:
+        a.warm_start = iterative
     ignored = [f"--{n.replace('_', '-')}" for n in PCM_ONLY if getattr(a, n) is not None]
     if ignored and a.sampler != "pcm":
         print(f"note: {', '.join(ignored)} only apply to --sampler pcm; ignored for {a.sampler}", file=sys.stderr)
@@ -133,7 +143,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     out = run_rollouts(policy, sampler, seeds, max_steps=args.max_steps,
                        record={seeds[0]} if args.video else None, caption=caption, progress=args.episodes > 1,
-                       warm_start=args.warm_start)
+                       warm_start=args.warm_start,
+                       budget_s=None if args.budget_ms is None else args.budget_ms / 1000)
     wall = time.perf_counter() - t0
     summary = summarize(out["episodes"])
     print(f"{'seed':>7} {'score':>6} {'success':>7} {'steps':>5} {'iters/chunk':>11} {'ms/chunk':>8}")
@@ -142,9 +153,14 @@ def main(argv=None) -> int:
         ms = 1000 * sorted(c["latency_s"] for c in e["chunks"])[len(e["chunks"]) // 2]
         print(f"{e['seed']:>7} {e['score']:>6.3f} {e['success']!s:>7} {e['steps']:>5} {its:>11.1f} {ms:>8.1f}")
     print(f"{label}: mean score {summary['mean_score']:.3f}, success {100 * summary['success_rate']:.0f}%, "
-          f"{summary['mean_iterations']:.1f} iterations/chunk, "
+          f"{summary['mean_iterations']:.2f} iterations/chunk per sample ({summary['mean_batch_iterations']:.2f} "
+          f"per batched call), "
           f"median {1000 * summary['median_latency_s']:.1f} ms/chunk, "
-          f"{wall:.1f} s total, {args.threads} thread(s), {args.device}{', eager' if args.eager else ''}")
+          f"{wall:.1f} s total, {args.threads} thread(s), {args.device}{', eager' if args.eager else ''}"
+          f"{', warm start' if args.warm_start else ''}")
+    if args.budget_ms is not None:
+        print(f"budget {args.budget_ms:g} ms/chunk: stopped {100 * summary['budget_hit_rate']:.1f}% of the samples' "
+              f"chunks before they converged")
     if args.video:
         from envs.pusht.video import write_video
 

@@ -156,6 +156,28 @@ def test_rollout_warm_start_keeps_the_actions():
                      warm_start=True)
 
 
+def test_rollout_time_budget_and_per_sample_iterations():
+    """--budget-ms's library form: a budget of 0 stops every chunk after its first iteration (and says so), a
+    budget never spent changes nothing; chunks report their own sample's iterations and the batch's."""
+    policy = tiny_policy()
+    sampler = make_sampler("taa", policy.noise_scheduler, num_steps=8, tol=0.1)
+    free = run_rollouts(policy, sampler, [0, 1, 2], max_steps=16)["episodes"]
+    zero = run_rollouts(policy, sampler, [0, 1, 2], max_steps=16, budget_s=0.0)["episodes"]
+    big = run_rollouts(policy, sampler, [0, 1, 2], max_steps=16, budget_s=1e6)["episodes"]
+    assert all(c["iterations"] == c["batch_iterations"] == 1 for e in zero for c in e["chunks"])
+    s = summarize(zero)
+    assert s["mean_iterations"] == s["mean_batch_iterations"] == 1 and s["budget_hit_rate"] == 1
+    for f, b in zip(free, big, strict=True):
+        assert f["final_coverage"] == b["final_coverage"] and not any(c["budget_hit"] for c in b["chunks"])
+        assert [c["iterations"] for c in f["chunks"]] == [c["iterations"] for c in b["chunks"]]
+    s = summarize(free)
+    assert s["budget_hit_rate"] == 0 and s["mean_iterations"] <= s["mean_batch_iterations"]
+    assert all(c["iterations"] <= c["batch_iterations"] for e in free for c in e["chunks"])
+    with pytest.raises(ValueError, match="budget_s"):  # sequential samplers take no budget
+        run_rollouts(policy, make_sampler("ddim", policy.noise_scheduler, num_steps=4), [0], max_steps=8,
+                     budget_s=1.0)
+
+
 def test_smoke_training_and_rollout_script(tmp_path):
     from pcm_policy.data import ReplayBuffer
 
@@ -216,6 +238,9 @@ def test_smoke_training_and_rollout_script(tmp_path):
     (["--sampler", "ddim-k", "--k", "101"], "k (ddim-k's steps) must be in 1..100"),
     (["--sampler", "ddim", "--threads", "0"], "--threads must be >= 1"),
     (["--sampler", "picard", "--window", "51"], "--window must be in 1..--num-steps=50"),
+    (["--sampler", "ddim", "--budget-ms", "5"], "--budget-ms needs picard, taa, pcm or newton"),
+    (["--sampler", "pcm", "--budget-ms", "-1"], "--budget-ms must be >= 0"),
+    (["--sampler", "ddim", "--warm-start"], "--warm-start needs picard, taa, pcm or newton"),
 ])
 def test_rollout_bad_input_exits_2(args, msg):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), *args], capture_output=True, text=True)

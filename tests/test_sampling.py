@@ -216,8 +216,8 @@ def test_sliding_window_equals_sequential(window):
     seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
     x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), window=window, tol=0.0)
     assert close(x, seq, 1e-5) and stats.iterations <= T
-    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), window=window, tol=0.1)
-    assert stats.iterations <= T and (x - seq).abs().max() < 0.05
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), window=window, tol=0.03)
+    assert stats.iterations <= T and (x - seq).abs().max() < 0.05  # per sample: 0.1 leaves one sample 0.19 off
 
 
 @pytest.mark.parametrize("case", range(3))
@@ -249,7 +249,8 @@ def test_anderson_step_is_the_weighted_triangular_least_squares(w, beta):
     L, B, m = 6, 2, 3
     hist = [(torch.randn(L + 1, B, *SHAPE, generator=g), torch.randn(L + 1, B, *SHAPE, generator=g)) for _ in range(m)]
     weight = torch.rand(L + 1, generator=g) ** w
-    corr = _anderson(hist, torch.full((L + 1,), m), 0, L, 0.0, weight, beta)
+    win = torch.ones(L, B, dtype=torch.bool)  # every position in every sample's window
+    corr = _anderson(hist, torch.full((L + 1, B), m), win, 0.0, weight, beta)
     X, R = (torch.stack([h[i][1:] for h in hist]).flatten(3).double() for i in (0, 1))  # (m, L, B, d)
     dX, dR = X[1:] - X[:-1], R[1:] - R[:-1]
     wt = weight[1:].double().view(-1, 1)
@@ -259,7 +260,7 @@ def test_anderson_step_is_the_weighted_triangular_least_squares(w, beta):
             gamma = torch.linalg.lstsq(A, (R[-1, : j + 1, b] * wt[: j + 1]).reshape(-1, 1)).solution[:, 0]
             want = torch.einsum("p,pd->d", gamma, dX[:, j, b] + beta * dR[:, j, b]) + (1 - beta) * R[-1, j, b]
             assert close(corr[j, b].flatten().double(), want, 1e-4), (j, b)
-    first = _anderson(hist[:1], torch.ones(L + 1, dtype=torch.long), 0, L, 0.0, weight, beta)
+    first = _anderson(hist[:1], torch.ones(L + 1, B, dtype=torch.long), win, 0.0, weight, beta)
     assert first is None if beta == 1.0 else close(first, (1 - beta) * hist[0][1][1:], 1e-6)
 
 
@@ -287,11 +288,75 @@ def test_pcm_with_anderson_equals_sequential(space):
 def test_tolerance_stops_early_and_max_iters_caps():
     model, (x_T, cond) = MLPDenoiser(), inputs()
     seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
-    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), tol=0.1)
+    x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), tol=0.03)
     assert stats.iterations < T and stats.converged and (x - seq).abs().max() < 0.05
     x, stats = sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), tol=0.0, max_iters=2,
                              return_trajectory=True)
     assert stats.iterations == 2 and not stats.converged and close(x, stats.trajectory[T], 0)
+
+
+class RowCounter:
+    """A model function that counts the rows it is asked to evaluate."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, 0
+
+    def __call__(self, x, t, cond, **kw):
+        self.rows += x.shape[0]
+        return self.model(x, t, cond, **kw)
+
+
+PER_SAMPLE = {
+    "picard": lambda m, x, c, **kw: sample_picard(m, x, c, **kw),
+    "picard-window": lambda m, x, c, **kw: sample_picard(m, x, c, window=4, **kw),
+    "taa": lambda m, x, c, **kw: sample_picard(m, x, c, taa=TAA(), init="prior", safeguard=1.0, **kw),
+    "pcm": lambda m, x, c, **kw: sample_pcm(m, x, c, schedule=linear_schedule(1, 3), taa=TAA(), **kw),
+}
+
+
+@pytest.mark.parametrize("name", PER_SAMPLE)
+def test_per_sample_windows_leave_the_batch_as_they_converge(name):
+    """Each sample has its own anchor, window, TAA history and safeguard: at tol 0.1 it ends with the iterations
+    and output it has alone, whatever shares the batch; a converged sample's rows are no longer evaluated, so the
+    batch costs its slowest sample's iterations and NFE counts the rows evaluated."""
+    model, (x_T, cond) = MLPDenoiser(seed=7), inputs(batch=4, seed=1)
+    counter, kw = RowCounter(model), dict(grid=step_grid(ddim(), T), tol=0.1)
+    x, st = PER_SAMPLE[name](counter, x_T, cond, **kw)
+    assert len(set(st.sample_iterations)) > 1 and st.iterations == max(st.sample_iterations)  # they differ here
+    assert counter.rows == sum(st.sample_nfe) < 4 * max(st.sample_nfe)  # the early ones stopped being evaluated
+    assert st.nfe == pytest.approx(sum(st.sample_nfe) / 4) and st.converged and all(st.sample_converged)
+    for i in range(4):
+        alone, sa = PER_SAMPLE[name](model, x_T[i:i + 1], cond[i:i + 1], **kw)
+        assert close(x[i:i + 1], alone, 1e-5), i
+        assert sa.iterations == st.sample_iterations[i] and sa.sample_nfe[0] == st.sample_nfe[i], i
+
+
+@pytest.mark.parametrize("name", ["picard", "taa", "pcm"])
+def test_time_budget(name):
+    """budget_s = 0 runs exactly the first iteration (max_iters=1's output, out_of_budget set); a budget that is
+    never spent changes nothing."""
+    model, (x_T, cond) = MLPDenoiser(seed=7), inputs()
+    kw = dict(grid=step_grid(ddim(), T), tol=0.0)
+    free, sf = PER_SAMPLE[name](model, x_T, cond, **kw)
+    x0, s0 = PER_SAMPLE[name](model, x_T, cond, budget_s=0.0, **kw)
+    one, _ = PER_SAMPLE[name](model, x_T, cond, max_iters=1, **kw)
+    assert s0.iterations == 1 and s0.out_of_budget and not s0.converged and torch.equal(x0, one)
+    big, sb = PER_SAMPLE[name](model, x_T, cond, budget_s=1e9, **kw)
+    assert torch.equal(big, free) and sb.iterations == sf.iterations and not sb.out_of_budget and sb.converged
+    with pytest.raises(ValueError, match="budget_s"):
+        PER_SAMPLE[name](model, x_T, cond, budget_s=-1.0, **kw)
+
+
+def test_time_budget_newton_and_sampler():
+    from pcm_policy.sampling import make_sampler
+
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    x, st = sample_newton(model, x_T, cond, grid=step_grid(ddim(), T), tol=0.0, budget_s=0.0)
+    assert st.iterations == 1 and st.out_of_budget and st.sample_iterations == [1, 1, 1]
+    _, st = make_sampler("taa", ddim(), num_steps=T)(model, x_T, cond, budget_s=0.0)
+    assert st.iterations == 1 and st.out_of_budget
+    with pytest.raises(ValueError, match="budget_s"):
+        make_sampler("ddim", ddim(), num_steps=T)(model, x_T, cond, budget_s=1.0)
 
 
 def test_warm_start_from_the_fixed_point_takes_one_iteration():

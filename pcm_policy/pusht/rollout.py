@@ -36,7 +36,8 @@ def chunk_noise(seed: int, chunk: int, shape: tuple, noise_seed: int = 0) -> tor
 def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int = 200, legacy: bool = True,
                  noise_seed: int = 0, record: set[int] | None = None, render_size: int = 256,
                  caption: Callable[[dict], str] | None = None, progress: bool = False,
-                 warm_start: bool = False, on_chunk: Callable[[int, torch.Tensor, dict], None] | None = None) -> dict:
+                 warm_start: bool = False, budget_s: float | None = None,
+                 on_chunk: Callable[[int, torch.Tensor, dict], None] | None = None) -> dict:
     """Roll out ``policy`` with ``sampler`` on ``seeds`` in lockstep.
 
     Args:
@@ -50,14 +51,19 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
             order of the running episodes, by seed order).
     Returns:
         {"episodes": [{"seed", "score", "success", "steps", "max_coverage", "final_coverage", "chunks": [
-        {"chunk", "iterations", "nfe", "latency_s" (s), "batch"}, ...]}, ...], "frames": {seed: [...]},
-        "envs": [...]} (the envs are left where their episodes ended).
+        {"chunk", "iterations", "nfe", "batch_iterations", "latency_s" (s), "batch", "budget_hit"}, ...]}, ...],
+        "frames": {seed: [...]}, "envs": [...]} (the envs are left where their episodes ended). A chunk's
+        ``iterations`` and ``nfe`` are the episode's own sample's (iterative samplers converge per sample),
+        ``batch_iterations`` the batched calls of the whole chunk (its slowest sample), ``budget_hit`` whether
+        the time budget stopped this episode's sample before it converged.
 
     ``record``: seeds whose frames (with the action marker) are kept for a video; ``caption(chunk)``
     turns a chunk's figures (None for the first frame) into a line drawn on its frames.
     ``warm_start``: pass each chunk's sampler an x0 guess (``init``, Picard/PCM/Newton only): the previous
     chunk's normalised prediction shifted by the executed actions (its last action repeated at the end;
     zeros for the first chunk). The sampler's fixed point, and so the converged action, does not change.
+    ``budget_s``: each chunk's time budget (iterative samplers, ``sampling.picard``): the sampler returns
+    its current iterate when it is spent.
     """
     cfg = policy.cfg
     record = record or set()
@@ -82,6 +88,8 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
         noise = torch.stack([torch.randn(shape, generator=g) for g in gens])  # x_T = chunk_noise(...)
         t0 = time.perf_counter()
         kw = {"init": guess[active].to(policy.device)} if warm_start else {}
+        if budget_s is not None:
+            kw["budget_s"] = budget_s
         out = policy.predict_action(obs, sampler, noise=noise, generator=gens, **kw)  # gens: the step noise
         synchronize(policy.device)
         latency = time.perf_counter() - t0
@@ -90,13 +98,18 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
         if warm_start:
             pred, n = out["action_pred_norm"].detach().cpu(), cfg.n_action_steps
             guess[active] = torch.cat([pred[:, n:], pred[:, -1:].expand(-1, n, -1)], dim=1)
-        st = out["stats"]
-        fig = {"chunk": chunk, "iterations": int(st.iterations), "nfe": int(st.nfe), "latency_s": latency,
-               "batch": len(active)}
+        st, n_act = out["stats"], len(active)
+        its = st.sample_iterations or [st.iterations] * n_act  # sequential samplers: the batch's
+        nfe = st.sample_nfe or [st.nfe] * n_act
+        conv = st.sample_converged or [st.converged] * n_act
+        figs = [{"chunk": chunk, "iterations": int(its[r]), "nfe": float(nfe[r]),
+                 "batch_iterations": int(st.iterations), "latency_s": latency, "batch": n_act,
+                 "budget_hit": bool(st.out_of_budget and not conv[r])} for r in range(n_act)]
         actions = out["action"].cpu().numpy().astype(np.float64)
         still = []
         for row, i in enumerate(active):
             env, ep = envs[i], eps[i]
+            fig = figs[row]
             ep["chunks"].append(fig)
             done = False
             for a in actions[row]:
@@ -125,14 +138,18 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
 
 
 def summarize(episodes: list[dict]) -> dict:
-    lat = [c["latency_s"] for e in episodes for c in e["chunks"]]
-    its = [c["iterations"] for e in episodes for c in e["chunks"]]
-    nfe = [c["nfe"] for e in episodes for c in e["chunks"]]
+    """Means over episode-chunks (``mean_iterations``, ``mean_nfe``: per sample; ``budget_hit_rate``: the
+    share whose sample the time budget stopped) and over batched chunks (``mean_batch_iterations``)."""
+    chunks = [c for e in episodes for c in e["chunks"]]
+    batch_its = {c["chunk"]: c.get("batch_iterations", c["iterations"]) for c in chunks}  # one per batched call
     return {"episodes": len(episodes), "mean_score": float(np.mean([e["score"] for e in episodes])),
             "success_rate": float(np.mean([e["success"] for e in episodes])),
             "mean_steps": float(np.mean([e["steps"] for e in episodes])),
-            "mean_iterations": float(np.mean(its)), "mean_nfe": float(np.mean(nfe)),
-            "median_latency_s": float(np.median(lat))}
+            "mean_iterations": float(np.mean([c["iterations"] for c in chunks])),
+            "mean_batch_iterations": float(np.mean(list(batch_its.values()))),
+            "mean_nfe": float(np.mean([c["nfe"] for c in chunks])),
+            "budget_hit_rate": float(np.mean([c.get("budget_hit", False) for c in chunks])),
+            "median_latency_s": float(np.median([c["latency_s"] for c in chunks]))}
 
 
 def _caption(frame: np.ndarray, text: str) -> np.ndarray:

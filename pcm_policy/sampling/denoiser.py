@@ -36,20 +36,29 @@ class ModelFn(Protocol):
 class SampleStats:
     """What a sampler did.
 
-    iterations: sequential steps (one batched model call each, whatever its width).
-    nfe: model evaluations per sample (rows passed to the denoiser / batch size); a feature-space
-        PCM position costs 2, a Newton JVP counts 1.
+    iterations: sequential steps of the batch (one batched model call each, whatever its width); for
+        an iterative sampler, the iterations of its slowest sample.
+    nfe: model evaluations per sample (rows passed to the denoiser / batch size, so only the rows
+        actually evaluated); a feature-space PCM position costs 2, a Newton JVP counts 1.
+    sample_iterations, sample_nfe, sample_converged: iterative samplers, per sample (row of x_T): the
+        batched calls it took part in, its rows evaluated (x calls per row), whether it converged
+        (Picard/PCM samples leave the batch as they converge, ``picard.py``).
+    out_of_budget: the time budget (``budget_s``) stopped the sampler before every sample converged.
     residuals: per iteration, the largest scaled change of a window position,
         ``max_j max_b ||x_j^{k+1} - x_j^k|| / sqrt(d sigma_j^2)`` (in units of ``tol``).
     iterates: with ``return_iterates``, ``[X^0, X^1, ..., X^K]``, each ``(T+1, B, ...)``.
     trajectory: with ``return_trajectory``, the final ``(T+1, B, ...)`` trajectory.
-    converged: False when ``max_iters`` (or ``truncate``) stopped the sampler first.
-    clamped: position-iterations changed by the iterate safeguard.
+    converged: False when ``max_iters``, ``budget_s`` (or ``truncate``) stopped the sampler first.
+    clamped: (position, sample) pairs changed by the iterate safeguard, summed over iterations.
     lambdas: PCM only, the LoRA scale used at each iteration.
     """
 
     iterations: int = 0
-    nfe: int = 0
+    nfe: float = 0
+    sample_iterations: list[int] | None = None
+    sample_nfe: list[float] | None = None
+    sample_converged: list[bool] | None = None
+    out_of_budget: bool = False
     residuals: list[float] = field(default_factory=list)
     iterates: list[torch.Tensor] | None = None
     trajectory: torch.Tensor | None = None

@@ -15,6 +15,8 @@ not a fast sampler. Attention runs on the math SDPA backend, which supports forw
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -29,14 +31,18 @@ __all__ = ["sample_newton"]
 def sample_newton(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, tol: float = 0.1,
                   max_iters: int | None = None, noise: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
-                  return_iterates: bool = False, return_trajectory: bool = False,
+                  return_iterates: bool = False, return_trajectory: bool = False, budget_s: float | None = None,
                   **model_kwargs) -> tuple[torch.Tensor, SampleStats]:
     """Newton's method on Psi(X) = 0, full window (supplement eq. 5-7).
 
     Args and returns as ``sample_picard`` (no window, TAA or safeguard); ``model_kwargs`` (e.g.
     ``lora_scale``) pass through to every call. ``nfe`` counts one per position per iteration (a JVP,
-    or a plain call at the anchor). Raises ValueError on bad arguments.
+    or a plain call at the anchor). The window is batch-wide here (per-sample stats repeat the batch's);
+    ``budget_s`` as in ``sample_picard``. Raises ValueError on bad arguments.
     """
+    t0 = time.perf_counter()
+    if budget_s is not None and not budget_s >= 0:
+        raise ValueError(f"budget_s must be >= 0 seconds or None, got {budget_s}")
     grid = grid.like(x_T)
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
     check_args(x_T, None, tol, max_iters, "paradigms", init, T)
@@ -61,6 +67,9 @@ def sample_newton(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
         if max_iters is not None and stats.iterations >= max_iters:
             stats.converged = False
             break
+        if budget_s is not None and stats.iterations > 0 and time.perf_counter() - t0 >= budget_s:
+            stats.converged, stats.out_of_budget = False, True
+            break
         Xn = X.clone()
         Xn[b + 1] = step(b)(X[b])  # the anchor is final: no tangent
         with sdpa_kernel([SDPBackend.MATH]):
@@ -75,6 +84,8 @@ def sample_newton(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
         X = Xn
         if return_iterates:
             stats.iterates.append(X.clone())
+    stats.sample_iterations, stats.sample_nfe = [stats.iterations] * B, [stats.nfe] * B
+    stats.sample_converged = [stats.converged] * B
     if return_trajectory:
         stats.trajectory = X
     return X[T].clone(), stats

@@ -12,6 +12,10 @@ Exactness: the window's anchor moves only on iterations with lambda = 0, i.e. on
 Picard updates; iterations with lambda > 0 only move positions after the anchor (guesses). So the
 fixed point is the base model's whatever the adapter, and with ``tol=0`` the output is sequential
 sampling's. The schedule must reach 0 (checked), unless ``max_iters`` truncates the run.
+k counts batched calls; windows are per sample (``picard.py``), but every sample still running has
+taken part in every call since the first, so k is each running sample's own iteration count and one
+lambda(k) per call (one ``lora_scale``, frozen graphs served) is right for all of them. A per-sample k
+would only be needed if samples could join a run already under way, which ``picard_loop`` does not do.
 """
 
 from __future__ import annotations
@@ -107,7 +111,8 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
                max_iters: int | None = None, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                form: str = "paradigms", safeguard: float | None = None, taa: TAA | None = None,
-               return_iterates: bool = False, return_trajectory: bool = False) -> tuple[torch.Tensor, SampleStats]:
+               return_iterates: bool = False, return_trajectory: bool = False,
+               budget_s: float | None = None) -> tuple[torch.Tensor, SampleStats]:
     """PCM: ``sample_picard`` whose model function is called with ``lora_scale`` = lambda(k).
 
     Args:
@@ -134,6 +139,7 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
     x, stats = picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                            noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                            return_iterates=return_iterates, return_trajectory=return_trajectory,
-                           safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0, taa=taa)
+                           safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0, taa=taa,
+                           budget_s=budget_s)
     stats.lambdas = lambdas
     return x, stats

@@ -10,18 +10,26 @@ Glossary (ParaDiGMS, Shih et al. 2023, Alg. 1; PCM supplement eq. 1):
              trajectory ``(T+1, *x_T.shape)``: used as it is. Position 0 is always x_T, and the
              fixed point (the output at convergence) is the same for every choice.
   d_i(x)     drift F_i(x) - x of solver step i (``ddim.py``), noise term z_i included.
-  window p   positions [b, b+p) whose drifts are evaluated in ONE batched call per iteration.
-  b          the window's anchor: X[0..b] are final, X[b] feeds the cumulative sum.
-  tau        tolerance: position j has converged when, for every sample,
-             ||x_j^{k+1} - x_j^k||^2 / (d sigma_j^2) <= tau^2.
+  window p   positions [b, b+p) of a sample whose drifts are evaluated; ONE batched call per iteration
+             evaluates the windows of all samples still running.
+  b          a sample's anchor: its X[0..b] are final, X[b] feeds its cumulative sum.
+  tau        tolerance: position j of a sample has converged when ||x_j^{k+1} - x_j^k||^2 / (d sigma_j^2) <= tau^2.
   sigma_j^2  DDPM posterior variance of step j (the step leaving position j; X[T] uses the last
              step's), a scale only. Zero variances (t = 0 steps) are floored at the smallest positive
              one so the rule stays finite.
   forms      "paradigms": x_j^{k+1} = x_b + sum_{i=b}^{j-1} d_i(x_i^k);
              "chain":     x_j^{k+1} = F_{j-1}(x_{j-1}^k)  (supplement eq. 1, Phi). Same fixed point.
 
-The window slides to the first position that has not converged (its new value was computed from a
-converged prefix, so it is exact); it always advances by >= 1, so at most T iterations are needed.
+Each sample's window slides to its first position that has not converged (its new value was computed
+from a converged prefix, so it is exact); it always advances by >= 1, so at most T iterations are needed.
+Windows are per sample: a sample whose anchor reaches T has converged and leaves the batched call (its
+rows are no longer evaluated, its trajectory no longer changes) while the others go on, so the batch
+costs its slowest sample's iterations but each sample's output, TAA history and safeguard are its own:
+a sample's result does not depend on the other samples of the batch (up to the model's own batching).
+Time budget (``budget_s``): the clock starts when the loop is called and is read between iterations;
+the first iteration always runs, and no further one starts once the budget is spent, so the sampler
+returns X[T] of its current iterate (for the samples still running; a budget of 0 gives exactly one
+iteration) and may overrun by up to one iteration's time. ``stats.out_of_budget`` says so.
 Triangular Anderson acceleration (``taa=TAA(memory=m, ...)``, ParaTAA, Tang et al. 2024) with mixing beta
 (Walker & Ni 2011): positions after the new anchor take x_j + beta R_j - sum_n gamma_j[n] (dX_j[n] + beta dR_j[n])
 instead of the Picard value x_j + R_j, where R = Picard value - x, dX and dR are the differences of the last
@@ -44,13 +52,14 @@ only makes the safeguard act less).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .ddim import Grid, ddim_step, draw_noise
-from .denoiser import Cond, SampleStats, call_model, check_cond, repeat_cond
+from .denoiser import Cond, SampleStats, call_model, check_cond, index_cond
 
 __all__ = ["INITS", "TAA", "check_args", "initial_trajectory", "picard_loop", "picard_update", "sample_picard", "slide",
            "tol_scale"]
@@ -153,29 +162,30 @@ def _bound(grid: Grid, x_T: torch.Tensor, kappa: float) -> torch.Tensor:
     return abar**0.5 * c + (1 - abar) ** 0.5 * m
 
 
-def _anderson(hist: list, count: torch.Tensor, b: int, e: int, reg: float, weight: torch.Tensor,
+def _anderson(hist: list, count: torch.Tensor, win: torch.Tensor, reg: float, weight: torch.Tensor,
               beta: float = 1.0) -> torch.Tensor | None:
-    """TAA correction (1 - beta) R_j + sum_n gamma_j[n] (dX_j[n] + beta dR_j[n]) for the window positions
-    b+1..e, to subtract from their Picard values.
+    """TAA correction (1 - beta) R_j + sum_n gamma_j[n] (dX_j[n] + beta dR_j[n]) of positions 1..T, (T, B, ...),
+    to subtract from their Picard values; meaningful on ``win`` (T, B): position j+1 is in sample b's window.
 
     ``hist``: (X, R) full trajectories of the last iterations, oldest first (R is zero outside the
-    window it was computed on); ``count[j]``: how many of them hold a residual of position j, so
-    position j uses its last count[j] - 1 differences. ``weight``: (T+1,) residual scale per position.
-    None when there is nothing to correct (no difference yet and beta = 1)."""
+    window it was computed on); ``count[j, b]``: how many of them hold a residual of position j of sample
+    b, which uses its last count - 1 differences. ``weight``: (T+1,) residual scale per position; a
+    position's least squares sums over its sample's window positions i <= j. None when there is nothing
+    to correct (no difference yet and beta = 1)."""
     n = len(hist) - 1
-    R_last = hist[-1][1][b + 1:e + 1]
+    R_last = hist[-1][1][1:]
     if n < 1:
         return None if beta == 1.0 else (1 - beta) * R_last
-    X = torch.stack([x[b + 1:e + 1] for x, _ in hist]).flatten(3).double()  # (n+1, L, B, d)
-    R = torch.stack([r[b + 1:e + 1] for _, r in hist]).flatten(3).double()
-    dX, dR = X[1:] - X[:-1], R[1:] - R[:-1]  # (n, L, B, d)
-    valid = torch.arange(n, device=R.device)[None, :] >= n - (count[b + 1:e + 1, None] - 1)  # (L, n)
-    m = valid[:, None, :].to(R.dtype)  # (L, 1, n): drop the differences position j does not have
-    w = weight[b + 1:e + 1].view(-1, 1, 1).double()
-    gram = torch.einsum("pibd,qibd->ibpq", dR * w, dR * w).cumsum(0)  # (L, B, n, n): summed over i <= j
+    X = torch.stack([x[1:] for x, _ in hist]).flatten(3).double()  # (n+1, T, B, d)
+    R = torch.stack([r[1:] for _, r in hist]).flatten(3).double()
+    dX, dR = X[1:] - X[:-1], R[1:] - R[:-1]  # (n, T, B, d)
+    valid = torch.arange(n, device=R.device) >= n - (count[1:, :, None] - 1)  # (T, B, n)
+    m = valid.to(R.dtype)  # drop the differences position j does not have
+    w = (weight[1:, None] * win).unsqueeze(-1).double()  # (T, B, 1): zero outside the sample's window
+    gram = torch.einsum("pibd,qibd->ibpq", dR * w, dR * w).cumsum(0)  # (T, B, n, n): summed over i <= j
     gram = gram * m[..., :, None] * m[..., None, :]
-    rhs = torch.einsum("pibd,ibd->ibp", dR * w, R[-1] * w).cumsum(0) * m  # (L, B, n)
-    ridge = reg * gram.diagonal(dim1=-2, dim2=-1).mean(-1) + torch.finfo(R.dtype).tiny  # (L, B)
+    rhs = torch.einsum("pibd,ibd->ibp", dR * w, R[-1] * w).cumsum(0) * m  # (T, B, n)
+    ridge = reg * gram.diagonal(dim1=-2, dim2=-1).mean(-1) + torch.finfo(R.dtype).tiny  # (T, B)
     eye = torch.eye(n, dtype=R.dtype, device=R.device)
     gamma = torch.linalg.solve(gram + ridge[..., None, None] * eye, rhs.unsqueeze(-1))
     corr = torch.einsum("ibp,pibd->ibd", gamma.squeeze(-1), dX + beta * dR)
@@ -183,77 +193,100 @@ def _anderson(hist: list, count: torch.Tensor, b: int, e: int, reg: float, weigh
 
 
 def slide(err: torch.Tensor, tol: float) -> int:
-    """How far the anchor moves: 1 + the number of leading window positions whose scaled change
-    ``err`` (L, B) is within ``tol`` for every sample (NaN/inf count as not converged), at most L."""
+    """How far a batch-wide anchor moves (``newton.py``): 1 + the number of leading window positions whose
+    scaled change ``err`` (L, B) is within ``tol`` for every sample (NaN/inf count as not converged), at most L."""
     bad = (~(err <= tol**2)).any(dim=1).tolist() + [True]
     return min(bad.index(True) + 1, err.shape[0])
 
 
 def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
                 init=None, form="paradigms", return_iterates=False, return_trajectory=False,
-                safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, taa: TAA | None = None):
-    """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``.
+                safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, taa: TAA | None = None,
+                budget_s: float | None = None):
+    """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``, one window per sample.
 
-    ``evaluate(x_rows, t_rows, cond_rows, k) -> (model output, calls per row)`` is iteration k's model
-    call. ``may_slide(k)`` says whether iteration k (0-based) may move the anchor (PCM: only base-model
-    iterations may, so the fixed point stays the base model's). ``taa``: triangular Anderson
-    acceleration (module doc); None: plain Picard. Differentiable when grad is enabled (PCT unrolls it).
+    ``evaluate(x_rows, t_rows, cond_rows, k) -> (model output, calls per row)`` is the k-th batched call
+    (0-based); its rows are the window positions of the samples still running, position-major.
+    ``may_slide(k)`` says whether call k may move the anchors (PCM: only base-model iterations may, so
+    the fixed point stays the base model's). ``k`` needs no per-sample copy: a sample takes part in
+    every call from the first until it leaves, so k is its own iteration count too. ``taa``: triangular
+    Anderson acceleration (module doc); None: plain Picard. ``budget_s``: seconds from the call after
+    which no further iteration starts (module doc). Differentiable when grad is enabled (PCT unrolls it).
     """
+    t0 = time.perf_counter()
     if taa is not None and not isinstance(taa, TAA):
         raise ValueError(f"taa must be a TAA(...) or None, got {taa!r}")
+    if budget_s is not None and not budget_s >= 0:
+        raise ValueError(f"budget_s must be >= 0 seconds or None, got {budget_s}")
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
     check_args(x_T, window, tol, max_iters, form, init, T)
     check_cond(cond, B)
-    p = T if window is None else min(window, T)
-    X = initial_trajectory(grid, x_T, init)
+    p, dev = T if window is None else min(window, T), x_T.device
+    X = initial_trajectory(grid, x_T, init)  # never changed in place: iterates and TAA history share it
     copy_exposed = _is_noise(init)
-    scale = d * tol_scale(grid)
-    bound = None if safeguard is None else _bound(grid, x_T, safeguard)
+    scale = d * tol_scale(grid)[1:, None]  # (T, 1): positions 1..T
+    bound = None if safeguard is None else _bound(grid, x_T, safeguard)[1:]
     m = taa.memory if taa is not None else 0
-    aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(x_T.device) ** taa.weight if taa is not None else None
-    stats = SampleStats(iterates=[X.clone()] if return_iterates else None)
-    hist, count = [], torch.zeros(T + 1, dtype=torch.long, device=x_T.device)  # Anderson memory
-    b, e = 0, p
-    while b < T:
+    aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(dev) ** taa.weight if taa is not None else None
+    stats = SampleStats(iterates=[X] if return_iterates else None)
+    hist, count = [], torch.zeros(T + 1, B, dtype=torch.long, device=dev)  # Anderson memory
+    pos, cols, view = torch.arange(T, device=dev)[:, None], torch.arange(B, device=dev), (T, B) + (1,) * (x_T.ndim - 1)
+    b, e = torch.zeros(B, dtype=torch.long, device=dev), torch.full((B,), p, device=dev)  # anchors, window ends
+    its, rows = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev)
+
+    def put(X, mask, V):  # X with positions 1..T replaced by V where mask (T, B); out of place
+        return torch.cat([X[:1], torch.where(mask.view(view), V, X[1:])])
+
+    while bool((b < T).any()):
         if max_iters is not None and stats.iterations >= max_iters:
-            stats.converged = False
             break
-        L, k = e - b, stats.iterations
-        xs = X[b:e]
-        t = grid.timesteps[b:e].repeat_interleave(B)
-        out, calls = evaluate(xs.flatten(0, 1), t, repeat_cond(cond, L), k)
-        new = picard_update(grid, xs, out, b, X[b], noise_terms, form)
-        err = (new - X[b + 1:e + 1]).flatten(2).pow(2).sum(-1) / scale[b + 1:e + 1, None]  # (L, B)
-        if torch.is_grad_enabled():  # differentiable (PCT unrolls it): leave the tensors autograd saved intact
-            X = X.clone()
+        if budget_s is not None and stats.iterations > 0 and time.perf_counter() - t0 >= budget_s:
+            stats.out_of_budget = True
+            break
+        k, live = stats.iterations, b < T
+        win = (pos >= b) & (pos < e) & live  # (T, B): row j <-> position j evaluated, position j+1 updated
+        jj, ss = win.nonzero(as_tuple=True)  # the rows of this call, position-major
+        xs = X[jj, ss]
+        out, calls = evaluate(xs, grid.timesteps[jj], index_cond(cond, ss), k)
+        fx = ddim_step(grid, xs, out, jj)  # F_j(x_j)
+        if noise_terms is not None:
+            fx = fx + noise_terms[jj, ss]
+        if form == "chain":
+            new = X[1:].index_put((jj, ss), fx)  # chain: x_{j+1} = F_j(x_j)
+        else:  # Picard: x_j = x_b + cumsum of drifts (zero before each sample's anchor)
+            new = X[b, cols] + torch.zeros_like(X[1:]).index_put((jj, ss), fx - xs).cumsum(0)
+        err = torch.where(win, (new - X[1:]).flatten(2).pow(2).sum(-1) / scale, 0)  # (T, B)
         if taa is not None:
-            R = torch.zeros_like(X)
-            R[b + 1:e + 1] = new - X[b + 1:e + 1]
-            count[b + 1:e + 1] = (count[b + 1:e + 1] + 1).clamp(max=m)
-            hist = (hist + [(X.clone(), R)])[-m:]
-        X[b + 1:e + 1] = new
+            count[1:] = torch.where(win, (count[1:] + 1).clamp(max=m), count[1:])
+            R = torch.cat([torch.zeros_like(X[:1]), torch.where(win.view(view), new - X[1:], 0)])  # Picard residual
+            hist = (hist + [(X, R)])[-m:]
+        X = put(X, win, new)
         stats.iterations += 1
-        stats.nfe += L * calls
+        its += live
+        rows += win.sum(0) * calls
         stats.residuals.append(err.max().sqrt().item())
         new_b = b
-        if may_slide(k):  # slide to the first position that has not converged (>= 1 step)
-            new_b = b + slide(err, tol)
-        if taa is not None and new_b < e:  # TAA on the positions after the new anchor only
-            corr = _anderson(hist, count, b, e, taa.reg, aweight, taa.mixing)
+        if may_slide(k):  # each sample slides to its first position that has not converged (>= 1 step)
+            bad = ~((err <= tol**2) | (pos < b)) | (pos >= e)
+            first = torch.cat([bad, bad.new_ones(1, B)]).int().argmax(0)
+            new_b = torch.where(live, torch.minimum(first + 1, e), b)
+        if taa is not None:  # TAA on the positions after the new anchor only
+            corr = _anderson(hist, count, win, taa.reg, aweight, taa.mixing)
             if corr is not None:
-                X[new_b + 1:e + 1] -= corr[new_b - b:]
-        new_e = min(new_b + p, T)
-        if copy_exposed and new_e > e:
-            X[e + 1:new_e + 1] = X[e]  # newly exposed positions start from the last window value
-        if bound is not None and new_e > new_b:  # safeguard: positions after the anchor only
-            lim = bound[new_b + 1:new_e + 1]
-            seg = X[new_b + 1:new_e + 1].clone()
-            clamped = torch.maximum(torch.minimum(seg, lim), -lim)
-            stats.clamped += int((clamped != seg).flatten(1).any(1).sum())
-            X[new_b + 1:new_e + 1] = clamped
+                X = put(X, win & (pos >= new_b), X[1:] - corr)
+        new_e = (new_b + p).clamp(max=T)
+        if copy_exposed:  # newly exposed positions start from the last window value
+            X = put(X, (pos >= e) & (pos < new_e), X[e, cols])
+        if bound is not None:  # safeguard: positions after the anchor only
+            guess = (pos >= new_b) & (pos < new_e)
+            clamped = torch.maximum(torch.minimum(X[1:], bound), -bound)
+            stats.clamped += int((guess & (clamped != X[1:]).flatten(2).any(-1)).sum())
+            X = put(X, guess, clamped)
         b, e = new_b, new_e
         if return_iterates:
-            stats.iterates.append(X.clone())
+            stats.iterates.append(X)
+    stats.sample_iterations, stats.sample_nfe, stats.sample_converged = its.tolist(), rows.tolist(), (b >= T).tolist()
+    stats.nfe, stats.converged = rows.sum().item() / B, all(stats.sample_converged)
     if return_trajectory:
         stats.trajectory = X
     return X[T].clone(), stats
@@ -264,7 +297,8 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
                   tol: float = 0.1, max_iters: int | None = None, noise: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                   form: str = "paradigms", safeguard: float | None = None, taa: TAA | None = None,
-                  return_iterates: bool = False, return_trajectory: bool = False) -> tuple[torch.Tensor, SampleStats]:
+                  return_iterates: bool = False, return_trajectory: bool = False,
+                  budget_s: float | None = None) -> tuple[torch.Tensor, SampleStats]:
     """Parallel sampling by windowed Picard iteration (ParaDiGMS Alg. 1); converges to ``sample_sequential``'s
     output on the same grid and noise.
 
@@ -274,6 +308,8 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
         window: p positions per batched call (default: all T).
         tol: tau of the tolerance rule (module doc); 0 runs until the window has slid to T.
         max_iters: stop after this many iterations (``stats.converged`` False if not done).
+        budget_s: time budget in seconds: no iteration starts after it is spent, the first always runs
+            (module doc; ``stats.out_of_budget``). None: no budget.
         taa: triangular Anderson acceleration (``TAA``); None: plain Picard updates.
         safeguard: kappa of the iterate safeguard (module doc); None: off.
         init: X^0: "noise" (default), "prior", an x0 guess shaped like x_T, or a trajectory
@@ -283,9 +319,9 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
         form: "paradigms" (cumulative sum) or "chain" (supplement eq. 1); same fixed point.
         return_iterates, return_trajectory: keep every iterate / the final trajectory in ``stats``.
     Returns:
-        ``(x, stats)``: X[T] shaped like ``x_T`` and ``SampleStats``.
+        ``(x, stats)``: X[T] shaped like ``x_T`` and ``SampleStats`` (per-sample iterations and NFE too).
     Raises:
-        ValueError: bad window, tol, max_iters, form, init, taa or safeguard, or a mis-shaped condition.
+        ValueError: bad window, tol, max_iters, form, init, taa, safeguard or budget_s, or a mis-shaped condition.
     """
     grid = grid.like(x_T)
 
@@ -295,4 +331,4 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
     return picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                        noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                        return_iterates=return_iterates, return_trajectory=return_trajectory,
-                       safeguard=safeguard, taa=taa)
+                       safeguard=safeguard, taa=taa, budget_s=budget_s)

@@ -152,7 +152,8 @@ class Sampler:
 
     The step grid is computed once here (and moved once per device). ``kw``: ``noise`` / ``generator``
     (stochastic grids, dpmsolver), ``init`` (iterative samplers: overrides the spec's, e.g. a warm
-    start), ``return_iterates`` / ``return_trajectory``.
+    start), ``budget_s`` (iterative samplers: a time budget in seconds, ``picard.py``),
+    ``return_iterates`` / ``return_trajectory``.
     """
 
     def __init__(self, spec: SamplerSpec, grid: Grid | None, solver_scheduler=None):
@@ -167,10 +168,9 @@ class Sampler:
 
     def __call__(self, model_fn, x_T: torch.Tensor, cond: Cond = None, **kw) -> tuple[torch.Tensor, SampleStats]:
         s = self.spec
-        if s.name not in ITERATIVE and kw.get("init") is not None:
-            raise ValueError(f"init (a first iterate or warm start) is for iterative samplers; {s.name} takes none")
-        if s.name not in ITERATIVE:
-            kw.pop("init", None)
+        for name, what in (("init", "a first iterate or warm start"), ("budget_s", "a time budget")):
+            if s.name not in ITERATIVE and kw.pop(name, None) is not None:
+                raise ValueError(f"{name} ({what}) is for iterative samplers; {s.name} takes none")
         if s.name == "dpmsolver":
             return sample_with_scheduler(model_fn, x_T, cond, scheduler=self.solver_scheduler,
                                          num_steps=s.k or s.num_steps, **kw)
