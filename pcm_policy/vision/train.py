@@ -23,7 +23,9 @@ warm-up + cosine, EMA, JSON-lines log, resumable) in its own folder under ``run_
 MSE on the frozen autoencoder's latents scaled to unit variance; the scale is written as the
 autoencoder's ``scaling_factor``, which both pipelines divide by before decoding). The pipeline
 folder is written with the real pipeline's ``save_pretrained`` to ``run_dir/model``. Rerunning
-the same call continues where it stopped; a finished stage is not retrained.
+the same call continues where it stopped; a finished stage is not retrained (the autoencoder stage is
+defined by its own fields alone, ``ModelConfig.ae_fields``: a run folder whose ``ae/`` is copied in
+reuses that autoencoder for a UNet trained with other settings).
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ class ModelConfig:
     ckpt_every: int = 200
     extra: dict = field(default_factory=dict)
 
+    def ae_fields(self) -> dict:
+        """The fields that define the autoencoder stage (the UNet's can change without retraining it)."""
+        keep = ("family", "seed", "ae_channels", "latent_channels", "ae_steps", "ae_batch", "ae_lr", "warmup_steps",
+                "log_every", "ckpt_every", "extra", "num_vq_embeddings" if self.family == "ldm" else "kl_weight")
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
     def loop(self, stage: str) -> LoopConfig:
         steps, lr = (self.ae_steps, self.ae_lr) if stage == "ae" else (self.unet_steps, self.unet_lr)
         return LoopConfig(steps=steps, lr=lr, warmup_steps=min(self.warmup_steps, max(1, steps // 5)),
@@ -87,7 +95,7 @@ class ModelConfig:
 
 PRESETS = {
     "ldm": ModelConfig("ldm"),
-    "sd": ModelConfig("sd", latent_channels=4, attention_head_dim=4, unet_batch=64, unet_steps=1500),
+    "sd": ModelConfig("sd", latent_channels=4, attention_head_dim=4, unet_batch=64, unet_steps=2000),
     # tests: seconds, learns nothing
     "ldm-smoke": ModelConfig("ldm", ae_channels=(8, 16, 16), num_vq_embeddings=16, ae_steps=2, ae_batch=4,
                              unet_channels=(16, 16, 16), attention_head_dim=8, unet_steps=2, unet_batch=4),
@@ -238,7 +246,7 @@ def train_autoencoder(cfg: ModelConfig, run_dir: Path, images: np.ndarray, val_i
             m.save_pretrained(run_dir / "model")
 
     train(ae, loss_fn, _indices(len(images), cfg.ae_batch), cfg.loop("ae"), run_dir, save_fn, val_fn,
-          desc=f"{cfg.family} autoencoder", config={"stage": "ae", **asdict(cfg)})
+          desc=f"{cfg.family} autoencoder", config={"stage": "ae", **cfg.ae_fields()})
     return ae.eval().requires_grad_(False)
 
 
