@@ -61,7 +61,6 @@ def test_generate_pcm_with_an_adapter_folder(sd_dir, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("argv,message", [
-    ([], "no small model ships"),
     (["--model", "{missing}"], "does not exist"),
     (["--model", "{ldm}", "--k", "0"], "k must be >= 1"),
     (["--model", "{ldm}", "--prompt", "a cat"], "unconditional"),

@@ -24,10 +24,26 @@ from .loaders import ImageModel, load_model
 from .models import load_adapter_folder, model_function
 from .processor import decode_latents, encode_prompts, initial_latents, seeds_for
 
-__all__ = ["NO_MODEL", "Generation", "build_spec", "generate", "grid_image", "save_generation"]
+__all__ = ["NO_MODEL", "SHIPPED_MODELS", "Generation", "build_spec", "default_model", "generate", "grid_image",
+           "save_generation"]
 
-NO_MODEL = ("no model given, and no small model ships with pcm-policy yet (the next issue ships one); pass "
-            "--model DIR, a local copy of CompVis/ldm-celebahq-256 or CompVis/stable-diffusion-v1-4")
+# Small stand-ins trained here on MNIST digits (``train``), in the real layouts; used when no model is given.
+_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints" / "vision"
+SHIPPED_MODELS = {"ldm": _CHECKPOINTS / "ldm_mnist", "sd": _CHECKPOINTS / "sd_mnist"}
+NO_MODEL = ("no model given, and the small model that ships with pcm-policy is missing at {path}; pass "
+            "--model DIR (a local copy of CompVis/ldm-celebahq-256 or CompVis/stable-diffusion-v1-4), or train "
+            "it: python scripts/vision/train_model.py --family {family} --out {path}")
+
+
+def default_model(prompt: str | None = None) -> Path:
+    """The model used when none is given: the shipped small SD-layout digit model when there is a prompt,
+    else the shipped small LDM-layout one (both trained here on MNIST digits; ``SHIPPED_MODELS``).
+    Raises ValueError (``NO_MODEL``) if that folder is missing."""
+    family = "ldm" if prompt is None else "sd"
+    path = SHIPPED_MODELS[family]
+    if not (path / "model_index.json").is_file():
+        raise ValueError(NO_MODEL.format(path=path, family=family))
+    return path
 
 
 @dataclass
@@ -60,7 +76,8 @@ def generate(model: str | Path | ImageModel | None, *, sampler: str = "ddim", st
     """Sample ``num_samples`` images; sample i uses seed ``seed + i``.
 
     Args:
-        model: a model folder (``loaders.LAYOUTS``) or a loaded ``ImageModel``.
+        model: a model folder (``loaders.LAYOUTS``) or a loaded ``ImageModel``; None: ``default_model(prompt)``,
+            a small stand-in trained here on MNIST digits (sd layout with a prompt, ldm without).
         sampler: a ``SamplerSpec`` name (ddim, dpmsolver, picard, taa, pcm, ...).
         steps: T; k, tol, window: the spec's settings (None: its defaults; pcm: the adapter's).
         prompt, negative_prompt, guidance: text conditioning and CFG scale (sd family only).
@@ -74,7 +91,7 @@ def generate(model: str | Path | ImageModel | None, *, sampler: str = "ddim", st
             unconditional model or none for a conditional one, bad counts or sampler settings.
     """
     if model is None:
-        raise ValueError(NO_MODEL)
+        model = default_model(prompt)
     seeds = seeds_for(seed, num_samples)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")

@@ -4,6 +4,12 @@
     python scripts/vision/generate.py --model ~/models/stable-diffusion-v1-4 --sampler ddim --steps 30 \\
         --prompt "a photo of a cat" --guidance 7.5 --seed 0 --out samples/cat
     python scripts/vision/generate.py --model DIR --adapter ADAPTER_DIR --sampler pcm --steps 30 --prompt "..."
+    python scripts/vision/generate.py --sampler picard --num-samples 16                 # shipped ldm_mnist
+    python scripts/vision/generate.py --prompt "a handwritten digit seven" --num-samples 16   # shipped sd_mnist
+
+Without --model: checkpoints/vision/sd_mnist when --prompt is given, else checkpoints/vision/ldm_mnist.
+These are SMALL STAND-INS trained here on MNIST digits in the two real layouts (their TRAINING.json says
+how), not CelebA-HQ or Stable Diffusion v1.4.
 
 Writes sample_XXXX.png, grid.png, samples.npz (images (N,H,W,3) uint8, latents (N,C,h,w) float32) and
 stats.json (iterations, NFE, ms per sample, the sampler spec) to --out. Sample i uses seed S + i, drawn
@@ -31,7 +37,9 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="local model folder (LDM-CelebA or SD v1.4 layout)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="local model folder (LDM-CelebA or SD v1.4 layout); default: the shipped small digit "
+                   "model (sd_mnist with --prompt, else ldm_mnist)")
     p.add_argument("--adapter", type=Path, default=None, help="PCM adapter folder (pcm only)")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     p.add_argument("--steps", type=int, default=50, help="T, the DDIM steps of the trajectory")
