@@ -67,7 +67,7 @@ class ModelConfig:
     # UNet
     unet_channels: tuple[int, ...] = (32, 64, 64)
     attention_head_dim: int = 32  # ldm: channels per head; sd: number of heads (diffusers' naming)
-    unet_steps: int = 1500
+    unet_steps: int = 4000  # the shipped ldm_mnist; sd's preset: 2000
     unet_batch: int = 128
     unet_lr: float = 1e-3
     warmup_steps: int = 200
