@@ -100,13 +100,14 @@ class ImagePCTBatches:
     in ``cache_bytes``, else per batch (the same values either way)."""
 
     def __init__(self, data: dict, model_fn, grid, batch_size: int, K: int, cache_bytes: float = 2e9,
-                 chunk: int = 16, progress: bool = True):
+                 chunk: int = 16, progress: bool = True, iterates: bool = True):
         self.idx = (data["split"] == 0).nonzero().flatten()
         self.data, self.model_fn, self.grid, self.batch_size, self.K = data, model_fn, grid, batch_size, K
+        self.iterates = iterates  # False: batches without X^k (the unrolled objective starts from x_T)
         x_star = data["x_star"]
         size = len(self.idx) * K * x_star[0].numel() * x_star.element_size()
         self.cache = None
-        if size <= cache_bytes:  # (N_train, K, T+1, ...)
+        if iterates and size <= cache_bytes:  # (N_train, K, T+1, ...)
             parts = []
             for i0 in tqdm(range(0, len(self.idx), chunk), desc="X^k (base Picard)", disable=not progress):
                 n = self.idx[i0:i0 + chunk]
@@ -123,6 +124,8 @@ class ImagePCTBatches:
         n = self.idx[torch.randint(0, len(self.idx), (self.batch_size,))]
         k = torch.randint(0, self.K, (self.batch_size,))
         x_T, cond = self.data["x_T"][n], index_cond(self.data["cond"], n)
+        if not self.iterates:
+            return {"x_star": self.data["x_star"][n], "cond": cond, "k": k, "x_T": x_T}
         if self.cache is not None:
             x_k = self.cache[self.pos[n], k]
         else:
@@ -165,7 +168,8 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     t0 = time.perf_counter()
     data = make_data(model, model_fn, grid, dcfg)
     data_s = time.perf_counter() - t0
-    alpha = P.alpha_from_var(estimate_var_k(model_fn, grid, data, dcfg.iterates), float(pc["alpha_floor"]))
+    alpha = (P.alpha_from_var(estimate_var_k(model_fn, grid, data, dcfg.iterates), float(pc["alpha_floor"]))
+             if pc["objective"] == "picard" else torch.ones(dcfg.iterates))
 
     add_attention_lora(model.unet, rank=int(pc["lora"]["rank"]), alpha=float(pc["lora"]["alpha"]))
     settings = dict(num_steps=dcfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=None)
@@ -184,7 +188,8 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     else:
         raise ValueError(f"pct.objective must be picard or unrolled, got {pc['objective']!r}")
     batches = ImagePCTBatches(data, model_fn, grid, int(pc["batch_size"]),
-                              min(pc.get("k_max") or dcfg.iterates, dcfg.iterates), dcfg.cache_bytes)
+                              min(pc.get("k_max") or dcfg.iterates, dcfg.iterates), dcfg.cache_bytes,
+                              iterates=pc["objective"] == "picard")
     val = (data["split"] == 1).nonzero().flatten()[: int(pc["val"]["n"])]
 
     @torch.no_grad()
