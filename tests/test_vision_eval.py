@@ -130,8 +130,6 @@ def test_prompt_labels():
 
 
 @pytest.mark.parametrize("script,argv,message", [
-    ("celeba", [], "shipped small model"),
-    ("sd", [], "shipped small model"),
     ("celeba", ["--model", "{ldm}", "--samplers", "ddim,picard"], "unknown sampler"),
     ("celeba", ["--model", "{ldm}", "--ks", "1,x"], "comma list of integers"),
     ("celeba", ["--model", "{ldm}", "--num-samples", "0"], ">= 1"),
@@ -152,3 +150,16 @@ def test_bad_input_is_one_line_and_exit_2(ldm_dir, sd_dir, reference, tmp_path, 
            or "Traceback" in line]
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("family", ["ldm", "sd"])
+def test_the_defaults_are_the_shipped_stand_in_and_its_adapter(family):
+    """No --model / --adapter: the shipped small model and its PCM adapter, which load together."""
+    from pcm_policy.vision import load_adapter_folder, load_model
+    from pcm_policy.vision.eval_cli import ROOT as CLI_ROOT
+    from pcm_policy.vision.eval_cli import SHIPPED
+
+    model_dir, adapter_dir = (CLI_ROOT / p for p in SHIPPED[family])
+    model = load_model(model_dir)
+    spec = load_adapter_folder(model.unet, adapter_dir)
+    assert model.family == family and spec.name == "pcm"
