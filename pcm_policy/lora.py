@@ -37,10 +37,13 @@ __all__ = [
     "lora_state_dict",
     "save_adapter",
     "load_adapter",
+    "save_adapter_folder",
+    "load_adapter_folder",
 ]
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out")
 ADAPTER = "default"  # peft adapter name; one adapter per model
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"  # a PCM adapter folder
 _FORMAT = "pcm_policy.lora/1"
 
 
@@ -230,3 +233,46 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         for k, v in tensors.items():
             own[k].copy_(v)
     return model
+
+
+def save_adapter_folder(model: nn.Module, folder: str | os.PathLike, spec, extra: dict | None = None) -> Path:
+    """Write a PCM adapter folder: ``adapter.safetensors`` (the LoRA tensors of ``model`` alone,
+    ``save_adapter``) and ``adapter.json`` = ``{"sampler": spec.to_dict(), **extra}`` (``spec``: the
+    ``SamplerSpec`` it was tuned for), each atomically. Returns the folder."""
+    from .io import write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_adapter(model, folder / ADAPTER_WEIGHTS)
+    write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), **(extra or {})})
+    return folder
+
+
+def load_adapter_folder(model: nn.Module, folder: str | os.PathLike, how_to_train: str = "scripts/train_pct.py"):
+    """Attach the adapter of a PCM adapter folder to ``model`` (base weights untouched).
+
+    Returns:
+        ``(spec, config)``: the ``SamplerSpec`` the adapter was tuned for and the whole ``adapter.json``.
+        Folders written before sampler specs (a ``schedule`` dict) are read through
+        ``SamplerSpec.from_dict``'s conversion.
+    Raises:
+        ValueError: a missing file (the message names ``how_to_train``), an adapter that does not fit
+            ``model``, or no valid sampler entry.
+    """
+    from .sampling import SamplerSpec
+
+    folder = Path(folder)
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder}: missing {name}; a PCM adapter folder holds {ADAPTER_WEIGHTS} and "
+                             f"{ADAPTER_CONFIG} (train one with python {how_to_train})")
+    try:
+        load_adapter(model, folder / ADAPTER_WEIGHTS)
+    except ValueError as e:
+        raise ValueError(f"{folder / ADAPTER_WEIGHTS} does not fit this model: {e}") from e
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    try:
+        spec = SamplerSpec.from_dict(config["sampler"] if "sampler" in config else config["schedule"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{folder / ADAPTER_CONFIG}: no valid sampler entry ({e})") from e
+    return spec, config

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import lora
 from ..io import atomic_path, write_json
 from ..sampling import SamplerSpec
 from .policy import DiffusionPolicy, PolicyConfig
@@ -60,46 +61,21 @@ def read_config(folder: str | os.PathLike) -> dict:
     return json.loads((Path(folder) / CONFIG).read_text())
 
 
-ADAPTER, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
+ADAPTER, ADAPTER_CONFIG = lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG
 
 
 def save_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike, spec: SamplerSpec,
                         extra: dict | None = None) -> Path:
-    """Write the PCM adapter (LoRA weights only, ``adapter.safetensors``) and ``adapter.json`` with the
-    sampler it was tuned for (key ``sampler``: ``spec.to_dict()``) plus ``extra`` to ``folder``."""
-    from ..lora import save_adapter
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_adapter(policy.model, folder / ADAPTER)
-    write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), **(extra or {})})
-    return folder
+    """``lora.save_adapter_folder`` of the policy's UNet: LoRA tensors alone + ``adapter.json`` (sampler spec)."""
+    return lora.save_adapter_folder(policy.model, folder, spec, extra)
 
 
 def load_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike) -> tuple[SamplerSpec, dict]:
-    """Attach the adapter of ``folder`` to ``policy`` (base weights untouched).
+    """Attach the adapter of ``folder`` to ``policy`` (``lora.load_adapter_folder``); returns ``(spec, config)``.
 
-    Returns:
-        ``(spec, config)``: the sampler the adapter was tuned for and the whole ``adapter.json``.
-        Folders written before sampler specs (a ``schedule`` dict) are read through
-        ``SamplerSpec.from_dict``'s conversion.
-    Raises:
-        CheckpointError: a missing file, an adapter that does not fit the policy, a bad sampler entry.
+    Raises CheckpointError for a missing file, an adapter that does not fit the policy or a bad sampler entry.
     """
-    from ..lora import load_adapter
-
-    folder = Path(folder)
-    for name in (ADAPTER, ADAPTER_CONFIG):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: missing {name}; a PCM adapter folder holds {ADAPTER} and "
-                                  f"{ADAPTER_CONFIG} (train one with python scripts/train_pct.py task=pusht)")
     try:
-        load_adapter(policy.model, folder / ADAPTER)
+        return lora.load_adapter_folder(policy.model, folder, "scripts/train_pct.py task=pusht")
     except ValueError as e:
-        raise CheckpointError(f"{folder / ADAPTER} does not fit this policy: {e}") from e
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    try:
-        spec = SamplerSpec.from_dict(config["sampler"] if "sampler" in config else config["schedule"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder / ADAPTER_CONFIG}: no valid sampler entry ({e})") from e
-    return spec, config
+        raise CheckpointError(str(e)) from e

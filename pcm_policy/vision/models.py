@@ -20,13 +20,11 @@ hook of ``pcm_policy.lora`` scales each row's adapter branch.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .. import lora
-from ..io import write_json
 from ..sampling import ClassifierFreeGuidance, LoraScale, SamplerSpec
 from ..sampling.denoiser import Cond, ModelFn
 from .loaders import ImageModel
@@ -35,7 +33,7 @@ __all__ = ["ADAPTER", "ADAPTER_CONFIG", "ATTENTION_TARGETS", "TextUNetFn", "UNet
            "load_adapter_folder", "model_function", "save_adapter_folder"]
 
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-ADAPTER, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
+ADAPTER, ADAPTER_CONFIG = lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG
 
 
 def _dtype(module: torch.nn.Module) -> torch.dtype:
@@ -102,34 +100,12 @@ def add_attention_lora(unet: torch.nn.Module, rank: int = 4, alpha: float | None
 
 def save_adapter_folder(unet: torch.nn.Module, folder: str | Path, spec: SamplerSpec,
                         extra: dict | None = None) -> Path:
-    """Write a PCM adapter folder: ``adapter.safetensors`` (LoRA tensors alone, ``pcm_policy.lora``) and
-    ``adapter.json`` = ``{"sampler": spec.to_dict(), **extra}``, each written to a temporary name first."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lora.save_adapter(unet, folder / ADAPTER)
-    write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), **(extra or {})})
-    return folder
+    """``pcm_policy.lora.save_adapter_folder`` of ``unet``: LoRA tensors alone + ``adapter.json`` (sampler spec)."""
+    return lora.save_adapter_folder(unet, folder, spec, extra)
 
 
 def load_adapter_folder(unet: torch.nn.Module, folder: str | Path) -> SamplerSpec:
-    """Attach the adapter of ``folder`` to ``unet`` (base weights untouched) and return its sampler spec.
-
-    Reads ``adapter.json``'s ``"sampler"`` (a ``SamplerSpec.to_dict()``; an older ``"schedule"`` dict is
-    read as a pcm spec). Raises ValueError for a missing file, a missing spec or an adapter that does
-    not fit the UNet.
-    """
-    folder = Path(folder)
-    for name in (ADAPTER, ADAPTER_CONFIG):
-        if not (folder / name).is_file():
-            raise ValueError(f"adapter folder {folder} has no {name}; a PCM adapter folder holds {ADAPTER} "
-                             f"and {ADAPTER_CONFIG}")
-    cfg = json.loads((folder / ADAPTER_CONFIG).read_text())
-    spec = cfg.get("sampler", cfg.get("schedule"))
-    if spec is None:
-        raise ValueError(f"{folder / ADAPTER_CONFIG} has no 'sampler' entry (a SamplerSpec.to_dict())")
-    spec = SamplerSpec.from_dict(spec)
-    try:
-        lora.load_adapter(unet, folder / ADAPTER)
-    except ValueError as e:
-        raise ValueError(f"the adapter in {folder} does not fit this UNet: {e}") from e
-    return spec
+    """Attach the adapter of ``folder`` to ``unet`` (base weights untouched) and return its sampler spec
+    (``pcm_policy.lora.load_adapter_folder``; an older ``"schedule"`` dict is read as a pcm spec). Raises
+    ValueError for a missing file, a missing spec or an adapter that does not fit the UNet."""
+    return lora.load_adapter_folder(unet, folder, "scripts/train_pct.py task=celeba (or task=sd)")[0]
