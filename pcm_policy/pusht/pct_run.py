@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..io import check_not_shipped
 from ..lora import add_lora, lora_parameters
-from ..sampling import SamplerSpec, step_grid
+from ..sampling import step_grid
 from ..training import LoopConfig, train
 from ..training import pct as P
 from .checkpoint import load_policy, save_adapter_folder
@@ -65,27 +65,11 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     alpha = P.alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
     batches = P.PCTBatches(data, int(pc["batch_size"]), k_max=pc.get("k_max"))
     settings = dict(num_steps=dcfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=dcfg.init)
-    form = pc.get("form", "paradigms")
-    if pc["objective"] == "unrolled":  # through `iters` PCM iterations under the unroll spec (TAA included)
-        ur = pc["unroll"]
-        spec = SamplerSpec.from_dict(ur["schedule"]).replace(**settings)
-
-        def loss_fn(b):
-            return P.unrolled_loss(policy.model_fn, b, grid, spec, int(ur["iters"]), int(ur["first"]),
-                                   action_distance)
-    elif pc["objective"] == "picard":
-        spec = SamplerSpec.from_dict(pc["val"]["schedule"]).replace(**settings)
-
-        def loss_fn(b):
-            return P.pct_loss(policy.model_fn, b, grid, alpha, form)
-    else:
-        raise ValueError(f"pct.objective must be picard or unrolled, got {pc['objective']!r}")
+    spec, loss_fn = P.objective(pc, policy.model_fn, grid, alpha, settings, action_distance)
     px = pixel_distance(policy)
     val_fn = P.make_val_fn(lambda m: m.model_fn, grid, alpha, data, px, spec, int(pc["val"]["n"]),
-                           int(pc["val"]["k_max"]), form)
+                           int(pc["val"]["k_max"]), pc.get("form", "paradigms"))
     config = cfg
-    run_config = {k: v for k, v in config.items() if k not in ("threads", "force", "out", "run_dir", "work_dir")}
-    run_config["pct"] = {k: v for k, v in config["pct"].items() if k != "tune"}
 
     def save_fn(model, step):  # the EMA adapter, with a provisional sampler spec until tuning
         save_adapter_folder(model, run_dir / "adapter", spec, extra={"step": abs(step), "tuned": False,
@@ -94,17 +78,15 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     loop = LoopConfig(**pc["training"])
     t0 = time.perf_counter()
     ema = train(policy, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=lora_parameters(policy.model),
-                desc="PCT", config=run_config)
+                desc="PCT", config=P.run_config(cfg))
     train_s = time.perf_counter() - t0
 
     # 3. schedule tuning on the held-out split
     tune = pc["tune"]
     val = (data["split"] == 1).nonzero().flatten()[: tune.get("n")]
     t0 = time.perf_counter()
-    cands = P.candidates(list(tune["hard"]), [list(r) for r in tune["ramps"]], list(tune["spaces"]),
-                         list(tune.get("anderson", [0])), **settings)
-    chosen, metrics = P.tune_schedule(ema.model_fn, grid, data["cond"][val], data["x_T"][val],
-                                      data["x_star"][val, -1], cands, int(tune["k_max"]), px)
+    chosen, metrics = P.tune_from_config(ema.model_fn, grid, data["cond"][val], data["x_T"][val],
+                                         data["x_star"][val, -1], tune, settings, px)
     metrics["timing"] = {"trajectories": tm, "train_s_this_call": train_s, "s_per_step": mean_s_per_step(
         run_dir / "log.jsonl"), "tune_s": time.perf_counter() - t0, "threads": int(cfg.get("threads", 1))}
     metrics["data"] = {"path": str(data_path), "rollout_seeds": data["rollout_seeds"],

@@ -34,8 +34,8 @@ from ..sampling import (
     sample_pcm,
 )
 
-__all__ = ["PCTBatches", "alpha_from_var", "candidates", "choose_schedule", "make_val_fn", "pcm_distances",
-           "pct_loss", "phi", "tune_schedule", "unrolled_loss"]
+__all__ = ["PCTBatches", "alpha_from_var", "candidates", "choose_schedule", "make_val_fn", "objective",
+           "pcm_distances", "pct_loss", "phi", "run_config", "tune_from_config", "tune_schedule", "unrolled_loss"]
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (out, ref) -> (B,)
 
@@ -178,3 +178,41 @@ def make_val_fn(model_fn_of: Callable, grid, alpha: torch.Tensor, data: dict, di
         return rec
 
     return val_fn
+
+
+# ------------------------------------------------------------------------ from a task's pct config
+def objective(pc: dict, model_fn, grid, alpha: torch.Tensor, settings: dict,
+              distance: Distance) -> tuple[SamplerSpec, Callable]:
+    """The PCM spec validated during training and the loss of a ``pct`` config (``configs/pct/*.yaml``):
+    ``objective: picard`` (``pct_loss``, form ``pct.form``; spec from ``pct.val.schedule``) or
+    ``unrolled`` (``unrolled_loss`` through ``pct.unroll.first..iters`` iterations of ``pct.unroll.schedule``).
+    ``settings`` (num_steps, safeguard, init) go into the spec. Raises ValueError for another objective."""
+    if pc["objective"] == "unrolled":
+        ur = pc["unroll"]
+        spec = SamplerSpec.from_dict(ur["schedule"]).replace(**settings)
+        iters, first = int(ur["iters"]), int(ur["first"])
+        return spec, lambda b: unrolled_loss(model_fn, b, grid, spec, iters, first, distance)
+    if pc["objective"] == "picard":
+        form = pc.get("form", "paradigms")
+        spec = SamplerSpec.from_dict(pc["val"]["schedule"]).replace(**settings)
+        return spec, lambda b: pct_loss(model_fn, b, grid, alpha, form)
+    raise ValueError(f"pct.objective must be picard or unrolled, got {pc['objective']!r}")
+
+
+def run_config(cfg: dict) -> dict:
+    """What defines a PCT run, for the training loop's resume check: the config without threads, output
+    paths, ``force`` and ``pct.tune`` (tuning runs after training and may change on a rerun)."""
+    out = {k: v for k, v in cfg.items() if k not in ("threads", "force", "out", "run_dir", "work_dir")}
+    out["pct"] = {k: v for k, v in cfg["pct"].items() if k != "tune"}
+    return out
+
+
+def tune_from_config(model_fn, grid, cond, x_T, target, tune: dict, settings: dict,
+                     distance: Distance) -> tuple[SamplerSpec, dict]:
+    """``tune_schedule`` over the candidates of a ``pct.tune`` config (hard, ramps, spaces, anderson, k_max,
+    threshold: default 1.0) on held-out ``cond``, ``x_T`` and ``target`` = X*[T]; ``settings`` go into
+    every candidate."""
+    cands = candidates(list(tune["hard"]), [list(r) for r in tune["ramps"]], list(tune["spaces"]),
+                       list(tune.get("anderson", [0])), **settings)
+    return tune_schedule(model_fn, grid, cond, x_T, target, cands, int(tune["k_max"]), distance,
+                         threshold=float(tune.get("threshold", 1.0)))

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..io import check_not_shipped, write_json
 from ..lora import lora_parameters
-from ..sampling import SamplerSpec, index_cond, sample_picard, sample_sequential, step_grid
+from ..sampling import index_cond, sample_picard, sample_sequential, step_grid
 from ..training import LoopConfig, train
 from ..training import pct as P
 from .loaders import load_model
@@ -173,20 +173,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
 
     add_attention_lora(model.unet, rank=int(pc["lora"]["rank"]), alpha=float(pc["lora"]["alpha"]))
     settings = dict(num_steps=dcfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=None)
-    form = pc.get("form", "paradigms")
-    if pc["objective"] == "unrolled":
-        ur = pc["unroll"]
-        spec = SamplerSpec.from_dict(ur["schedule"]).replace(**settings)
-
-        def loss_fn(b):
-            return P.unrolled_loss(model_fn, b, grid, spec, int(ur["iters"]), int(ur["first"]), latent_rmse)
-    elif pc["objective"] == "picard":
-        spec = SamplerSpec.from_dict(pc["val"]["schedule"]).replace(**settings)
-
-        def loss_fn(b):
-            return P.pct_loss(model_fn, b, grid, alpha, form)
-    else:
-        raise ValueError(f"pct.objective must be picard or unrolled, got {pc['objective']!r}")
+    spec, loss_fn = P.objective(pc, model_fn, grid, alpha, settings, latent_rmse)
     batches = ImagePCTBatches(data, model_fn, grid, int(pc["batch_size"]),
                               min(pc.get("k_max") or dcfg.iterates, dcfg.iterates), dcfg.cache_bytes,
                               iterates=pc["objective"] == "picard")
@@ -203,21 +190,16 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
                             extra={"step": abs(step), "tuned": False, "command": command, "config": cfg})
 
     loop = LoopConfig(**pc["training"])
-    run_config = {k: v for k, v in cfg.items() if k not in ("threads", "force", "out", "run_dir", "work_dir")}
-    run_config["pct"] = {k: v for k, v in pc.items() if k != "tune"}
     t0 = time.perf_counter()
     train(model.unet, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=lora_parameters(model.unet),
-          desc=f"PCT {task['name']}", config=run_config)
+          desc=f"PCT {task['name']}", config=P.run_config(cfg))
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     tune = pc["tune"]
     held = (data["split"] == 1).nonzero().flatten()[: tune.get("n")]
-    cands = P.candidates(list(tune["hard"]), [list(r) for r in tune["ramps"]], list(tune["spaces"]),
-                         list(tune.get("anderson", [0])), **settings)
-    chosen, metrics = P.tune_schedule(model_fn, grid, index_cond(data["cond"], held), data["x_T"][held],
-                                      data["x_star"][held, -1], cands, int(tune["k_max"]), latent_rmse,
-                                      threshold=float(tune["threshold"]))
+    chosen, metrics = P.tune_from_config(model_fn, grid, index_cond(data["cond"], held), data["x_T"][held],
+                                         data["x_star"][held, -1], tune, settings, latent_rmse)
     metrics.update(distance="latent RMSE", timing={"data_s": data_s, "train_s_this_call": train_s,
                                                    "tune_s": time.perf_counter() - t0,
                                                    "total_s_this_call": time.perf_counter() - t_all},
