@@ -69,6 +69,7 @@ class DiffusionPolicy(nn.Module):
         self.cfg = cfg
         self._frozen: FrozenGraphs | None = None  # see freeze()
         self.model = ConditionalUnet1D(**cfg.unet_kwargs())
+        self._lora_fn = LoraScale(self.model, self.model)  # lora_scale -> W_0 + lambda dW (or the base model)
         self.normalizer = NormalizerDict.from_dims({"obs": cfg.obs_dim, "action": cfg.action_dim})
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
@@ -84,7 +85,7 @@ class DiffusionPolicy(nn.Module):
         graph = self._frozen.graph(x, t, cond, lora_scale) if self._frozen is not None else None
         if graph is not None:
             return graph(x, t, cond)
-        return LoraScale(self.model, self.model)(x, t, cond, lora_scale=lora_scale)
+        return self._lora_fn(x, t, cond, lora_scale=lora_scale)
 
     def freeze(self, enabled: bool = True) -> DiffusionPolicy:
         """Trace the UNet into frozen inference graphs (base and, with an adapter, lambda = 1) that

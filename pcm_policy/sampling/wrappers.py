@@ -108,12 +108,10 @@ class LoraScale:
     """
 
     def __init__(self, model_fn: ModelFn, module: torch.nn.Module):
-        from .. import lora  # peft is imported where used
-
-        self.model_fn, self.module, self._lora = model_fn, module, lora
+        self.model_fn, self.module = model_fn, module
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, lora_scale=None, **kwargs) -> torch.Tensor:
-        lora = self._lora
+        from .. import lora  # peft is imported where used (a cached import after the first call)
         zero = lora_scale is None or (not torch.is_tensor(lora_scale) or lora_scale.ndim == 0) and lora_scale == 0
         if not lora.has_lora(self.module):
             if not zero and (torch.as_tensor(lora_scale) != 0).any():
