@@ -17,6 +17,8 @@ from torch import nn
 
 from pcm_policy.sampling import (
     TAA,
+    Jump,
+    SamplerSpec,
     ddim_step,
     hard_switch,
     linear_schedule,
@@ -390,6 +392,60 @@ def test_prior_init_keeps_the_fixed_point(window):
     assert close(stats.iterates[0][j], want, 1e-6)
     with pytest.raises(ValueError, match="init must be one of"):
         sample_picard(model, x_T, cond, grid=step_grid(ddim(), T), init="zeros")
+
+
+def _jump_chain(model, grid, x_T, cond, positions, lambdas):
+    """The jump's estimates written out step by step: x0 at x_T, then one DDIM step (clipped x0, the model's
+    eps) to the next position and x0 there."""
+    x, j, outs, e = x_T, 0, [], None
+    for n, (p, lam) in enumerate(zip(positions, lambdas, strict=True)):
+        if n:
+            x, j = grid.alpha[p].sqrt() * outs[-1] + (1 - grid.alpha[p]).sqrt() * e, p
+        e = model(x, grid.timesteps[j].expand(len(x)), cond, lora_scale=lam)
+        outs.append(((x - (1 - grid.alpha[j]).sqrt() * e) / grid.alpha[j].sqrt()).clamp(-1, 1))
+    return outs
+
+
+@pytest.mark.parametrize("space", ["weight", "feature"])
+@pytest.mark.parametrize("taa", [None, TAA()])
+def test_jump_is_the_output_until_picard_takes_over_and_keeps_the_fixed_point(space, taa):
+    """A Jump rides on PCM's calls (one more row per running sample): its x0 estimates are the output for
+    k < len(positions) + 1, Picard's X[T] from then on; the trajectory is untouched (same iterates as without it),
+    so with tol 0 the output is sequential's; each jump row counts one model evaluation."""
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    grid = step_grid(ddim(), T)
+    jump = Jump(positions=(0, 5, 9), lambdas=(1.0, 0.0, 0.5))
+    want = _jump_chain(model, grid, x_T, cond, jump.positions, jump.lambdas)
+    kw = dict(grid=grid, schedule=linear_schedule(0, 2), space=space, taa=taa, init="prior", tol=0.0)
+    for k in (1, 2, 3, 4, 6):
+        x, st = sample_pcm(model, x_T, cond, max_iters=k, jump=jump, **kw)
+        plain, st0 = sample_pcm(model, x_T, cond, max_iters=k, **kw)
+        assert close(x, want[k - 1] if k <= 3 else plain, 1e-5), k
+        if space == "weight":  # one more row per call while the jump runs (feature space doubles mixed calls)
+            assert st.sample_nfe == [n + min(k, len(jump.positions)) for n in st0.sample_nfe]
+    seq, _ = sample_sequential(model, x_T, cond, grid=grid)
+    x, st = sample_pcm(model, x_T, cond, jump=jump, **kw)
+    assert close(x, seq, 1e-5) and st.converged
+
+
+def test_jump_checks_and_spec():
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    grid = step_grid(ddim(), T)
+    for bad in (dict(positions=(1, 4), lambdas=(1, 0)), dict(positions=(0, 4, 4), lambdas=(1, 0, 0)),
+                dict(positions=(0, 4), lambdas=(1,)), dict(positions=(0,), lambdas=(2,))):
+        with pytest.raises(ValueError, match="Jump"):
+            Jump(**bad)
+    with pytest.raises(ValueError, match="< T"):
+        sample_pcm(model, x_T, cond, grid=grid, schedule=hard_switch(1), jump=Jump((0, T), (1, 0)))
+    with pytest.raises(ValueError, match="no adapter"):
+        sample_picard(model, x_T, cond, grid=grid, jump=Jump())
+    base = _jump_chain(model, grid, x_T, cond, (0, 6), (0.0, 0.0))  # a base-model jump needs no adapter
+    x, _ = sample_picard(model, x_T, cond, grid=grid, tol=0.0, max_iters=2, jump=Jump((0, 6), (0, 0)))
+    assert close(x, base[1], 1e-5)
+    spec = SamplerSpec.named("pcm", jump=Jump((0, 6), (1, 0)), k=2, tol=0.0)
+    assert SamplerSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="only pcm has an adapter"):
+        SamplerSpec.named("taa", jump=Jump())
 
 
 @pytest.mark.parametrize("make,eta", [(ddpm, 0.0), (ddim, 0.8)])

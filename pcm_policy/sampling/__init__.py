@@ -11,13 +11,13 @@ from .ddim import Grid, ddim_step, draw_noise, sample_sequential, step_grid
 from .denoiser import Cond, ModelFn, SampleStats, call_model, index_cond, repeat_cond
 from .newton import sample_newton
 from .pcm import Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
-from .picard import INITS, TAA, initial_trajectory, picard_loop, picard_update, sample_picard
+from .picard import INITS, TAA, Jump, initial_trajectory, picard_loop, picard_update, sample_picard
 from .scheduler_loop import sample_with_scheduler
 from .spec import DEFAULTS, ITERATIVE, SAMPLERS, Sampler, SamplerSpec, make_sampler
 from .wrappers import ClassifierFreeGuidance, LoraScale, Sharded, ThreadPolicy, num_threads, switch_cost_us
 
 __all__ = [
-    "DEFAULTS", "INITS", "ITERATIVE", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Cond", "Grid", "LoraScale",
+    "DEFAULTS", "INITS", "ITERATIVE", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Jump", "Cond", "Grid", "LoraScale",
     "ModelFn", "SampleStats", "Sampler", "SamplerSpec", "Sharded", "Switch", "ThreadPolicy", "call_model", "ddim_step",
     "draw_noise", "hard_switch", "index_cond", "initial_trajectory", "linear_schedule", "make_sampler", "num_threads",
     "pcm_evaluator", "picard_loop", "picard_update", "repeat_cond", "sample_newton", "sample_pcm", "sample_picard",

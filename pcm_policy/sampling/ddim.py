@@ -26,7 +26,7 @@ import torch
 
 from .denoiser import Cond, SampleStats, call_model, check_cond
 
-__all__ = ["Grid", "step_grid", "ddim_step", "draw_noise", "sample_sequential"]
+__all__ = ["Grid", "step_grid", "ddim_step", "predicted_x0", "draw_noise", "sample_sequential"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,29 @@ def step_grid(scheduler, num_steps: int, *, solver: str | None = None, eta: floa
     return Grid(solver, ts.to(device), a.to(**f), a_prev.to(**f), std.to(**f), var.to(**f), pred, clip)
 
 
+def predicted_x0(grid: Grid, x: torch.Tensor, model_output: torch.Tensor,
+                 idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) implied by the model output at rows ``x`` of steps ``idx`` (N,): DDIM eq. 12's
+    "predicted x0" (clipped to the scheduler's ``clip_sample_range`` when ``clip_sample``) and the noise."""
+
+    def rows(v):
+        return v[idx].view(-1, *([1] * (x.ndim - 1)))
+
+    a = rows(grid.alpha)
+    b = 1 - a
+    if grid.prediction_type == "epsilon":
+        x0, eps = (x - b**0.5 * model_output) / a**0.5, model_output
+    elif grid.prediction_type == "sample":
+        x0 = model_output
+        eps = (x - a**0.5 * x0) / b**0.5
+    else:  # v_prediction
+        x0 = a**0.5 * x - b**0.5 * model_output
+        eps = a**0.5 * model_output + b**0.5 * x
+    if grid.clip is not None:
+        x0 = x0.clamp(-grid.clip, grid.clip)
+    return x0, eps
+
+
 def ddim_step(grid: Grid, x: torch.Tensor, model_output: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Noise-free step ``mean_i(x)`` for every row of ``x``; ``idx`` (N,) holds each row's step index.
 
@@ -157,21 +180,11 @@ def ddim_step(grid: Grid, x: torch.Tensor, model_output: torch.Tensor, idx: torc
         return v[idx].view(-1, *([1] * (x.ndim - 1)))
 
     a, a_prev = rows(grid.alpha), rows(grid.alpha_prev)
-    b = 1 - a
-    if grid.prediction_type == "epsilon":  # x0 from eps: DDIM eq. 12 "predicted x0"
-        x0, eps = (x - b**0.5 * model_output) / a**0.5, model_output
-    elif grid.prediction_type == "sample":
-        x0 = model_output
-        eps = (x - a**0.5 * x0) / b**0.5
-    else:  # v_prediction
-        x0 = a**0.5 * x - b**0.5 * model_output
-        eps = a**0.5 * model_output + b**0.5 * x
-    if grid.clip is not None:
-        x0 = x0.clamp(-grid.clip, grid.clip)
+    x0, eps = predicted_x0(grid, x, model_output, idx)
     if grid.solver == "ddim":  # DDIM eq. 12: sqrt(abar_prev) x0 + sqrt(1 - abar_prev - std^2) eps
         return a_prev**0.5 * x0 + (1 - a_prev - rows(grid.std) ** 2) ** 0.5 * eps
     alpha_t = a / a_prev  # DDPM eq. 7: posterior mean of q(x_{t_prev} | x_t, x0)
-    return (a_prev**0.5 * (1 - alpha_t)) / b * x0 + alpha_t**0.5 * (1 - a_prev) / b * x
+    return (a_prev**0.5 * (1 - alpha_t)) / (1 - a) * x0 + alpha_t**0.5 * (1 - a_prev) / (1 - a) * x
 
 
 def draw_noise(grid: Grid, x_T: torch.Tensor, noise: torch.Tensor | None = None,

@@ -27,7 +27,7 @@ import torch
 
 from .ddim import Grid, draw_noise
 from .denoiser import Cond, SampleStats, call_model, repeat_cond
-from .picard import TAA, picard_loop
+from .picard import TAA, Jump, picard_loop
 
 __all__ = ["Switch", "linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm"]
 
@@ -90,17 +90,24 @@ def pcm_evaluator(model_fn, schedule: Schedule, space: str = "weight", lambdas: 
             raise ValueError(f"schedule({k}) = {lam} is not finite")
         return lam
 
-    def evaluate(x, t, c, k):
+    def evaluate(x, t, c, k, lam_rows=None):
         lam = lam_of(k)
         if lambdas is not None:
             lambdas.append(lam)
-        if space == "weight" or lam in (0.0, 1.0):  # W_0 + lambda dW, one call per position
+        n = x.shape[0]
+        if lam_rows is not None:  # the last rows are a Jump's, at their own lambda (``picard.py``)
+            lam_rows = torch.cat([x.new_full((n - len(lam_rows),), lam), lam_rows.to(x)])
+            if bool((lam_rows == lam_rows[0]).all()):
+                lam_rows = None
+        if lam_rows is None and (space == "weight" or lam in (0.0, 1.0)):  # W_0 + lambda dW, one call per position
             return call_model(model_fn, x, t, c, lora_scale=lam), 1
-        n = x.shape[0]  # feature space: [adapted rows; base rows] in one call
-        scale = torch.cat([x.new_ones(n), x.new_zeros(n)])
+        if lam_rows is not None and (space == "weight" or bool(((lam_rows == 0) | (lam_rows == 1)).all())):
+            return call_model(model_fn, x, t, c, lora_scale=lam_rows), 1  # per-row W_0 + lambda_r dW
+        mix = lam_rows.view(-1, *([1] * (x.ndim - 1))) if lam_rows is not None else lam
+        scale = torch.cat([x.new_ones(n), x.new_zeros(n)])  # feature space: [adapted rows; base rows] in one call
         xx, tt, cc = torch.cat([x, x]), torch.cat([t, t]), repeat_cond(c, 2)
         out = call_model(model_fn, xx, tt, cc, lora_scale=scale)
-        return lam * out[:n] + (1 - lam) * out[n:], 2  # eps = lambda eps_pcm + (1 - lambda) eps_base
+        return mix * out[:n] + (1 - mix) * out[n:], 2  # eps = lambda eps_pcm + (1 - lambda) eps_base
 
     return evaluate, lam_of
 
@@ -112,7 +119,7 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
                generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                form: str = "paradigms", safeguard: float | None = None, taa: TAA | None = None,
                return_iterates: bool = False, return_trajectory: bool = False,
-               budget_s: float | None = None) -> tuple[torch.Tensor, SampleStats]:
+               budget_s: float | None = None, jump: Jump | None = None) -> tuple[torch.Tensor, SampleStats]:
     """PCM: ``sample_picard`` whose model function is called with ``lora_scale`` = lambda(k).
 
     Args:
@@ -122,6 +129,8 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
             unless ``max_iters`` is given.
         space: "weight" or "feature"; default: the schedule's own (a ``Switch``), else "weight".
         taa: TAA on the base (lambda = 0) iterations; None: plain Picard updates.
+        jump: the anytime estimate (``picard.Jump``): one more row per call at the jump's own lambdas (1:
+            the adapter as a consistency-style jump), returned until ``jump.until`` iterations have run.
         other arguments: as in ``sample_picard``.
     Returns:
         ``(x, stats)`` as ``sample_picard``; ``stats.lambdas`` holds each iteration's lambda.
@@ -140,6 +149,6 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
                            noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                            return_iterates=return_iterates, return_trajectory=return_trajectory,
                            safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0, taa=taa,
-                           budget_s=budget_s)
+                           budget_s=budget_s, jump=jump)
     stats.lambdas = lambdas
     return x, stats

@@ -43,6 +43,14 @@ training-seed conditions (``docs/pusht.md``, ``results/taa_tuning.json``). The r
 ``TAA.reg`` times the mean diagonal of the Gram matrix (scale-free). The anchor and the prefix keep
 their Picard values and convergence is judged on the Picard residual, so the exactness properties and
 the fixed point stay.
+Anytime estimate (``jump=Jump(positions, lambdas)``, PCM on PushT, ``docs/pusht.md``): a short chain of x0
+predictions rides on the same batched calls, one extra row per sample each: call 1 evaluates x_T at
+position 0 and predicts x0 (with PCM's adapter, lambda = 1: a consistency-style jump to the fixed point);
+call n + 1 moves that estimate along its own DDIM path (x0 and the implied eps) to grid position
+``positions[n]`` and predicts x0 there. While a sample has run fewer than ``len(positions) + 1``
+iterations and has not converged, the sampler returns the chain's latest x0 instead of X[T], whose early
+iterates are poor guesses (triangular: X[j] is exact after j iterations only); from then on, X[T]. The
+chain never touches the trajectory, so the fixed point and exactness are Picard's.
 Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
 may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| without changing
 the fixed point; the anchor and the prefix are never touched. c bounds x0: the scheduler's clip range
@@ -58,11 +66,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .ddim import Grid, ddim_step, draw_noise
+from .ddim import Grid, ddim_step, draw_noise, predicted_x0
 from .denoiser import Cond, SampleStats, call_model, check_cond, index_cond
 
-__all__ = ["INITS", "TAA", "check_args", "initial_trajectory", "picard_loop", "picard_update", "sample_picard", "slide",
-           "tol_scale"]
+__all__ = ["INITS", "TAA", "Jump", "check_args", "initial_trajectory", "picard_loop", "picard_update", "sample_picard",
+           "slide", "tol_scale"]
 
 INITS = ("noise", "prior")
 
@@ -86,8 +94,33 @@ class TAA:
         if not 0 < self.mixing <= 1:
             raise ValueError(f"TAA mixing (beta) must be in (0, 1], got {self.mixing}")
 
-# evaluate(x_rows, t_rows, cond_rows, k) -> (model output, model calls per row)
-Evaluate = Callable[[torch.Tensor, torch.Tensor, Cond, int], tuple[torch.Tensor, int]]
+@dataclass(frozen=True)
+class Jump:
+    """The anytime estimate riding on Picard's calls (module doc): call n evaluates one row per sample at grid
+    position ``positions[n]`` (the first is 0: x_T) with lora scale ``lambdas[n]`` (1: the adapter, 0: the
+    base model), and the sampler returns its x0 until ``len(positions) + 1`` iterations have run."""
+
+    positions: tuple[int, ...] = (0,)
+    lambdas: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        pos, lam = tuple(int(p) for p in self.positions), tuple(float(v) for v in self.lambdas)
+        object.__setattr__(self, "positions", pos)
+        object.__setattr__(self, "lambdas", lam)
+        if not pos or pos[0] != 0 or any(b <= a for a, b in zip(pos, pos[1:], strict=False)):
+            raise ValueError(f"Jump positions must start at 0 (x_T) and increase, got {pos}")
+        if len(lam) != len(pos) or any(not 0 <= v <= 1 for v in lam):
+            raise ValueError(f"Jump needs one lambda in [0, 1] per position, got {lam} for {pos}")
+
+    @property
+    def until(self) -> int:
+        """Iterations from which the output is Picard's X[T]."""
+        return len(self.positions) + 1
+
+
+# evaluate(x_rows, t_rows, cond_rows, k, lam_rows) -> (model output, model calls per row); lam_rows: None, or the
+# lora scale of the LAST len(lam_rows) rows (the jump's), the others take iteration k's own
+Evaluate = Callable[..., tuple[torch.Tensor, int]]
 
 
 def picard_update(grid: Grid, xs: torch.Tensor, out: torch.Tensor, b: int, anchor: torch.Tensor,
@@ -202,7 +235,7 @@ def slide(err: torch.Tensor, tol: float) -> int:
 def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
                 init=None, form="paradigms", return_iterates=False, return_trajectory=False,
                 safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, taa: TAA | None = None,
-                budget_s: float | None = None):
+                budget_s: float | None = None, jump: Jump | None = None):
     """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``, one window per sample.
 
     ``evaluate(x_rows, t_rows, cond_rows, k) -> (model output, calls per row)`` is the k-th batched call
@@ -211,11 +244,16 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     the fixed point stays the base model's). ``k`` needs no per-sample copy: a sample takes part in
     every call from the first until it leaves, so k is its own iteration count too. ``taa``: triangular
     Anderson acceleration (module doc); None: plain Picard. ``budget_s``: seconds from the call after
-    which no further iteration starts (module doc). Differentiable when grad is enabled (PCT unrolls it).
+    which no further iteration starts (module doc). ``jump``: the anytime estimate (``Jump``, module doc).
+    Differentiable when grad is enabled (PCT unrolls it).
     """
     t0 = time.perf_counter()
     if taa is not None and not isinstance(taa, TAA):
         raise ValueError(f"taa must be a TAA(...) or None, got {taa!r}")
+    if jump is not None and not isinstance(jump, Jump):
+        raise ValueError(f"jump must be a Jump(...) or None, got {jump!r}")
+    if jump is not None and max(jump.positions) >= len(grid):
+        raise ValueError(f"Jump positions must be < T = {len(grid)}, got {jump.positions}")
     if budget_s is not None and not budget_s >= 0:
         raise ValueError(f"budget_s must be >= 0 seconds or None, got {budget_s}")
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
@@ -233,6 +271,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     pos, cols, view = torch.arange(T, device=dev)[:, None], torch.arange(B, device=dev), (T, B) + (1,) * (x_T.ndim - 1)
     b, e = torch.zeros(B, dtype=torch.long, device=dev), torch.full((B,), p, device=dev)  # anchors, window ends
     its, rows = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev)
+    jx, est = x_T, None  # the jump's current point and latest x0 estimate (module doc)
 
     def put(X, mask, V):  # X with positions 1..T replaced by V where mask (T, B); out of place
         return torch.cat([X[:1], torch.where(mask.view(view), V, X[1:])])
@@ -247,7 +286,19 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         win = (pos >= b) & (pos < e) & live  # (T, B): row j <-> position j evaluated, position j+1 updated
         jj, ss = win.nonzero(as_tuple=True)  # the rows of this call, position-major
         xs = X[jj, ss]
-        out, calls = evaluate(xs, grid.timesteps[jj], index_cond(cond, ss), k)
+        if jump is not None and k < len(jump.positions):  # one more row per running sample
+            ids = live.nonzero(as_tuple=True)[0]
+            n, pp = len(jj), torch.full_like(ids, jump.positions[k])
+            out, calls = evaluate(torch.cat([xs, jx[ids]]), grid.timesteps[torch.cat([jj, pp])],
+                                  index_cond(cond, torch.cat([ss, ids])), k, xs.new_full((len(ids),), jump.lambdas[k]))
+            out, x0, eps = out[:n], *predicted_x0(grid, jx[ids], out[n:], pp)
+            est = torch.zeros_like(x_T).index_put((ids,), x0) if est is None else est.index_put((ids,), x0)
+            rows += torch.zeros_like(rows).index_put((ids,), torch.full_like(ids, calls))
+            if k + 1 < len(jump.positions):  # along the estimate's own DDIM path to the next position
+                a = grid.alpha[jump.positions[k + 1]]
+                jx = jx.index_put((ids,), a.sqrt() * x0 + (1 - a).sqrt() * eps)
+        else:
+            out, calls = evaluate(xs, grid.timesteps[jj], index_cond(cond, ss), k)
         fx = ddim_step(grid, xs, out, jj)  # F_j(x_j)
         if noise_terms is not None:
             fx = fx + noise_terms[jj, ss]
@@ -289,7 +340,11 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     stats.nfe, stats.converged = rows.sum().item() / B, all(stats.sample_converged)
     if return_trajectory:
         stats.trajectory = X
-    return X[T].clone(), stats
+    x = X[T].clone()
+    if est is not None:  # the jump's estimate for the samples that have not run ``until`` iterations nor converged
+        keep = ((its < jump.until) & (b < T)).view(-1, *([1] * (x_T.ndim - 1)))
+        x = torch.where(keep, est, x)
+    return x, stats
 
 
 @torch.no_grad()
@@ -298,7 +353,7 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
                   generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
                   form: str = "paradigms", safeguard: float | None = None, taa: TAA | None = None,
                   return_iterates: bool = False, return_trajectory: bool = False,
-                  budget_s: float | None = None) -> tuple[torch.Tensor, SampleStats]:
+                  budget_s: float | None = None, jump: Jump | None = None) -> tuple[torch.Tensor, SampleStats]:
     """Parallel sampling by windowed Picard iteration (ParaDiGMS Alg. 1); converges to ``sample_sequential``'s
     output on the same grid and noise.
 
@@ -317,18 +372,22 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
             start from the last window value) later positions are kept as they are when the window
             exposes them.
         form: "paradigms" (cumulative sum) or "chain" (supplement eq. 1); same fixed point.
+        jump: the anytime estimate (``Jump``, module doc); here with the base model only (lambdas 0).
         return_iterates, return_trajectory: keep every iterate / the final trajectory in ``stats``.
     Returns:
-        ``(x, stats)``: X[T] shaped like ``x_T`` and ``SampleStats`` (per-sample iterations and NFE too).
+        ``(x, stats)``: X[T] (or the jump's estimate, module doc) shaped like ``x_T`` and ``SampleStats``
+        (per-sample iterations and NFE too).
     Raises:
         ValueError: bad window, tol, max_iters, form, init, taa, safeguard or budget_s, or a mis-shaped condition.
     """
     grid = grid.like(x_T)
 
-    def evaluate(x, t, c, k):
+    def evaluate(x, t, c, k, lam_rows=None):
+        if lam_rows is not None and bool((lam_rows != 0).any()):
+            raise ValueError("sample_picard has no adapter: a Jump's lambdas must be 0 here (use sample_pcm)")
         return call_model(model_fn, x, t, c), 1
 
     return picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
                        noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
                        return_iterates=return_iterates, return_trajectory=return_trajectory,
-                       safeguard=safeguard, taa=taa, budget_s=budget_s)
+                       safeguard=safeguard, taa=taa, budget_s=budget_s, jump=jump)

@@ -28,7 +28,7 @@ from .ddim import Grid, sample_sequential, step_grid
 from .denoiser import Cond, SampleStats
 from .newton import sample_newton
 from .pcm import Switch, sample_pcm
-from .picard import INITS, TAA, sample_picard
+from .picard import INITS, TAA, Jump, sample_picard
 from .scheduler_loop import sample_with_scheduler
 
 __all__ = ["DEFAULTS", "ITERATIVE", "SAMPLERS", "Sampler", "SamplerSpec", "make_sampler"]
@@ -58,6 +58,8 @@ class SamplerSpec:
         safeguard: iterate safeguard kappa (None: off).
         taa: triangular Anderson acceleration of the base iterations (None: plain Picard updates).
         switch: PCM's lambda schedule (pcm only).
+        jump: the anytime estimate riding on the iterations (``picard.Jump``; iterative samplers but newton;
+            lambdas > 0 need pcm's adapter).
     """
 
     name: str
@@ -69,6 +71,7 @@ class SamplerSpec:
     safeguard: float | None = None
     taa: TAA | None = None
     switch: Switch | None = None
+    jump: Jump | None = None
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
@@ -87,6 +90,10 @@ class SamplerSpec:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.safeguard is not None and self.safeguard <= 0:
             raise ValueError(f"safeguard (kappa) must be > 0, got {self.safeguard}")
+        if self.jump is not None and (self.name not in ("picard", "taa", "pcm")
+                                      or self.name != "pcm" and any(self.jump.lambdas)):
+            raise ValueError(f"a jump rides on picard, taa or pcm, and only pcm has an adapter for lambdas > 0; "
+                             f"got {self.name} with {self.jump}")
         if self.name == "pcm" and self.switch is None:
             raise ValueError("pcm needs a switch (lambda schedule); use SamplerSpec.named('pcm', ...)")
         if self.name in ITERATIVE and self.k is not None and self.k > self.max_iterations():
@@ -132,6 +139,8 @@ class SamplerSpec:
             d["taa"] = TAA(**d["taa"])
         if d.get("switch") is not None:
             d["switch"] = Switch(**d["switch"])
+        if d.get("jump") is not None:
+            d["jump"] = Jump(**d["jump"])
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown sampler spec fields {sorted(unknown)}")
@@ -183,8 +192,9 @@ class Sampler:
             return sample_newton(model_fn, x_T, cond, **common)
         if s.name == "pcm":
             return sample_pcm(model_fn, x_T, cond, schedule=s.switch, window=s.window, safeguard=s.safeguard,
-                              taa=s.taa, **common)
-        return sample_picard(model_fn, x_T, cond, window=s.window, safeguard=s.safeguard, taa=s.taa, **common)
+                              taa=s.taa, jump=s.jump, **common)
+        return sample_picard(model_fn, x_T, cond, window=s.window, safeguard=s.safeguard, taa=s.taa, jump=s.jump,
+                             **common)
 
     def __repr__(self) -> str:
         return f"Sampler({self.spec})"
