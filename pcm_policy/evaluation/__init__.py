@@ -51,7 +51,8 @@ def distances_vs_k(name: str, make: Callable, model_fn, ks: list[int], cond, x_T
 
     ``traj``: the sequential DDIM-T trajectory (N, T+1, ...) on the same ``x_T`` (N, ...). "ddim" reads
     position k of it (truncated sequential); "ddim-k" runs ``make(name, k)`` per k; iterative samplers run
-    once with ``make(name, max(ks))`` keeping every iterate (k beyond convergence: the last one).
+    once with ``make(name, max(ks))`` keeping every iterate's output (``SampleStats.outputs``, else X^k[T];
+    k beyond convergence: the last one).
     """
     T, total = traj.shape[1] - 1, torch.zeros(len(ks), dtype=torch.float64)
     for i0 in range(0, len(x_T), batch):
@@ -62,8 +63,9 @@ def distances_vs_k(name: str, make: Callable, model_fn, ks: list[int], cond, x_T
         elif name == "ddim-k":
             outs = [make(name, k)(model_fn, x, c)[0] for k in ks]
         else:
-            its = make(name, max(ks))(model_fn, x, c, return_iterates=True)[1].iterates
-            outs = [its[min(k, len(its) - 1)][-1] for k in ks]
+            st = make(name, max(ks))(model_fn, x, c, return_iterates=True)[1]
+            its = st.outputs or [X[-1] for X in st.iterates]  # outputs: a Jump's estimates where it is the output
+            outs = [its[min(k, len(its) - 1)] for k in ks]
         total += torch.stack([distance(o, tr[:, -1]).double().sum() for o in outs]).cpu()
     return (total / len(x_T)).tolist()
 

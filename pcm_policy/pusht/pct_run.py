@@ -59,11 +59,17 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
           f"for the conditions (rollout seeds {data['rollout_seeds']['train'][:1]}...)")
 
     # 2. PCT
+    grid = step_grid(policy.noise_scheduler, dcfg.num_steps, solver="ddim")
+    jump = pc["objective"] == "jump"
+    if jump:  # more (condition, x_T) pairs for the one-step jump, from the base model before the adapter
+        jc = pc["jump"]
+        extra = P.add_draws(policy.model_fn, grid, data, int(jc["draws"]), int(jc["seed"]),
+                            run_dir.parent / f"jump_draws_{int(jc['draws'])}_{int(jc['seed'])}.pt")
     lo = pc["lora"]
     add_lora(policy.model, rank=int(lo["rank"]), alpha=float(lo["alpha"]), target_modules=list(lo["targets"]))
-    grid = step_grid(policy.noise_scheduler, dcfg.num_steps, solver="ddim")
     alpha = P.alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
-    batches = P.PCTBatches(data, int(pc["batch_size"]), k_max=pc.get("k_max"))
+    batches = (P.JumpBatches(data, int(pc["batch_size"]), extra) if jump
+               else P.PCTBatches(data, int(pc["batch_size"]), k_max=pc.get("k_max")))
     settings = dict(num_steps=dcfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=dcfg.init)
     spec, loss_fn = P.objective(pc, policy.model_fn, grid, alpha, settings, action_distance)
     px = pixel_distance(policy)
@@ -85,8 +91,15 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     tune = pc["tune"]
     val = (data["split"] == 1).nonzero().flatten()[: tune.get("n")]
     t0 = time.perf_counter()
-    chosen, metrics = P.tune_from_config(ema.model_fn, grid, data["cond"][val], data["x_T"][val],
-                                         data["x_star"][val, -1], tune, settings, px)
+    held_out = (ema.model_fn, grid, data["cond"][val], data["x_T"][val], data["x_star"][val, -1])
+    if jump:  # the anytime PCM: Picard + TAA on the base model, the jump's estimates first while they are closer
+        chosen, metrics = P.tune_jump(*held_out, spec.replace(jump=None), list(tune["jump_positions"]),
+                                      int(tune["k_max"]), px)
+        metrics["chosen"]["k_match"] = next((k + 1 for k, d in enumerate(metrics["chosen"]["distance"]) if d < 1.0),
+                                            None)
+        metrics["picard"] = {"k_match": next((k + 1 for k, d in enumerate(metrics["picard_taa"]) if d < 1.0), None)}
+    else:
+        chosen, metrics = P.tune_from_config(*held_out, tune, settings, px)
     metrics["timing"] = {"trajectories": tm, "train_s_this_call": train_s, "s_per_step": mean_s_per_step(
         run_dir / "log.jsonl"), "tune_s": time.perf_counter() - t0, "threads": int(cfg.get("threads", 1))}
     metrics["data"] = {"path": str(data_path), "rollout_seeds": data["rollout_seeds"],
@@ -94,7 +107,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     save_adapter_folder(ema, out, chosen, extra={"metrics": metrics, "command": command, "config": config,
                                                 "base": str(base), "steps": loop.steps, "tuned": True})
     c, pic = metrics["chosen"], metrics["picard"]
-    print(f"chosen {chosen.switch} taa={chosen.taa}: {c['distance'][0]:.2f} px at k=1, < 1 px at k={c['k_match']} "
-          f"(Picard: k={pic['k_match']}); adapter at {out}")
+    print(f"chosen {chosen.switch} taa={chosen.taa} jump={chosen.jump}: {c['distance'][0]:.2f} px at k=1, < 1 px at "
+          f"k={c['k_match']} (Picard{' + TAA' if jump else ''}: k={pic['k_match']}); adapter at {out}")
     return metrics
 

@@ -7,7 +7,7 @@ it returns ``(x_0, SampleStats)``. ``spec.py`` turns a ``SamplerSpec`` into a re
 Imports torch only (peft lazily, in ``wrappers.LoraScale``).
 """
 
-from .ddim import Grid, ddim_step, draw_noise, sample_sequential, step_grid
+from .ddim import Grid, ddim_step, draw_noise, predicted_x0, sample_sequential, step_grid
 from .denoiser import Cond, ModelFn, SampleStats, call_model, index_cond, repeat_cond
 from .newton import sample_newton
 from .pcm import Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
@@ -20,6 +20,6 @@ __all__ = [
     "DEFAULTS", "INITS", "ITERATIVE", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Jump", "Cond", "Grid", "LoraScale",
     "ModelFn", "SampleStats", "Sampler", "SamplerSpec", "Sharded", "Switch", "ThreadPolicy", "call_model", "ddim_step",
     "draw_noise", "hard_switch", "index_cond", "initial_trajectory", "linear_schedule", "make_sampler", "num_threads",
-    "pcm_evaluator", "picard_loop", "picard_update", "repeat_cond", "sample_newton", "sample_pcm", "sample_picard",
-    "sample_sequential", "sample_with_scheduler", "step_grid", "switch_cost_us",
+    "pcm_evaluator", "picard_loop", "picard_update", "predicted_x0", "repeat_cond", "sample_newton", "sample_pcm",
+    "sample_picard", "sample_sequential", "sample_with_scheduler", "step_grid", "switch_cost_us",
 ]

@@ -47,6 +47,8 @@ class SampleStats:
     residuals: per iteration, the largest scaled change of a window position,
         ``max_j max_b ||x_j^{k+1} - x_j^k|| / sqrt(d sigma_j^2)`` (in units of ``tol``).
     iterates: with ``return_iterates``, ``[X^0, X^1, ..., X^K]``, each ``(T+1, B, ...)``.
+    outputs: Picard/PCM with ``return_iterates``: what the sampler would return after 0, 1, ..., K
+        iterations, each ``(B, ...)``: X^k[T], or a ``Jump``'s estimate while it is the output.
     trajectory: with ``return_trajectory``, the final ``(T+1, B, ...)`` trajectory.
     converged: False when ``max_iters``, ``budget_s`` (or ``truncate``) stopped the sampler first.
     clamped: (position, sample) pairs changed by the iterate safeguard, summed over iterations.
@@ -61,6 +63,7 @@ class SampleStats:
     out_of_budget: bool = False
     residuals: list[float] = field(default_factory=list)
     iterates: list[torch.Tensor] | None = None
+    outputs: list[torch.Tensor] | None = None
     trajectory: torch.Tensor | None = None
     converged: bool = True
     clamped: int = 0

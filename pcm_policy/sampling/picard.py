@@ -266,7 +266,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     bound = None if safeguard is None else _bound(grid, x_T, safeguard)[1:]
     m = taa.memory if taa is not None else 0
     aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(dev) ** taa.weight if taa is not None else None
-    stats = SampleStats(iterates=[X] if return_iterates else None)
+    stats = SampleStats(iterates=[X] if return_iterates else None, outputs=[X[T]] if return_iterates else None)
     hist, count = [], torch.zeros(T + 1, B, dtype=torch.long, device=dev)  # Anderson memory
     pos, cols, view = torch.arange(T, device=dev)[:, None], torch.arange(B, device=dev), (T, B) + (1,) * (x_T.ndim - 1)
     b, e = torch.zeros(B, dtype=torch.long, device=dev), torch.full((B,), p, device=dev)  # anchors, window ends
@@ -275,6 +275,11 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
 
     def put(X, mask, V):  # X with positions 1..T replaced by V where mask (T, B); out of place
         return torch.cat([X[:1], torch.where(mask.view(view), V, X[1:])])
+
+    def output(X, est, its, b):  # X[T], or the jump's estimate where a sample has neither run until nor converged
+        if est is None:
+            return X[T]
+        return torch.where(((its < jump.until) & (b < T)).view(-1, *([1] * (x_T.ndim - 1))), est, X[T])
 
     while bool((b < T).any()):
         if max_iters is not None and stats.iterations >= max_iters:
@@ -336,15 +341,12 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         b, e = new_b, new_e
         if return_iterates:
             stats.iterates.append(X)
+            stats.outputs.append(output(X, est, its, b))
     stats.sample_iterations, stats.sample_nfe, stats.sample_converged = its.tolist(), rows.tolist(), (b >= T).tolist()
     stats.nfe, stats.converged = rows.sum().item() / B, all(stats.sample_converged)
     if return_trajectory:
         stats.trajectory = X
-    x = X[T].clone()
-    if est is not None:  # the jump's estimate for the samples that have not run ``until`` iterations nor converged
-        keep = ((its < jump.until) & (b < T)).view(-1, *([1] * (x_T.ndim - 1)))
-        x = torch.where(keep, est, x)
-    return x, stats
+    return output(X, est, its, b).clone(), stats
 
 
 @torch.no_grad()

@@ -14,28 +14,41 @@ Glossary (PCM paper, PCT objective and model switching; ``docs/method.md``):
   lambda(k)     LoRA scale of PCM iteration k: a ``Switch(k_on, k_off, space)``.
   distance      mean over samples of the task's distance between PCM's output after k iterations
                 (tol 0) and X*[T].
+  jump          ``objective: jump`` (beyond the paper; ``sampling.Jump``): the adapter's x0 predicted at
+                (x_T, t_0) in ONE call is trained onto X*[T], ||x0_theta(x_T) - X*[T]||^2 (a consistency-
+                style one-step distillation of the DDIM-T map x_T -> X*[T]); extra seeded x_T per training
+                condition (``add_draws``) give it more pairs than the store has. PCM then runs Picard + TAA
+                on the base model and returns the jump's estimate for the first iterations (``tune_jump``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from ..io import atomic_path
 from ..sampling import (
     TAA,
+    Jump,
     SamplerSpec,
     Switch,
     index_cond,
     pcm_evaluator,
     picard_loop,
     picard_update,
+    predicted_x0,
     repeat_cond,
     sample_pcm,
+    sample_sequential,
 )
 
-__all__ = ["PCTBatches", "alpha_from_var", "candidates", "choose_schedule", "make_val_fn", "objective",
-           "pcm_distances", "pct_loss", "phi", "run_config", "tune_from_config", "tune_schedule", "unrolled_loss"]
+__all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidates", "choose_schedule", "jump_loss",
+           "make_val_fn", "objective", "pcm_distances", "pct_loss", "phi", "run_config", "tune_from_config",
+           "tune_jump", "tune_schedule", "unrolled_loss"]
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (out, ref) -> (B,)
 
@@ -94,6 +107,95 @@ class PCTBatches:
         return {"x_k": self.its[n, k], "x_star": self.x_star[n], "cond": self.cond[n], "k": k, "x_T": self.x_T[n]}
 
 
+def jump_loss(model_fn, batch: dict, grid) -> torch.Tensor:
+    """||x0_theta(x_T) - X*[T]||^2 (mean over elements and samples): the x0 the adapted model (LoRA scale 1)
+    predicts from x_T at t_0 in one call, unclipped so the gradient does not vanish where it is out of range.
+    ``batch``: {"x_T": (B, ...), "cond": (B, ...), "target": (B, ...) = X*[T]}."""
+    x_T = batch["x_T"]
+    idx = torch.zeros(len(x_T), dtype=torch.long, device=x_T.device)
+    out = model_fn(x_T, grid.timesteps[idx], batch["cond"], lora_scale=1.0)
+    x0, _ = predicted_x0(dataclasses.replace(grid, clip=None), x_T, out, idx)
+    return (x0 - batch["target"]).pow(2).flatten(1).mean(1).mean()
+
+
+class JumpBatches:
+    """Batches for ``jump_loss``: pairs drawn uniformly (torch's global RNG, so a resumed run continues the
+    same stream) from ``data``'s training split (``split == 0``) and the extra draws ``extra`` (``add_draws``)."""
+
+    def __init__(self, data: dict, batch_size: int, extra: dict | None = None):
+        train = data["split"] == 0
+        parts = [(data["cond"][train], data["x_T"][train], data["x_star"][train, -1])]
+        if extra is not None:
+            parts.append((extra["cond"], extra["x_T"], extra["target"]))
+        self.cond, self.x_T, self.target = (torch.cat(p) for p in zip(*parts, strict=True))
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        n = torch.randint(0, len(self.cond), (self.batch_size,))
+        return {"x_T": self.x_T[n], "cond": self.cond[n], "target": self.target[n]}
+
+
+@torch.no_grad()
+def add_draws(model_fn, grid, data: dict, draws: int, seed: int, path: str | Path | None = None,
+              chunk: int = 2048) -> dict | None:
+    """``draws`` more seeded x_T per training condition and their DDIM-T outputs X*[T] (base model,
+    ``sample_sequential``): {"cond", "x_T", "target"}, cached at ``path`` (written atomically; reused when its
+    ``seed`` and ``draws`` match). None when ``draws`` is 0."""
+    if draws <= 0:
+        return None
+    path = Path(path) if path is not None else None
+    if path is not None and path.is_file():
+        cached = torch.load(path)
+        if cached.get("seed") == seed and cached.get("draws") == draws:
+            return cached
+    train = data["split"] == 0
+    cond = data["cond"][train].repeat(draws, *([1] * (data["cond"].ndim - 1)))
+    x_T = torch.randn((len(cond), *data["x_T"].shape[1:]), generator=torch.Generator().manual_seed(seed))
+    target = torch.cat([sample_sequential(model_fn, x_T[i:i + chunk], cond[i:i + chunk], grid=grid)[0]
+                        for i in tqdm(range(0, len(cond), chunk), desc=f"DDIM-{len(grid)} targets, {len(cond)} draws")])
+    out = {"cond": cond, "x_T": x_T, "target": target, "seed": seed, "draws": draws}
+    if path is not None:
+        with atomic_path(path) as tmp:
+            torch.save(out, tmp)
+    return out
+
+
+@torch.no_grad()
+def tune_jump(model_fn, grid, cond, x_T, target, base: SamplerSpec, positions: list[int], k_max: int,
+              distance: Distance, lambdas: tuple[float, ...] = (1.0, 0.0)) -> tuple[SamplerSpec, dict]:
+    """The anytime PCM's ``Jump`` on held-out conditions, greedily: the jump (position 0, lambda
+    ``lambdas[0]``) is kept while it beats ``base`` (Picard + TAA on the base model) at k = 1; each further
+    step (lambda ``lambdas[1]``, the base model by default) goes to the candidate position of ``positions``
+    that is closest at its k, and is kept only while it beats ``base`` there. Returns (spec with the jump or
+    without, metrics: distances per k of ``base`` and of the chosen spec, per-step candidate distances)."""
+    base_d = pcm_distances(model_fn, grid, cond, x_T, target, base, k_max, distance)
+    chosen, steps = (0,), []
+    for k in range(1, k_max + 1):
+        cands = [()] if k == 1 else [(p,) for p in positions if p > chosen[-1] and p < len(grid)]
+        scores = {}
+        for c in cands:
+            pos = chosen + c if k > 1 else (0,)
+            lam = tuple(lambdas[min(i, len(lambdas) - 1)] for i in range(len(pos)))
+            d = pcm_distances(model_fn, grid, cond, x_T, target, base.replace(jump=Jump(pos, lam)), k, distance)
+            scores[pos] = d[k - 1]
+        if not scores:
+            break
+        best = min(scores, key=scores.get)
+        steps.append({"k": k, "candidates": {str(list(p)): v for p, v in scores.items()}, "picard": base_d[k - 1]})
+        if scores[best] >= base_d[k - 1]:
+            break
+        chosen = best
+    n = len(steps) - (1 if steps and min(steps[-1]["candidates"].values()) >= steps[-1]["picard"] else 0)
+    jump = Jump(chosen[:n], tuple(lambdas[min(i, len(lambdas) - 1)] for i in range(n))) if n else None
+    spec = base.replace(jump=jump)
+    d = pcm_distances(model_fn, grid, cond, x_T, target, spec, k_max, distance)
+    return spec, {"picard_taa": base_d, "chosen": {"spec": spec.to_dict(), "distance": d}, "steps": steps,
+                  "conditions": len(x_T), "k_max": k_max}
+
+
 @torch.no_grad()
 def pcm_distances(model_fn, grid, cond, x_T, target, spec: SamplerSpec | None, k_max: int, distance: Distance,
                   *, batch: int = 100) -> list[float]:
@@ -105,9 +207,9 @@ def pcm_distances(model_fn, grid, cond, x_T, target, spec: SamplerSpec | None, k
         sl = slice(i0, i0 + batch)
         _, st = sample_pcm(model_fn, x_T[sl], index_cond(cond, sl), grid=grid, schedule=spec.switch, tol=0.0,
                            max_iters=k_max, return_iterates=True, safeguard=spec.safeguard, init=spec.init,
-                           taa=spec.taa, window=spec.window)
-        for k in range(1, k_max + 1):
-            total[k - 1] += distance(st.iterates[min(k, len(st.iterates) - 1)][-1], target[sl]).double().sum()
+                           taa=spec.taa, window=spec.window, jump=spec.jump)
+        for k in range(1, k_max + 1):  # outputs: X^k[T], or the jump's estimate while it is the output
+            total[k - 1] += distance(st.outputs[min(k, len(st.outputs) - 1)], target[sl]).double().sum()
     return (total / len(x_T)).tolist()
 
 
@@ -184,19 +286,24 @@ def make_val_fn(model_fn_of: Callable, grid, alpha: torch.Tensor, data: dict, di
 def objective(pc: dict, model_fn, grid, alpha: torch.Tensor, settings: dict,
               distance: Distance) -> tuple[SamplerSpec, Callable]:
     """The PCM spec validated during training and the loss of a ``pct`` config (``configs/pct/*.yaml``):
-    ``objective: picard`` (``pct_loss``, form ``pct.form``; spec from ``pct.val.schedule``) or
-    ``unrolled`` (``unrolled_loss`` through ``pct.unroll.first..iters`` iterations of ``pct.unroll.schedule``).
+    ``objective: picard`` (``pct_loss``, form ``pct.form``; spec from ``pct.val.schedule``),
+    ``unrolled`` (``unrolled_loss`` through ``pct.unroll.first..iters`` iterations of ``pct.unroll.schedule``)
+    or ``jump`` (``jump_loss``; spec from ``pct.jump.schedule``, its Jump chosen after training by ``tune_jump``).
     ``settings`` (num_steps, safeguard, init) go into the spec. Raises ValueError for another objective."""
     if pc["objective"] == "unrolled":
         ur = pc["unroll"]
         spec = SamplerSpec.from_dict(ur["schedule"]).replace(**settings)
         iters, first = int(ur["iters"]), int(ur["first"])
         return spec, lambda b: unrolled_loss(model_fn, b, grid, spec, iters, first, distance)
+    if pc["objective"] == "jump":  # its spec keeps its own first iterate (the store's only shapes the val loss)
+        spec = SamplerSpec.from_dict(pc["jump"]["schedule"]).replace(**{k: v for k, v in settings.items()
+                                                                          if k != "init"})
+        return spec, lambda b: jump_loss(model_fn, b, grid)
     if pc["objective"] == "picard":
         form = pc.get("form", "paradigms")
         spec = SamplerSpec.from_dict(pc["val"]["schedule"]).replace(**settings)
         return spec, lambda b: pct_loss(model_fn, b, grid, alpha, form)
-    raise ValueError(f"pct.objective must be picard or unrolled, got {pc['objective']!r}")
+    raise ValueError(f"pct.objective must be picard, unrolled or jump, got {pc['objective']!r}")
 
 
 def run_config(cfg: dict) -> dict:

@@ -309,9 +309,10 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
             else:
                 kmax = min(max(kk), spec.max_iterations())
                 run = make_sampler(spec.replace(k=kmax), model.scheduler)
-                its = run(fn, x_T, cond, return_iterates=True)[1].iterates
+                st = run(fn, x_T, cond, return_iterates=True)[1]
+                its = st.outputs or [X[-1] for X in st.iterates]  # a Jump's estimates where it is the output
                 for k in kk:
-                    res[k].append(its[min(k, len(its) - 1)][-1])
+                    res[k].append(its[min(k, len(its) - 1)])
         return {k: torch.cat(v).float() for k, v in res.items()}
 
     # the converged output: sequential DDIM-T
