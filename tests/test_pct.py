@@ -24,7 +24,17 @@ from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
 from pcm_policy.sampling import TAA, SamplerSpec, Switch, sample_pcm, sample_sequential, step_grid
 from pcm_policy.sampling.picard import _bound
 from pcm_policy.training import LoopConfig, train
-from pcm_policy.training.pct import PCTBatches, alpha_from_var, choose_schedule, pct_loss, phi, unrolled_loss
+from pcm_policy.training.pct import (
+    JumpBatches,
+    PCTBatches,
+    add_draws,
+    alpha_from_var,
+    choose_schedule,
+    jump_loss,
+    pct_loss,
+    phi,
+    unrolled_loss,
+)
 
 
 def ddim_grid(policy, T):
@@ -122,6 +132,33 @@ def test_unrolled_loss_is_the_samplers_distance_and_reaches_every_adapter_tensor
         assert (p.grad is not None and p.grad.abs().sum() > 0) if id(p) in lora else p.grad is None, name
 
 
+def test_jump_loss_is_the_one_call_x0_error_and_the_extra_draws_are_ddim_outputs(env, tmp_path):
+    """pct.objective=jump: the loss is ||x0 predicted at (x_T, t_0) with the adapter - X*[T]||^2 (unclipped),
+    its gradient reaches every LoRA tensor; add_draws gives seeded x_T per training condition with their
+    sequential DDIM outputs, cached and reused."""
+    d, policy = load_trajectories(env / "traj.zarr"), load_policy(env / "base")
+    grid = ddim_grid(policy, TINY.num_steps)
+    extra = add_draws(policy.model_fn, grid, d, 2, seed=5, path=tmp_path / "draws.pt")
+    n_train = int((d["split"] == 0).sum())
+    assert extra["x_T"].shape == (2 * n_train, 16, 2) and extra["cond"].shape == (2 * n_train, 40)
+    ref, _ = sample_sequential(policy.model_fn, extra["x_T"][:3], extra["cond"][:3], grid=grid)
+    assert torch.allclose(extra["target"][:3], ref, atol=1e-6)
+    again = add_draws(None, grid, d, 2, seed=5, path=tmp_path / "draws.pt")  # from the cache: no model needed
+    assert torch.equal(again["target"], extra["target"])
+    add_lora(policy.model, rank=4, alpha=8)
+    _randomise_lora(policy.model)
+    batch = next(JumpBatches(d, 4, extra))
+    loss = jump_loss(policy.model_fn, batch, grid)
+    a = grid.alpha[0]
+    eps = policy.model_fn(batch["x_T"], grid.timesteps[:1].expand(4), batch["cond"], lora_scale=1.0)
+    want = ((batch["x_T"] - (1 - a).sqrt() * eps) / a.sqrt() - batch["target"]).pow(2).mean()
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
+    loss.backward()
+    lora = {id(p) for p in lora_parameters(policy.model)}
+    for name, p in policy.named_parameters():
+        assert (p.grad is not None and p.grad.abs().sum() > 0) if id(p) in lora else p.grad is None, name
+
+
 @pytest.mark.parametrize("safeguard", [None, 1.0])
 def test_phi_at_lambda_zero_is_the_base_picard_update(env, tmp_path, safeguard):
     policy = load_policy(env / "base")
@@ -202,6 +239,40 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     missing = subprocess.run(cmd[:3] + [f"base={tmp_path / 'nope'}", f"work_dir={tmp_path / 'w2'}"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "nope" in missing.stderr and "train_policy.py" in missing.stderr
+
+
+def test_anytime_run_ships_a_tuned_jump_that_keeps_exactness(env, tmp_path):
+    """pct=anytime end to end on the tiny store: the adapter.json spec is Picard + TAA on the base model with
+    the jump's steps kept only where they were closer than Picard + TAA on held-out conditions, and the
+    sampler converges to sequential DDIM exactly."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "scripts/train_pct.py"), "task=pusht", "pct=anytime", f"base={env / 'base'}",
+           f"out={out}", f"work_dir={tmp_path / 'work'}", f"task.dataset={env / 'demos.zarr'}", "pct.data.n=6",
+           "pct.data.num_steps=8", "pct.data.chunk=3", "pct.data.val_fraction=0.34", "pct.data.per_episode=2",
+           "pct.data.rollout_batch=2", "pct.data.max_steps=16", "pct.jump.draws=2", "pct.batch_size=4",
+           "pct.training.steps=3", "pct.training.warmup_steps=1", "pct.training.val_every=1", "pct.val.n=2",
+           "pct.tune.k_max=3", "pct.tune.jump_positions=[2,5]"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((out / "adapter.json").read_text())
+    m = cfg["metrics"]
+    assert cfg["sampler"]["switch"] == {"k_on": 0, "k_off": 0, "space": "weight"} and cfg["sampler"]["taa"]
+    picard, chosen, steps = m["picard_taa"], m["chosen"]["distance"], m["steps"]
+    jump = cfg["sampler"]["jump"]
+    n = len(jump["positions"]) if jump else 0
+    assert all(min(st["candidates"].values()) < st["picard"] for st in steps[:n])  # kept only where closer
+    assert len(steps) == n or min(steps[n]["candidates"].values()) >= steps[n]["picard"]  # stopped where not
+    assert all(abs(chosen[k] - picard[k]) < 1e-6 for k in range(n, len(picard)))  # Picard's from then on
+    policy = load_policy(env / "base")
+    spec, _ = load_adapter_folder(policy, out)
+    assert spec.jump == (SamplerSpec.from_dict(cfg["sampler"]).jump)
+    g = torch.Generator().manual_seed(3)
+    x_T, cond = torch.randn(3, 16, 2, generator=g), torch.randn(3, 40, generator=g)
+    grid = step_grid(policy.noise_scheduler, 8, solver="ddim")
+    ref, _ = sample_sequential(policy.model_fn, x_T, cond, grid=grid)
+    x, st = sample_pcm(policy.model_fn, x_T, cond, grid=grid, schedule=spec.switch, taa=spec.taa, jump=spec.jump,
+                       init=spec.init, safeguard=spec.safeguard, tol=0.0)
+    assert st.converged and torch.allclose(x, ref, atol=1e-5)
 
 
 def test_tune_taa_reports_every_variant_and_picks_by_the_pct_rule(env, tmp_path, capsys):
