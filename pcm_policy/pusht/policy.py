@@ -85,6 +85,14 @@ class DiffusionPolicy(nn.Module):
         graph = self._frozen.graph(x, t, cond, lora_scale) if self._frozen is not None else None
         if graph is not None:
             return graph(x, t, cond)
+        if self._frozen is not None and torch.is_tensor(lora_scale) and lora_scale.shape == x.shape[:1]:
+            on = lora_scale == 1  # rows at 0 or 1 only (a Jump's adapted row beside base Picard rows): both graphs
+            if bool((on | (lora_scale == 0)).all()):
+                out = torch.empty_like(x)
+                for rows, lam in ((~on, 0.0), (on, 1.0)):
+                    if bool(rows.any()):
+                        out[rows] = self.model_fn(x[rows], t[rows], cond[rows], lora_scale=lam)
+                return out
         return self._lora_fn(x, t, cond, lora_scale=lora_scale)
 
     def freeze(self, enabled: bool = True) -> DiffusionPolicy:
