@@ -258,7 +258,7 @@ def test_anytime_run_ships_a_tuned_jump_that_keeps_exactness(env, tmp_path):
     m = cfg["metrics"]
     assert cfg["sampler"]["switch"] == {"k_on": 0, "k_off": 0, "space": "weight"} and cfg["sampler"]["taa"]
     picard, chosen, steps = m["picard_taa"], m["chosen"]["distance"], m["steps"]
-    jump = cfg["sampler"]["jump"]
+    jump = cfg["sampler"].get("jump")
     n = len(jump["positions"]) if jump else 0
     assert all(min(st["candidates"].values()) < st["picard"] for st in steps[:n])  # kept only where closer
     assert len(steps) == n or min(steps[n]["candidates"].values()) >= steps[n]["picard"]  # stopped where not

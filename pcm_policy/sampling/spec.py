@@ -124,7 +124,12 @@ class SamplerSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting as plain data; ``jump`` (added later) only when set, so cache keys and adapter.json
+        files written before it stay valid."""
+        d = dataclasses.asdict(self)
+        if d["jump"] is None:
+            del d["jump"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplerSpec:
