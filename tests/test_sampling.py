@@ -411,7 +411,8 @@ def _jump_chain(model, grid, x_T, cond, positions, lambdas):
 def test_jump_is_the_output_until_picard_takes_over_and_keeps_the_fixed_point(space, taa):
     """A Jump rides on PCM's calls (one more row per running sample): its x0 estimates are the output for
     k < len(positions) + 1, Picard's X[T] from then on; the trajectory is untouched (same iterates as without it),
-    so with tol 0 the output is sequential's; each jump row counts one model evaluation."""
+    so with tol 0 the output is sequential's; each jump row counts one model evaluation, and a budget the jump
+    alone answers evaluates only its rows."""
     model, (x_T, cond) = MLPDenoiser(), inputs()
     grid = step_grid(ddim(), T)
     jump = Jump(positions=(0, 5, 9), lambdas=(1.0, 0.0, 0.5))
@@ -421,8 +422,11 @@ def test_jump_is_the_output_until_picard_takes_over_and_keeps_the_fixed_point(sp
         x, st = sample_pcm(model, x_T, cond, max_iters=k, jump=jump, **kw)
         plain, st0 = sample_pcm(model, x_T, cond, max_iters=k, **kw)
         assert close(x, want[k - 1] if k <= 3 else plain, 1e-5), k
-        if space == "weight":  # one more row per call while the jump runs (feature space doubles mixed calls)
-            assert st.sample_nfe == [n + min(k, len(jump.positions)) for n in st0.sample_nfe]
+        if k < jump.until:  # the output is the jump's: only its rows are evaluated (a mixed one twice in feature space)
+            nfe = sum(2 if space == "feature" and 0 < lam < 1 else 1 for lam in jump.lambdas[:k])
+            assert st.sample_nfe == [nfe] * len(x_T) and st.iterations == k
+        elif space == "weight":  # one more row per call while the jump runs (feature space doubles mixed calls)
+            assert st.sample_nfe == [n + len(jump.positions) for n in st0.sample_nfe]
     seq, _ = sample_sequential(model, x_T, cond, grid=grid)
     x, st = sample_pcm(model, x_T, cond, jump=jump, **kw)
     assert close(x, seq, 1e-5) and st.converged

@@ -97,8 +97,8 @@ def pcm_evaluator(model_fn, schedule: Schedule, space: str = "weight", lambdas: 
         n = x.shape[0]
         if lam_rows is not None:  # the last rows are a Jump's, at their own lambda (``picard.py``)
             lam_rows = torch.cat([x.new_full((n - len(lam_rows),), lam), lam_rows.to(x)])
-            if bool((lam_rows == lam_rows[0]).all()):
-                lam_rows = None
+            if bool((lam_rows == lam_rows[0]).all()):  # one lambda for every row (the jump's rows alone, too)
+                lam, lam_rows = float(lam_rows[0]), None
         if lam_rows is None and (space == "weight" or lam in (0.0, 1.0)):  # W_0 + lambda dW, one call per position
             return call_model(model_fn, x, t, c, lora_scale=lam), 1
         if lam_rows is not None and (space == "weight" or bool(((lam_rows == 0) | (lam_rows == 1)).all())):

@@ -50,7 +50,8 @@ call n + 1 moves that estimate along its own DDIM path (x0 and the implied eps) 
 ``positions[n]`` and predicts x0 there. While a sample has run fewer than ``len(positions) + 1``
 iterations and has not converged, the sampler returns the chain's latest x0 instead of X[T], whose early
 iterates are poor guesses (triangular: X[j] is exact after j iterations only); from then on, X[T]. The
-chain never touches the trajectory, so the fixed point and exactness are Picard's.
+chain never touches the trajectory, so the fixed point and exactness are Picard's. With ``max_iters`` below
+``len(positions) + 1`` the output is the jump's whatever Picard does, so only the jump's rows are evaluated.
 Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
 may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| without changing
 the fixed point; the anchor and the prefix are never touched. c bounds x0: the scheduler's clip range
@@ -281,6 +282,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
             return X[T]
         return torch.where(((its < jump.until) & (b < T)).view(-1, *([1] * (x_T.ndim - 1))), est, X[T])
 
+    only_jump = jump is not None and max_iters is not None and max_iters < jump.until  # Picard rows unused
     while bool((b < T).any()):
         if max_iters is not None and stats.iterations >= max_iters:
             break
@@ -288,7 +290,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
             stats.out_of_budget = True
             break
         k, live = stats.iterations, b < T
-        win = (pos >= b) & (pos < e) & live  # (T, B): row j <-> position j evaluated, position j+1 updated
+        win = (pos >= b) & (pos < e) & live & (not only_jump)  # (T, B): row j <-> position j evaluated, j+1 updated
         jj, ss = win.nonzero(as_tuple=True)  # the rows of this call, position-major
         xs = X[jj, ss]
         if jump is not None and k < len(jump.positions):  # one more row per running sample
@@ -322,7 +324,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         rows += win.sum(0) * calls
         stats.residuals.append(err.max().sqrt().item())
         new_b = b
-        if may_slide(k):  # each sample slides to its first position that has not converged (>= 1 step)
+        if may_slide(k) and not only_jump:  # each sample slides to its first unconverged position (>= 1 step)
             bad = ~((err <= tol**2) | (pos < b)) | (pos >= e)
             first = torch.cat([bad, bad.new_ones(1, B)]).int().argmax(0)
             new_b = torch.where(live, torch.minimum(first + 1, e), b)
