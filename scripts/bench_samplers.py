@@ -104,6 +104,8 @@ def parse(argv=None) -> tuple[BenchConfig, str | None]:
                    help="Picard + triangular Anderson acceleration (init prior) with these memories ('' for none)")
     p.add_argument("--ddim-ks", default=join(D.ddim_ks), help="also DDIM re-discretised to these step counts "
                                                               "('' for none)")
+    p.add_argument("--pcm-ks", default=join(D.pcm_ks), help="also the adapter's PCM with exactly k iterations "
+                                                            "(tol 0), beside --ddim-ks ('' for none)")
     p.add_argument("--pcm-spaces", help="weight,feature (default: the adapter's own space)")
     p.add_argument("--k-on", type=int, help="override the adapter's schedule (random adapter: 2)")
     p.add_argument("--k-off", type=int, help="override the adapter's schedule (random adapter: 6)")
@@ -130,7 +132,7 @@ def parse(argv=None) -> tuple[BenchConfig, str | None]:
             adapter=a.adapter or (str(DEFAULT_ADAPTER) if DEFAULT_ADAPTER.is_dir() else "random"),
             dataset=a.dataset, conds=a.conds, batch=a.batch, num_steps=a.num_steps, windows=ints(a.windows),
             tols=floats(a.tols), safeguards=kappas(a.safeguards), pcm_windows=ints(a.pcm_windows),
-            inits=a.inits.split(","), anderson=ints(a.anderson), ddim_ks=ints(a.ddim_ks),
+            inits=a.inits.split(","), anderson=ints(a.anderson), ddim_ks=ints(a.ddim_ks), pcm_ks=ints(a.pcm_ks),
             pcm_spaces=a.pcm_spaces.split(",") if a.pcm_spaces else None, k_on=a.k_on, k_off=a.k_off,
             repeats=a.repeats, curve=ints(a.curve), curve_threads=ints(a.curve_threads),
             curve_repeats=a.curve_repeats, threads=a.threads, window_threads=a.window_threads,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -448,6 +449,10 @@ def test_jump_checks_and_spec():
     assert close(x, base[1], 1e-5)
     spec = SamplerSpec.named("pcm", jump=Jump((0, 6), (1, 0)), k=2, tol=0.0)
     assert SamplerSpec.from_dict(spec.to_dict()) == spec
+    assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()  # what a JSON cache key reads back
+    assert spec.replace(num_steps=25).jump == Jump((0, 3), (1, 0))  # positions follow the grid (6 of 50 -> 3 of 25)
+    assert Jump((0, 35, 45), (1, 0, 0)).rescaled(50, 10) == Jump((0, 7, 9), (1, 0, 0))
+    assert Jump((0, 1, 2), (1, 0, 0)).rescaled(50, 2) == Jump((0, 1), (1, 0))
     with pytest.raises(ValueError, match="only pcm has an adapter"):
         SamplerSpec.named("taa", jump=Jump())
 

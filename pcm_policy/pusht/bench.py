@@ -37,7 +37,8 @@ class BenchConfig:
 
     ``checkpoint``: a policy folder, or None with ``size`` (a UNet preset with random weights: timing
     only). ``adapter``: a PCM adapter folder or ``"random"``. ``safeguards``: kappas, None = off.
-    ``anderson``: TAA memories (init prior). ``ddim_ks``: re-discretised DDIM step counts.
+    ``anderson``: TAA memories (init prior). ``ddim_ks``: re-discretised DDIM step counts. ``pcm_ks``: the
+    adapter's PCM with exactly k iterations (tol 0; the anytime comparison with DDIM-k).
     ``pcm_spaces``: None for the adapter's own. ``k_on``/``k_off``: override the adapter's switch.
     ``threads``/``window_threads``/``switch_rows``: the ThreadPolicy. ``device``: ``cpu`` or ``cuda[:N]``.
     """
@@ -56,6 +57,7 @@ class BenchConfig:
     inits: tuple[str, ...] = ("noise", "prior")
     anderson: tuple[int, ...] = (DEFAULTS["taa"]["taa"].memory,)
     ddim_ks: tuple[int, ...] = (5,)
+    pcm_ks: tuple[int, ...] = ()
     pcm_spaces: tuple[str, ...] | None = None
     k_on: int | None = None
     k_off: int | None = None
@@ -177,6 +179,8 @@ def build_samplers(cfg: BenchConfig, spec: SamplerSpec, sched, base_d, pcm_d) ->
                     sw = Switch(spec.switch.k_on, spec.switch.k_off, space)
                     s = spec.replace(num_steps=T, window=w, tol=tol, safeguard=sg, switch=sw)
                     runs[f"pcm_{space}_w{w}_tol{tol:g}{tag(sg)}"] = run(s, pcm_d)
+    for k in cfg.pcm_ks:
+        runs[f"pcm_k{k}"] = run(spec.replace(num_steps=T, tol=0.0, k=k), pcm_d)
     return runs
 
 

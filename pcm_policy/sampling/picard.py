@@ -113,6 +113,17 @@ class Jump:
         if len(lam) != len(pos) or any(not 0 <= v <= 1 for v in lam):
             raise ValueError(f"Jump needs one lambda in [0, 1] per position, got {lam} for {pos}")
 
+    def rescaled(self, T_from: int, T_to: int) -> Jump:
+        """The same jump on a T_to-step grid: positions scaled by T_to / T_from (rounded, kept increasing and
+        below T_to; steps that no longer fit are dropped)."""
+        pos, lam = [], []
+        for p, v in zip(self.positions, self.lambdas, strict=True):
+            q = max(round(p * T_to / T_from), pos[-1] + 1 if pos else 0)
+            if q < T_to:
+                pos.append(q)
+                lam.append(v)
+        return Jump(tuple(pos), tuple(lam))
+
     @property
     def until(self) -> int:
         """Iterations from which the output is Picard's X[T]."""

@@ -120,7 +120,12 @@ class SamplerSpec:
         return cls(name=name, **{**DEFAULTS.get(name, {}), **{k: v for k, v in overrides.items() if v is not None}})
 
     def replace(self, **changes) -> SamplerSpec:
-        """A copy with ``changes`` (None values included: they switch a setting off)."""
+        """A copy with ``changes`` (None values included: they switch a setting off). A jump's grid positions
+        follow a change of ``num_steps`` (``Jump.rescaled``) unless ``jump`` is given too."""
+        jump = changes.get("jump", self.jump)
+        T = changes.get("num_steps", self.num_steps)
+        if "jump" not in changes and jump is not None and T != self.num_steps and None not in (T, self.num_steps):
+            changes["jump"] = jump.rescaled(self.num_steps, T)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -129,6 +134,8 @@ class SamplerSpec:
         d = dataclasses.asdict(self)
         if d["jump"] is None:
             del d["jump"]
+        else:  # lists, as JSON gives them back (a cache compares keys read from JSON with fresh ones)
+            d["jump"] = {k: list(v) for k, v in d["jump"].items()}
         return d
 
     @classmethod
