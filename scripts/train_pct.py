@@ -2,7 +2,7 @@ r"""Picard Consistency Training of a LoRA adapter, then schedule tuning: PushT, 
 
     python scripts/train_pct.py task=pusht
     python scripts/train_pct.py task=pusht base=runs/pusht_small_default/checkpoint out=/tmp/pcm
-    python scripts/train_pct.py task=pusht out=checkpoints/pusht_pcm force=true   # replace the shipped adapter
+    python scripts/train_pct.py task=pusht pct=anytime out=checkpoints/pusht_pcm force=true  # the shipped adapter
     python scripts/train_pct.py task=pusht pct=paper    # the paper's recipe (plain Picard updates, K = 30)
     python scripts/train_pct.py task=pusht pct=smoke work_dir=/tmp/pct  # tiny end to end run
     python scripts/train_pct.py task=celeba     # the LDM-CelebA layout (default: the shipped small MNIST model)
