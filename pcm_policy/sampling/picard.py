@@ -55,8 +55,9 @@ chain never touches the trajectory, so the fixed point and exactness are Picard'
 Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
 may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| without changing
 the fixed point; the anchor and the prefix are never touched. c bounds x0: the scheduler's clip range
-with ``clip_sample``, else kappa max|x_T| (unit-scale data such as SD's scaled latents; a loose bound
-only makes the safeguard act less).
+with ``clip_sample``. Without ``clip_sample`` nothing bounds x0, and the safeguard does nothing (an earlier
+c = kappa max|x_T| was not a bound: guided sd_mnist samples reach |x0| = 1.3 max|x_T|, and clamping
+their guesses held Picard + TAA at 0.094 latent RMSE from k = 10 to 20, against 2.5e-5 unclamped).
 """
 
 from __future__ import annotations
@@ -197,14 +198,15 @@ def tol_scale(grid: Grid) -> torch.Tensor:
     return var.clamp(min=pos.min().item() if len(pos) else 1.0)
 
 
-def _bound(grid: Grid, x_T: torch.Tensor, kappa: float) -> torch.Tensor:
-    """Safeguard bound for positions 0..T, shape (T+1, B, 1, ...)."""
+def _bound(grid: Grid, x_T: torch.Tensor, kappa: float) -> torch.Tensor | None:
+    """Safeguard bound for positions 0..T, shape (T+1, B, 1, ...); None without ``clip_sample`` (no x0 bound)."""
     if kappa <= 0:
         raise ValueError(f"safeguard (kappa) must be > 0 or None, got {kappa}")
+    if grid.clip is None:
+        return None
     abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).view(-1, 1, *([1] * (x_T.ndim - 1)))
     m = kappa * x_T.abs().flatten(1).amax(1).view(1, -1, *([1] * (x_T.ndim - 1)))
-    c = grid.clip if grid.clip is not None else m  # a bound on x0
-    return abar**0.5 * c + (1 - abar) ** 0.5 * m
+    return abar**0.5 * grid.clip + (1 - abar) ** 0.5 * m
 
 
 def _anderson(hist: list, count: torch.Tensor, win: torch.Tensor, reg: float, weight: torch.Tensor,
@@ -275,7 +277,8 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     X = initial_trajectory(grid, x_T, init)  # never changed in place: iterates and TAA history share it
     copy_exposed = _is_noise(init)
     scale = d * tol_scale(grid)[1:, None]  # (T, 1): positions 1..T
-    bound = None if safeguard is None else _bound(grid, x_T, safeguard)[1:]
+    bound = None if safeguard is None else _bound(grid, x_T, safeguard)
+    bound = None if bound is None else bound[1:]
     m = taa.memory if taa is not None else 0
     aweight = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(dev) ** taa.weight if taa is not None else None
     stats = SampleStats(iterates=[X] if return_iterates else None, outputs=[X[T]] if return_iterates else None)
