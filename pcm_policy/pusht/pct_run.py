@@ -94,10 +94,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     held_out = (ema.model_fn, grid, data["cond"][val], data["x_T"][val], data["x_star"][val, -1])
     if jump:  # the anytime PCM: Picard + TAA on the base model, the jump's estimates first while they are closer
         chosen, metrics = P.tune_jump(*held_out, spec.replace(jump=None), list(tune["jump_positions"]),
-                                      int(tune["k_max"]), px)
-        metrics["chosen"]["k_match"] = next((k + 1 for k, d in enumerate(metrics["chosen"]["distance"]) if d < 1.0),
-                                            None)
-        metrics["picard"] = {"k_match": next((k + 1 for k, d in enumerate(metrics["picard_taa"]) if d < 1.0), None)}
+                                      int(tune["k_max"]), px, threshold=float(tune.get("threshold", 1.0)))
     else:
         chosen, metrics = P.tune_from_config(*held_out, tune, settings, px)
     metrics["timing"] = {"trajectories": tm, "train_s_this_call": train_s, "s_per_step": mean_s_per_step(

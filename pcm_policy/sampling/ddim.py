@@ -146,15 +146,16 @@ def step_grid(scheduler, num_steps: int, *, solver: str | None = None, eta: floa
     return Grid(solver, ts.to(device), a.to(**f), a_prev.to(**f), std.to(**f), var.to(**f), pred, clip)
 
 
+def _rows(v: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-step values ``v`` at each row's step ``idx``, shaped to broadcast against ``x``."""
+    return v[idx].view(-1, *([1] * (x.ndim - 1)))
+
+
 def predicted_x0(grid: Grid, x: torch.Tensor, model_output: torch.Tensor,
                  idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, eps) implied by the model output at rows ``x`` of steps ``idx`` (N,): DDIM eq. 12's
     "predicted x0" (clipped to the scheduler's ``clip_sample_range`` when ``clip_sample``) and the noise."""
-
-    def rows(v):
-        return v[idx].view(-1, *([1] * (x.ndim - 1)))
-
-    a = rows(grid.alpha)
+    a = _rows(grid.alpha, idx, x)
     b = 1 - a
     if grid.prediction_type == "epsilon":
         x0, eps = (x - b**0.5 * model_output) / a**0.5, model_output
@@ -175,14 +176,10 @@ def ddim_step(grid: Grid, x: torch.Tensor, model_output: torch.Tensor, idx: torc
     Equals diffusers' ``DDIMScheduler.step`` (without its noise) and ``batch_step_no_noise`` for
     DDIM, and ``DDPMScheduler.step``'s posterior mean for DDPM.
     """
-
-    def rows(v):
-        return v[idx].view(-1, *([1] * (x.ndim - 1)))
-
-    a, a_prev = rows(grid.alpha), rows(grid.alpha_prev)
+    a, a_prev = _rows(grid.alpha, idx, x), _rows(grid.alpha_prev, idx, x)
     x0, eps = predicted_x0(grid, x, model_output, idx)
     if grid.solver == "ddim":  # DDIM eq. 12: sqrt(abar_prev) x0 + sqrt(1 - abar_prev - std^2) eps
-        return a_prev**0.5 * x0 + (1 - a_prev - rows(grid.std) ** 2) ** 0.5 * eps
+        return a_prev**0.5 * x0 + (1 - a_prev - _rows(grid.std, idx, x) ** 2) ** 0.5 * eps
     alpha_t = a / a_prev  # DDPM eq. 7: posterior mean of q(x_{t_prev} | x_t, x0)
     return (a_prev**0.5 * (1 - alpha_t)) / (1 - a) * x0 + alpha_t**0.5 * (1 - a_prev) / (1 - a) * x
 

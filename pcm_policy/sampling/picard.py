@@ -314,7 +314,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
                                   index_cond(cond, torch.cat([ss, ids])), k, xs.new_full((len(ids),), jump.lambdas[k]))
             out, x0, eps = out[:n], *predicted_x0(grid, jx[ids], out[n:], pp)
             est = torch.zeros_like(x_T).index_put((ids,), x0) if est is None else est.index_put((ids,), x0)
-            rows += torch.zeros_like(rows).index_put((ids,), torch.full_like(ids, calls))
+            rows[ids] += calls
             if k + 1 < len(jump.positions):  # along the estimate's own DDIM path to the next position
                 a = grid.alpha[jump.positions[k + 1]]
                 jx = jx.index_put((ids,), a.sqrt() * x0 + (1 - a).sqrt() * eps)

@@ -165,35 +165,35 @@ def add_draws(model_fn, grid, data: dict, draws: int, seed: int, path: str | Pat
 
 @torch.no_grad()
 def tune_jump(model_fn, grid, cond, x_T, target, base: SamplerSpec, positions: list[int], k_max: int,
-              distance: Distance, lambdas: tuple[float, ...] = (1.0, 0.0)) -> tuple[SamplerSpec, dict]:
+              distance: Distance, lambdas: tuple[float, ...] = (1.0, 0.0),
+              threshold: float = 1.0) -> tuple[SamplerSpec, dict]:
     """The anytime PCM's ``Jump`` on held-out conditions, greedily: the jump (position 0, lambda
     ``lambdas[0]``) is kept while it beats ``base`` (Picard + TAA on the base model) at k = 1; each further
     step (lambda ``lambdas[1]``, the base model by default) goes to the candidate position of ``positions``
     that is closest at its k, and is kept only while it beats ``base`` there. Returns (spec with the jump or
-    without, metrics: distances per k of ``base`` and of the chosen spec, per-step candidate distances)."""
+    without, metrics: distances per k of ``base`` and of the chosen spec, the first k under ``threshold`` of
+    each (``k_match``), per-step candidate distances)."""
+    def lams(n: int) -> tuple[float, ...]:
+        return tuple(lambdas[min(i, len(lambdas) - 1)] for i in range(n))
+
     base_d = pcm_distances(model_fn, grid, cond, x_T, target, base, k_max, distance)
-    chosen, steps = (0,), []
+    chosen, steps = (), []  # the positions kept so far
     for k in range(1, k_max + 1):
-        cands = [()] if k == 1 else [(p,) for p in positions if p > chosen[-1] and p < len(grid)]
-        scores = {}
-        for c in cands:
-            pos = chosen + c if k > 1 else (0,)
-            lam = tuple(lambdas[min(i, len(lambdas) - 1)] for i in range(len(pos)))
-            d = pcm_distances(model_fn, grid, cond, x_T, target, base.replace(jump=Jump(pos, lam)), k, distance)
-            scores[pos] = d[k - 1]
-        if not scores:
+        cands = [(0,)] if k == 1 else [chosen + (p,) for p in positions if chosen[-1] < p < len(grid)]
+        if not cands:
             break
-        best = min(scores, key=scores.get)
+        scores = {pos: pcm_distances(model_fn, grid, cond, x_T, target, base.replace(jump=Jump(pos, lams(len(pos)))),
+                                     k, distance)[k - 1] for pos in cands}
         steps.append({"k": k, "candidates": {str(list(p)): v for p, v in scores.items()}, "picard": base_d[k - 1]})
+        best = min(scores, key=scores.get)
         if scores[best] >= base_d[k - 1]:
             break
         chosen = best
-    n = len(steps) - (1 if steps and min(steps[-1]["candidates"].values()) >= steps[-1]["picard"] else 0)
-    jump = Jump(chosen[:n], tuple(lambdas[min(i, len(lambdas) - 1)] for i in range(n))) if n else None
-    spec = base.replace(jump=jump)
+    spec = base.replace(jump=Jump(chosen, lams(len(chosen))) if chosen else None)
     d = pcm_distances(model_fn, grid, cond, x_T, target, spec, k_max, distance)
-    return spec, {"picard_taa": base_d, "chosen": {"spec": spec.to_dict(), "distance": d}, "steps": steps,
-                  "conditions": len(x_T), "k_max": k_max}
+    return spec, {"picard_taa": base_d, "picard": {"k_match": _first_below(base_d, threshold)},
+                  "chosen": {"spec": spec.to_dict(), "distance": d, "k_match": _first_below(d, threshold)},
+                  "steps": steps, "conditions": len(x_T), "k_max": k_max, "threshold": threshold}
 
 
 @torch.no_grad()
@@ -213,13 +213,18 @@ def pcm_distances(model_fn, grid, cond, x_T, target, spec: SamplerSpec | None, k
     return (total / len(x_T)).tolist()
 
 
+def _first_below(distances: list[float], threshold: float) -> int | None:
+    """The first k (1-based) whose distance is under ``threshold``; None if none is."""
+    return next((k + 1 for k, d in enumerate(distances) if d < threshold), None)
+
+
 def choose_schedule(results: list[dict], threshold: float = 1.0, resolution: float = 0.01) -> dict:
     """The candidate (``{"spec": SamplerSpec, "distance": [...]}``) that gets under ``threshold`` mean
     distance at the smallest k, ties broken by its distance there (to ``resolution``; then fewer adapted
     iterations, weight before feature space, no TAA before TAA); if none does, the smallest distance at
     the last k. Adds ``k_match`` to each."""
     for r in results:
-        r["k_match"] = next((k + 1 for k, d in enumerate(r["distance"]) if d < threshold), None)
+        r["k_match"] = _first_below(r["distance"], threshold)
 
     def simpler(r):
         s = r["spec"]
@@ -251,7 +256,7 @@ def tune_schedule(model_fn, grid, cond, x_T, target, cands: list[SamplerSpec], k
     chosen = choose_schedule(results, threshold)
     base = cands[0].replace(switch=Switch(0, 0), taa=None) if cands else None
     picard = {"distance": pcm_distances(model_fn, grid, cond, x_T, target, base, k_max, distance)}
-    picard["k_match"] = next((k + 1 for k, d in enumerate(picard["distance"]) if d < threshold), None)
+    picard["k_match"] = _first_below(picard["distance"], threshold)
     speedup = picard["k_match"] / chosen["k_match"] if picard["k_match"] and chosen["k_match"] else None
     rows = [{**r, "spec": r["spec"].to_dict()} for r in results]
     return chosen["spec"], {"candidates": rows, "picard": picard,
