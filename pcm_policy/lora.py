@@ -39,6 +39,7 @@ __all__ = [
     "load_adapter",
     "save_adapter_folder",
     "load_adapter_folder",
+    "read_adapter_config",
 ]
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out")
@@ -259,8 +260,6 @@ def load_adapter_folder(model: nn.Module, folder: str | os.PathLike, how_to_trai
         ValueError: a missing file (the message names ``how_to_train``), an adapter that does not fit
             ``model``, or no valid sampler entry.
     """
-    from .sampling import SamplerSpec
-
     folder = Path(folder)
     for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
         if not (folder / name).is_file():
@@ -270,9 +269,21 @@ def load_adapter_folder(model: nn.Module, folder: str | os.PathLike, how_to_trai
         load_adapter(model, folder / ADAPTER_WEIGHTS)
     except ValueError as e:
         raise ValueError(f"{folder / ADAPTER_WEIGHTS} does not fit this model: {e}") from e
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    return read_adapter_config(folder)
+
+
+def read_adapter_config(folder: str | os.PathLike):
+    """``(spec, config)`` of an adapter folder's ``adapter.json``: the ``SamplerSpec`` the adapter was tuned
+    for (folders written before sampler specs hold a ``schedule`` dict, read through ``SamplerSpec.from_dict``'s
+    conversion) and the whole file. Raises ValueError for a missing file or no valid sampler entry."""
+    from .sampling import SamplerSpec
+
+    path = Path(folder) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise ValueError(f"{Path(folder)}: missing {ADAPTER_CONFIG}")
+    config = json.loads(path.read_text())
     try:
         spec = SamplerSpec.from_dict(config["sampler"] if "sampler" in config else config["schedule"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{folder / ADAPTER_CONFIG}: no valid sampler entry ({e})") from e
+        raise ValueError(f"{path}: no valid sampler entry ({e})") from e
     return spec, config

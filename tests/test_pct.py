@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pcm_policy.data import ReplayBuffer
-from pcm_policy.lora import add_lora, lora_parameters
+from pcm_policy.lora import add_lora, has_lora, lora_parameters
 from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, save_policy
 from pcm_policy.pusht.normalizer import NormalizerDict
 from pcm_policy.pusht.pct_data import (
@@ -236,6 +236,25 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "unrolled/log.jsonl").read_text().splitlines()]
     assert log and all(np.isfinite(row["loss"]) for row in log if "loss" in row)
     assert json.loads((tmp_path / "out_unrolled/adapter.json").read_text())["config"]["pct"]["objective"] == "unrolled"
+    full = [*cmd[:-3], f"out={tmp_path / 'out_full'}", f"work_dir={tmp_path / 'work'}", cmd[-1], "pct.finetune=full",
+            "pct.tune.spaces=[feature]", f"run_dir={tmp_path / 'full'}"]  # the paper's full copy, same store
+    r = subprocess.run(full, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    policy = load_policy(env / "base")
+    spec, cfg = load_adapter_folder(policy, tmp_path / "out_full")
+    assert cfg["finetune"] == "full" and policy.pcm_model is not None and not has_lora(policy.model)
+    base_w, copy_w = dict(policy.model.named_parameters()), dict(policy.pcm_model.named_parameters())
+    assert any(not torch.equal(base_w[n], p) for n, p in copy_w.items())  # the copy trained, the base did not
+    assert all(torch.equal(base_w[n], p) for n, p in load_policy(env / "base").model.named_parameters())
+    ramp = Switch(0, 2, "feature")  # lambda 1, 0.5, 0: the copy and the base per row, outputs mixed
+    x, st = sample_pcm(policy.model_fn, x_T, cond, schedule=ramp, tol=0.0, **kw)
+    assert st.converged and torch.allclose(x, ref, atol=1e-5) and any(0 < lam < 1 for lam in st.lambdas)
+    with pytest.raises(ValueError, match="feature-space"):  # a copy has no weight-space lambda = 0.5
+        sample_pcm(policy.model_fn, x_T, cond, schedule=Switch(0, 2, "weight"), tol=0.0, **kw)
+    policy.freeze()  # frozen graphs of the base and the copy give the eager outputs
+    assert torch.allclose(sample_pcm(policy.model_fn, x_T, cond, schedule=ramp, tol=0.0, **kw)[0], x, atol=1e-6)
+    save_policy(policy, tmp_path / "resaved")  # the base checkpoint never takes the copy's weights
+    assert load_policy(tmp_path / "resaved").pcm_model is None
     missing = subprocess.run(cmd[:3] + [f"base={tmp_path / 'nope'}", f"work_dir={tmp_path / 'w2'}"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "nope" in missing.stderr and "train_policy.py" in missing.stderr

@@ -1,5 +1,7 @@
 """Checkpoints are data: ``config.json`` + ``model.safetensors`` (normaliser inside), optionally
-``adapter.safetensors`` (LoRA only) + ``adapter.json``. Loading never unpickles anything."""
+``adapter.safetensors`` + ``adapter.json``. The adapter file holds the LoRA tensors alone or, for the
+feature-space PCM with a fully fine-tuned copy (``DiffusionPolicy.add_full_copy``), the copy's whole
+UNet; its safetensors metadata says which. Loading never unpickles anything."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def save_policy(policy: DiffusionPolicy, folder: str | os.PathLike, extra: dict 
     """Write ``config.json`` and ``model.safetensors`` (base weights only; adapters are saved apart)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items() if "lora_" not in k}
+    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()
+             if "lora_" not in k and not k.startswith("pcm_model.")}
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     write_json(folder / CONFIG, {"policy": policy.cfg.to_dict(), **(extra or {})})
@@ -64,18 +67,46 @@ def read_config(folder: str | os.PathLike) -> dict:
 ADAPTER, ADAPTER_CONFIG = lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG
 
 
+FULL_COPY_FORMAT = "pcm_policy.full_copy/1"  # adapter.safetensors metadata of a fully fine-tuned copy
+
+
 def save_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike, spec: SamplerSpec,
                         extra: dict | None = None) -> Path:
-    """``lora.save_adapter_folder`` of the policy's UNet: LoRA tensors alone + ``adapter.json`` (sampler spec)."""
-    return lora.save_adapter_folder(policy.model, folder, spec, extra)
+    """An adapter folder: ``lora.save_adapter_folder`` of the policy's UNet (LoRA tensors alone), or, with a
+    full copy, the copy's weights (metadata format ``FULL_COPY_FORMAT``); ``adapter.json`` holds the spec."""
+    if policy.pcm_model is None:
+        return lora.save_adapter_folder(policy.model, folder, spec, extra)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in policy.pcm_model.state_dict().items()}
+    with atomic_path(folder / ADAPTER) as tmp:
+        save_file(state, str(tmp), metadata={"format": FULL_COPY_FORMAT})
+    write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), "finetune": "full", **(extra or {})})
+    return folder
 
 
 def load_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike) -> tuple[SamplerSpec, dict]:
-    """Attach the adapter of ``folder`` to ``policy`` (``lora.load_adapter_folder``); returns ``(spec, config)``.
+    """Attach the adapter of ``folder`` to ``policy`` (``lora.load_adapter_folder``, or a full copy when the
+    file holds one); returns ``(spec, config)``.
 
     Raises CheckpointError for a missing file, an adapter that does not fit the policy or a bad sampler entry.
     """
+    from safetensors import safe_open
+
+    path = Path(folder) / ADAPTER
     try:
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                full = (f.metadata() or {}).get("format") == FULL_COPY_FORMAT
+            if full:
+                copy = policy.add_full_copy()
+                try:
+                    copy.load_state_dict(load_file(str(path)))
+                except RuntimeError as e:
+                    raise ValueError(f"{path} is a full copy that does not fit this policy: "
+                                     f"{str(e).splitlines()[-1].strip()}") from e
+                spec, config = lora.read_adapter_config(folder)
+                return spec, config
         return lora.load_adapter_folder(policy.model, folder, "scripts/train_pct.py task=pusht")
     except ValueError as e:
         raise CheckpointError(str(e)) from e

@@ -39,6 +39,8 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
         return p if p.is_absolute() else root / p
 
     pc = cfg["pct"]
+    if pc.get("finetune", "lora") not in ("lora", "full"):
+        raise ValueError(f"pct.finetune must be lora or full, got {pc['finetune']!r}")
     base, out = resolve(cfg["base"]), resolve(cfg["out"])
     if not (base / "config.json").is_file():
         raise ValueError(f"base checkpoint {base} not found; train it with python scripts/train_policy.py "
@@ -65,8 +67,13 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
         jc = pc["jump"]
         extra = P.add_draws(policy.model_fn, grid, data, int(jc["draws"]), int(jc["seed"]),
                             run_dir.parent / f"jump_draws_{int(jc['draws'])}_{int(jc['seed'])}.pt")
-    lo = pc["lora"]
-    add_lora(policy.model, rank=int(lo["rank"]), alpha=float(lo["alpha"]), target_modules=list(lo["targets"]))
+    finetune = pc.get("finetune", "lora")
+    if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the UNet
+        params = list(policy.add_full_copy().parameters())
+    else:
+        lo = pc["lora"]
+        add_lora(policy.model, rank=int(lo["rank"]), alpha=float(lo["alpha"]), target_modules=list(lo["targets"]))
+        params = lora_parameters(policy.model)
     alpha = P.alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
     batches = (P.JumpBatches(data, int(pc["batch_size"]), extra) if jump
                else P.PCTBatches(data, int(pc["batch_size"]), k_max=pc.get("k_max")))
@@ -83,7 +90,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
 
     loop = LoopConfig(**pc["training"])
     t0 = time.perf_counter()
-    ema = train(policy, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=lora_parameters(policy.model),
+    ema = train(policy, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=params,
                 desc="PCT", config=P.run_config(cfg))
     train_s = time.perf_counter() - t0
 
