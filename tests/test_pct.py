@@ -140,8 +140,9 @@ def test_jump_loss_is_the_one_call_x0_error_and_the_extra_draws_are_ddim_outputs
     grid = ddim_grid(policy, TINY.num_steps)
     extra = add_draws(policy.model_fn, grid, d, 2, seed=5, path=tmp_path / "draws.pt")
     n_train = int((d["split"] == 0).sum())
-    assert extra["x_T"].shape == (2 * n_train, 16, 2) and extra["cond"].shape == (2 * n_train, 40)
-    ref, _ = sample_sequential(policy.model_fn, extra["x_T"][:3], extra["cond"][:3], grid=grid)
+    assert extra["x_T"].shape == (2 * n_train, 16, 2) and extra["rows"].shape == (2 * n_train,)
+    assert bool((d["split"][extra["rows"]] == 0).all())  # training conditions only, each `draws` times
+    ref, _ = sample_sequential(policy.model_fn, extra["x_T"][:3], d["cond"][extra["rows"][:3]], grid=grid)
     assert torch.allclose(extra["target"][:3], ref, atol=1e-6)
     again = add_draws(None, grid, d, 2, seed=5, path=tmp_path / "draws.pt")  # from the cache: no model needed
     assert torch.equal(again["target"], extra["target"])

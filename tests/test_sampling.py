@@ -398,7 +398,7 @@ def test_prior_init_keeps_the_fixed_point(window):
 def _jump_chain(model, grid, x_T, cond, positions, lambdas):
     """The jump's estimates written out step by step: x0 at x_T, then one DDIM step (clipped x0, the model's
     eps) to the next position and x0 there."""
-    x, j, outs, e = x_T, 0, [], None
+    x, j, outs, e = x_T, positions[0], [], None
     for n, (p, lam) in enumerate(zip(positions, lambdas, strict=True)):
         if n:
             x, j = grid.alpha[p].sqrt() * outs[-1] + (1 - grid.alpha[p]).sqrt() * e, p
@@ -436,7 +436,7 @@ def test_jump_is_the_output_until_picard_takes_over_and_keeps_the_fixed_point(sp
 def test_jump_checks_and_spec():
     model, (x_T, cond) = MLPDenoiser(), inputs()
     grid = step_grid(ddim(), T)
-    for bad in (dict(positions=(1, 4), lambdas=(1, 0)), dict(positions=(0, 4, 4), lambdas=(1, 0, 0)),
+    for bad in (dict(positions=(-1, 4), lambdas=(1, 0)), dict(positions=(0, 4, 4), lambdas=(1, 0, 0)),
                 dict(positions=(0, 4), lambdas=(1,)), dict(positions=(0,), lambdas=(2,))):
         with pytest.raises(ValueError, match="Jump"):
             Jump(**bad)
@@ -447,6 +447,11 @@ def test_jump_checks_and_spec():
     base = _jump_chain(model, grid, x_T, cond, (0, 6), (0.0, 0.0))  # a base-model jump needs no adapter
     x, _ = sample_picard(model, x_T, cond, grid=grid, tol=0.0, max_iters=2, jump=Jump((0, 6), (0, 0)))
     assert close(x, base[1], 1e-5)
+    later = _jump_chain(model, grid, x_T, cond, (3, 6), (1.0, 0.0))  # x_T read as a sample at position 3
+    for k in (1, 2):
+        x, _ = sample_pcm(model, x_T, cond, grid=grid, schedule=hard_switch(1), tol=0.0, max_iters=k,
+                          jump=Jump((3, 6), (1, 0)))
+        assert close(x, later[k - 1], 1e-5)
     spec = SamplerSpec.named("pcm", jump=Jump((0, 6), (1, 0)), k=2, tol=0.0)
     assert SamplerSpec.from_dict(spec.to_dict()) == spec
     assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()  # what a JSON cache key reads back

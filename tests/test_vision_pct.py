@@ -81,6 +81,43 @@ def test_train_pct_smoke_run_writes_an_exact_adapter(dirs, tmp_path, family, tas
     assert_close(x2, ref)
 
 
+@pytest.mark.parametrize("family,task", [("ldm", "celeba"), ("sd", "sd")])
+def test_image_anytime_run_ships_a_tuned_jump_that_keeps_exactness(dirs, tmp_path, family, task):  # noqa: F811
+    """pct=image_anytime: the jump's extra draws are DDIM outputs of training conditions, the adapter (LoRA
+    on attention and ResNet layers) trains, its jump is kept only where it beat Picard on held-out seeds, and
+    the shipped sampler converges to sequential DDIM exactly."""
+    from pcm_policy.vision.pct import run_pct
+
+    out = tmp_path / "out"
+    cfg = compose([f"task={task}", "pct=image_anytime", f"task.model={dirs[family]}", "task.n=6",
+                   "task.num_steps=6", "task.iterates=2", f"work_dir={tmp_path / 'w'}", f"out={out}",
+                   "pct.jump.draws=2", "pct.batch_size=4", "pct.training.steps=3", "pct.training.val_every=1",
+                   "pct.training.warmup_steps=1", "pct.val.n=2", "pct.tune.k_max=3", "pct.tune.jump_positions=[2,4]"]
+                  + (["task.prompts=[a,b]"] if task == "sd" else []))
+    run_pct(cfg, "test", ROOT)
+    draws = torch.load(tmp_path / "w/jump_draws_2_123.pt")
+    model = load_model(dirs[family])
+    fn = model_function(model, 7.5)
+    grid = step_grid(model.scheduler, 6, solver="ddim")
+    data = make_data(model, fn, grid, ImagePCTConfig(n=6, num_steps=6, iterates=2,
+                                                     prompts=("a", "b") if family == "sd" else ()), progress=False)
+    assert bool((data["split"][draws["rows"]] == 0).all()) and len(draws["rows"]) == 2 * int((data["split"] == 0).sum())
+    ref, _ = sample_sequential(fn, draws["x_T"][:2], index_cond(data["cond"], draws["rows"][:2]), grid=grid)
+    assert_close(draws["target"][:2], ref)
+    a = json.loads((out / "adapter.json").read_text())
+    steps, picard = a["metrics"]["steps"], a["metrics"]["picard_taa"]
+    spec = load_adapter_folder(model.unet, out)
+    n = len(spec.jump.positions) if spec.jump else 0
+    assert all(min(st["candidates"].values()) < st["picard"] for st in steps[:n])  # kept only where closer
+    assert len(steps) == n or min(steps[n]["candidates"].values()) >= steps[n]["picard"]
+    assert any(p.abs().sum() > 0 for name, p in model.unet.named_parameters() if "lora_B" in name and "conv" in name)
+    x, st = sample_pcm(fn, data["x_T"], data["cond"], grid=grid, schedule=spec.switch, taa=spec.taa, jump=spec.jump,
+                       tol=0.0)
+    ref, _ = sample_sequential(fn, data["x_T"], data["cond"], grid=grid)
+    assert st.converged and len(picard) == 3
+    assert_close(x, ref)  # exactness whatever the jump learned
+
+
 def test_bad_task_settings_are_one_line_errors(ldm_dir, tmp_path):  # noqa: F811
     from pcm_policy.vision.pct import run_pct
 

@@ -100,7 +100,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     t0 = time.perf_counter()
     held_out = (ema.model_fn, grid, data["cond"][val], data["x_T"][val], data["x_star"][val, -1])
     if jump:  # the anytime PCM: Picard + TAA on the base model, the jump's estimates first while they are closer
-        chosen, metrics = P.tune_jump(*held_out, spec.replace(jump=None), list(tune["jump_positions"]),
+        chosen, metrics = P.tune_jump(*held_out, spec, list(tune["jump_positions"]),
                                       int(tune["k_max"]), px, threshold=float(tune.get("threshold", 1.0)))
     else:
         chosen, metrics = P.tune_from_config(*held_out, tune, settings, px)

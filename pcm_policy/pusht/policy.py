@@ -127,8 +127,8 @@ class DiffusionPolicy(nn.Module):
         ``model_fn`` then uses where they apply; same outputs, less per-call overhead. Call it after
         loading the adapter and moving the policy; ``freeze(False)`` drops the graphs."""
         self.eval()
-        self._frozen = FrozenGraphs(self.model, (self.cfg.horizon, self.cfg.action_dim),
-                                    self.cfg.obs_dim * self.cfg.n_obs_steps, adapted=self.pcm_model) if enabled else None
+        shape, cond_dim = (self.cfg.horizon, self.cfg.action_dim), self.cfg.obs_dim * self.cfg.n_obs_steps
+        self._frozen = FrozenGraphs(self.model, shape, cond_dim, adapted=self.pcm_model) if enabled else None
         return self
 
     def condition(self, obs: torch.Tensor) -> torch.Tensor:

@@ -107,12 +107,13 @@ class PCTBatches:
         return {"x_k": self.its[n, k], "x_star": self.x_star[n], "cond": self.cond[n], "k": k, "x_T": self.x_T[n]}
 
 
-def jump_loss(model_fn, batch: dict, grid) -> torch.Tensor:
+def jump_loss(model_fn, batch: dict, grid, position: int = 0) -> torch.Tensor:
     """||x0_theta(x_T) - X*[T]||^2 (mean over elements and samples): the x0 the adapted model (LoRA scale 1)
-    predicts from x_T at t_0 in one call, unclipped so the gradient does not vanish where it is out of range.
-    ``batch``: {"x_T": (B, ...), "cond": (B, ...), "target": (B, ...) = X*[T]}."""
+    predicts from x_T read at grid position ``position`` (``Jump.positions[0]``) in one call, unclipped so the
+    gradient does not vanish where it is out of range. ``batch``: {"x_T": (B, ...), "cond": (B, ...) or a dict
+    of them or None, "target": (B, ...) = X*[T]}."""
     x_T = batch["x_T"]
-    idx = torch.zeros(len(x_T), dtype=torch.long, device=x_T.device)
+    idx = torch.full((len(x_T),), position, dtype=torch.long, device=x_T.device)
     out = model_fn(x_T, grid.timesteps[idx], batch["cond"], lora_scale=1.0)
     x0, _ = predicted_x0(dataclasses.replace(grid, clip=None), x_T, out, idx)
     return (x0 - batch["target"]).pow(2).flatten(1).mean(1).mean()
@@ -120,43 +121,45 @@ def jump_loss(model_fn, batch: dict, grid) -> torch.Tensor:
 
 class JumpBatches:
     """Batches for ``jump_loss``: pairs drawn uniformly (torch's global RNG, so a resumed run continues the
-    same stream) from ``data``'s training split (``split == 0``) and the extra draws ``extra`` (``add_draws``)."""
+    same stream) from ``data``'s training split (``split == 0``) and the extra draws ``extra`` (``add_draws``).
+    Conditions are read by row from ``data["cond"]`` (a tensor, a dict of them, or None)."""
 
     def __init__(self, data: dict, batch_size: int, extra: dict | None = None):
-        train = data["split"] == 0
-        parts = [(data["cond"][train], data["x_T"][train], data["x_star"][train, -1])]
+        rows = (data["split"] == 0).nonzero().flatten()
+        parts = [(rows, data["x_T"][rows], data["x_star"][rows, -1])]
         if extra is not None:
-            parts.append((extra["cond"], extra["x_T"], extra["target"]))
-        self.cond, self.x_T, self.target = (torch.cat(p) for p in zip(*parts, strict=True))
-        self.batch_size = batch_size
+            parts.append((extra["rows"], extra["x_T"], extra["target"]))
+        self.rows, self.x_T, self.target = (torch.cat(p) for p in zip(*parts, strict=True))
+        self.cond, self.batch_size = data["cond"], batch_size
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        n = torch.randint(0, len(self.cond), (self.batch_size,))
-        return {"x_T": self.x_T[n], "cond": self.cond[n], "target": self.target[n]}
+        n = torch.randint(0, len(self.rows), (self.batch_size,))
+        return {"x_T": self.x_T[n], "cond": index_cond(self.cond, self.rows[n]), "target": self.target[n]}
 
 
 @torch.no_grad()
 def add_draws(model_fn, grid, data: dict, draws: int, seed: int, path: str | Path | None = None,
               chunk: int = 2048) -> dict | None:
-    """``draws`` more seeded x_T per training condition and their DDIM-T outputs X*[T] (base model,
-    ``sample_sequential``): {"cond", "x_T", "target"}, cached at ``path`` (written atomically; reused when its
-    ``seed`` and ``draws`` match). None when ``draws`` is 0."""
+    """``draws`` more seeded x_T (standard normal, ``seed``) per training condition and their DDIM-T outputs
+    X*[T] (base model, ``sample_sequential``): {"rows": (M,) rows of ``data["cond"]``, "x_T", "target"},
+    cached at ``path`` (written atomically; reused when its ``seed`` and ``draws`` match). None when
+    ``draws`` is 0."""
     if draws <= 0:
         return None
     path = Path(path) if path is not None else None
     if path is not None and path.is_file():
         cached = torch.load(path)
-        if cached.get("seed") == seed and cached.get("draws") == draws:
+        if cached.get("seed") == seed and cached.get("draws") == draws and "rows" in cached:
             return cached
-    train = data["split"] == 0
-    cond = data["cond"][train].repeat(draws, *([1] * (data["cond"].ndim - 1)))
-    x_T = torch.randn((len(cond), *data["x_T"].shape[1:]), generator=torch.Generator().manual_seed(seed))
-    target = torch.cat([sample_sequential(model_fn, x_T[i:i + chunk], cond[i:i + chunk], grid=grid)[0]
-                        for i in tqdm(range(0, len(cond), chunk), desc=f"DDIM-{len(grid)} targets, {len(cond)} draws")])
-    out = {"cond": cond, "x_T": x_T, "target": target, "seed": seed, "draws": draws}
+    rows = (data["split"] == 0).nonzero().flatten().repeat(draws)
+    x_T = torch.randn((len(rows), *data["x_T"].shape[1:]), generator=torch.Generator().manual_seed(seed))
+    target = torch.cat([sample_sequential(model_fn, x_T[i:i + chunk], index_cond(data["cond"], rows[i:i + chunk]),
+                                          grid=grid)[0]
+                        for i in tqdm(range(0, len(rows), chunk), desc=f"DDIM-{len(grid)} targets, {len(rows)} draws")])
+    out = {"rows": rows, "x_T": x_T.to(target.dtype), "target": target, "seed": seed, "draws": draws}
     if path is not None:
         with atomic_path(path) as tmp:
             torch.save(out, tmp)
@@ -167,8 +170,9 @@ def add_draws(model_fn, grid, data: dict, draws: int, seed: int, path: str | Pat
 def tune_jump(model_fn, grid, cond, x_T, target, base: SamplerSpec, positions: list[int], k_max: int,
               distance: Distance, lambdas: tuple[float, ...] = (1.0, 0.0),
               threshold: float = 1.0) -> tuple[SamplerSpec, dict]:
-    """The anytime PCM's ``Jump`` on held-out conditions, greedily: the jump (position 0, lambda
-    ``lambdas[0]``) is kept while it beats ``base`` (Picard + TAA on the base model) at k = 1; each further
+    """The anytime PCM's ``Jump`` on held-out conditions, greedily: the jump (lambda ``lambdas[0]``, at the
+    position of ``base.jump`` if it has one, else 0) is kept while it beats ``base`` without a jump (Picard
+    (+ TAA) on the base model) at k = 1; each further
     step (lambda ``lambdas[1]``, the base model by default) goes to the candidate position of ``positions``
     that is closest at its k, and is kept only while it beats ``base`` there. Returns (spec with the jump or
     without, metrics: distances per k of ``base`` and of the chosen spec, the first k under ``threshold`` of
@@ -176,10 +180,13 @@ def tune_jump(model_fn, grid, cond, x_T, target, base: SamplerSpec, positions: l
     def lams(n: int) -> tuple[float, ...]:
         return tuple(lambdas[min(i, len(lambdas) - 1)] for i in range(n))
 
+    first = base.jump.positions[0] if base.jump is not None else 0
+    base = base.replace(jump=None)
+
     base_d = pcm_distances(model_fn, grid, cond, x_T, target, base, k_max, distance)
     chosen, steps = (), []  # the positions kept so far
     for k in range(1, k_max + 1):
-        cands = [(0,)] if k == 1 else [chosen + (p,) for p in positions if chosen[-1] < p < len(grid)]
+        cands = [(first,)] if k == 1 else [chosen + (p,) for p in positions if chosen[-1] < p < len(grid)]
         if not cands:
             break
         scores = {pos: pcm_distances(model_fn, grid, cond, x_T, target, base.replace(jump=Jump(pos, lams(len(pos)))),
@@ -303,7 +310,8 @@ def objective(pc: dict, model_fn, grid, alpha: torch.Tensor, settings: dict,
     if pc["objective"] == "jump":  # its spec keeps its own first iterate (the store's only shapes the val loss)
         spec = SamplerSpec.from_dict(pc["jump"]["schedule"]).replace(**{k: v for k, v in settings.items()
                                                                           if k != "init"})
-        return spec, lambda b: jump_loss(model_fn, b, grid)
+        first = spec.jump.positions[0] if spec.jump is not None else 0
+        return spec, lambda b: jump_loss(model_fn, b, grid, first)
     if pc["objective"] == "picard":
         form = pc.get("form", "paradigms")
         spec = SamplerSpec.from_dict(pc["val"]["schedule"]).replace(**settings)

@@ -90,12 +90,14 @@ def model_function(model: ImageModel, guidance_scale: float = 7.5) -> ModelFn:
     return LoraScale(UNetFn(model.unet), model.unet)
 
 
-def add_attention_lora(unet: torch.nn.Module, rank: int = 4, alpha: float | None = None) -> torch.nn.Module:
+def add_attention_lora(unet: torch.nn.Module, rank: int = 4, alpha: float | None = None,
+                       extra_targets: list[str] | None = None) -> torch.nn.Module:
     """LoRA (rank ``rank``, scale ``alpha / rank``; alpha defaults to rank) on every attention
-    projection of a diffusers UNet, base weights frozen; in place, returned. Raises ValueError if the
-    UNet has no attention or already has adapters."""
+    projection of a diffusers UNet, base weights frozen; in place, returned. ``extra_targets``: more module
+    names (peft suffix matching, e.g. the ResNet blocks' ``conv1``, ``conv2``, ``time_emb_proj``). Raises
+    ValueError if the UNet has no attention or already has adapters."""
     return lora.add_lora(unet, rank=rank, alpha=float(alpha if alpha is not None else rank),
-                         target_modules=ATTENTION_TARGETS)
+                         target_modules=[*ATTENTION_TARGETS, *(extra_targets or [])])
 
 
 def save_adapter_folder(unet: torch.nn.Module, folder: str | Path, spec: SamplerSpec,

@@ -170,13 +170,22 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     data_s = time.perf_counter() - t0
     alpha = (P.alpha_from_var(estimate_var_k(model_fn, grid, data, dcfg.iterates), float(pc["alpha_floor"]))
              if pc["objective"] == "picard" else torch.ones(dcfg.iterates))
+    jump = pc["objective"] == "jump"
+    if jump:  # more (x_T, condition) pairs for the one-step jump, from the base model before the adapter
+        jc = pc["jump"]
+        draws, seed = int(jc["draws"]), int(jc["seed"])
+        extra = P.add_draws(model_fn, grid, data, draws, seed, run_dir.parent / f"jump_draws_{draws}_{seed}.pt",
+                            chunk=dcfg.batch * 8)
 
-    add_attention_lora(model.unet, rank=int(pc["lora"]["rank"]), alpha=float(pc["lora"]["alpha"]))
+    lo = pc["lora"]
+    add_attention_lora(model.unet, rank=int(lo["rank"]), alpha=float(lo["alpha"]),
+                       extra_targets=lo.get("extra_targets"))
     settings = dict(num_steps=dcfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=None)
     spec, loss_fn = P.objective(pc, model_fn, grid, alpha, settings, latent_rmse)
-    batches = ImagePCTBatches(data, model_fn, grid, int(pc["batch_size"]),
-                              min(pc.get("k_max") or dcfg.iterates, dcfg.iterates), dcfg.cache_bytes,
-                              iterates=pc["objective"] == "picard")
+    batches = (P.JumpBatches(data, int(pc["batch_size"]), extra) if jump else
+               ImagePCTBatches(data, model_fn, grid, int(pc["batch_size"]),
+                               min(pc.get("k_max") or dcfg.iterates, dcfg.iterates), dcfg.cache_bytes,
+                               iterates=pc["objective"] == "picard"))
     val = (data["split"] == 1).nonzero().flatten()[: int(pc["val"]["n"])]
 
     @torch.no_grad()
@@ -198,8 +207,12 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     t0 = time.perf_counter()
     tune = pc["tune"]
     held = (data["split"] == 1).nonzero().flatten()[: tune.get("n")]
-    chosen, metrics = P.tune_from_config(model_fn, grid, index_cond(data["cond"], held), data["x_T"][held],
-                                         data["x_star"][held, -1], tune, settings, latent_rmse)
+    held_out = (model_fn, grid, index_cond(data["cond"], held), data["x_T"][held], data["x_star"][held, -1])
+    if jump:  # the anytime PCM: Picard on the base model, the jump's estimates first while they are closer
+        chosen, metrics = P.tune_jump(*held_out, spec, list(tune["jump_positions"]),
+                                      int(tune["k_max"]), latent_rmse, threshold=float(tune.get("threshold", 0.01)))
+    else:
+        chosen, metrics = P.tune_from_config(*held_out, tune, settings, latent_rmse)
     metrics.update(distance="latent RMSE", timing={"data_s": data_s, "train_s_this_call": train_s,
                                                    "tune_s": time.perf_counter() - t0,
                                                    "total_s_this_call": time.perf_counter() - t_all},
