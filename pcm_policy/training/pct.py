@@ -171,10 +171,10 @@ def tune_jump(model_fn, grid, cond, x_T, target, base: SamplerSpec, positions: l
               distance: Distance, lambdas: tuple[float, ...] = (1.0, 0.0),
               threshold: float = 1.0) -> tuple[SamplerSpec, dict]:
     """The anytime PCM's ``Jump`` on held-out conditions, greedily: the jump (lambda ``lambdas[0]``, at the
-    position of ``base.jump`` if it has one, else 0) is kept while it beats ``base`` without a jump (Picard
-    (+ TAA) on the base model) at k = 1; each further
-    step (lambda ``lambdas[1]``, the base model by default) goes to the candidate position of ``positions``
-    that is closest at its k, and is kept only while it beats ``base`` there. Returns (spec with the jump or
+    position of ``base.jump`` if it has one, else 0) is kept while it beats ``base`` without a jump (Picard,
+    + TAA if ``base`` has it, on the base model) at k = 1; each further step (lambda ``lambdas[1]``, the base
+    model by default) goes to the candidate position of ``positions`` (and the grid's last, T - 1) that is
+    closest at its k, and is kept only while it beats ``base`` there. Returns (spec with the jump or
     without, metrics: distances per k of ``base`` and of the chosen spec, the first k under ``threshold`` of
     each (``k_match``), per-step candidate distances)."""
     def lams(n: int) -> tuple[float, ...]:
@@ -186,7 +186,8 @@ def tune_jump(model_fn, grid, cond, x_T, target, base: SamplerSpec, positions: l
     base_d = pcm_distances(model_fn, grid, cond, x_T, target, base, k_max, distance)
     chosen, steps = (), []  # the positions kept so far
     for k in range(1, k_max + 1):
-        cands = [(first,)] if k == 1 else [chosen + (p,) for p in positions if chosen[-1] < p < len(grid)]
+        cands = [(first,)] if k == 1 else [chosen + (p,) for p in sorted({*positions, len(grid) - 1})
+                                           if chosen[-1] < p < len(grid)]
         if not cands:
             break
         scores = {pos: pcm_distances(model_fn, grid, cond, x_T, target, base.replace(jump=Jump(pos, lams(len(pos)))),
