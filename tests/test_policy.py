@@ -241,6 +241,9 @@ def test_smoke_training_and_rollout_script(tmp_path):
     (["--sampler", "ddim", "--budget-ms", "5"], "--budget-ms needs picard, taa, pcm or newton"),
     (["--sampler", "pcm", "--budget-ms", "-1"], "--budget-ms must be >= 0"),
     (["--sampler", "ddim", "--warm-start"], "--warm-start needs picard, taa, pcm or newton"),
+    (["--sampler", "taa", "--taa-memory", "1"], "--taa-memory must be >= 2"),
+    (["--sampler", "pcm", "--taa-mixing", "0"], "--taa-mixing must be in (0, 1]"),
+    (["--sampler", "picard", "--taa-memory", "2"], "--taa-memory / --taa-mixing need --sampler taa or pcm"),
 ])
 def test_rollout_bad_input_exits_2(args, msg):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), *args], capture_output=True, text=True)
