@@ -462,6 +462,22 @@ def test_jump_checks_and_spec():
         SamplerSpec.named("taa", jump=Jump())
 
 
+def test_spec_form_chain_runs_the_chain_update_and_keeps_old_keys():
+    """SamplerSpec.form: "chain" reaches the samplers (the chain's iterates differ from the cumulative sum's,
+    the fixed point is the same); the default is left out of to_dict, so keys written before it stay valid."""
+    from pcm_policy.sampling import Switch, make_sampler
+
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    spec = SamplerSpec.named("pcm", switch=Switch(1, 1), num_steps=T, tol=0.0, form="chain")
+    assert SamplerSpec.from_dict(spec.to_dict()) == spec and "form" not in spec.replace(form="paradigms").to_dict()
+    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
+    chain, st = make_sampler(spec, ddim())(model, x_T, cond, return_iterates=True)
+    _, st0 = make_sampler(spec.replace(form="paradigms"), ddim())(model, x_T, cond, return_iterates=True)
+    assert close(chain, seq) and not close(st.iterates[2], st0.iterates[2])
+    with pytest.raises(ValueError, match="form"):
+        SamplerSpec.named("ddim", form="chain")
+
+
 @pytest.mark.parametrize("make,eta", [(ddpm, 0.0), (ddim, 0.8)])
 def test_stochastic_picard_with_presampled_noise_equals_sequential(make, eta):
     model, (x_T, cond) = MLPDenoiser(), inputs()

@@ -77,7 +77,8 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     alpha = P.alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
     batches = (P.JumpBatches(data, int(pc["batch_size"]), extra) if jump
                else P.PCTBatches(data, int(pc["batch_size"]), k_max=pc.get("k_max")))
-    settings = dict(num_steps=dcfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=dcfg.init)
+    settings = dict(num_steps=dcfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=dcfg.init,
+                    form=pc.get("form", "paradigms"))  # the sampler uses the form PCT trained with
     spec, loss_fn = P.objective(pc, policy.model_fn, grid, alpha, settings, action_distance)
     px = pixel_distance(policy)
     val_fn = P.make_val_fn(lambda m: m.model_fn, grid, alpha, data, px, spec, int(pc["val"]["n"]),

@@ -60,6 +60,8 @@ class SamplerSpec:
         switch: PCM's lambda schedule (pcm only).
         jump: the anytime estimate riding on the iterations (``picard.Jump``; iterative samplers but newton;
             lambdas > 0 need pcm's adapter).
+        form: Picard's update, "paradigms" (cumulative sum of drifts) or "chain" (x_{j+1} = F_j(x_j),
+            supplement eq. 1); picard, taa and pcm; the same fixed point.
     """
 
     name: str
@@ -72,6 +74,7 @@ class SamplerSpec:
     taa: TAA | None = None
     switch: Switch | None = None
     jump: Jump | None = None
+    form: str = "paradigms"
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
@@ -94,6 +97,8 @@ class SamplerSpec:
                                       or self.name != "pcm" and any(self.jump.lambdas)):
             raise ValueError(f"a jump rides on picard, taa or pcm, and only pcm has an adapter for lambdas > 0; "
                              f"got {self.name} with {self.jump}")
+        if self.form not in ("paradigms", "chain") or self.form == "chain" and self.name not in ("picard", "taa", "pcm"):
+            raise ValueError(f"form must be 'paradigms' or 'chain' (picard, taa, pcm), got {self.form!r} for {self.name}")
         if self.name == "pcm" and self.switch is None:
             raise ValueError("pcm needs a switch (lambda schedule); use SamplerSpec.named('pcm', ...)")
         if self.name in ITERATIVE and self.k is not None and self.k > self.max_iterations():
@@ -129,9 +134,11 @@ class SamplerSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """Every setting as plain data; ``jump`` (added later) only when set, so cache keys and adapter.json
-        files written before it stay valid."""
+        """Every setting as plain data; ``jump`` and ``form`` (added later) only when set, so cache keys and
+        adapter.json files written before them stay valid."""
         d = dataclasses.asdict(self)
+        if d["form"] == "paradigms":
+            del d["form"]
         if d["jump"] is None:
             del d["jump"]
         else:  # lists, as JSON gives them back (a cache compares keys read from JSON with fresh ones)
@@ -204,9 +211,9 @@ class Sampler:
             return sample_newton(model_fn, x_T, cond, **common)
         if s.name == "pcm":
             return sample_pcm(model_fn, x_T, cond, schedule=s.switch, window=s.window, safeguard=s.safeguard,
-                              taa=s.taa, jump=s.jump, **common)
+                              taa=s.taa, jump=s.jump, form=s.form, **common)
         return sample_picard(model_fn, x_T, cond, window=s.window, safeguard=s.safeguard, taa=s.taa, jump=s.jump,
-                             **common)
+                             form=s.form, **common)
 
     def __repr__(self) -> str:
         return f"Sampler({self.spec})"

@@ -70,7 +70,7 @@ def unrolled_loss(model_fn, batch: dict, grid, spec: SamplerSpec, iters: int, fi
     evaluate, lam_of = pcm_evaluator(model_fn, spec.switch, spec.switch.space)
     _, st = picard_loop(evaluate, batch["x_T"], batch["cond"], grid, window=None, tol=0.0, max_iters=iters,
                         init=spec.init, safeguard=spec.safeguard, may_slide=lambda k: lam_of(k) == 0.0,
-                        taa=spec.taa, return_iterates=True)
+                        taa=spec.taa, return_iterates=True, form=spec.form)
     target = batch["x_star"][:, -1]
     return torch.stack([distance(st.iterates[k][-1], target).mean() for k in range(first, iters + 1)]).mean()
 
@@ -215,7 +215,7 @@ def pcm_distances(model_fn, grid, cond, x_T, target, spec: SamplerSpec | None, k
         sl = slice(i0, i0 + batch)
         _, st = sample_pcm(model_fn, x_T[sl], index_cond(cond, sl), grid=grid, schedule=spec.switch, tol=0.0,
                            max_iters=k_max, return_iterates=True, safeguard=spec.safeguard, init=spec.init,
-                           taa=spec.taa, window=spec.window, jump=spec.jump)
+                           taa=spec.taa, window=spec.window, jump=spec.jump, form=spec.form)
         for k in range(1, k_max + 1):  # outputs: X^k[T], or the jump's estimate while it is the output
             total[k - 1] += distance(st.outputs[min(k, len(st.outputs) - 1)], target[sl]).double().sum()
     return (total / len(x_T)).tolist()
