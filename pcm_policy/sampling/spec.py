@@ -35,6 +35,7 @@ __all__ = ["DEFAULTS", "ITERATIVE", "SAMPLERS", "Sampler", "SamplerSpec", "make_
 
 SAMPLERS = ("ddim", "ddim-k", "ddpm", "dpmsolver", "picard", "taa", "pcm", "newton")
 ITERATIVE = ("picard", "taa", "pcm", "newton")  # take tol, init, k as an iteration budget
+PICARDS = ("picard", "taa", "pcm")  # Picard's update: form, jump
 # Per-sampler defaults, written once. TAA's (memory 3, weight 1, mixing 0.8, prior init, safeguard 1) were
 # chosen on held-out PushT training-seed conditions (scripts/tune_taa.py, docs/pusht.md).
 DEFAULTS: dict[str, dict] = {
@@ -97,8 +98,9 @@ class SamplerSpec:
                                       or self.name != "pcm" and any(self.jump.lambdas)):
             raise ValueError(f"a jump rides on picard, taa or pcm, and only pcm has an adapter for lambdas > 0; "
                              f"got {self.name} with {self.jump}")
-        if self.form not in ("paradigms", "chain") or self.form == "chain" and self.name not in ("picard", "taa", "pcm"):
-            raise ValueError(f"form must be 'paradigms' or 'chain' (picard, taa, pcm), got {self.form!r} for {self.name}")
+        if self.form not in ("paradigms", "chain") or self.form == "chain" and self.name not in PICARDS:
+            raise ValueError(f"form must be 'paradigms' or 'chain' (picard, taa, pcm), got {self.form!r} for "
+                             f"{self.name}")
         if self.name == "pcm" and self.switch is None:
             raise ValueError("pcm needs a switch (lambda schedule); use SamplerSpec.named('pcm', ...)")
         if self.name in ITERATIVE and self.k is not None and self.k > self.max_iterations():
