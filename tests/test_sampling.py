@@ -452,6 +452,17 @@ def test_jump_checks_and_spec():
         x, _ = sample_pcm(model, x_T, cond, grid=grid, schedule=hard_switch(1), tol=0.0, max_iters=k,
                           jump=Jump((3, 6), (1, 0)))
         assert close(x, later[k - 1], 1e-5)
+    held = Jump((3, 6), (1, 0), hold=2)  # the last estimate stays the output two iterations more
+    for k in (3, 4, 5):
+        x, st = sample_pcm(model, x_T, cond, grid=grid, schedule=hard_switch(1), tol=0.0, max_iters=k, jump=held)
+        plain, _ = sample_pcm(model, x_T, cond, grid=grid, schedule=hard_switch(1), tol=0.0, max_iters=k)
+        assert close(x, later[1] if k < held.until else plain, 1e-5), k
+        assert st.iterations == (2 if k < held.until else k)  # held without Picard: no call is made for it
+    with pytest.raises(ValueError, match="hold"):
+        Jump((0,), (1,), hold=-1)
+    spec = SamplerSpec.named("pcm", jump=Jump((0, 6), (1, 0), hold=1), k=2, tol=0.0)
+    assert SamplerSpec.from_dict(spec.to_dict()) == spec and spec.to_dict()["jump"]["hold"] == 1
+    assert "hold" not in spec.replace(jump=Jump((0, 6), (1, 0))).to_dict()["jump"]  # older keys stay valid
     spec = SamplerSpec.named("pcm", jump=Jump((0, 6), (1, 0)), k=2, tol=0.0)
     assert SamplerSpec.from_dict(spec.to_dict()) == spec
     assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()  # what a JSON cache key reads back

@@ -101,18 +101,23 @@ class TAA:
 class Jump:
     """The anytime estimate riding on Picard's calls (module doc): call n evaluates one row per sample at grid
     position ``positions[n]`` with lora scale ``lambdas[n]`` (1: the adapter, 0: the base model), and the
-    sampler returns its x0 until ``len(positions) + 1`` iterations have run. Call 1 evaluates x_T itself at
-    ``positions[0]``: 0 is its own noise level; a later position reads x_T as a sample there, which a trained
+    sampler returns its x0 until ``len(positions) + 1 + hold`` iterations have run (``hold``: iterations
+    without a new estimate in which the last one is still closer than Picard's X[T]). Call 1 evaluates x_T
+    itself at ``positions[0]``: 0 is its own noise level; a later position reads x_T as a sample there, which a trained
     jump may use (an eps-model's x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) amplifies eps errors by
     1 / sqrt(abar): 70x at position 0 of the ldm_mnist grid, 4x at position 20)."""
 
     positions: tuple[int, ...] = (0,)
     lambdas: tuple[float, ...] = (1.0,)
+    hold: int = 0  # iterations after its last call that the chain's last estimate stays the output
 
     def __post_init__(self):
         pos, lam = tuple(int(p) for p in self.positions), tuple(float(v) for v in self.lambdas)
         object.__setattr__(self, "positions", pos)
         object.__setattr__(self, "lambdas", lam)
+        object.__setattr__(self, "hold", int(self.hold))
+        if self.hold < 0:
+            raise ValueError(f"Jump hold must be >= 0, got {self.hold}")
         if not pos or pos[0] < 0 or any(b <= a for a, b in zip(pos, pos[1:], strict=False)):
             raise ValueError(f"Jump positions must be >= 0 and increase, got {pos}")
         if len(lam) != len(pos) or any(not 0 <= v <= 1 for v in lam):
@@ -127,12 +132,12 @@ class Jump:
             if q < T_to:
                 pos.append(q)
                 lam.append(v)
-        return Jump(tuple(pos), tuple(lam))
+        return Jump(tuple(pos), tuple(lam), self.hold)
 
     @property
     def until(self) -> int:
         """Iterations from which the output is Picard's X[T]."""
-        return len(self.positions) + 1
+        return len(self.positions) + 1 + self.hold
 
 
 # evaluate(x_rows, t_rows, cond_rows, k, lam_rows) -> (model output, model calls per row); lam_rows: None, or the
@@ -303,6 +308,8 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     only_jump = jump is not None and max_iters is not None and max_iters < jump.until  # Picard rows unused
     while bool((b < T).any()):
         if max_iters is not None and stats.iterations >= max_iters:
+            break
+        if only_jump and stats.iterations >= len(jump.positions):  # held: nothing left to evaluate
             break
         if budget_s is not None and stats.iterations > 0 and time.perf_counter() - t0 >= budget_s:
             stats.out_of_budget = True

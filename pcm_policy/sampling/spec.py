@@ -144,7 +144,9 @@ class SamplerSpec:
         if d["jump"] is None:
             del d["jump"]
         else:  # lists, as JSON gives them back (a cache compares keys read from JSON with fresh ones)
-            d["jump"] = {k: list(v) for k, v in d["jump"].items()}
+            d["jump"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["jump"].items()}
+            if not d["jump"]["hold"]:  # added later: left out when 0, so older keys stay valid
+                del d["jump"]["hold"]
         return d
 
     @classmethod

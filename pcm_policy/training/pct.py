@@ -174,7 +174,8 @@ def tune_jump(model_fn, grid, cond, x_T, target, base: SamplerSpec, positions: l
     position of ``base.jump`` if it has one, else 0) is kept while it beats ``base`` without a jump (Picard,
     + TAA if ``base`` has it, on the base model) at k = 1; each further step (lambda ``lambdas[1]``, the base
     model by default) goes to the candidate position of ``positions`` (and the grid's last, T - 1) that is
-    closest at its k, and is kept only while it beats ``base`` there. Returns (spec with the jump or
+    closest at its k, or the last estimate is held one more iteration (``Jump.hold``, no new call; after
+    that only holds), each kept only while it beats ``base`` there. Returns (spec with the jump or
     without, metrics: distances per k of ``base`` and of the chosen spec, the first k under ``threshold`` of
     each (``k_match``), per-step candidate distances)."""
     def lams(n: int) -> tuple[float, ...]:
@@ -184,20 +185,27 @@ def tune_jump(model_fn, grid, cond, x_T, target, base: SamplerSpec, positions: l
     base = base.replace(jump=None)
 
     base_d = pcm_distances(model_fn, grid, cond, x_T, target, base, k_max, distance)
-    chosen, steps = (), []  # the positions kept so far
+    chosen, hold, steps = (), 0, []  # the positions kept so far, and the iterations their last estimate is held
     for k in range(1, k_max + 1):
-        cands = [(first,)] if k == 1 else [chosen + (p,) for p in sorted({*positions, len(grid) - 1})
-                                           if chosen[-1] < p < len(grid)]
+        cands = {} if hold else {pos: Jump(pos, lams(len(pos))) for pos in (
+            [(first,)] if k == 1 else [chosen + (p,) for p in sorted({*positions, len(grid) - 1})
+                                       if chosen[-1] < p < len(grid)])}
+        if chosen:  # or keep the last estimate one more iteration (no new call)
+            cands["hold"] = Jump(chosen, lams(len(chosen)), hold + 1)
         if not cands:
             break
-        scores = {pos: pcm_distances(model_fn, grid, cond, x_T, target, base.replace(jump=Jump(pos, lams(len(pos)))),
-                                     k, distance)[k - 1] for pos in cands}
-        steps.append({"k": k, "candidates": {str(list(p)): v for p, v in scores.items()}, "picard": base_d[k - 1]})
+        scores = {c: pcm_distances(model_fn, grid, cond, x_T, target, base.replace(jump=j), k, distance)[k - 1]
+                  for c, j in cands.items()}
+        steps.append({"k": k, "candidates": {c if c == "hold" else str(list(c)): v for c, v in scores.items()},
+                      "picard": base_d[k - 1]})
         best = min(scores, key=scores.get)
         if scores[best] >= base_d[k - 1]:
             break
-        chosen = best
-    spec = base.replace(jump=Jump(chosen, lams(len(chosen))) if chosen else None)
+        if best == "hold":
+            hold += 1
+        else:
+            chosen = best
+    spec = base.replace(jump=Jump(chosen, lams(len(chosen)), hold) if chosen else None)
     d = pcm_distances(model_fn, grid, cond, x_T, target, spec, k_max, distance)
     return spec, {"picard_taa": base_d, "picard": {"k_match": _first_below(base_d, threshold)},
                   "chosen": {"spec": spec.to_dict(), "distance": d, "k_match": _first_below(d, threshold)},
