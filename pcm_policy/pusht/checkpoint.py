@@ -105,8 +105,7 @@ def load_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike) -> t
                 except RuntimeError as e:
                     raise ValueError(f"{path} is a full copy that does not fit this policy: "
                                      f"{str(e).splitlines()[-1].strip()}") from e
-                spec, config = lora.read_adapter_config(folder)
-                return spec, config
+                return lora.read_adapter_config(folder)
         return lora.load_adapter_folder(policy.model, folder, "scripts/train_pct.py task=pusht")
     except ValueError as e:
         raise CheckpointError(str(e)) from e

@@ -39,8 +39,9 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
         return p if p.is_absolute() else root / p
 
     pc = cfg["pct"]
-    if pc.get("finetune", "lora") not in ("lora", "full"):
-        raise ValueError(f"pct.finetune must be lora or full, got {pc['finetune']!r}")
+    finetune = pc.get("finetune", "lora")
+    if finetune not in ("lora", "full"):
+        raise ValueError(f"pct.finetune must be lora or full, got {finetune!r}")
     base, out = resolve(cfg["base"]), resolve(cfg["out"])
     if not (base / "config.json").is_file():
         raise ValueError(f"base checkpoint {base} not found; train it with python scripts/train_policy.py "
@@ -64,10 +65,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     grid = step_grid(policy.noise_scheduler, dcfg.num_steps, solver="ddim")
     jump = pc["objective"] == "jump"
     if jump:  # more (condition, x_T) pairs for the one-step jump, from the base model before the adapter
-        jc = pc["jump"]
-        extra = P.add_draws(policy.model_fn, grid, data, int(jc["draws"]), int(jc["seed"]),
-                            run_dir.parent / f"jump_draws_{int(jc['draws'])}_{int(jc['seed'])}.pt")
-    finetune = pc.get("finetune", "lora")
+        extra = P.jump_draws_from_config(pc, policy.model_fn, grid, data, run_dir.parent)
     if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the UNet
         params = list(policy.add_full_copy().parameters())
     else:
@@ -100,11 +98,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     val = (data["split"] == 1).nonzero().flatten()[: tune.get("n")]
     t0 = time.perf_counter()
     held_out = (ema.model_fn, grid, data["cond"][val], data["x_T"][val], data["x_star"][val, -1])
-    if jump:  # the anytime PCM: Picard + TAA on the base model, the jump's estimates first while they are closer
-        chosen, metrics = P.tune_jump(*held_out, spec, list(tune["jump_positions"]),
-                                      int(tune["k_max"]), px, threshold=float(tune.get("threshold", 1.0)))
-    else:
-        chosen, metrics = P.tune_from_config(*held_out, tune, settings, px)
+    chosen, metrics = P.tune_after_training(pc, spec, *held_out, settings, px)
     metrics["timing"] = {"trajectories": tm, "train_s_this_call": train_s, "s_per_step": mean_s_per_step(
         run_dir / "log.jsonl"), "tune_s": time.perf_counter() - t0, "threads": int(cfg.get("threads", 1))}
     metrics["data"] = {"path": str(data_path), "rollout_seeds": data["rollout_seeds"],

@@ -48,8 +48,8 @@ chain of x0 predictions rides on the same batched calls, one extra row per sampl
 x_T at position ``positions[0]`` (0, or a later one: ``Jump``) and predicts x0 (with PCM's adapter,
 lambda = 1: a consistency-style jump to the fixed point);
 call n + 1 moves that estimate along its own DDIM path (x0 and the implied eps) to grid position
-``positions[n]`` and predicts x0 there. While a sample has run fewer than ``len(positions) + 1``
-iterations and has not converged, the sampler returns the chain's latest x0 instead of X[T], whose early
+``positions[n]`` and predicts x0 there. While a sample has run fewer than ``Jump.until`` = ``len(positions)
++ 1 + hold`` iterations and has not converged, the sampler returns the chain's latest x0 instead of X[T], whose early
 iterates are poor guesses (triangular: X[j] is exact after j iterations only); from then on, X[T]. The
 chain never touches the trajectory, so the fixed point and exactness are Picard's. With ``max_iters`` below
 ``len(positions) + 1`` the output is the jump's whatever Picard does, so only the jump's rows are evaluated.

@@ -47,8 +47,8 @@ from ..sampling import (
 )
 
 __all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidates", "choose_schedule", "jump_loss",
-           "make_val_fn", "objective", "pcm_distances", "pct_loss", "phi", "run_config", "tune_from_config",
-           "tune_jump", "tune_schedule", "unrolled_loss"]
+           "jump_draws_from_config", "make_val_fn", "objective", "pcm_distances", "pct_loss", "phi", "run_config",
+           "tune_after_training", "tune_from_config", "tune_jump", "tune_schedule", "unrolled_loss"]
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (out, ref) -> (B,)
 
@@ -334,6 +334,25 @@ def run_config(cfg: dict) -> dict:
     out = {k: v for k, v in cfg.items() if k not in ("threads", "force", "out", "run_dir", "work_dir")}
     out["pct"] = {k: v for k, v in cfg["pct"].items() if k != "tune"}
     return out
+
+
+def jump_draws_from_config(pc: dict, model_fn, grid, data: dict, folder: str | Path, chunk: int = 2048) -> dict:
+    """``add_draws`` for a ``pct`` config's ``jump`` (draws, seed), cached in ``folder`` as
+    ``jump_draws_{draws}_{seed}.pt`` (a task's PCT runs share it)."""
+    draws, seed = int(pc["jump"]["draws"]), int(pc["jump"]["seed"])
+    return add_draws(model_fn, grid, data, draws, seed, Path(folder) / f"jump_draws_{draws}_{seed}.pt", chunk=chunk)
+
+
+def tune_after_training(pc: dict, spec: SamplerSpec, model_fn, grid, cond, x_T, target, settings: dict,
+                        distance: Distance) -> tuple[SamplerSpec, dict]:
+    """The schedule tuning of a ``pct`` config on held-out ``cond``, ``x_T`` and ``target`` = X*[T]:
+    ``objective: jump`` -> ``tune_jump`` from the trained objective's ``spec`` over ``pct.tune.jump_positions``,
+    otherwise ``tune_from_config``; threshold ``pct.tune.threshold`` (default 1.0)."""
+    tune = pc["tune"]
+    if pc["objective"] == "jump":  # the anytime PCM: the jump's estimates first while they are closer than Picard
+        return tune_jump(model_fn, grid, cond, x_T, target, spec, list(tune["jump_positions"]), int(tune["k_max"]),
+                         distance, threshold=float(tune.get("threshold", 1.0)))
+    return tune_from_config(model_fn, grid, cond, x_T, target, tune, settings, distance)
 
 
 def tune_from_config(model_fn, grid, cond, x_T, target, tune: dict, settings: dict,

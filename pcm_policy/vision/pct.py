@@ -172,10 +172,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
              if pc["objective"] == "picard" else torch.ones(dcfg.iterates))
     jump = pc["objective"] == "jump"
     if jump:  # more (x_T, condition) pairs for the one-step jump, from the base model before the adapter
-        jc = pc["jump"]
-        draws, seed = int(jc["draws"]), int(jc["seed"])
-        extra = P.add_draws(model_fn, grid, data, draws, seed, run_dir.parent / f"jump_draws_{draws}_{seed}.pt",
-                            chunk=dcfg.batch * 8)
+        extra = P.jump_draws_from_config(pc, model_fn, grid, data, run_dir.parent, chunk=dcfg.batch * 8)
 
     lo = pc["lora"]
     add_attention_lora(model.unet, rank=int(lo["rank"]), alpha=float(lo["alpha"]),
@@ -208,11 +205,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     tune = pc["tune"]
     held = (data["split"] == 1).nonzero().flatten()[: tune.get("n")]
     held_out = (model_fn, grid, index_cond(data["cond"], held), data["x_T"][held], data["x_star"][held, -1])
-    if jump:  # the anytime PCM: Picard on the base model, the jump's estimates first while they are closer
-        chosen, metrics = P.tune_jump(*held_out, spec, list(tune["jump_positions"]),
-                                      int(tune["k_max"]), latent_rmse, threshold=float(tune.get("threshold", 0.01)))
-    else:
-        chosen, metrics = P.tune_from_config(*held_out, tune, settings, latent_rmse)
+    chosen, metrics = P.tune_after_training(pc, spec, *held_out, settings, latent_rmse)
     metrics.update(distance="latent RMSE", timing={"data_s": data_s, "train_s_this_call": train_s,
                                                    "tune_s": time.perf_counter() - t0,
                                                    "total_s_this_call": time.perf_counter() - t_all},
