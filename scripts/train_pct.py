@@ -1,11 +1,10 @@
 r"""Picard Consistency Training of a LoRA adapter, then schedule tuning: PushT, or an image model.
 
-    python scripts/train_pct.py task=pusht
+    python scripts/train_pct.py task=pusht      # the shipped recipe (pct=anytime): checkpoints/pusht_pcm
     python scripts/train_pct.py task=pusht base=runs/pusht_small_default/checkpoint out=/tmp/pcm
-    python scripts/train_pct.py task=pusht pct=anytime out=checkpoints/pusht_pcm force=true  # the shipped adapter
-    python scripts/train_pct.py task=pusht pct=paper    # the paper's recipe (plain Picard updates, K = 30)
+    python scripts/train_pct.py task=pusht pct=paper_full   # the paper's recipe (pcm_policy.paper): pusht_pcm_paper
     python scripts/train_pct.py task=pusht pct=smoke work_dir=/tmp/pct  # tiny end to end run
-    python scripts/train_pct.py task=celeba     # the LDM-CelebA layout (default: the shipped small MNIST model)
+    python scripts/train_pct.py task=celeba     # pct=image_anytime on the LDM-CelebA layout (default: ldm_mnist)
     python scripts/train_pct.py task=sd task.model=/path/to/stable-diffusion-v1-4   # a user's real SD v1.4
 
 Three stages under ``work_dir`` (re-running the same command continues where it stopped):

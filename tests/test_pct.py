@@ -16,12 +16,11 @@ from pcm_policy.pusht.normalizer import NormalizerDict
 from pcm_policy.pusht.pct_data import (
     TrajDataConfig,
     TrajDataError,
-    action_distance,
     generate,
     load_trajectories,
 )
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
-from pcm_policy.sampling import TAA, SamplerSpec, Switch, sample_pcm, sample_sequential, step_grid
+from pcm_policy.sampling import SamplerSpec, Switch, sample_pcm, sample_sequential, step_grid
 from pcm_policy.sampling.picard import _bound
 from pcm_policy.training import LoopConfig, train
 from pcm_policy.training.pct import (
@@ -33,7 +32,6 @@ from pcm_policy.training.pct import (
     jump_loss,
     pct_loss,
     phi,
-    unrolled_loss,
 )
 
 
@@ -109,27 +107,6 @@ def test_pct_loss_trains_only_lora(env, tmp_path):
     after = policy.state_dict()
     for k, v in before.items():
         assert torch.equal(v, after[k]) != ("lora_" in k), k  # base bit-identical, every adapter tensor moved
-
-
-def test_unrolled_loss_is_the_samplers_distance_and_reaches_every_adapter_tensor(env):
-    """pct.objective=unrolled: the loss is the mean action distance of PCM's outputs after k = first..iters
-    iterations (the sampler itself, without gradients) to X*[T], and its gradient reaches every LoRA
-    tensor through the frozen base iterations, the TAA mixing and the safeguard."""
-    d, policy = load_trajectories(env / "traj.zarr"), load_policy(env / "base")
-    add_lora(policy.model, rank=4, alpha=8)
-    _randomise_lora(policy.model)
-    batch = next(PCTBatches(d, 3))
-    spec = SamplerSpec.named("pcm", switch=Switch(1, 1), taa=TAA(memory=2), safeguard=1.0, init="prior")
-    grid = ddim_grid(policy, TINY.num_steps)
-    loss = unrolled_loss(policy.model_fn, batch, grid, spec, 4, 2, action_distance)
-    _, st = sample_pcm(policy.model_fn, batch["x_T"], batch["cond"], grid=grid, schedule=spec.switch, tol=0.0,
-                       max_iters=4, return_iterates=True, taa=spec.taa, safeguard=1.0, init="prior")
-    want = torch.stack([(st.iterates[k][-1] - batch["x_star"][:, -1]).norm(dim=-1).mean() for k in (2, 3, 4)]).mean()
-    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
-    loss.backward()
-    lora = {id(p) for p in lora_parameters(policy.model)}
-    for name, p in policy.named_parameters():
-        assert (p.grad is not None and p.grad.abs().sum() > 0) if id(p) in lora else p.grad is None, name
 
 
 def test_jump_loss_is_the_one_call_x0_error_and_the_extra_draws_are_ddim_outputs(env, tmp_path):
@@ -230,13 +207,6 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     ref, _ = sample_sequential(policy.model_fn, x_T, cond, **kw)
     x, st = sample_pcm(policy.model_fn, x_T, cond, schedule=spec.switch, taa=spec.taa, tol=0.0, **kw)
     assert st.converged and torch.allclose(x, ref, atol=1e-5)  # exactness: PCM at tol 0 == sequential DDIM
-    unrolled = [*cmd[:-3], f"out={tmp_path / 'out_unrolled'}", f"work_dir={tmp_path / 'work'}", cmd[-1],
-                "pct.objective=unrolled", f"run_dir={tmp_path / 'unrolled'}"]  # same trajectory store
-    r = subprocess.run(unrolled, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    log = [json.loads(line) for line in (tmp_path / "unrolled/log.jsonl").read_text().splitlines()]
-    assert log and all(np.isfinite(row["loss"]) for row in log if "loss" in row)
-    assert json.loads((tmp_path / "out_unrolled/adapter.json").read_text())["config"]["pct"]["objective"] == "unrolled"
     full = [*cmd[:-3], f"out={tmp_path / 'out_full'}", f"work_dir={tmp_path / 'work'}", cmd[-1], "pct.finetune=full",
             "pct.tune.spaces=[feature]", f"run_dir={tmp_path / 'full'}"]  # the paper's full copy, same store
     r = subprocess.run(full, capture_output=True, text=True, timeout=120)
@@ -321,3 +291,35 @@ def test_tune_taa_script_exit_codes(env, tmp_path):
     r = subprocess.run([*script, "--store", str(tmp_path / "none.zarr"), "--checkpoint", str(env / "base")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def _compose(overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return OmegaConf.to_container(compose("train_pct", overrides=overrides), resolve=True)
+
+
+def _flat(d: dict, path: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{path}{k}.") if isinstance(v, dict) else {f"{path}{k}": v})
+    return out
+
+
+@pytest.mark.parametrize("task,shipped", [("pusht", "checkpoints/pusht_pcm"),
+                                          ("celeba", "checkpoints/vision/ldm_mnist_pcm"),
+                                          ("sd", "checkpoints/vision/sd_mnist_pcm")])
+def test_the_default_config_is_the_shipped_adapters_recipe(task, shipped):
+    """``train_pct.py task=...`` with no pct= trains what made the shipped adapter: every setting of the
+    default equals the one recorded in its adapter.json; the recorded config has only settings the jump
+    objective never reads besides (the removed unrolled objective's, the switching schedules' tuning)."""
+    paths = ("out", "work_dir", "data_path", "run_dir", "threads", "force")
+    got = _flat({k: v for k, v in _compose([f"task={task}"]).items() if k not in paths})
+    cfg = json.loads((ROOT / shipped / "adapter.json").read_text())["config"]
+    want = _flat({k: v for k, v in cfg.items() if k not in paths})
+    assert got["pct.objective"] == "jump" and {k: want.get(k) for k in got} == got
+    unread = {"pct.k_max", "pct.val.schedule.", "pct.tune.hard", "pct.tune.ramps", "pct.tune.spaces",
+              "pct.tune.anderson", "pct.unroll."}
+    assert all(any(k.startswith(u) for u in unread) for k in set(want) - set(got))

@@ -182,7 +182,7 @@ def iterates(model_fn, scheduler, x_T, cond, cfg: TrajDataConfig):
 
 def action_distance(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Per sample, the mean over the H actions of the Euclidean action distance, in normalised units:
-    (..., B, H, A) -> (..., B). Differentiable (PCT's unrolled loss uses it)."""
+    (..., B, H, A) -> (..., B). Differentiable."""
     return ((out - ref).pow(2).sum(-1) + 1e-12).sqrt().mean(-1)
 
 

@@ -37,8 +37,6 @@ from ..sampling import (
     SamplerSpec,
     Switch,
     index_cond,
-    pcm_evaluator,
-    picard_loop,
     picard_update,
     predicted_x0,
     repeat_cond,
@@ -48,7 +46,7 @@ from ..sampling import (
 
 __all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidates", "choose_schedule", "jump_loss",
            "jump_draws_from_config", "make_val_fn", "objective", "pcm_distances", "pct_loss", "phi", "run_config",
-           "tune_after_training", "tune_from_config", "tune_jump", "tune_schedule", "unrolled_loss"]
+           "tune_after_training", "tune_from_config", "tune_jump", "tune_schedule"]
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (out, ref) -> (B,)
 
@@ -59,20 +57,6 @@ def phi(model_fn, X: torch.Tensor, cond, grid, lora_scale: float = 1.0, form: st
     xs = X[:T]
     out = model_fn(xs.flatten(0, 1), grid.timesteps.repeat_interleave(B), repeat_cond(cond, T), lora_scale=lora_scale)
     return torch.cat([X[:1], picard_update(grid, xs, out, 0, X[0], form=form)])
-
-
-def unrolled_loss(model_fn, batch: dict, grid, spec: SamplerSpec, iters: int, first: int,
-                  distance: Distance) -> torch.Tensor:
-    """The unrolled objective: mean over k = first..iters of ``distance`` (differentiable, (B,)) between
-    PCM's output X^k[T] under ``spec`` (its switch, TAA, safeguard and init) and X*[T], with gradients
-    through every iteration: the adapted calls and, after the switch, the base calls (weights fixed)
-    and the TAA mixing. It trains the jump for the output after k iterations, not one update at a time."""
-    evaluate, lam_of = pcm_evaluator(model_fn, spec.switch, spec.switch.space)
-    _, st = picard_loop(evaluate, batch["x_T"], batch["cond"], grid, window=None, tol=0.0, max_iters=iters,
-                        init=spec.init, safeguard=spec.safeguard, may_slide=lambda k: lam_of(k) == 0.0,
-                        taa=spec.taa, return_iterates=True, form=spec.form)
-    target = batch["x_star"][:, -1]
-    return torch.stack([distance(st.iterates[k][-1], target).mean() for k in range(first, iters + 1)]).mean()
 
 
 def alpha_from_var(var_k: torch.Tensor, floor: float = 1e-12) -> torch.Tensor:
@@ -307,15 +291,10 @@ def make_val_fn(model_fn_of: Callable, grid, alpha: torch.Tensor, data: dict, di
 def objective(pc: dict, model_fn, grid, alpha: torch.Tensor, settings: dict,
               distance: Distance) -> tuple[SamplerSpec, Callable]:
     """The PCM spec validated during training and the loss of a ``pct`` config (``configs/pct/*.yaml``):
-    ``objective: picard`` (``pct_loss``, form ``pct.form``; spec from ``pct.val.schedule``),
-    ``unrolled`` (``unrolled_loss`` through ``pct.unroll.first..iters`` iterations of ``pct.unroll.schedule``)
-    or ``jump`` (``jump_loss``; spec from ``pct.jump.schedule``, its Jump chosen after training by ``tune_jump``).
+    ``objective: jump`` (``jump_loss``; spec from ``pct.jump.schedule``, its Jump chosen after training by
+    ``tune_jump``: the shipped recipe) or ``picard`` (``pct_loss``, the paper's one-update objective, form
+    ``pct.form``; spec from ``pct.val.schedule``).
     ``settings`` (num_steps, safeguard, init) go into the spec. Raises ValueError for another objective."""
-    if pc["objective"] == "unrolled":
-        ur = pc["unroll"]
-        spec = SamplerSpec.from_dict(ur["schedule"]).replace(**settings)
-        iters, first = int(ur["iters"]), int(ur["first"])
-        return spec, lambda b: unrolled_loss(model_fn, b, grid, spec, iters, first, distance)
     if pc["objective"] == "jump":  # its spec keeps its own first iterate (the store's only shapes the val loss)
         spec = SamplerSpec.from_dict(pc["jump"]["schedule"]).replace(**{k: v for k, v in settings.items()
                                                                           if k != "init"})
@@ -325,7 +304,7 @@ def objective(pc: dict, model_fn, grid, alpha: torch.Tensor, settings: dict,
         form = pc.get("form", "paradigms")
         spec = SamplerSpec.from_dict(pc["val"]["schedule"]).replace(**settings)
         return spec, lambda b: pct_loss(model_fn, b, grid, alpha, form)
-    raise ValueError(f"pct.objective must be picard, unrolled or jump, got {pc['objective']!r}")
+    raise ValueError(f"pct.objective must be jump or picard, got {pc['objective']!r}")
 
 
 def run_config(cfg: dict) -> dict:
