@@ -1,5 +1,5 @@
-"""Write results/MANIFEST.md: every file under results/ with the command that made it, and the commit and
-date that last changed it (from git).
+"""Write results/MANIFEST.md: every file under results/ that git tracks, with the command that made it, and the
+commit and date that last changed it (from git).
 
     python scripts/results_manifest.py            # rewrites results/MANIFEST.md
     python scripts/results_manifest.py --check    # exit 1 if the manifest is out of date
@@ -28,6 +28,15 @@ SKIP_FLAGS = {"json", "video", "out"}  # paths that only name where the output w
 def git(*args: str) -> str:
     r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
     return r.stdout.strip()
+
+
+def tracked() -> list[str]:
+    """The files under results/ that git tracks (a sweep's cache and other untracked outputs are not listed, so
+    the manifest is the same in every clone); exits with a one-line error outside a git checkout."""
+    r = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--", "results"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"error: git ls-files failed in {ROOT} ({r.stderr.strip()}); run this in a git checkout")
+    return sorted(f for f in r.stdout.split("\0") if f)
 
 
 def flags(d: dict) -> str:
@@ -69,13 +78,13 @@ def command_of(path: Path) -> str:
 
 def manifest() -> str:
     rows = ["# results/ manifest", "",
-            "Made by `python scripts/results_manifest.py`. Each file: the command that made it (as the file",
-            "records it), and the commit and date that last changed it. Superseded runs live in git history.", "",
+            "Made by `python scripts/results_manifest.py`. Each tracked file: the command that made it (as the",
+            "file records it), and the commit and date that last changed it. Superseded runs live in git history.", "",
             "| file | command | commit | date |", "|---|---|---|---|"]
-    for p in sorted(RESULTS.rglob("*")):
-        if not p.is_file() or p.name == "MANIFEST.md":
+    for rel in tracked():
+        p = ROOT / rel
+        if p.name == "MANIFEST.md":
             continue
-        rel = p.relative_to(ROOT).as_posix()
         commit, date = (git("log", "-1", "--format=%h %as", "--", rel).split() + ["uncommitted", "-"])[:2]
         rows.append(f"| `{rel}` | `{command_of(p)}` | {commit} | {date} |")
     return "\n".join(rows) + "\n"
