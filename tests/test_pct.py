@@ -11,6 +11,7 @@ import torch
 
 from pcm_policy.data import ReplayBuffer
 from pcm_policy.lora import add_lora, has_lora, lora_parameters
+from pcm_policy.paper import full_copy_of
 from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, save_policy
 from pcm_policy.pusht.normalizer import NormalizerDict
 from pcm_policy.pusht.pct_data import (
@@ -213,8 +214,8 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     policy = load_policy(env / "base")
     spec, cfg = load_adapter_folder(policy, tmp_path / "out_full")
-    assert cfg["finetune"] == "full" and policy.pcm_model is not None and not has_lora(policy.model)
-    base_w, copy_w = dict(policy.model.named_parameters()), dict(policy.pcm_model.named_parameters())
+    assert cfg["finetune"] == "full" and full_copy_of(policy) is not None and not has_lora(policy.model)
+    base_w, copy_w = dict(policy.model.named_parameters()), dict(full_copy_of(policy).named_parameters())
     assert any(not torch.equal(base_w[n], p) for n, p in copy_w.items())  # the copy trained, the base did not
     assert all(torch.equal(base_w[n], p) for n, p in load_policy(env / "base").model.named_parameters())
     ramp = Switch(0, 2, "feature")  # lambda 1, 0.5, 0: the copy and the base per row, outputs mixed
@@ -225,7 +226,7 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     policy.freeze()  # frozen graphs of the base and the copy give the eager outputs
     assert torch.allclose(sample_pcm(policy.model_fn, x_T, cond, schedule=ramp, tol=0.0, **kw)[0], x, atol=1e-6)
     save_policy(policy, tmp_path / "resaved")  # the base checkpoint never takes the copy's weights
-    assert load_policy(tmp_path / "resaved").pcm_model is None
+    assert full_copy_of(load_policy(tmp_path / "resaved")) is None
     missing = subprocess.run(cmd[:3] + [f"base={tmp_path / 'nope'}", f"work_dir={tmp_path / 'w2'}"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "nope" in missing.stderr and "train_policy.py" in missing.stderr

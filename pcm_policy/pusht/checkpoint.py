@@ -1,6 +1,6 @@
 """Checkpoints are data: ``config.json`` + ``model.safetensors`` (normaliser inside), optionally
 ``adapter.safetensors`` + ``adapter.json``. The adapter file holds the LoRA tensors alone or, for the
-feature-space PCM with a fully fine-tuned copy (``DiffusionPolicy.add_full_copy``), the copy's whole
+paper's feature-space PCM with a fully fine-tuned copy (``paper.add_full_copy``), the copy's whole
 UNet; its safetensors metadata says which. Loading never unpickles anything."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import lora
+from .. import lora, paper
 from ..io import atomic_path, write_json
 from ..sampling import SamplerSpec
 from .policy import DiffusionPolicy, PolicyConfig
@@ -29,7 +29,7 @@ def save_policy(policy: DiffusionPolicy, folder: str | os.PathLike, extra: dict 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()
-             if "lora_" not in k and not k.startswith("pcm_model.")}
+             if "lora_" not in k and not k.startswith("model_wrapper.")}
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     write_json(folder / CONFIG, {"policy": policy.cfg.to_dict(), **(extra or {})})
@@ -74,11 +74,12 @@ def save_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike, spec
                         extra: dict | None = None) -> Path:
     """An adapter folder: ``lora.save_adapter_folder`` of the policy's UNet (LoRA tensors alone), or, with a
     full copy, the copy's weights (metadata format ``FULL_COPY_FORMAT``); ``adapter.json`` holds the spec."""
-    if policy.pcm_model is None:
+    copy = paper.full_copy_of(policy)
+    if copy is None:
         return lora.save_adapter_folder(policy.model, folder, spec, extra)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.pcm_model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in copy.state_dict().items()}
     with atomic_path(folder / ADAPTER) as tmp:
         save_file(state, str(tmp), metadata={"format": FULL_COPY_FORMAT})
     write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), "finetune": "full", **(extra or {})})
@@ -99,7 +100,7 @@ def load_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike) -> t
             with safe_open(str(path), framework="pt") as f:
                 full = (f.metadata() or {}).get("format") == FULL_COPY_FORMAT
             if full:
-                copy = policy.add_full_copy()
+                copy = paper.add_full_copy(policy)
                 try:
                     copy.load_state_dict(load_file(str(path)))
                 except RuntimeError as e:

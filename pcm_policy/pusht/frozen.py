@@ -8,8 +8,7 @@ ones eager mode runs, so the outputs are the eager ones (tested bitwise on CPU);
 sampling (many narrow calls) gains the most, a wide Picard window less.
 
 PCM needs the model at two LoRA scales: ``FrozenGraphs`` holds one graph of the base model (adapter
-disabled) and, when the policy has an adapter, one with the adapter at lambda = 1 (or of its fully
-fine-tuned copy, ``adapted``). Any other call
+disabled) and, when the policy has an adapter, one with the adapter at lambda = 1. Any other call
 (a fractional or per-row lambda, a different sequence length, device or dtype, gradients enabled)
 is not served, and ``DiffusionPolicy.model_fn`` falls back to the eager model. Trace after the
 adapter is loaded and the policy moved to its device (``DiffusionPolicy.freeze``); changing the
@@ -44,8 +43,7 @@ def _trace(model: nn.Module, example: tuple) -> torch.jit.ScriptModule:
 class FrozenGraphs:
     """Frozen graphs of ``model`` for inputs shaped like ``(B, *sample_shape)`` and ``(B, cond_dim)``."""
 
-    def __init__(self, model: nn.Module, sample_shape: tuple[int, ...], cond_dim: int,
-                 adapted: nn.Module | None = None):
+    def __init__(self, model: nn.Module, sample_shape: tuple[int, ...], cond_dim: int):
         if model.training:
             raise ValueError("freeze an eval-mode model (model.eval()): a frozen graph keeps train-mode behaviour")
         p = next(model.parameters())
@@ -54,10 +52,7 @@ class FrozenGraphs:
                    torch.zeros(2, dtype=torch.long, device=p.device),
                    torch.zeros(2, cond_dim, device=p.device, dtype=p.dtype))
         with torch.no_grad():
-            if adapted is not None:  # a fully fine-tuned copy: its own graph at lambda = 1
-                adapted.eval()
-                self.base, self.adapted = _trace(model, example), _trace(adapted, example)
-            elif has_lora(model):
+            if has_lora(model):
                 with lora_disabled(model):
                     self.base = _trace(model, example)
                 with lora_scale(model, 1.0):

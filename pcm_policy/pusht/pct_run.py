@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+from .. import paper
 from ..io import check_not_shipped
 from ..lora import add_lora, lora_parameters
 from ..sampling import step_grid
@@ -67,7 +68,7 @@ def run_pct(cfg: dict, command: str, root: Path) -> dict:
     if jump:  # more (condition, x_T) pairs for the one-step jump, from the base model before the adapter
         extra = P.jump_draws_from_config(pc, policy.model_fn, grid, data, run_dir.parent)
     if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the UNet
-        params = list(policy.add_full_copy().parameters())
+        params = list(paper.add_full_copy(policy).parameters())
     else:
         lo = pc["lora"]
         add_lora(policy.model, rank=int(lo["rank"]), alpha=float(lo["alpha"]), target_modules=list(lo["targets"]))

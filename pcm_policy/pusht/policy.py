@@ -10,7 +10,6 @@ caller's choice (``pcm_policy.sampling.make_sampler``).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -18,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lora import has_lora
 from ..sampling import LoraScale
 from .frozen import FrozenGraphs
 from .normalizer import NormalizerDict
@@ -71,7 +69,7 @@ class DiffusionPolicy(nn.Module):
         self.cfg = cfg
         self._frozen: FrozenGraphs | None = None  # see freeze()
         self.model = ConditionalUnet1D(**cfg.unet_kwargs())
-        self.pcm_model: ConditionalUnet1D | None = None  # a fully fine-tuned copy (add_full_copy), else None
+        self.model_wrapper: nn.Module | None = None  # sees every model_fn call first (set_model_wrapper)
         self._lora_fn = LoraScale(self.model, self.model)  # lora_scale -> W_0 + lambda dW (or the base model)
         self.normalizer = NormalizerDict.from_dims({"obs": cfg.obs_dim, "action": cfg.action_dim})
         self.noise_scheduler = DDPMScheduler(
@@ -83,52 +81,44 @@ class DiffusionPolicy(nn.Module):
         """The UNet's eps(x, t, cond) in the sampler protocol: x (N, horizon, action_dim) normalised
         actions, t (N,) training timesteps, cond (N, n_obs_steps * obs_dim) from ``condition``.
         ``lora_scale`` (float or (N,) per row; ``sampling.LoraScale``) sets W = W_0 + lora_scale * dW
-        when an adapter is attached; None is the base model. With a full copy (``add_full_copy``) the scale
-        picks the network per row: 0 the base, 1 the copy. After ``freeze()`` the calls a frozen graph
-        computes exactly go to it (``frozen.py``).
-
-        Raises:
-            ValueError: a scale other than 0 or 1 with a full copy (a ramp needs a feature-space
-                schedule, which calls it at 0 and 1 and mixes the outputs).
+        when an adapter is attached; None is the base model. A model wrapper (``set_model_wrapper``) sees
+        the call first. After ``freeze()`` the calls a frozen graph computes exactly go to it (``frozen.py``).
         """
+        if self.model_wrapper is not None:
+            return self.model_wrapper(self._base_fn, x, t, cond, lora_scale=lora_scale)
+        return self._base_fn(x, t, cond, lora_scale=lora_scale)
+
+    def _base_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, lora_scale=None) -> torch.Tensor:
         graph = self._frozen.graph(x, t, cond, lora_scale) if self._frozen is not None else None
         if graph is not None:
             return graph(x, t, cond)
-        two = self._frozen is not None or self.pcm_model is not None  # base and adapted served apart
-        if two and torch.is_tensor(lora_scale) and lora_scale.shape == x.shape[:1]:
-            on = lora_scale == 1  # rows at 0 or 1 only (a Jump's adapted row beside base Picard rows): both nets
+        if self._frozen is not None and torch.is_tensor(lora_scale) and lora_scale.shape == x.shape[:1]:
+            on = lora_scale == 1  # rows at 0 or 1 only (a Jump's adapted row beside base Picard rows): two graphs
             if bool((on | (lora_scale == 0)).all()):
                 out = torch.empty_like(x)
                 for rows, lam in ((~on, 0.0), (on, 1.0)):
                     if bool(rows.any()):
-                        out[rows] = self.model_fn(x[rows], t[rows], cond[rows], lora_scale=lam)
+                        out[rows] = self._base_fn(x[rows], t[rows], cond[rows], lora_scale=lam)
                 return out
-        if self.pcm_model is None:
-            return self._lora_fn(x, t, cond, lora_scale=lora_scale)
-        if not torch.is_tensor(lora_scale) and lora_scale in (None, 0, 1):
-            return (self.pcm_model if lora_scale == 1 else self.model)(x, t, cond)
-        raise ValueError(f"lora_scale must be 0 or 1 (per row) with a full copy, got {lora_scale}; a lambda ramp "
-                         "needs a feature-space schedule (Switch(k_on, k_off, 'feature'))")
+        return self._lora_fn(x, t, cond, lora_scale=lora_scale)
 
-    def add_full_copy(self) -> ConditionalUnet1D:
-        """Attach a fully fine-tunable copy of the UNet (the PCM paper's feature-space "PCM": a separately
-        fine-tuned model, twice the storage, versus the LoRA delta of "PCM-LoRA"); it starts equal to the
-        base, which is frozen. Returns the copy (``pcm_model``). Raises ValueError if the policy already has
-        a LoRA adapter or a copy."""
-        if has_lora(self.model) or self.pcm_model is not None:
-            raise ValueError("this policy already has an adapter; a full copy is used instead of one, not beside it")
-        self.pcm_model = copy.deepcopy(self.model)
-        self.model.requires_grad_(False)
-        self._frozen = None
-        return self.pcm_model
+    def set_model_wrapper(self, wrapper: nn.Module | None) -> DiffusionPolicy:
+        """Route every ``model_fn`` call through ``wrapper(base_fn, x, t, cond, lora_scale=...)``, a module (so
+        its weights move, train and average with the policy's; e.g. ``paper.FullCopy``); None removes it.
+        Drops the frozen graphs (call ``freeze`` again)."""
+        self.model_wrapper, self._frozen = wrapper, None
+        return self
 
     def freeze(self, enabled: bool = True) -> DiffusionPolicy:
         """Trace the UNet into frozen inference graphs (base and, with an adapter, lambda = 1) that
-        ``model_fn`` then uses where they apply; same outputs, less per-call overhead. Call it after
-        loading the adapter and moving the policy; ``freeze(False)`` drops the graphs."""
+        ``model_fn`` then uses where they apply; same outputs, less per-call overhead. A model wrapper with a
+        ``freeze(make_graphs)`` method traces its own networks the same way. Call it after loading the adapter
+        and moving the policy; ``freeze(False)`` drops the graphs."""
         self.eval()
         shape, cond_dim = (self.cfg.horizon, self.cfg.action_dim), self.cfg.obs_dim * self.cfg.n_obs_steps
-        self._frozen = FrozenGraphs(self.model, shape, cond_dim, adapted=self.pcm_model) if enabled else None
+        self._frozen = FrozenGraphs(self.model, shape, cond_dim) if enabled else None
+        if hasattr(self.model_wrapper, "freeze"):
+            self.model_wrapper.freeze((lambda net: FrozenGraphs(net, shape, cond_dim)) if enabled else None)
         return self
 
     def condition(self, obs: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""The paper's recipe (``pcm_policy.paper``): the full copy as a model-function wrapper, its frozen graphs,
+its adapter folder, and PCM over it (feature-space ramps) keeping exactness; the shipped paper adapter loads."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pcm_policy.lora import add_lora
+from pcm_policy.paper import FullCopy, add_full_copy, full_copy_of
+from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, save_adapter_folder, save_policy
+from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.sampling import SamplerSpec, Switch, sample_pcm, sample_sequential, step_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _policy_with_copy(seed=0):
+    torch.manual_seed(seed)
+    p = DiffusionPolicy(PolicyConfig(unet={"down_dims": [8, 16, 32]})).eval()
+    net = add_full_copy(p)
+    with torch.no_grad():  # a copy that differs from the base
+        for q in net.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    return p, net
+
+
+def _inputs(n=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 16, 2, generator=g), torch.randint(0, 100, (n,), generator=g), torch.randn(n, 40, generator=g)
+
+
+def test_full_copy_routes_lambda_per_row_and_freezes_exactly():
+    p, net = _policy_with_copy()
+    x, t, c = _inputs()
+    assert full_copy_of(p) is net and isinstance(p.model_wrapper, FullCopy)
+    assert all(not q.requires_grad for q in p.model.parameters()) and all(q.requires_grad for q in net.parameters())
+    with torch.no_grad():
+        base, copy = p.model(x, t, c), net(x, t, c)
+        assert not torch.equal(base, copy)
+        for lam in (None, 0, 0.0):
+            assert torch.equal(p.model_fn(x, t, c, lora_scale=lam), base)
+        assert torch.equal(p.model_fn(x, t, c, lora_scale=1.0), copy)
+        rows = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0])  # per row: the copy where 1, the base where 0
+        on = rows.bool()
+        want = torch.empty_like(x)  # each network on its own rows, in one call each
+        want[on], want[~on] = net(x[on], t[on], c[on]), p.model(x[~on], t[~on], c[~on])
+        assert torch.equal(p.model_fn(x, t, c, lora_scale=rows), want)
+        with pytest.raises(ValueError, match="feature-space"):
+            p.model_fn(x, t, c, lora_scale=0.5)
+        with pytest.raises(ValueError, match="0 or 1"):
+            p.model_fn(x, t, c, lora_scale=torch.full((5,), 0.5))
+        p.freeze()  # traced base and copy: the eager outputs bit for bit
+        assert p.model_wrapper._frozen is not None
+        assert torch.equal(p.model_fn(x, t, c), base) and torch.equal(p.model_fn(x, t, c, lora_scale=1), copy)
+        assert torch.equal(p.model_fn(x, t, c, lora_scale=rows), want)
+    with pytest.raises(ValueError, match="already has an adapter"):
+        add_full_copy(p)
+    q = DiffusionPolicy(PolicyConfig(unet={"down_dims": [8, 16, 32]}))
+    add_lora(q.model, rank=2, alpha=2)
+    with pytest.raises(ValueError, match="already has an adapter"):
+        add_full_copy(q)
+
+
+def test_full_copy_folder_round_trip_and_base_checkpoint_without_it(tmp_path):
+    p, net = _policy_with_copy()
+    x, t, c = _inputs()
+    spec = SamplerSpec.named("pcm", switch=Switch(0, 3, "feature"), num_steps=10)
+    save_adapter_folder(p, tmp_path / "adapter", spec, extra={"note": 1})
+    save_policy(p, tmp_path / "base")
+    q = load_policy(tmp_path / "base")
+    assert full_copy_of(q) is None and torch.equal(q.model(x, t, c), p.model(x, t, c))  # the base alone
+    got, meta = load_adapter_folder(q, tmp_path / "adapter")
+    assert got == spec and meta["finetune"] == "full" and meta["note"] == 1
+    with torch.no_grad():
+        assert torch.equal(q.model_fn(x, t, c, lora_scale=1), net(x, t, c))
+
+
+def test_feature_space_ramp_over_a_full_copy_keeps_exactness():
+    p, _ = _policy_with_copy()
+    x_T, _, c = _inputs(3)
+    grid = step_grid(p.noise_scheduler, 8, solver="ddim")
+    ref, _ = sample_sequential(p.model_fn, x_T, c, grid=grid)
+    x, st = sample_pcm(p.model_fn, x_T, c, grid=grid, schedule=Switch(0, 3, "feature"), tol=0.0)
+    assert st.converged and torch.allclose(x, ref, atol=1e-5) and any(0 < lam < 1 for lam in st.lambdas)
+    first, _ = sample_pcm(p.model_fn, x_T, c, grid=grid, schedule=Switch(1, 1), tol=0.0, max_iters=1)
+    base, _ = sample_pcm(p.model_fn, x_T, c, grid=grid, schedule=Switch(0, 0), tol=0.0, max_iters=1)
+    assert not torch.allclose(first, base)  # the copy is what the adapted iteration runs
+
+
+def test_the_shipped_paper_adapter_loads_as_a_full_copy():
+    folder = ROOT / "checkpoints/pusht_pcm_paper"
+    p = load_policy(ROOT / "checkpoints/pusht_base")
+    spec, meta = load_adapter_folder(p, folder)
+    assert meta["finetune"] == "full" and full_copy_of(p) is not None and spec.switch == Switch(1, 1)
+    assert meta["config"]["pct"]["objective"] == "picard" and meta["config"]["pct"]["name"] == "paper_full"
