@@ -78,7 +78,7 @@ def pcm_evaluator(model_fn, schedule: Schedule, space: str = "weight", lambdas: 
     """``picard_loop``'s model call for PCM and the lambda it uses: (evaluate, lam_of). Iteration k calls
     ``model_fn`` at lambda = schedule(k), in weight space (``lora_scale=lambda``) or feature space (both
     calls batched, outputs mixed). ``lambdas``, if given, records each iteration's lambda. No
-    ``no_grad`` here: PCT's unrolled objective differentiates through it."""
+    ``no_grad`` here: the caller decides (``sample_pcm`` runs without gradients)."""
     if space not in ("weight", "feature"):
         raise ValueError(f"space must be 'weight' or 'feature', got {space!r}")
     if not callable(schedule):

@@ -268,7 +268,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     every call from the first until it leaves, so k is its own iteration count too. ``taa``: triangular
     Anderson acceleration (module doc); None: plain Picard. ``budget_s``: seconds from the call after
     which no further iteration starts (module doc). ``jump``: the anytime estimate (``Jump``, module doc).
-    Differentiable when grad is enabled (PCT unrolls it).
+    Differentiable when grad is enabled (the samplers run it under ``no_grad``).
     """
     t0 = time.perf_counter()
     if taa is not None and not isinstance(taa, TAA):
