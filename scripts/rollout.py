@@ -8,7 +8,9 @@
 Samplers (``pcm_policy.sampling.spec``): ddim (sequential DDIM-50; --k truncates), ddim-k (DDIM
 re-discretised to --k steps), ddpm (100 ancestral steps), picard, taa (Picard + triangular Anderson
 acceleration, training-free), pcm (Picard + the shipped adapter's model switching and its tuned
-settings), newton. Flags left unset take the sampler's defaults (for pcm: the adapter's spec).
+settings), newton, srds (Parareal over the DDIM grid; --k caps its batched calls), dpmsolver++ and unipc
+(diffusers' DPM-Solver++ 2M / UniPC in --k steps on the policy's schedule, x0 clipped to its range:
+``pcm_policy.solvers``). Flags left unset take the sampler's defaults (for pcm: the adapter's spec).
 The iterative samplers warm-start each chunk from the previous chunk's prediction (--no-warm-start:
 from their first iterate) and converge per sample; --budget-ms stops a chunk's iterations when its
 time budget is spent (checked between iterations, the first always runs) and acts on what they reached.
@@ -121,7 +123,8 @@ def main(argv=None) -> int:
     from pcm_policy.device import pick_device
     from pcm_policy.pusht.checkpoint import CheckpointError, load_adapter_folder, load_policy
     from pcm_policy.pusht.rollout import run_rollouts, summarize
-    from pcm_policy.sampling import SamplerSpec, Switch, make_sampler
+    from pcm_policy.sampling import SamplerSpec, Switch
+    from pcm_policy.solvers import make_any_sampler
 
     torch.set_num_threads(args.threads)
     try:
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
             raise ValueError("--taa-memory / --taa-mixing: this PCM spec runs plain Picard updates (no TAA) to adjust")
         if taa:
             spec = spec.replace(taa=dataclasses.replace(spec.taa, **taa))
-        sampler = make_sampler(spec, policy.noise_scheduler)
+        sampler = make_any_sampler(spec, policy.noise_scheduler)
         policy.freeze(not args.eager)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
