@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("--conditions", type=int, default=12, help="at most this many conditions (evenly spaced)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--peers", nargs="+", default=list(PEERS), help=f"among {', '.join(PEERS)}")
-    p.add_argument("--paradigms-tols", type=float, nargs="+", default=[0.4, 0.2, 0.1, 0.05])
+    p.add_argument("--paradigms-tols", type=float, nargs="+", default=[0.4, 0.2, 0.1, 0.05, 0.02, 0.01])
     p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/pusht_base"))
     p.add_argument("--adapter", type=Path, default=Path("checkpoints/pusht_pcm"))
     p.add_argument("--threads", type=int, default=1)

@@ -78,7 +78,7 @@ def peer_sampler(name: str, base, pcm_spec, k: int | None, tol: float = 0.0, num
 
 
 def bench_peers(*, seeds=range(400_000, 400_002), max_steps: int = 48, conditions: int = 12, ks=(1, 2, 3, 4, 5),
-                peers=PEERS, num_steps: int = 50, paradigms_tols=(0.4, 0.2, 0.1, 0.05),
+                peers=PEERS, num_steps: int = 50, paradigms_tols=(0.4, 0.2, 0.1, 0.05, 0.02, 0.01),
                 checkpoint="checkpoints/pusht_base", adapter="checkpoints/pusht_pcm", x_seed: int = 0,
                 progress=print) -> dict:
     """Every peer on the same conditions and x_T: mean pixel distance to DDIM-``num_steps`` at each budget k
