@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--peers", nargs="+", default=list(PEERS), help=f"among {', '.join(PEERS)}")
     p.add_argument("--paradigms-tols", type=float, nargs="+", default=[0.4, 0.2, 0.1, 0.05, 0.02, 0.01])
+    p.add_argument("--solver-ks", type=int, nargs="*", default=None,
+                   help="also tabulate DPM-Solver++ / UniPC under from_config and each spacing, with and without "
+                        "the x0 clip, at these k")
     p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/pusht_base"))
     p.add_argument("--adapter", type=Path, default=Path("checkpoints/pusht_pcm"))
     p.add_argument("--threads", type=int, default=1)
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
             check_not_shipped(a.out, a.force, "--force", "--out")
         res = bench_peers(seeds=range(a.seeds[0], a.seeds[1] + 1), max_steps=a.max_steps, conditions=a.conditions,
                           ks=tuple(a.ks), peers=tuple(a.peers), paradigms_tols=tuple(a.paradigms_tols),
-                          checkpoint=a.checkpoint, adapter=a.adapter)
+                          checkpoint=a.checkpoint, adapter=a.adapter, solver_ks=a.solver_ks)
+        res = {"command": "python scripts/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv), **res}
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

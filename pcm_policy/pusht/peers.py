@@ -77,16 +77,40 @@ def peer_sampler(name: str, base, pcm_spec, k: int | None, tol: float = 0.0, num
     return make_any_sampler(SamplerSpec.named(name, num_steps=num_steps, tol=tol, k=k), base.noise_scheduler)
 
 
+def solver_configs(base, cond, x_T, ref, ks, distance) -> dict:
+    """Mean ``distance`` to ``ref`` of DPM-Solver++ and UniPC at each k in ``ks`` under the configurations a user
+    might pick: diffusers' ``from_config`` of the policy's scheduler (linspace, no clip: its default-valued
+    ``leading`` is dropped), and each spacing without and with the clip (``solvers.solver_scheduler``)."""
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    from ..sampling import make_sampler
+    from ..solvers import solver_scheduler
+
+    cls = {"dpmsolver++": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler}
+    out = {}
+    for name, c in cls.items():
+        makers = {"from_config": lambda c=c: c.from_config(base.noise_scheduler.config)}
+        for sp in ("leading", "linspace", "trailing"):
+            for clip in (False, True):
+                makers[f"{sp}, {'clip' if clip else 'no clip'}"] = lambda sp=sp, clip=clip, name=name: solver_scheduler(
+                    name, base.noise_scheduler, clip=clip, timestep_spacing=sp)
+        for label, mk in makers.items():
+            run = [make_sampler(name, base.noise_scheduler, k=k, solver_scheduler=mk()) for k in ks]
+            out[f"{name} {label}"] = [float(distance(r(base.model_fn, x_T, cond)[0], ref).mean()) for r in run]
+    return out
+
+
 def bench_peers(*, seeds=range(400_000, 400_002), max_steps: int = 48, conditions: int = 12, ks=(1, 2, 3, 4, 5),
                 peers=PEERS, num_steps: int = 50, paradigms_tols=(0.4, 0.2, 0.1, 0.05, 0.02, 0.01),
                 checkpoint="checkpoints/pusht_base", adapter="checkpoints/pusht_pcm", x_seed: int = 0,
-                progress=print) -> dict:
+                solver_ks=None, progress=print) -> dict:
     """Every peer on the same conditions and x_T: mean pixel distance to DDIM-``num_steps`` at each budget k
     (k steps or k batched calls), and diffusers' ParaDiGMS against Picard / TAA / PCM at a matched distance.
 
     Conditions: the chunks of DDIM-10 rollouts on training ``seeds`` (never evaluation seeds), at most
     ``conditions`` of them, evenly spaced. Returns the JSON-ready result (``settings``, ``anytime``: {peer: rows},
-    ``paradigms``: runs per method and the cheapest within ParaDiGMS's distance at tol 0.1).
+    ``paradigms``: runs per method and the cheapest within ParaDiGMS's distance at tol 0.1; with ``solver_ks``,
+    ``solver_configs``: ``solver_configs`` at those k).
     """
     import time
 
@@ -131,13 +155,15 @@ def bench_peers(*, seeds=range(400_000, 400_002), max_steps: int = 48, condition
             runs.setdefault(name, []).append(
                 {"tol": tol, **run(peer_sampler(name, base, pcm_spec, None, tol=tol, num_steps=num_steps),
                                    pcm if name == "pcm" else base)})
+    configs = None if not solver_ks else solver_configs(base, cond, x_T, ref, solver_ks, px)
     target = next((r["distance"] for r in runs["paradigms"] if r["tol"] == 0.1), runs["paradigms"][-1]["distance"])
     matched = {m: cheapest_within(rs, target) for m, rs in runs.items()}
     return {"settings": {"seeds": [seeds[0], seeds[-1]], "max_steps": max_steps, "conditions": len(cond),
                          "ks": list(ks), "num_steps": num_steps, "x_seed": x_seed, "checkpoint": str(checkpoint),
                          "adapter": str(adapter), "pcm_spec": pcm_spec.to_dict(), "distance_unit": "px",
                          "paradigms_tols": list(paradigms_tols), "seconds": time.perf_counter() - t0},
-            "anytime": anytime, "paradigms": {"target_distance": target, "runs": runs, "matched": matched}}
+            "anytime": anytime, "paradigms": {"target_distance": target, "runs": runs, "matched": matched},
+            **({"solver_configs": {"ks": list(solver_ks), "distance": configs}} if configs else {})}
 
 
 def paradigms_scheduler(scheduler):
@@ -168,4 +194,9 @@ def format_peers(res: dict) -> str:
         lines.append(f"{m:12s} " + ("no tol reached it" if r is None else
                                     f"{r['tol']:6.2f} {r['distance']:8.3f} {r['iterations']:6d} "
                                     f"{r['mean_sample_iterations']:9.2f} {r['nfe']:8.1f} {r['wall_s']:7.2f}"))
+    if "solver_configs" in res:
+        sc = res["solver_configs"]
+        lines += ["", "DPM-Solver++ / UniPC configurations: distance to the reference (px) at k steps",
+                  f"{'configuration':34s} " + " ".join(f"{'k=' + str(k):>9s}" for k in sc["ks"])]
+        lines += [f"{label:34s} " + " ".join(f"{d:9.2f}" for d in row) for label, row in sc["distance"].items()]
     return "\n".join(lines)
