@@ -93,10 +93,10 @@ def sample_paradigms(model_fn, x_T: torch.Tensor, cond=None, *, scheduler, num_s
 
 
 def cheapest_within(runs: list[dict], target: float) -> dict | None:
-    """The run with the fewest ``iterations`` (then ``wall_s``) among ``runs`` whose ``distance`` <= ``target``;
-    None if none qualifies. A run is a dict with at least ``distance``, ``iterations`` and ``wall_s``."""
+    """The run with the fewest ``iterations`` (then ``nfe``, then ``wall_s``) among ``runs`` whose ``distance`` <=
+    ``target``; None if none qualifies. A run is a dict with ``distance``, ``iterations``, ``wall_s`` (and ``nfe``)."""
     ok = [r for r in runs if r["distance"] <= target]
-    return min(ok, key=lambda r: (r["iterations"], r["wall_s"])) if ok else None
+    return min(ok, key=lambda r: (r["iterations"], r.get("nfe", 0), r["wall_s"])) if ok else None
 
 
 def timed(fn, *args, **kw):
