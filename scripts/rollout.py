@@ -100,6 +100,7 @@ def parse_args(argv=None):
         ((a.taa_memory, a.taa_mixing) != (None, None) and a.sampler not in ("taa", "pcm"),
          f"--taa-memory / --taa-mixing need --sampler taa or pcm, not {a.sampler}"),
         (a.sampler == "ddim-k" and a.k is None, "--sampler ddim-k needs --k (the number of DDIM steps)"),
+        (a.sampler in ("dpmsolver++", "unipc") and a.k is None, f"--sampler {a.sampler} needs --k (its steps)"),
         (a.warm_start and not iterative, "--warm-start needs picard, taa, pcm or newton"),
         (a.budget_ms is not None and not iterative, "--budget-ms needs picard, taa, pcm or newton"),
         (a.budget_ms is not None and not a.budget_ms >= 0, f"--budget-ms must be >= 0, got {a.budget_ms}"),

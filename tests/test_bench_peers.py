@@ -47,6 +47,12 @@ def test_bench_peers_small_run(tmp_path, capsys):
     assert "distance to DDIM-50" in capsys.readouterr().out
 
 
+def test_rollout_script_wants_k_for_the_solvers(capsys):
+    with pytest.raises(SystemExit) as e:
+        script("rollout")(["--sampler", "unipc"])
+    assert e.value.code == 2 and "--sampler unipc needs --k" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dpmsolver++", "unipc", "srds"])
 def test_rollout_script_runs_the_peers(name, capsys):

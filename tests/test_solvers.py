@@ -65,6 +65,8 @@ def test_solver_keeps_the_models_schedule_and_refuses_what_it_cannot_reproduce()
         solver_scheduler("dpm", ddpm())
     with pytest.raises(ValueError, match="solver_scheduler"):
         make_sampler("unipc", ddpm(), k=3)
+    with pytest.raises(ValueError, match="needs k"):  # the default T = 50 under leading spacing starts at t = 50
+        SamplerSpec.named("dpmsolver++")
 
 
 @pytest.mark.parametrize("name", ["dpmsolver++", "unipc"])

@@ -5,7 +5,7 @@
     ddim-k     DDIM re-discretised to ``k`` steps (a different, coarser solver)
     ddpm       sequential ancestral DDPM over every training timestep (``num_steps`` None)
     dpmsolver  a diffusers multistep solver's own ``step`` (DPM-Solver++); its scheduler is passed in
-    dpmsolver++, unipc  DPM-Solver++ (2M) / UniPC in ``k`` steps (default T), diffusers' ``step``; the solver
+    dpmsolver++, unipc  DPM-Solver++ (2M) / UniPC in ``k`` steps (required), diffusers' ``step``; the solver
                scheduler is passed in, configured for the model by ``pcm_policy.solvers.solver_scheduler``
     srds       SRDS, Parareal over the T-step DDIM grid (``srds.py``); ``k`` caps its batched calls, ``tol``
                stops it on the sample's change; exact at tol 0
@@ -90,8 +90,8 @@ class SamplerSpec:
             raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.name == "ddim-k" and self.k is None:
-            raise ValueError("ddim-k needs k, the number of re-discretised DDIM steps")
+        if self.name in ("ddim-k", "dpmsolver++", "unipc") and self.k is None:
+            raise ValueError(f"{self.name} needs k, its number of steps")
         if self.tol < 0:
             raise ValueError(f"tol must be >= 0, got {self.tol}")
         if self.window is not None and self.window < 1:
