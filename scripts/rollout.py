@@ -8,7 +8,9 @@
 Samplers (``pcm_policy.sampling.spec``): ddim (sequential DDIM-50; --k truncates), ddim-k (DDIM
 re-discretised to --k steps), ddpm (100 ancestral steps), picard, taa (Picard + triangular Anderson
 acceleration, training-free), pcm (Picard + the shipped adapter's model switching and its tuned
-settings), newton. Flags left unset take the sampler's defaults (for pcm: the adapter's spec).
+settings), newton, srds (Parareal over the DDIM grid; --k caps its batched calls), dpmsolver++ and unipc
+(diffusers' DPM-Solver++ 2M / UniPC in --k steps on the policy's schedule, x0 clipped to its range:
+``pcm_policy.solvers``). Flags left unset take the sampler's defaults (for pcm: the adapter's spec).
 The iterative samplers warm-start each chunk from the previous chunk's prediction (--no-warm-start:
 from their first iterate) and converge per sample; --budget-ms stops a chunk's iterations when its
 time budget is spent (checked between iterations, the first always runs) and acts on what they reached.
@@ -98,6 +100,7 @@ def parse_args(argv=None):
         ((a.taa_memory, a.taa_mixing) != (None, None) and a.sampler not in ("taa", "pcm"),
          f"--taa-memory / --taa-mixing need --sampler taa or pcm, not {a.sampler}"),
         (a.sampler == "ddim-k" and a.k is None, "--sampler ddim-k needs --k (the number of DDIM steps)"),
+        (a.sampler in ("dpmsolver++", "unipc") and a.k is None, f"--sampler {a.sampler} needs --k (its steps)"),
         (a.warm_start and not iterative, "--warm-start needs picard, taa, pcm or newton"),
         (a.budget_ms is not None and not iterative, "--budget-ms needs picard, taa, pcm or newton"),
         (a.budget_ms is not None and not a.budget_ms >= 0, f"--budget-ms must be >= 0, got {a.budget_ms}"),
@@ -121,7 +124,8 @@ def main(argv=None) -> int:
     from pcm_policy.device import pick_device
     from pcm_policy.pusht.checkpoint import CheckpointError, load_adapter_folder, load_policy
     from pcm_policy.pusht.rollout import run_rollouts, summarize
-    from pcm_policy.sampling import SamplerSpec, Switch, make_sampler
+    from pcm_policy.sampling import SamplerSpec, Switch
+    from pcm_policy.solvers import make_any_sampler
 
     torch.set_num_threads(args.threads)
     try:
@@ -141,7 +145,7 @@ def main(argv=None) -> int:
             raise ValueError("--taa-memory / --taa-mixing: this PCM spec runs plain Picard updates (no TAA) to adjust")
         if taa:
             spec = spec.replace(taa=dataclasses.replace(spec.taa, **taa))
-        sampler = make_sampler(spec, policy.noise_scheduler)
+        sampler = make_any_sampler(spec, policy.noise_scheduler)
         policy.freeze(not args.eager)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The sampler core: sequential, Picard (ParaDiGMS) with TAA, PCM model switching, Newton emulation.
+"""The sampler core: sequential, Picard (ParaDiGMS) with TAA, PCM model switching, Newton emulation, SRDS.
 
 Every sampler is a function of a model function ``model_fn(x, t, cond, **kw) -> model output``
 (``denoiser.py``) and a step grid (``ddim.step_grid`` of a configured diffusers DDIM/DDPM scheduler);
@@ -14,6 +14,7 @@ from .pcm import Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
 from .picard import INITS, TAA, Jump, initial_trajectory, picard_loop, picard_update, sample_picard
 from .scheduler_loop import sample_with_scheduler
 from .spec import DEFAULTS, ITERATIVE, SAMPLERS, Sampler, SamplerSpec, make_sampler
+from .srds import sample_srds
 from .wrappers import ClassifierFreeGuidance, LoraScale, Sharded, ThreadPolicy, num_threads, switch_cost_us
 
 __all__ = [
@@ -21,5 +22,5 @@ __all__ = [
     "ModelFn", "SampleStats", "Sampler", "SamplerSpec", "Sharded", "Switch", "ThreadPolicy", "call_model", "ddim_step",
     "draw_noise", "hard_switch", "index_cond", "initial_trajectory", "linear_schedule", "make_sampler", "num_threads",
     "pcm_evaluator", "picard_loop", "picard_update", "predicted_x0", "repeat_cond", "sample_newton", "sample_pcm",
-    "sample_picard", "sample_sequential", "sample_with_scheduler", "step_grid", "switch_cost_us",
+    "sample_picard", "sample_sequential", "sample_srds", "sample_with_scheduler", "step_grid", "switch_cost_us",
 ]

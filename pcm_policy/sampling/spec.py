@@ -5,6 +5,10 @@
     ddim-k     DDIM re-discretised to ``k`` steps (a different, coarser solver)
     ddpm       sequential ancestral DDPM over every training timestep (``num_steps`` None)
     dpmsolver  a diffusers multistep solver's own ``step`` (DPM-Solver++); its scheduler is passed in
+    dpmsolver++, unipc  DPM-Solver++ (2M) / UniPC in ``k`` steps (required), diffusers' ``step``; the solver
+               scheduler is passed in, configured for the model by ``pcm_policy.solvers.solver_scheduler``
+    srds       SRDS, Parareal over the T-step DDIM grid (``srds.py``); ``k`` caps its batched calls, ``tol``
+               stops it on the sample's change; exact at tol 0
     picard     Picard iteration over the T-step DDIM trajectory (ParaDiGMS)
     taa        Picard with triangular Anderson acceleration (``TAA()``), the "prior" first iterate and the
                iterate safeguard kappa = 1: training-free
@@ -30,10 +34,12 @@ from .newton import sample_newton
 from .pcm import Switch, sample_pcm
 from .picard import INITS, TAA, Jump, sample_picard
 from .scheduler_loop import sample_with_scheduler
+from .srds import sample_srds
 
 __all__ = ["DEFAULTS", "ITERATIVE", "SAMPLERS", "Sampler", "SamplerSpec", "make_sampler"]
 
-SAMPLERS = ("ddim", "ddim-k", "ddpm", "dpmsolver", "picard", "taa", "pcm", "newton")
+SAMPLERS = ("ddim", "ddim-k", "ddpm", "dpmsolver", "picard", "taa", "pcm", "newton", "dpmsolver++", "unipc", "srds")
+SCHEDULER_LOOPS = ("dpmsolver", "dpmsolver++", "unipc")  # step with a diffusers solver scheduler passed in
 ITERATIVE = ("picard", "taa", "pcm", "newton")  # take tol, init, k as an iteration budget
 PICARDS = ("picard", "taa", "pcm")  # Picard's update: form, jump
 # Per-sampler defaults, written once. TAA's (memory 3, weight 1, mixing 0.8, prior init, safeguard 1) were
@@ -84,8 +90,8 @@ class SamplerSpec:
             raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.name == "ddim-k" and self.k is None:
-            raise ValueError("ddim-k needs k, the number of re-discretised DDIM steps")
+        if self.name in ("ddim-k", "dpmsolver++", "unipc") and self.k is None:
+            raise ValueError(f"{self.name} needs k, its number of steps")
         if self.tol < 0:
             raise ValueError(f"tol must be >= 0, got {self.tol}")
         if self.window is not None and self.window < 1:
@@ -202,10 +208,12 @@ class Sampler:
         for name, what in (("init", "a first iterate or warm start"), ("budget_s", "a time budget")):
             if s.name not in ITERATIVE and kw.pop(name, None) is not None:
                 raise ValueError(f"{name} ({what}) is for iterative samplers; {s.name} takes none")
-        if s.name == "dpmsolver":
+        if s.name in SCHEDULER_LOOPS:
             return sample_with_scheduler(model_fn, x_T, cond, scheduler=self.solver_scheduler,
                                          num_steps=s.k or s.num_steps, **kw)
         grid = self._grid(x_T)
+        if s.name == "srds":
+            return sample_srds(model_fn, x_T, cond, grid=grid, tol=s.tol, max_iters=s.k, **kw)
         if s.name in ("ddim", "ddim-k", "ddpm"):
             return sample_sequential(model_fn, x_T, cond, grid=grid, truncate=None if s.name == "ddim-k" else s.k,
                                      **kw)
@@ -246,9 +254,10 @@ def make_sampler(spec: SamplerSpec | str, scheduler, *, solver_scheduler=None, *
                                                                    spec.k if spec.name == "ddim-k" else None)):
         if v is not None and v > n_train:
             raise ValueError(f"{what} must be in 1..{n_train} (the scheduler's training timesteps), got {v}")
-    if spec.name == "dpmsolver":
+    if spec.name in SCHEDULER_LOOPS:
         if solver_scheduler is None:
-            raise ValueError("dpmsolver needs solver_scheduler (e.g. DPMSolverMultistepScheduler.from_config)")
+            raise ValueError(f"{spec.name} needs solver_scheduler (pcm_policy.solvers.solver_scheduler(name, "
+                             "scheduler), or e.g. DPMSolverMultistepScheduler.from_config)")
         return Sampler(spec, None, solver_scheduler)
     if spec.name == "ddpm":
         grid = step_grid(scheduler, spec.num_steps or n_train, solver="ddpm")
