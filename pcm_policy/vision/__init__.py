@@ -34,9 +34,7 @@ from .models import (
     TextUNetFn,
     UNetFn,
     add_attention_lora,
-    load_adapter_folder,
     model_function,
-    save_adapter_folder,
 )
 from .processor import decode_latents, encode_prompts, initial_latents, seeds_for, to_uint8
 
@@ -45,6 +43,6 @@ __all__ = [
     "ImageModel", "ModelFolderError", "TextUNetFn",
     "UNetFn", "add_attention_lora", "build_spec", "check_folder", "decode_latents", "encode_prompts", "evaluate",
     "generate",
-    "grid_image", "initial_latents", "load_adapter_folder", "load_model", "model_function", "parse_dtype",
-    "save_adapter_folder", "save_generation", "seeds_for", "to_uint8",
+    "grid_image", "initial_latents", "load_model", "model_function", "parse_dtype",
+    "save_generation", "seeds_for", "to_uint8",
 ]

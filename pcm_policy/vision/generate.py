@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapters import load_adapter_folder
 from ..io import atomic_path
 from ..sampling import SamplerSpec, make_sampler
 from .loaders import ImageModel, load_model
-from .models import load_adapter_folder, model_function
+from .models import model_function
 from .processor import decode_latents, encode_prompts, initial_latents, seeds_for
 
 __all__ = ["NO_MODEL", "SHIPPED_MODELS", "Generation", "build_spec", "default_model", "generate", "grid_image",
@@ -83,7 +84,7 @@ def generate(model: str | Path | ImageModel | None, *, sampler: str = "ddim", st
         prompt, negative_prompt, guidance: text conditioning and CFG scale (sd family only).
         batch_size: samples per sampler call (default: all).
         dtype: the UNet's dtype when loading from a folder ("float32" | "float16" | "bfloat16").
-        adapter: a PCM adapter folder (``models.save_adapter_folder``); pcm only.
+        adapter: a PCM adapter folder (``adapters.save_adapter_folder``); pcm only.
     Returns:
         a ``Generation``.
     Raises:
@@ -107,7 +108,7 @@ def generate(model: str | Path | ImageModel | None, *, sampler: str = "ddim", st
     if not model.conditional and prompt is not None:
         raise ValueError(f"the {model.family} model at {model.path} is unconditional and takes no prompt")
     spec = build_spec(sampler, steps=steps, k=k, tol=tol, window=window,
-                      adapter_spec=load_adapter_folder(model.unet, adapter) if adapter is not None else None)
+                      adapter_spec=load_adapter_folder(model.unet, adapter)[0] if adapter is not None else None)
     solver = None
     if spec.name == "dpmsolver":
         from diffusers import DPMSolverMultistepScheduler
