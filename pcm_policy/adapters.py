@@ -21,9 +21,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .sampling import SamplerSpec
+from .sampling import SAMPLERS, Sampler, SamplerSpec, make_sampler, spec_with
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "FULL_COPY_FORMAT", "load_adapter_folder",
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "FULL_COPY_FORMAT", "load_adapter_folder", "load_sampler",
            "read_adapter_config", "save_adapter_folder"]
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
@@ -119,3 +119,42 @@ def load_adapter_folder(module: nn.Module, folder: str | os.PathLike, *,
         except ValueError as e:
             raise ValueError(f"{path} does not fit this model: {e}") from e
     return read_adapter_config(folder)
+
+
+def load_sampler(source: str | os.PathLike | SamplerSpec, scheduler, *, module: nn.Module | None = None,
+                 full_copy: Callable[[], nn.Module] | None = None, solver_scheduler=None, **overrides) -> Sampler:
+    """The ready sampler of a sampler name, a spec or an adapter folder, with overrides applied by one rule.
+
+    Args:
+        source: a sampler name (``sampling.SAMPLERS``: its defaults), a ``SamplerSpec``, or an adapter folder
+            (a path, or a string that is not a sampler name): its LoRA is attached to ``module``
+            (``load_adapter_folder``) and its tuned spec is the base.
+        scheduler: the configured diffusers DDIM/DDPM scheduler whose noise schedule the sampler runs on.
+        module: the module an adapter folder's LoRA belongs to (needed for a folder, unused otherwise).
+        full_copy: passed to ``load_adapter_folder`` (a folder holding the paper's full copy).
+        solver_scheduler: dpmsolver only (``make_sampler``).
+        overrides: ``sampling.spec_with``'s rule: a ``SamplerSpec`` field (``num_steps``, ``k``, ``tol``,
+            ``window``, ``init``, ``safeguard``, ``taa``, ``switch``, ``jump``, ``form``) or one field of its
+            nested settings as ``<field>_<name>`` (``taa_memory``, ``taa_mixing``, ``switch_k_on``,
+            ``switch_k_off``, ``switch_space``, ``jump_hold``, ...). A value of None keeps the base spec's
+            value; an unknown key is a ValueError naming it. On an adapter's spec a new ``num_steps``
+            rescales its jump (``SamplerSpec.replace``).
+    Returns:
+        a ``sampling.Sampler``; its ``spec`` is the final ``SamplerSpec``.
+    Raises:
+        ValueError: an unknown override, a nested override of a setting the spec does not have (e.g.
+            ``taa_memory`` on a spec without TAA), a folder without ``module``, a bad adapter folder, or
+            settings the spec or the scheduler refuse.
+    """
+    if isinstance(source, SamplerSpec) or isinstance(source, str) and source in SAMPLERS:
+        spec = spec_with(source, **overrides)
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such adapter folder, and not a sampler name ({', '.join(SAMPLERS)})")
+        if module is None:
+            raise ValueError(f"{folder}: an adapter folder needs the module its LoRA belongs to (module=)")
+        spec_with(SamplerSpec.named("ddim"), **{k: None for k in overrides})  # unknown keys fail before loading
+        base, _ = load_adapter_folder(module, folder, full_copy=full_copy)
+        spec = spec_with(base, **overrides)
+    return make_sampler(spec, scheduler, solver_scheduler=solver_scheduler)

@@ -22,7 +22,6 @@ from .generate import (
     NO_MODEL,
     SHIPPED_MODELS,
     Generation,
-    build_spec,
     default_model,
     generate,
     grid_image,
@@ -41,7 +40,7 @@ from .processor import decode_latents, encode_prompts, initial_latents, seeds_fo
 __all__ = [
     "ATTENTION_TARGETS", "LAYOUTS", "NO_MODEL", "SHIPPED_MODELS", "Generation", "default_model",
     "ImageModel", "ModelFolderError", "TextUNetFn",
-    "UNetFn", "add_attention_lora", "build_spec", "check_folder", "decode_latents", "encode_prompts", "evaluate",
+    "UNetFn", "add_attention_lora", "check_folder", "decode_latents", "encode_prompts", "evaluate",
     "generate",
     "grid_image", "initial_latents", "load_model", "model_function", "parse_dtype",
     "save_generation", "seeds_for", "to_uint8",
