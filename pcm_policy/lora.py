@@ -8,7 +8,8 @@ adapted layers add an exact zero, so the model IS the base model.
 The adapters are injected in place with ``peft.inject_adapter_in_model``, so the model keeps its own
 class and ``forward`` signature. Lambda is either one float for the whole batch, or a tensor of shape
 (B,) giving each batch row its own scale (PCM's sampler batches positions that sit at different
-iterations); the per-row form multiplies the adapter branch's output row by row.
+iterations); the per-row form multiplies the adapter branch's output row by row. ``LoraScale`` makes a model
+function of an adapted module take that lambda as ``lora_scale=`` (the sampler protocol's keyword).
 
 Adapter files are safetensors holding only the adapter tensors, with the LoRA hyper-parameters in the
 file's metadata, so ``load_adapter`` can inject the adapters into a fresh base model. The adapter FOLDER
@@ -26,8 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .sampling.denoiser import Cond, ModelFn
+
 __all__ = [
     "DEFAULT_TARGETS",
+    "LoraScale",
     "add_lora",
     "has_lora",
     "set_lora_scale",
@@ -231,3 +235,28 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         for k, v in tensors.items():
             own[k].copy_(v)
     return model
+
+
+class LoraScale:
+    """A model function of a peft-adapted module with ``lora_scale=lambda``: W = W_0 + lambda dW.
+
+    ``model_fn(x, t, cond)`` calls the network; ``module`` is the ``nn.Module`` carrying the adapters
+    (``add_lora``). ``lora_scale``: None or 0 runs the base model exactly (adapter
+    branches skipped), a float scales every row, a tensor ``(N,)`` scales each row. A module without
+    adapters accepts only None / 0 (ValueError otherwise).
+    """
+
+    def __init__(self, model_fn: ModelFn, module: torch.nn.Module):
+        self.model_fn, self.module = model_fn, module
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, lora_scale=None, **kwargs) -> torch.Tensor:
+        zero = lora_scale is None or (not torch.is_tensor(lora_scale) or lora_scale.ndim == 0) and lora_scale == 0
+        if not has_lora(self.module):
+            if not zero and (torch.as_tensor(lora_scale) != 0).any():
+                raise ValueError("lora_scale != 0 needs a LoRA adapter; load one (adapters.load_adapter_folder)")
+            return self.model_fn(x, t, cond, **kwargs)
+        if zero:
+            with lora_disabled(self.module):  # the base model exactly, without the adapter's cost
+                return self.model_fn(x, t, cond, **kwargs)
+        set_lora_scale(self.module, lora_scale)
+        return self.model_fn(x, t, cond, **kwargs)

@@ -31,7 +31,7 @@ PCM_ONLY = ("adapter", "k_on", "k_off", "space")  # options only the pcm sampler
 
 
 def parse_args(argv=None):
-    from pcm_policy.sampling import INITS, SAMPLERS
+    from pcm_policy.sampling import INITS, ITERATIVE, SAMPLERS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sampler", default="pcm", help=f"one of {', '.join(SAMPLERS)} (default pcm)")
@@ -71,7 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--eager", action="store_true",
                    help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
     a = p.parse_args(argv)
-    iterative = a.sampler in ("picard", "taa", "pcm", "newton")
+    iterative = a.sampler in ITERATIVE
     errors = [
         (a.sampler not in SAMPLERS, f"unknown sampler {a.sampler!r}; choose one of {', '.join(SAMPLERS)}"),
         (not 0 <= a.seed <= MAX_SEED - max(a.episodes - 1, 0),

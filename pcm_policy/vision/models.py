@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from .. import lora
-from ..sampling import ClassifierFreeGuidance, LoraScale
+from ..lora import LoraScale
+from ..sampling import ClassifierFreeGuidance
 from ..sampling.denoiser import Cond, ModelFn
 from .loaders import ImageModel
 
