@@ -151,13 +151,8 @@ class SamplerSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplerSpec:
-        """Inverse of ``to_dict``. Also reads the schedule dict of adapters written before specs
-        ({"k_on", "k_off", "space", "anderson": memory, "safeguard", "init"}) as a pcm spec."""
+        """Inverse of ``to_dict``. Raises ValueError for unknown fields, TypeError for a missing ``name``."""
         d = dict(d)
-        if "name" not in d and "k_on" in d:  # an old adapter.json "schedule"
-            m = d.get("anderson", 0)
-            return cls(name="pcm", switch=Switch(d["k_on"], d["k_off"], d.get("space", "weight")),
-                       taa=TAA(memory=m) if m >= 2 else None, safeguard=d.get("safeguard"), init=d.get("init"))
         if d.get("taa") is not None:
             d["taa"] = TAA(**d["taa"])
         if d.get("switch") is not None:
