@@ -145,6 +145,12 @@ def load_sampler(source: str | os.PathLike | SamplerSpec, scheduler, *, module: 
         ValueError: an unknown override, a nested override of a setting the spec does not have (e.g.
             ``taa_memory`` on a spec without TAA), a folder without ``module``, a bad adapter folder, or
             settings the spec or the scheduler refuse.
+
+    Example (PushT; an image UNet passes ``module=model.unet``)::
+
+        sampler = load_sampler("checkpoints/pusht_pcm", policy.noise_scheduler, module=policy.model,
+                               full_copy=policy.add_full_copy, k=2, tol=0.0, switch_k_off=None)
+        x_0, stats = sampler(policy.model_fn, x_T, cond)   # sampler.spec: the adapter's spec, k=2, tol=0
     """
     if isinstance(source, SamplerSpec) or isinstance(source, str) and source in SAMPLERS:
         spec = spec_with(source, **overrides)
