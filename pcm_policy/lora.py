@@ -8,10 +8,12 @@ adapted layers add an exact zero, so the model IS the base model.
 The adapters are injected in place with ``peft.inject_adapter_in_model``, so the model keeps its own
 class and ``forward`` signature. Lambda is either one float for the whole batch, or a tensor of shape
 (B,) giving each batch row its own scale (PCM's sampler batches positions that sit at different
-iterations); the per-row form multiplies the adapter branch's output row by row.
+iterations); the per-row form multiplies the adapter branch's output row by row. ``LoraScale`` makes a model
+function of an adapted module take that lambda as ``lora_scale=`` (the sampler protocol's keyword).
 
 Adapter files are safetensors holding only the adapter tensors, with the LoRA hyper-parameters in the
-file's metadata, so ``load_adapter`` can inject the adapters into a fresh base model.
+file's metadata, so ``load_adapter`` can inject the adapters into a fresh base model. The adapter FOLDER
+(these weights + the sampler spec they were tuned for) is ``pcm_policy.adapters``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .sampling.denoiser import Cond, ModelFn
+
 __all__ = [
     "DEFAULT_TARGETS",
+    "LoraScale",
     "add_lora",
     "has_lora",
     "set_lora_scale",
@@ -37,14 +42,10 @@ __all__ = [
     "lora_state_dict",
     "save_adapter",
     "load_adapter",
-    "save_adapter_folder",
-    "load_adapter_folder",
-    "read_adapter_config",
 ]
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out")
 ADAPTER = "default"  # peft adapter name; one adapter per model
-ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"  # a PCM adapter folder
 _FORMAT = "pcm_policy.lora/1"
 
 
@@ -236,54 +237,26 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-def save_adapter_folder(model: nn.Module, folder: str | os.PathLike, spec, extra: dict | None = None) -> Path:
-    """Write a PCM adapter folder: ``adapter.safetensors`` (the LoRA tensors of ``model`` alone,
-    ``save_adapter``) and ``adapter.json`` = ``{"sampler": spec.to_dict(), **extra}`` (``spec``: the
-    ``SamplerSpec`` it was tuned for), each atomically. Returns the folder."""
-    from .io import write_json
+class LoraScale:
+    """A model function of a peft-adapted module with ``lora_scale=lambda``: W = W_0 + lambda dW.
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_adapter(model, folder / ADAPTER_WEIGHTS)
-    write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), **(extra or {})})
-    return folder
-
-
-def load_adapter_folder(model: nn.Module, folder: str | os.PathLike, how_to_train: str = "scripts/train_pct.py"):
-    """Attach the adapter of a PCM adapter folder to ``model`` (base weights untouched).
-
-    Returns:
-        ``(spec, config)``: the ``SamplerSpec`` the adapter was tuned for and the whole ``adapter.json``.
-        Folders written before sampler specs (a ``schedule`` dict) are read through
-        ``SamplerSpec.from_dict``'s conversion.
-    Raises:
-        ValueError: a missing file (the message names ``how_to_train``), an adapter that does not fit
-            ``model``, or no valid sampler entry.
+    ``model_fn(x, t, cond)`` calls the network; ``module`` is the ``nn.Module`` carrying the adapters
+    (``add_lora``). ``lora_scale``: None or 0 runs the base model exactly (adapter
+    branches skipped), a float scales every row, a tensor ``(N,)`` scales each row. A module without
+    adapters accepts only None / 0 (ValueError otherwise).
     """
-    folder = Path(folder)
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-        if not (folder / name).is_file():
-            raise ValueError(f"{folder}: missing {name}; a PCM adapter folder holds {ADAPTER_WEIGHTS} and "
-                             f"{ADAPTER_CONFIG} (train one with python {how_to_train})")
-    try:
-        load_adapter(model, folder / ADAPTER_WEIGHTS)
-    except ValueError as e:
-        raise ValueError(f"{folder / ADAPTER_WEIGHTS} does not fit this model: {e}") from e
-    return read_adapter_config(folder)
 
+    def __init__(self, model_fn: ModelFn, module: torch.nn.Module):
+        self.model_fn, self.module = model_fn, module
 
-def read_adapter_config(folder: str | os.PathLike):
-    """``(spec, config)`` of an adapter folder's ``adapter.json``: the ``SamplerSpec`` the adapter was tuned
-    for (folders written before sampler specs hold a ``schedule`` dict, read through ``SamplerSpec.from_dict``'s
-    conversion) and the whole file. Raises ValueError for a missing file or no valid sampler entry."""
-    from .sampling import SamplerSpec
-
-    path = Path(folder) / ADAPTER_CONFIG
-    if not path.is_file():
-        raise ValueError(f"{Path(folder)}: missing {ADAPTER_CONFIG}")
-    config = json.loads(path.read_text())
-    try:
-        spec = SamplerSpec.from_dict(config["sampler"] if "sampler" in config else config["schedule"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: no valid sampler entry ({e})") from e
-    return spec, config
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, lora_scale=None, **kwargs) -> torch.Tensor:
+        zero = lora_scale is None or (not torch.is_tensor(lora_scale) or lora_scale.ndim == 0) and lora_scale == 0
+        if not has_lora(self.module):
+            if not zero and (torch.as_tensor(lora_scale) != 0).any():
+                raise ValueError("lora_scale != 0 needs a LoRA adapter; load one (adapters.load_adapter_folder)")
+            return self.model_fn(x, t, cond, **kwargs)
+        if zero:
+            with lora_disabled(self.module):  # the base model exactly, without the adapter's cost
+                return self.model_fn(x, t, cond, **kwargs)
+        set_lora_scale(self.module, lora_scale)
+        return self.model_fn(x, t, cond, **kwargs)

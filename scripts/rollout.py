@@ -19,7 +19,6 @@ time budget is spent (checked between iterations, the first always runs) and act
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -34,7 +33,7 @@ PCM_ONLY = ("adapter", "k_on", "k_off", "space")  # options only the pcm sampler
 
 
 def parse_args(argv=None):
-    from pcm_policy.sampling import INITS, SAMPLERS
+    from pcm_policy.sampling import INITS, ITERATIVE, SAMPLERS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sampler", default="pcm", help=f"one of {', '.join(SAMPLERS)} (default pcm)")
@@ -74,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--eager", action="store_true",
                    help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
     a = p.parse_args(argv)
-    iterative = a.sampler in ("picard", "taa", "pcm", "newton")
+    iterative = a.sampler in ITERATIVE
     errors = [
         (a.sampler not in SAMPLERS, f"unknown sampler {a.sampler!r}; choose one of {', '.join(SAMPLERS)}"),
         (not 0 <= a.seed <= MAX_SEED - max(a.episodes - 1, 0),
@@ -121,31 +120,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from pcm_policy import paper
+    from pcm_policy.adapters import load_sampler
     from pcm_policy.device import pick_device
-    from pcm_policy.pusht.checkpoint import CheckpointError, load_adapter_folder, load_policy
+    from pcm_policy.pusht.checkpoint import CheckpointError, load_policy
     from pcm_policy.pusht.rollout import run_rollouts, summarize
-    from pcm_policy.sampling import SamplerSpec, Switch
-    from pcm_policy.solvers import make_any_sampler
 
     torch.set_num_threads(args.threads)
     try:
         policy = load_policy(args.checkpoint, pick_device(args.device))
         given = dict(num_steps=args.num_steps, k=args.k, tol=args.tol, window=args.window, init=args.init,
-                     safeguard=args.safeguard)
+                     safeguard=args.safeguard, taa_memory=args.taa_memory, taa_mixing=args.taa_mixing)
         if args.sampler == "pcm":  # the adapter's spec, where the command line does not override it
-            spec, _ = load_adapter_folder(policy, args.adapter or ADAPTER)
-            sw = spec.switch
-            switch = Switch(sw.k_on if args.k_on is None else args.k_on, sw.k_off if args.k_off is None else args.k_off,
-                            args.space or sw.space)
-            spec = spec.replace(switch=switch, **{k: v for k, v in given.items() if v is not None})
-        else:
-            spec = SamplerSpec.named(args.sampler, **given)
-        taa = {k: v for k, v in (("memory", args.taa_memory), ("mixing", args.taa_mixing)) if v is not None}
-        if taa and spec.taa is None:
-            raise ValueError("--taa-memory / --taa-mixing: this PCM spec runs plain Picard updates (no TAA) to adjust")
-        if taa:
-            spec = spec.replace(taa=dataclasses.replace(spec.taa, **taa))
-        sampler = make_any_sampler(spec, policy.noise_scheduler)
+            given.update(switch_k_on=args.k_on, switch_k_off=args.k_off, switch_space=args.space)
+        sampler = load_sampler(args.adapter or ADAPTER if args.sampler == "pcm" else args.sampler,
+                               policy.noise_scheduler, module=policy.model,
+                               full_copy=lambda: paper.add_full_copy(policy), **given)
+        spec = sampler.spec
         policy.freeze(not args.eager)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 from vision_helpers import ldm_dir, sd_dir, with_random_lora  # noqa: F401 (fixtures)
 
+from pcm_policy.adapters import save_adapter_folder
 from pcm_policy.sampling import SamplerSpec, Switch
-from pcm_policy.vision import load_model, save_adapter_folder
+from pcm_policy.vision import load_model
 from pcm_policy.vision.evaluate import DIGIT_PROMPTS, prompt_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,11 +156,12 @@ def test_bad_input_is_one_line_and_exit_2(ldm_dir, sd_dir, reference, tmp_path, 
 @pytest.mark.parametrize("family", ["ldm", "sd"])
 def test_the_defaults_are_the_shipped_stand_in_and_its_adapter(family):
     """No --model / --adapter: the shipped small model and its PCM adapter, which load together."""
-    from pcm_policy.vision import load_adapter_folder, load_model
+    from pcm_policy.adapters import load_adapter_folder
+    from pcm_policy.vision import load_model
     from pcm_policy.vision.eval_cli import ROOT as CLI_ROOT
     from pcm_policy.vision.eval_cli import SHIPPED
 
     model_dir, adapter_dir = (CLI_ROOT / p for p in SHIPPED[family])
     model = load_model(model_dir)
-    spec = load_adapter_folder(model.unet, adapter_dir)
+    spec, _ = load_adapter_folder(model.unet, adapter_dir)
     assert model.family == family and spec.name == "pcm"

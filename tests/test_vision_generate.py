@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from vision_helpers import assert_close, ldm_dir, sd_dir, with_random_lora  # noqa: F401 (fixtures)
 
+from pcm_policy.adapters import save_adapter_folder
 from pcm_policy.sampling import SamplerSpec, Switch
-from pcm_policy.vision import decode_latents, load_model, save_adapter_folder
+from pcm_policy.vision import decode_latents, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("vision_generate", ROOT / "scripts/vision/generate.py")

@@ -10,8 +10,9 @@ import pytest
 import torch
 from vision_helpers import assert_close, dirs, ldm_dir, sd_dir  # noqa: F401
 
+from pcm_policy.adapters import load_adapter_folder
 from pcm_policy.sampling import index_cond, sample_pcm, sample_picard, sample_sequential, step_grid
-from pcm_policy.vision import load_adapter_folder, load_model, model_function
+from pcm_policy.vision import load_model, model_function
 from pcm_policy.vision.pct import ImagePCTBatches, ImagePCTConfig, base_iterates, make_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_train_pct_smoke_run_writes_an_exact_adapter(dirs, tmp_path, family, tas
     assert cfg["tuned"] and cfg["sampler"]["name"] == "pcm" and cfg["metrics"]["distance"] == "latent RMSE"
     assert cfg["metrics"]["data"]["n"] == 6 and (tmp_path / "w/train/log.jsonl").exists()
     model = load_model(dirs[family])
-    spec = load_adapter_folder(model.unet, out)
+    spec, _ = load_adapter_folder(model.unet, out)
     assert any(p.abs().sum() > 0 for n, p in model.unet.named_parameters() if "lora_B" in n)  # it trained
     fn = model_function(model, 7.5)
     grid = step_grid(model.scheduler, 6, solver="ddim")
@@ -106,7 +107,7 @@ def test_image_anytime_run_ships_a_tuned_jump_that_keeps_exactness(dirs, tmp_pat
     assert_close(draws["target"][:2], ref)
     a = json.loads((out / "adapter.json").read_text())
     steps, picard = a["metrics"]["steps"], a["metrics"]["picard_taa"]
-    spec = load_adapter_folder(model.unet, out)
+    spec, _ = load_adapter_folder(model.unet, out)
     n = len(spec.jump.positions) + spec.jump.hold if spec.jump else 0  # one step per call or held iteration
     assert all(min(st["candidates"].values()) < st["picard"] for st in steps[:n])  # kept only where closer
     assert len(steps) == n or min(steps[n]["candidates"].values()) >= steps[n]["picard"]

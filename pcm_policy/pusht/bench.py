@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapters import load_sampler
 from ..device import pick_device
 from ..evaluation.latency import benchmark, format_report, load_average, machine_info
 from ..io import write_text
@@ -115,9 +116,7 @@ def load_pcm(cfg: BenchConfig, policy) -> tuple:
         spec, conf = load_adapter_folder(pcm, cfg.adapter)
         info = {"source": cfg.adapter, **{k: v for k, v in conf.items()
                                           if k not in ("schedule", "sampler") and _small(v)}}
-    sw = spec.switch
-    spec = spec.replace(switch=Switch(sw.k_on if cfg.k_on is None else cfg.k_on,
-                                      sw.k_off if cfg.k_off is None else cfg.k_off, sw.space))
+    spec = load_sampler(spec, pcm.noise_scheduler, switch_k_on=cfg.k_on, switch_k_off=cfg.k_off).spec
     return pcm.eval(), spec, info
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import lora, paper
+from .. import adapters, paper
 from ..io import atomic_path, write_json
 from ..sampling import SamplerSpec
 from .policy import DiffusionPolicy, PolicyConfig
@@ -64,49 +64,24 @@ def read_config(folder: str | os.PathLike) -> dict:
     return json.loads((Path(folder) / CONFIG).read_text())
 
 
-ADAPTER, ADAPTER_CONFIG = lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG
-
-
-FULL_COPY_FORMAT = "pcm_policy.full_copy/1"  # adapter.safetensors metadata of a fully fine-tuned copy
+ADAPTER, ADAPTER_CONFIG = adapters.ADAPTER_WEIGHTS, adapters.ADAPTER_CONFIG
 
 
 def save_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike, spec: SamplerSpec,
                         extra: dict | None = None) -> Path:
-    """An adapter folder: ``lora.save_adapter_folder`` of the policy's UNet (LoRA tensors alone), or, with a
-    full copy, the copy's weights (metadata format ``FULL_COPY_FORMAT``); ``adapter.json`` holds the spec."""
+    """``adapters.save_adapter_folder`` of the policy's adapter: the UNet's LoRA tensors, or with the paper's
+    full copy (``paper.add_full_copy``) the copy's weights. Returns the folder."""
     copy = paper.full_copy_of(policy)
     if copy is None:
-        return lora.save_adapter_folder(policy.model, folder, spec, extra)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in copy.state_dict().items()}
-    with atomic_path(folder / ADAPTER) as tmp:
-        save_file(state, str(tmp), metadata={"format": FULL_COPY_FORMAT})
-    write_json(folder / ADAPTER_CONFIG, {"sampler": spec.to_dict(), "finetune": "full", **(extra or {})})
-    return folder
+        return adapters.save_adapter_folder(policy.model, folder, spec, extra)
+    return adapters.save_adapter_folder(copy, folder, spec, extra, full=True)
 
 
 def load_adapter_folder(policy: DiffusionPolicy, folder: str | os.PathLike) -> tuple[SamplerSpec, dict]:
-    """Attach the adapter of ``folder`` to ``policy`` (``lora.load_adapter_folder``, or a full copy when the
-    file holds one); returns ``(spec, config)``.
-
-    Raises CheckpointError for a missing file, an adapter that does not fit the policy or a bad sampler entry.
-    """
-    from safetensors import safe_open
-
-    path = Path(folder) / ADAPTER
+    """``adapters.load_adapter_folder`` onto the policy's UNet (or a full copy when the file holds one);
+    returns ``(spec, meta)``. Raises CheckpointError for a missing file, an adapter that does not fit the
+    policy or a bad sampler entry."""
     try:
-        if path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                full = (f.metadata() or {}).get("format") == FULL_COPY_FORMAT
-            if full:
-                copy = paper.add_full_copy(policy)
-                try:
-                    copy.load_state_dict(load_file(str(path)))
-                except RuntimeError as e:
-                    raise ValueError(f"{path} is a full copy that does not fit this policy: "
-                                     f"{str(e).splitlines()[-1].strip()}") from e
-                return lora.read_adapter_config(folder)
-        return lora.load_adapter_folder(policy.model, folder, "scripts/train_pct.py task=pusht")
+        return adapters.load_adapter_folder(policy.model, folder, full_copy=lambda: paper.add_full_copy(policy))
     except ValueError as e:
         raise CheckpointError(str(e)) from e

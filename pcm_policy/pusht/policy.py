@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sampling import LoraScale
+from ..lora import LoraScale
 from .frozen import FrozenGraphs
 from .normalizer import NormalizerDict
 from .unet1d import UNET_PRESETS, ConditionalUnet1D
@@ -80,7 +80,7 @@ class DiffusionPolicy(nn.Module):
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, lora_scale=None) -> torch.Tensor:
         """The UNet's eps(x, t, cond) in the sampler protocol: x (N, horizon, action_dim) normalised
         actions, t (N,) training timesteps, cond (N, n_obs_steps * obs_dim) from ``condition``.
-        ``lora_scale`` (float or (N,) per row; ``sampling.LoraScale``) sets W = W_0 + lora_scale * dW
+        ``lora_scale`` (float or (N,) per row; ``lora.LoraScale``) sets W = W_0 + lora_scale * dW
         when an adapter is attached; None is the base model. A model wrapper (``set_model_wrapper``) sees
         the call first. After ``freeze()`` the calls a frozen graph computes exactly go to it (``frozen.py``).
         """

@@ -3,8 +3,8 @@
 Every sampler is a function of a model function ``model_fn(x, t, cond, **kw) -> model output``
 (``denoiser.py``) and a step grid (``ddim.step_grid`` of a configured diffusers DDIM/DDPM scheduler);
 it returns ``(x_0, SampleStats)``. ``spec.py`` turns a ``SamplerSpec`` into a ready sampler;
-``wrappers.py`` holds what goes around a model function (threads, sharding, guidance, LoRA scale).
-Imports torch only (peft lazily, in ``wrappers.LoraScale``).
+``wrappers.py`` holds what goes around a model function (threads, sharding, guidance; the LoRA scale is
+``pcm_policy.lora.LoraScale``). Imports torch only (tests/test_imports.py checks it).
 """
 
 from .ddim import Grid, ddim_step, draw_noise, predicted_x0, sample_sequential, step_grid
@@ -13,14 +13,15 @@ from .newton import sample_newton
 from .pcm import Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
 from .picard import INITS, TAA, Jump, initial_trajectory, picard_loop, picard_update, sample_picard
 from .scheduler_loop import sample_with_scheduler
-from .spec import DEFAULTS, ITERATIVE, SAMPLERS, Sampler, SamplerSpec, make_sampler
+from .spec import DEFAULTS, ITERATIVE, SAMPLERS, Sampler, SamplerSpec, make_sampler, spec_with
 from .srds import sample_srds
-from .wrappers import ClassifierFreeGuidance, LoraScale, Sharded, ThreadPolicy, num_threads, switch_cost_us
+from .wrappers import ClassifierFreeGuidance, Sharded, ThreadPolicy, num_threads, switch_cost_us
 
 __all__ = [
-    "DEFAULTS", "INITS", "ITERATIVE", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Jump", "Cond", "Grid", "LoraScale",
+    "DEFAULTS", "INITS", "ITERATIVE", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Jump", "Cond", "Grid",
     "ModelFn", "SampleStats", "Sampler", "SamplerSpec", "Sharded", "Switch", "ThreadPolicy", "call_model", "ddim_step",
     "draw_noise", "hard_switch", "index_cond", "initial_trajectory", "linear_schedule", "make_sampler", "num_threads",
     "pcm_evaluator", "picard_loop", "picard_update", "predicted_x0", "repeat_cond", "sample_newton", "sample_pcm",
-    "sample_picard", "sample_sequential", "sample_srds", "sample_with_scheduler", "step_grid", "switch_cost_us",
+    "sample_picard", "sample_sequential", "sample_srds", "sample_with_scheduler", "spec_with", "step_grid",
+    "switch_cost_us",
 ]

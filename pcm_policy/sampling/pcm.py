@@ -124,7 +124,7 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
 
     Args:
         model_fn: ``model_fn(x, t, cond, lora_scale=...)``; it must accept a float and, for
-            ``space="feature"``, a per-row tensor ``(N,)`` (``wrappers.LoraScale`` does both).
+            ``space="feature"``, a per-row tensor ``(N,)`` (``pcm_policy.lora.LoraScale`` does both).
         schedule: k -> lambda, e.g. ``Switch(k_on, k_off, space)`` or ``linear_schedule``; must reach 0
             unless ``max_iters`` is given.
         space: "weight" or "feature"; default: the schedule's own (a ``Switch``), else "weight".

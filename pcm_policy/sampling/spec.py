@@ -36,7 +36,7 @@ from .picard import INITS, TAA, Jump, sample_picard
 from .scheduler_loop import sample_with_scheduler
 from .srds import sample_srds
 
-__all__ = ["DEFAULTS", "ITERATIVE", "SAMPLERS", "Sampler", "SamplerSpec", "make_sampler"]
+__all__ = ["DEFAULTS", "ITERATIVE", "SAMPLERS", "Sampler", "SamplerSpec", "make_sampler", "spec_with"]
 
 SAMPLERS = ("ddim", "ddim-k", "ddpm", "dpmsolver", "picard", "taa", "pcm", "newton", "dpmsolver++", "unipc", "srds")
 SCHEDULER_LOOPS = ("dpmsolver", "dpmsolver++", "unipc")  # step with a diffusers solver scheduler passed in
@@ -157,13 +157,8 @@ class SamplerSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplerSpec:
-        """Inverse of ``to_dict``. Also reads the schedule dict of adapters written before specs
-        ({"k_on", "k_off", "space", "anderson": memory, "safeguard", "init"}) as a pcm spec."""
+        """Inverse of ``to_dict``. Raises ValueError for unknown fields, TypeError for a missing ``name``."""
         d = dict(d)
-        if "name" not in d and "k_on" in d:  # an old adapter.json "schedule"
-            m = d.get("anderson", 0)
-            return cls(name="pcm", switch=Switch(d["k_on"], d["k_off"], d.get("space", "weight")),
-                       taa=TAA(memory=m) if m >= 2 else None, safeguard=d.get("safeguard"), init=d.get("init"))
         if d.get("taa") is not None:
             d["taa"] = TAA(**d["taa"])
         if d.get("switch") is not None:
@@ -182,6 +177,46 @@ class SamplerSpec:
     def label(self) -> str:
         """A short human label, e.g. ``pcm k=4``."""
         return self.name + (f" k={self.k}" if self.k else "")
+
+
+NESTED = {"taa": TAA, "switch": Switch, "jump": Jump}  # spec fields whose own fields an override may set
+
+
+def spec_with(base: SamplerSpec | str, **overrides) -> SamplerSpec:
+    """``base`` (a spec, or a sampler name: its ``DEFAULTS``) with ``overrides``: THE override rule of every CLI.
+
+    A key is a ``SamplerSpec`` field other than ``name`` (``num_steps``, ``k``, ``tol``, ``window``, ``init``,
+    ``safeguard``, ``taa``, ``switch``, ``jump``, ``form``) or ``<field>_<name>`` for one field of a nested
+    setting (``taa_memory``, ``taa_mixing``, ``taa_weight``, ``taa_reg``, ``switch_k_on``, ``switch_k_off``,
+    ``switch_space``, ``jump_positions``, ``jump_lambdas``, ``jump_hold``). A value of None keeps the base
+    spec's value. On a spec the changes go through ``SamplerSpec.replace`` (a new ``num_steps`` rescales a
+    jump); on a name through ``SamplerSpec.named`` (so ``spec_with("ddim-k", k=5)`` builds in one step).
+
+    Raises:
+        ValueError: an unknown key (named in the message), a nested key whose setting the spec does not have
+            (e.g. ``taa_memory`` on a spec without TAA), or settings the spec refuses.
+    """
+    fields = {f.name for f in dataclasses.fields(SamplerSpec)} - {"name"}
+    flat, nested = {}, {}
+    for key, v in overrides.items():
+        field, _, sub = key.partition("_")
+        known = {f.name for f in dataclasses.fields(NESTED[field])} if field in NESTED else set()
+        if key not in fields and sub not in known:
+            raise ValueError(f"unknown sampler setting {key!r}; use a SamplerSpec field ({', '.join(sorted(fields))}) "
+                             f"or <field>_<name> for one of taa, switch, jump (e.g. taa_memory, switch_k_on)")
+        if v is not None:
+            (flat if key in fields else nested.setdefault(field, {}))[key if key in fields else sub] = v
+    name = base if isinstance(base, str) else base.name
+    if isinstance(base, str) and name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    for field, subs in nested.items():
+        current = flat[field] if field in flat else (DEFAULTS.get(name, {}).get(field) if isinstance(base, str)
+                                                     else getattr(base, field))
+        if current is None:
+            keys = ", ".join(f"{field}_{k}" for k in subs)
+            raise ValueError(f"{keys}: this {name} spec has no {field} to adjust ({field} is None)")
+        flat[field] = dataclasses.replace(current, **subs)
+    return SamplerSpec.named(base, **flat) if isinstance(base, str) else base.replace(**flat)
 
 
 class Sampler:

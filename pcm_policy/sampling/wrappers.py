@@ -3,10 +3,10 @@
     ThreadPolicy            CPU intra-op threads chosen by the width of each call
     Sharded                 a call's rows split over processes / devices with torch.distributed
     ClassifierFreeGuidance  eps_u + s (eps_c - eps_u) with both halves in ONE batched call
-    LoraScale               ``lora_scale=`` (float or per row) -> W = W_0 + lambda dW of a peft-adapted module
 
-Composition, outside in: ``Sharded`` or ``ThreadPolicy`` -> ``ClassifierFreeGuidance`` -> ``LoraScale`` ->
-the network, e.g. ``Sharded(ClassifierFreeGuidance(LoraScale(unet_fn, unet), 7.5))``. Sharding and
+Composition, outside in: ``Sharded`` or ``ThreadPolicy`` -> ``ClassifierFreeGuidance`` -> ``LoraScale`` (in
+``pcm_policy.lora``: the core holds no peft) -> the network, e.g.
+``Sharded(ClassifierFreeGuidance(LoraScale(unet_fn, unet), 7.5))``. Sharding and
 threads see the rows the sampler passes; guidance doubles them below that; the LoRA scale is applied
 per row of the doubled batch.
 
@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from .denoiser import Cond, ModelFn
 
-__all__ = ["ClassifierFreeGuidance", "LoraScale", "Sharded", "ThreadPolicy", "num_threads", "row_slice",
+__all__ = ["ClassifierFreeGuidance", "Sharded", "ThreadPolicy", "num_threads", "row_slice",
            "row_repeat", "switch_cost_us"]
 
 
@@ -96,32 +96,6 @@ class ClassifierFreeGuidance:
 
     def __repr__(self) -> str:
         return f"ClassifierFreeGuidance(scale={self.scale})"
-
-
-class LoraScale:
-    """A model function of a peft-adapted module with ``lora_scale=lambda``: W = W_0 + lambda dW.
-
-    ``model_fn(x, t, cond)`` calls the network; ``module`` is the ``nn.Module`` carrying the adapters
-    (``pcm_policy.lora.add_lora``). ``lora_scale``: None or 0 runs the base model exactly (adapter
-    branches skipped), a float scales every row, a tensor ``(N,)`` scales each row. A module without
-    adapters accepts only None / 0 (ValueError otherwise).
-    """
-
-    def __init__(self, model_fn: ModelFn, module: torch.nn.Module):
-        self.model_fn, self.module = model_fn, module
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, lora_scale=None, **kwargs) -> torch.Tensor:
-        from .. import lora  # peft is imported where used (a cached import after the first call)
-        zero = lora_scale is None or (not torch.is_tensor(lora_scale) or lora_scale.ndim == 0) and lora_scale == 0
-        if not lora.has_lora(self.module):
-            if not zero and (torch.as_tensor(lora_scale) != 0).any():
-                raise ValueError("lora_scale != 0 needs a LoRA adapter; load one (pcm_policy.lora.load_adapter)")
-            return self.model_fn(x, t, cond, **kwargs)
-        if zero:
-            with lora.lora_disabled(self.module):  # the base model exactly, without the adapter's cost
-                return self.model_fn(x, t, cond, **kwargs)
-        lora.set_lora_scale(self.module, lora_scale)
-        return self.model_fn(x, t, cond, **kwargs)
 
 
 class Sharded:

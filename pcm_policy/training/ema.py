@@ -59,8 +59,8 @@ class EMA:
         return {"shadow": self.shadow, "step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        if "model" in state:  # resume state written when the EMA held a whole copy of the model
-            state = {"shadow": {n: v for n, v in state["model"].items() if n in self.shadow}, "step": state["step"]}
+        if "shadow" not in state:
+            raise ValueError("EMA state without 'shadow' (written by an earlier version); start a new run folder")
         missing = set(self.shadow) - set(state["shadow"])
         if missing:
             raise ValueError(f"EMA state lacks {sorted(missing)[:3]}...: it was saved for another set of parameters")

@@ -120,12 +120,11 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         check_resume(run_dir, config, int(state["step"]))
-        if "params" in state:
-            with torch.no_grad():
-                for n in names:
-                    named[n].copy_(state["params"][n])
-        else:  # resume state of an earlier version: the whole model
-            model.load_state_dict(state["model"])
+        if "params" not in state:
+            raise ResumeError(f"{state_path} was written by an earlier version (no 'params'); pass a new run folder")
+        with torch.no_grad():
+            for n in names:
+                named[n].copy_(state["params"][n])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if ema is not None:

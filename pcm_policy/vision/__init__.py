@@ -22,7 +22,6 @@ from .generate import (
     NO_MODEL,
     SHIPPED_MODELS,
     Generation,
-    build_spec,
     default_model,
     generate,
     grid_image,
@@ -34,17 +33,15 @@ from .models import (
     TextUNetFn,
     UNetFn,
     add_attention_lora,
-    load_adapter_folder,
     model_function,
-    save_adapter_folder,
 )
 from .processor import decode_latents, encode_prompts, initial_latents, seeds_for, to_uint8
 
 __all__ = [
     "ATTENTION_TARGETS", "LAYOUTS", "NO_MODEL", "SHIPPED_MODELS", "Generation", "default_model",
     "ImageModel", "ModelFolderError", "TextUNetFn",
-    "UNetFn", "add_attention_lora", "build_spec", "check_folder", "decode_latents", "encode_prompts", "evaluate",
+    "UNetFn", "add_attention_lora", "check_folder", "decode_latents", "encode_prompts", "evaluate",
     "generate",
-    "grid_image", "initial_latents", "load_adapter_folder", "load_model", "model_function", "parse_dtype",
-    "save_adapter_folder", "save_generation", "seeds_for", "to_uint8",
+    "grid_image", "initial_latents", "load_model", "model_function", "parse_dtype",
+    "save_generation", "seeds_for", "to_uint8",
 ]

@@ -71,7 +71,8 @@ def bench_models(windows: Sequence[int] = (4, 8, 16), repeats: int = 3, batch: i
 
     from diffusers import DDIMScheduler
 
-    from ..sampling import ClassifierFreeGuidance, LoraScale, step_grid
+    from ..lora import LoraScale
+    from ..sampling import ClassifierFreeGuidance, step_grid
     from .loaders import load_model
     from .models import TextUNetFn, model_function
     from .processor import encode_prompts, initial_latents
@@ -120,7 +121,8 @@ def bench_sd14(windows: Sequence[int] = (1, 2, 4, 8, 16, 30), repeats: int = 3, 
     plus ``params``, ``device`` and ``dtype``."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
-    from ..sampling import ClassifierFreeGuidance, LoraScale, step_grid
+    from ..lora import LoraScale
+    from ..sampling import ClassifierFreeGuidance, step_grid
     from .models import TextUNetFn
     from .tiny import SD_SCHEDULER
 

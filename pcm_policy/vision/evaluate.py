@@ -35,12 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapters import ADAPTER_CONFIG, load_adapter_folder
+from ..adapters import ADAPTER_WEIGHTS as ADAPTER
 from ..evaluation import cached
 from ..io import atomic_path
 from ..sampling import SamplerSpec, Switch, make_sampler
 from . import metrics as M
 from .loaders import LAYOUTS, ImageModel, load_model
-from .models import ADAPTER, ADAPTER_CONFIG, load_adapter_folder, model_function
+from .models import model_function
 from .processor import decode_latents, encode_prompts, initial_latents, seeds_for
 
 __all__ = ["DIGIT_PROMPTS", "NAMES", "default_reference", "evaluate", "load_images", "prompt_labels"]
@@ -222,7 +224,7 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
     if adapter is not None:  # its T and guidance are the defaults whichever samplers run (one T per OUT)
         adapter = Path(adapter)
         if "pcm" in samplers:
-            spec = load_adapter_folder(model.unet, adapter)
+            spec, _ = load_adapter_folder(model.unet, adapter)
             adapter_hash = _hash((adapter / ADAPTER).read_bytes(), (adapter / ADAPTER_CONFIG).read_bytes())
         try:
             adapter_cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapters import load_sampler
 from ..io import atomic_path
-from ..sampling import SamplerSpec, make_sampler
+from ..sampling import spec_with
 from .loaders import ImageModel, load_model
-from .models import load_adapter_folder, model_function
+from .models import model_function
 from .processor import decode_latents, encode_prompts, initial_latents, seeds_for
 
-__all__ = ["NO_MODEL", "SHIPPED_MODELS", "Generation", "build_spec", "default_model", "generate", "grid_image",
+__all__ = ["NO_MODEL", "SHIPPED_MODELS", "Generation", "default_model", "generate", "grid_image",
            "save_generation"]
 
 # Small stand-ins trained here on MNIST digits (``train``), in the real layouts; used when no model is given.
@@ -55,19 +56,6 @@ class Generation:
     stats: dict
 
 
-def build_spec(name: str, *, steps: int, k: int | None = None, tol: float | None = None, window: int | None = None,
-               adapter_spec: SamplerSpec | None = None) -> SamplerSpec:
-    """The ``SamplerSpec`` of a run: ``SamplerSpec.named(name, ...)``, or for pcm the adapter's own spec
-    with ``steps`` and any given k / tol / window put in. Raises ValueError for bad settings or pcm
-    without an adapter."""
-    given = {key: v for key, v in dict(num_steps=steps, k=k, tol=tol, window=window).items() if v is not None}
-    if name == "pcm":
-        if adapter_spec is None:
-            raise ValueError("pcm needs --adapter DIR (a folder with adapter.safetensors and adapter.json)")
-        return adapter_spec.replace(**given)
-    return SamplerSpec.named(name, **given)
-
-
 def generate(model: str | Path | ImageModel | None, *, sampler: str = "ddim", steps: int = 50, k: int | None = None,
              tol: float | None = None, window: int | None = None, prompt: str | None = None,
              negative_prompt: str = "", guidance: float = 7.5, num_samples: int = 1, seed: int = 0,
@@ -83,7 +71,7 @@ def generate(model: str | Path | ImageModel | None, *, sampler: str = "ddim", st
         prompt, negative_prompt, guidance: text conditioning and CFG scale (sd family only).
         batch_size: samples per sampler call (default: all).
         dtype: the UNet's dtype when loading from a folder ("float32" | "float16" | "bfloat16").
-        adapter: a PCM adapter folder (``models.save_adapter_folder``); pcm only.
+        adapter: a PCM adapter folder (``adapters.save_adapter_folder``); pcm only.
     Returns:
         a ``Generation``.
     Raises:
@@ -98,22 +86,23 @@ def generate(model: str | Path | ImageModel | None, *, sampler: str = "ddim", st
     if (adapter is not None) != (sampler == "pcm"):
         raise ValueError("pcm needs --adapter DIR (a folder with adapter.safetensors and adapter.json)"
                          if adapter is None else f"--adapter is for the pcm sampler; {sampler} samples the base model")
+    settings = dict(num_steps=steps, k=k, tol=tol, window=window)
     if sampler != "pcm":
-        build_spec(sampler, steps=steps, k=k, tol=tol, window=window)  # bad settings fail before loading
+        spec_with(sampler, **settings)  # bad settings fail before loading
     if not isinstance(model, ImageModel):
         model = load_model(model, dtype=dtype)
     if model.conditional and prompt is None:
         raise ValueError(f"the {model.family} model at {model.path} is text-conditional: pass a prompt")
     if not model.conditional and prompt is not None:
         raise ValueError(f"the {model.family} model at {model.path} is unconditional and takes no prompt")
-    spec = build_spec(sampler, steps=steps, k=k, tol=tol, window=window,
-                      adapter_spec=load_adapter_folder(model.unet, adapter) if adapter is not None else None)
     solver = None
-    if spec.name == "dpmsolver":
+    if sampler == "dpmsolver":
         from diffusers import DPMSolverMultistepScheduler
 
         solver = DPMSolverMultistepScheduler.from_config(model.scheduler_config)
-    run = make_sampler(spec, model.scheduler, solver_scheduler=solver)
+    run = load_sampler(adapter if sampler == "pcm" else sampler, model.scheduler, module=model.unet,
+                       solver_scheduler=solver, **settings)  # pcm: the adapter's spec, with the settings given
+    spec = run.spec
     fn = model_function(model, guidance)
     step = batch_size or num_samples
     latents, iters, nfe, t_sample = [], [], 0, 0.0

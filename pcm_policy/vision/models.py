@@ -20,20 +20,17 @@ hook of ``pcm_policy.lora`` scales each row's adapter branch.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .. import lora
-from ..sampling import ClassifierFreeGuidance, LoraScale, SamplerSpec
+from ..lora import LoraScale
+from ..sampling import ClassifierFreeGuidance
 from ..sampling.denoiser import Cond, ModelFn
 from .loaders import ImageModel
 
-__all__ = ["ADAPTER", "ADAPTER_CONFIG", "ATTENTION_TARGETS", "TextUNetFn", "UNetFn", "add_attention_lora",
-           "load_adapter_folder", "model_function", "save_adapter_folder"]
+__all__ = ["ATTENTION_TARGETS", "TextUNetFn", "UNetFn", "add_attention_lora", "model_function"]
 
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-ADAPTER, ADAPTER_CONFIG = lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG
 
 
 def _dtype(module: torch.nn.Module) -> torch.dtype:
@@ -98,16 +95,3 @@ def add_attention_lora(unet: torch.nn.Module, rank: int = 4, alpha: float | None
     ValueError if the UNet has no attention or already has adapters."""
     return lora.add_lora(unet, rank=rank, alpha=float(alpha if alpha is not None else rank),
                          target_modules=[*ATTENTION_TARGETS, *(extra_targets or [])])
-
-
-def save_adapter_folder(unet: torch.nn.Module, folder: str | Path, spec: SamplerSpec,
-                        extra: dict | None = None) -> Path:
-    """``pcm_policy.lora.save_adapter_folder`` of ``unet``: LoRA tensors alone + ``adapter.json`` (sampler spec)."""
-    return lora.save_adapter_folder(unet, folder, spec, extra)
-
-
-def load_adapter_folder(unet: torch.nn.Module, folder: str | Path) -> SamplerSpec:
-    """Attach the adapter of ``folder`` to ``unet`` (base weights untouched) and return its sampler spec
-    (``pcm_policy.lora.load_adapter_folder``; an older ``"schedule"`` dict is read as a pcm spec). Raises
-    ValueError for a missing file, a missing spec or an adapter that does not fit the UNet."""
-    return lora.load_adapter_folder(unet, folder, "scripts/train_pct.py task=celeba (or task=sd)")[0]

@@ -28,13 +28,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..adapters import save_adapter_folder
 from ..io import check_not_shipped, write_json
 from ..lora import lora_parameters
 from ..sampling import index_cond, sample_picard, sample_sequential, step_grid
 from ..training import LoopConfig, train
 from ..training import pct as P
 from .loaders import load_model
-from .models import add_attention_lora, model_function, save_adapter_folder
+from .models import add_attention_lora, model_function
 from .processor import encode_prompts, initial_latents
 
 __all__ = ["ImagePCTConfig", "ImagePCTBatches", "latent_rmse", "make_data", "run_pct"]
