@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,14 +87,14 @@ class SamplerSpec:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.name == "ddim-k" and self.k is None:
             raise ValueError("ddim-k needs k, the number of re-discretised DDIM steps")
-        if self.tol < 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol}")
+        if not (math.isfinite(float(self.tol)) and self.tol >= 0):
+            raise ValueError(f"tol must be a finite number >= 0 (0: run until converged exactly), got {self.tol!r}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 (or None for all T steps), got {self.window}")
         if self.init is not None and self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.safeguard is not None and self.safeguard <= 0:
-            raise ValueError(f"safeguard (kappa) must be > 0, got {self.safeguard}")
+        if self.safeguard is not None and not (math.isfinite(float(self.safeguard)) and self.safeguard > 0):
+            raise ValueError(f"safeguard (kappa) must be a finite number > 0 (or None: off), got {self.safeguard!r}")
         if self.jump is not None and (self.name not in ("picard", "taa", "pcm")
                                       or self.name != "pcm" and any(self.jump.lambdas)):
             raise ValueError(f"a jump rides on picard, taa or pcm, and only pcm has an adapter for lambdas > 0; "
