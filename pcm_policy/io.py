@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["FolderInUseError", "atomic_path", "check_not_shipped", "exclusive", "run_folder_lock", "tracked_files",
-           "write_json", "write_text"]
+__all__ = ["FolderInUseError", "atomic_path", "check_not_shipped", "check_writable", "exclusive", "run_folder_lock",
+           "tracked_files", "write_json", "write_text"]
 
 
 @contextmanager
@@ -69,12 +69,33 @@ def tracked_files(path: str | os.PathLike) -> list[str]:
 
 
 def check_not_shipped(path: str | os.PathLike, force: bool, flag: str, what: str = "output") -> None:
-    """Refuse (ValueError) to write into files git tracks unless ``force``: a shipped artifact changes only
-    when asked explicitly. ``flag`` names the switch that allows it (``--force``, ``force=true``)."""
+    """The output-path guard every writer calls BEFORE its work (a refusal after an hour's run loses it).
+
+    Refuses (ValueError, naming ``what``) to write into files git tracks unless ``force``: a shipped artifact
+    changes only when asked explicitly; ``flag`` names the switch that allows it (``--force``, ``force=true``).
+    Also refuses a path that cannot be written (``check_writable``). Creates nothing."""
     files = [] if force else tracked_files(path)
     if files:
         raise ValueError(f"{what} {path} holds {len(files)} file(s) tracked by git (a shipped artifact, e.g. "
                          f"{files[0]}); write elsewhere, or pass {flag} to replace it")
+    check_writable(path, what)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """ValueError (naming ``what``) unless ``path`` (a file or a folder) can be written, without creating
+    anything: an existing path must be writable and so must its folder (writes go to a temporary name, then a
+    rename); a new one needs its nearest existing ancestor to be a writable folder."""
+    path = Path(path)
+    probe = path if path.exists() else path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() and probe != path:
+        raise ValueError(f"{what} {path}: {probe} is a file, not a folder; choose another path")
+    checks = [probe] if probe != path else [path, path.parent] if not path.is_dir() else [path]
+    for p in checks:
+        if not os.access(p, os.W_OK | (os.X_OK if p.is_dir() else 0)):
+            raise ValueError(f"{what} {path}: {p} cannot be written (permission denied or a read-only file "
+                             "system); choose another path")
 
 
 class FolderInUseError(ValueError):

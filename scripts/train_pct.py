@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from pcm_policy.data import ReplayBufferError  # noqa: E402
+from pcm_policy.device import check_threads  # noqa: E402
 from pcm_policy.training import ResumeError  # noqa: E402
 
 
@@ -41,9 +42,7 @@ def main(cfg: DictConfig) -> None:
     cfg = OmegaConf.to_container(cfg, resolve=True)
     command = "python scripts/train_pct.py " + " ".join(sys.argv[1:])
     try:
-        if int(cfg["threads"]) < 1:
-            raise ValueError(f"threads must be >= 1, got {cfg['threads']}")
-        torch.set_num_threads(int(cfg["threads"]))
+        torch.set_num_threads(check_threads(cfg["threads"], "threads"))
         if cfg["task"]["name"] == "pusht":
             from pcm_policy.pusht.pct_run import run_pct
         elif cfg["task"]["name"] in ("celeba", "sd"):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import check_threads
 from ..io import check_not_shipped
 from ..training import LoopConfig, infinite_batches, train
 from .checkpoint import load_policy, save_policy
@@ -45,9 +46,7 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
         p = Path(path)
         return p if p.is_absolute() else root / p
 
-    if int(cfg["threads"]) < 1:
-        raise ValueError(f"threads must be >= 1, got {cfg['threads']}")
-    torch.set_num_threads(int(cfg["threads"]))
+    torch.set_num_threads(check_threads(cfg["threads"], "threads"))
     run_dir = resolve(cfg["run_dir"])
     check_not_shipped(run_dir, bool(cfg["force"]), "force=true", "run_dir")
     task, tr, pol = cfg["task"], cfg["training"], cfg["policy"]

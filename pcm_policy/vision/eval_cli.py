@@ -109,7 +109,9 @@ def _run(family: str, a) -> int:
         raise ValueError(f"{SCRIPT[family]}: the {repo} model is unconditional and takes no --guidance")
     check_not_shipped(a.out, a.force, "--force", "--out")
     if a.threads:
-        torch.set_num_threads(a.threads)
+        from ..device import check_threads
+
+        torch.set_num_threads(check_threads(a.threads))
     note = (f"Stand-in model: {SHIPPED[family][0]} is a small model trained here on MNIST digits, not {name}; "
             f"these are NOT {data} / {name} results.") if stand_in else None
     reference = a.reference if a.reference is not None else default_reference()
