@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["FolderInUseError", "atomic_path", "check_not_shipped", "check_writable", "exclusive", "run_folder_lock",
-           "tracked_files", "write_json", "write_text"]
+__all__ = ["FolderInUseError", "atomic_path", "check_not_shipped", "check_writable", "exclusive", "read_json",
+           "read_safetensors", "run_folder_lock", "tracked_files", "write_json", "write_text"]
 
 
 @contextmanager
@@ -172,3 +172,34 @@ def run_folder_lock(folder: str | os.PathLike) -> contextlib.AbstractContextMana
     """The lock that keeps a run folder to one running job (``folder/.lock``, ``exclusive``): taken before
     anything is written there; a second job in the folder gets ``FolderInUseError`` at once."""
     return exclusive(Path(folder) / ".lock", wait=False, what="run folder")
+
+
+def read_json(path: str | os.PathLike, what: str = "file"):
+    """``json.loads`` of a file, with one ValueError naming the file when it is not valid JSON (a truncated or
+    hand-edited file) instead of the parser's message alone."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: this {what} is not valid JSON ({e}); the file is damaged: restore it from a copy "
+                         "(git checkout for a shipped one) or re-create it") from None
+
+
+def read_safetensors(path: str | os.PathLike, *, metadata_only: bool = False):
+    """The tensors of a safetensors file (or only its metadata dict), with one ValueError naming the file when it
+    is truncated or not a safetensors file instead of safetensors' ``SafetensorError`` traceback."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        if metadata_only:
+            with safe_open(str(path), framework="pt") as f:
+                return f.metadata() or {}
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot read it as a safetensors file ({e}); it is truncated or damaged: restore "
+                         "it from a copy (git checkout for a shipped one, git lfs pull for an LFS pointer) or "
+                         "re-create it") from None

@@ -61,6 +61,33 @@ def test_checkpoint_errors(tmp_path):
         load_policy(tmp_path)
 
 
+def test_damaged_checkpoint_and_adapter_files_name_the_file(tmp_path):
+    """A truncated model.safetensors / adapter.safetensors and a corrupted adapter.json: one CheckpointError naming
+    the file and what to do (safetensors' SafetensorError and the JSON parser's message named no file)."""
+    from pcm_policy.lora import add_lora
+    from pcm_policy.pusht.checkpoint import load_adapter_folder, save_adapter_folder
+    from pcm_policy.sampling import SamplerSpec
+
+    policy = tiny_policy()
+    save_policy(policy, tmp_path / "ckpt")
+    weights = tmp_path / "ckpt/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"{weights}: cannot read it as a safetensors file .* truncated"):
+        load_policy(tmp_path / "ckpt")
+    add_lora(policy.model)
+    save_adapter_folder(policy, tmp_path / "ad", SamplerSpec.named("pcm"))
+    cfg = tmp_path / "ad/adapter.json"
+    good = cfg.read_text()
+    cfg.write_text(good[:-5])
+    with pytest.raises(CheckpointError, match=f"{cfg}: this adapter config is not valid JSON"):
+        load_adapter_folder(tiny_policy(), tmp_path / "ad")
+    cfg.write_text(good)
+    ad = tmp_path / "ad/adapter.safetensors"
+    ad.write_bytes(ad.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"{ad}: cannot read it as a safetensors file"):
+        load_adapter_folder(tiny_policy(), tmp_path / "ad")
+
+
 def test_loss_decreases_on_one_batch_and_ema_decay():
     policy = tiny_policy().train()
     batch = {"obs": torch.rand(16, 16, 20) * 512, "action": torch.rand(16, 16, 2) * 512}

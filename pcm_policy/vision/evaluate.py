@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..evaluation import cached
-from ..io import atomic_path
+from ..io import atomic_path, read_json
 from ..sampling import SamplerSpec, Switch, make_sampler
 from . import metrics as M
 from .loaders import LAYOUTS, ImageModel, load_model
@@ -225,7 +225,7 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
             spec = load_adapter_folder(model.unet, adapter)
             adapter_hash = _hash((adapter / ADAPTER).read_bytes(), (adapter / ADAPTER_CONFIG).read_bytes())
         try:
-            adapter_cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
+            adapter_cfg = read_json(adapter / ADAPTER_CONFIG, "adapter config")
             adapter_T = SamplerSpec.from_dict(adapter_cfg.get("sampler", adapter_cfg.get("schedule"))).num_steps
         except (OSError, ValueError, TypeError, AttributeError) as e:
             raise ValueError(f"cannot read the sampler spec of {adapter / ADAPTER_CONFIG}: {e}") from e
