@@ -134,3 +134,23 @@ def test_a_run_folder_in_use_refuses_a_second_job(tmp_path):
     assert (run / "config.json").exists() and not (run / ".lock").exists()
     with run_folder_lock(run), run_folder_lock(run):  # re-entrant within a process
         pass
+
+
+@pytest.mark.parametrize("field, value", [("steps", -1), ("steps", 0), ("lr", float("nan")), ("lr", 0.0),
+                                          ("betas", (0.9, 1.0)), ("warmup_steps", -1), ("ema_max", 1.0),
+                                          ("log_every", 0), ("ckpt_every", 0), ("snapshot_every", -1),
+                                          ("optimizer", "sgd"), ("seed", -1)])
+def test_bad_loop_settings_are_refused_naming_them(field, value):
+    with pytest.raises(ValueError, match=f"training {field} must be"):
+        LoopConfig(**{"steps": 10, field: value})
+
+
+def test_train_policy_refuses_negative_steps_before_any_work(tmp_path):
+    """training.steps=-1 exited 0 with an untrained checkpoint: now a ValueError, and nothing is written."""
+    from pcm_policy.pusht.train import train_policy
+
+    cfg = {"threads": 1, "run_dir": str(tmp_path / "run"), "force": False,
+           "training": {"steps": -1, "batch_size": 8, "seed": 0}, "task": {}, "policy": {}}
+    with pytest.raises(ValueError, match="training steps must be an integer >= 1, got -1"):
+        train_policy(cfg, "test", ROOT)
+    assert not (tmp_path / "run").exists()

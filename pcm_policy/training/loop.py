@@ -53,6 +53,31 @@ class LoopConfig:
     snapshot_every: int = 0  # keep a copy of the deliverable every N steps (0: never)
     seed: int = 42
 
+    def __post_init__(self):
+        """Every size and rate checked up front (``training.steps=-1`` wrote an untrained checkpoint, exit 0)."""
+        def bad(name, ok, rule):
+            if not ok:
+                raise ValueError(f"training {name} must be {rule}, got {getattr(self, name)!r}")
+
+        def integer(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def real(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        bad("steps", integer(self.steps) and self.steps >= 1, "an integer >= 1")
+        bad("lr", real(self.lr) and self.lr > 0, "a finite number > 0")
+        bad("betas", len(self.betas) == 2 and all(real(b) and 0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
+        bad("weight_decay", real(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0")
+        bad("warmup_steps", integer(self.warmup_steps) and self.warmup_steps >= 0, "an integer >= 0")
+        bad("optimizer", self.optimizer in ("adamw", "adam"), "adamw or adam")
+        bad("ema_power", real(self.ema_power) and self.ema_power > 0, "a finite number > 0")
+        bad("ema_max", real(self.ema_max) and 0 <= self.ema_max < 1, "in [0, 1)")
+        for name in ("log_every", "val_every", "ckpt_every"):
+            bad(name, integer(getattr(self, name)) and getattr(self, name) >= 1, "an integer >= 1")
+        bad("snapshot_every", integer(self.snapshot_every) and self.snapshot_every >= 0, "an integer >= 0 (0: never)")
+        bad("seed", integer(self.seed) and 0 <= self.seed < 2**63, "an integer in 0..2**63 - 1")
+
 
 class ResumeError(ValueError):
     """A run folder holds a run started with another configuration."""
