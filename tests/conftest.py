@@ -3,6 +3,10 @@ import os
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "PCM_POLICY_CACHE" not in os.environ:  # caches shared across runs (reference features) go to a temporary folder
+    import tempfile
+
+    os.environ["PCM_POLICY_CACHE"] = tempfile.mkdtemp(prefix="pcm_policy_test_cache_")
 
 import torch  # noqa: E402
 

@@ -54,6 +54,10 @@ def main(family: str, argv=None, description: str = "") -> int:
     except (ValueError, OSError, ImportError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line: what was kept, how to resume; exit 130
+        print(f"\ninterrupted: the finished cells are kept in {a.out}/cells (and the reference features in the "
+              "cache); re-run the same command to resume from them", file=sys.stderr)
+        return 130
 
 
 def _run(family: str, a) -> int:
