@@ -41,8 +41,8 @@ def main(cfg: DictConfig) -> None:
     except (ReplayBufferError, ResumeError, ValueError) as e:  # one line, no traceback
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt as e:  # one line: what was saved, how to resume; exit 130 (killed by SIGINT)
-        print(f"\n{e or 'interrupted before training started'}; resume with the same command: {command}",
-              file=sys.stderr)
+        saved = str(e) or "interrupted before training started (nothing saved)"
+        print(f"\n{saved}; resume with the same command: {command}", file=sys.stderr)
         raise SystemExit(130) from None
 
 
