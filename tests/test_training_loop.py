@@ -154,3 +154,38 @@ def test_train_policy_refuses_negative_steps_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="training steps must be an integer >= 1, got -1"):
         train_policy(cfg, "test", ROOT)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_train_policy_ctrl_c_is_one_line_exit_130_and_resumes_announced(tmp_path):
+    """Ctrl-C in scripts/train_policy.py: no traceback, one line saying what was saved and how to resume, exit 130;
+    the same command then resumes at that step and says so."""
+    import time
+
+    from pcm_policy.data import ReplayBuffer
+
+    src, dst = ReplayBuffer.open(ROOT / "data/pusht_expert.zarr"), ReplayBuffer.create(tmp_path / "demos.zarr")
+    for i in range(4):
+        dst.add_episode(src.get_episode(i, keys=["state", "keypoint", "action"]), meta={"seed": i})
+    cmd = [sys.executable, str(ROOT / "scripts/train_policy.py"), "training=smoke", "training.steps=100000",
+           "training.log_every=1", f"task.dataset={tmp_path / 'demos.zarr'}", f"run_dir={tmp_path / 'run'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run/log.jsonl"
+    t0 = time.time()
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() - t0 < 240:
+        time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert "interrupted at step" in last and "saved" in last and "resume with the same command" in last
+    step = int(last.split("interrupted at step ")[1].split()[0])
+    state = torch.load(tmp_path / "run/state.pt", weights_only=True)
+    assert int(state["step"]) == step and int(state["batches"]) == step
+    p = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = [p.stdout.readline() for _ in range(2)]
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=240)
+    assert any(f"resuming the run in {tmp_path / 'run'} at step {step}" in line for line in first), first
+    assert p.returncode == 130
