@@ -647,6 +647,23 @@ def test_non_finite_settings_are_refused_naming_the_setting():
             sample_picard(model, x_T, cond, init=torch.full_like(x_T, bad), **kw)
 
 
+@pytest.mark.parametrize("make, msg", [
+    (lambda: step_grid(ddpm(), 2.5), r"num_steps must be an integer in 1\.\.100"),
+    (lambda: step_grid(ddim(), 10, eta=float("nan")), "eta must be >= 0"),
+    (lambda: SamplerSpec.named("picard", k=2.5), "k must be an integer"),
+    (lambda: SamplerSpec.named("picard", window=1.5), "window must be an integer"),
+    (lambda: SamplerSpec.named("picard", tol="0.1"), "tol must be a number"),
+    (lambda: SamplerSpec(name="picard", num_steps=None), "num_steps None .* is for ddpm only"),
+    (lambda: SamplerSpec.named("picard", num_steps=50, jump=Jump((50,), (0.0,))),
+     r"jump positions must be in 0\.\.num_steps - 1 = 49"),
+    (lambda: SamplerSpec.from_dict({"name": "taa", "taa": {"memory": 1}}), "TAA memory must be an int >= 2"),
+])
+def test_bad_grid_and_spec_settings_name_the_setting_and_range(make, msg):
+    """Never a TypeError or IndexError from deep inside: a ValueError naming the setting and its valid range."""
+    with pytest.raises(ValueError, match=msg):
+        make()
+
+
 class Overflowing(nn.Module):
     """MLPDenoiser plus 1e-30 x^3: negligible below |x| ~ 1e8, inf (float32 overflow) from |x| ~ 1e13: a network
     that is fine on the data's scale and not on a runaway iterate."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,19 @@ class SamplerSpec:
     def __post_init__(self):
         if self.name not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        for field in ("num_steps", "k", "window"):
+            v = getattr(self, field)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise ValueError(f"{field} must be an integer (or None), got {v!r}")
+        for field in ("tol", "safeguard"):
+            v = getattr(self, field)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise ValueError(f"{field} must be a number, got {v!r}")
+        if self.num_steps is None and self.name != "ddpm":
+            raise ValueError(f"num_steps None (every training timestep) is for ddpm only; give {self.name} a T >= 1")
+        if self.jump is not None and self.num_steps is not None and max(self.jump.positions) >= self.num_steps:
+            raise ValueError(f"jump positions must be in 0..num_steps - 1 = {self.num_steps - 1}, got "
+                             f"{self.jump.positions}")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
         if self.k is not None and self.k < 1:
