@@ -43,7 +43,15 @@ def main(argv=None) -> int:
     p.add_argument("--k-max", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="write every variant's distances here")
+    p.add_argument("--force", action="store_true", help="allow replacing files git tracks (results/)")
     a = p.parse_args(argv)
+    from pcm_policy.io import check_not_shipped
+
+    try:
+        for _out in [a.json] if a.json else []:
+            check_not_shipped(_out, a.force, "--force", "--json")
+    except ValueError as _e:
+        p.exit(2, f"error: {_e}\n")
     try:
         grid = list(itertools.product([int(m) for m in a.memories.split(",")], floats(a.weights), floats(a.mixings)))
     except ValueError as e:

@@ -371,6 +371,22 @@ def test_writers_refuse_tracked_files_before_any_work(tmp_path, capsys):
     assert gen.parse_args([]).out == ROOT / "runs" / "samples"  # not the source tree
 
 
+@pytest.mark.parametrize("script, call, argv, msg", [
+    ("tune_taa", "main", ["--json", "results/taa_tuning.json"], "tracked by git"),
+    ("plot_training", "main", [str(ROOT / "results/base_round1"), "--out", "results/sweep/sweep.json"],
+     "tracked by git"),
+    ("bench_env", "parse_args", ["--out", "results/bench_env.json"], "tracked by git"),
+    ("render_episode", "parse_args", ["--out", str(ROOT / "README.md" / "x.mp4")], "is a file, not a folder"),
+    ("vision/bench_window", "main", ["--out", "results/sweep/sweep.json"], "tracked by git"),
+])
+def test_every_writer_checks_its_output_before_any_work(script, call, argv, msg, capsys):
+    """One guard for every writer: a file git tracks is replaced only with --force, and a path that cannot be
+    written is refused, before any work."""
+    with pytest.raises(SystemExit) as e:
+        getattr(_script(script), call)(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 def test_rollout_says_when_an_option_is_ignored(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
                         "--max-steps", "1", "--adapter", str(tmp_path), "--k-on", "2"], capture_output=True, text=True)
