@@ -14,13 +14,13 @@ module that carries the adapter (PushT: the policy's UNet; images: the diffusers
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
+from .io import atomic_path, read_json, read_safetensors, write_json
 from .sampling import SAMPLERS, Sampler, SamplerSpec, make_sampler, spec_with
 from .solvers import SOLVERS
 from .solvers import solver_scheduler as build_solver
@@ -47,7 +47,6 @@ def save_adapter_folder(module: nn.Module, folder: str | os.PathLike, spec: Samp
     """
     from safetensors.torch import save_file
 
-    from .io import atomic_path, write_json
     from .lora import save_adapter
 
     folder = Path(folder)
@@ -71,8 +70,8 @@ def read_adapter_config(folder: str | os.PathLike) -> tuple[SamplerSpec, dict]:
     if not path.is_file():
         raise ValueError(f"{Path(folder)}: missing {ADAPTER_CONFIG}; a PCM adapter folder holds {ADAPTER_WEIGHTS} "
                          f"and {ADAPTER_CONFIG} (train one with {HOW_TO_TRAIN})")
+    meta = read_json(path, "adapter config")
     try:
-        meta = json.loads(path.read_text())
         spec = SamplerSpec.from_dict(meta["sampler"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: no valid sampler entry ({type(e).__name__}: {e})") from e
@@ -93,9 +92,6 @@ def load_adapter_folder(module: nn.Module, folder: str | os.PathLike, *,
         ValueError: a missing file, weights that do not fit ``module`` (or the copy), a full copy without
             ``full_copy``, or no valid sampler entry.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     from .lora import load_adapter
 
     folder = Path(folder)
@@ -104,14 +100,13 @@ def load_adapter_folder(module: nn.Module, folder: str | os.PathLike, *,
             raise ValueError(f"{folder}: missing {name}; a PCM adapter folder holds {ADAPTER_WEIGHTS} and "
                              f"{ADAPTER_CONFIG} (train one with {HOW_TO_TRAIN})")
     path = folder / ADAPTER_WEIGHTS
-    with safe_open(str(path), framework="pt") as f:
-        full = (f.metadata() or {}).get("format") == FULL_COPY_FORMAT
+    full = read_safetensors(path, metadata_only=True).get("format") == FULL_COPY_FORMAT
     if full:
         if full_copy is None:
             raise ValueError(f"{path} holds a fully fine-tuned copy (the paper's recipe), which this model "
                              "cannot take; use a LoRA adapter folder")
         try:
-            full_copy().load_state_dict(load_file(str(path)))
+            full_copy().load_state_dict(read_safetensors(path))
         except RuntimeError as e:
             raise ValueError(f"{path} is a full copy that does not fit this model: "
                              f"{str(e).splitlines()[-1].strip()}") from e

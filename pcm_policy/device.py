@@ -1,10 +1,37 @@
-"""Pick the torch device of a script's ``--device`` option, with full-precision GPU arithmetic."""
+"""Pick the torch device of a script's ``--device`` option, with full-precision GPU arithmetic; thread counts."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
-__all__ = ["pick_device", "synchronize"]
+__all__ = ["MAX_THREADS", "available_cores", "check_threads", "pick_device", "synchronize"]
+
+MAX_THREADS = 1024  # above this a thread count is a typo: torch would start that many threads per pool
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def check_threads(n, flag: str = "--threads") -> int:
+    """The intra-op thread count to use for a requested ``n``: ValueError (naming ``flag``) unless
+    1 <= n <= ``MAX_THREADS``; more than ``available_cores()`` is capped there, with a note on stderr (extra
+    threads only contend for the same cores). Call it before ``torch.set_num_threads``."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{flag} must be an integer in 1..{MAX_THREADS} (this machine has {available_cores()} "
+                         f"core(s) for this process), got {n!r}")
+    cores = available_cores()
+    if n > cores:
+        print(f"note: {flag} {n} capped at {cores}, the cores this process may use", file=sys.stderr)
+        return cores
+    return n
 
 
 def pick_device(name: str = "cpu") -> torch.device:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .io import read_safetensors
 from .sampling.denoiser import Cond, ModelFn
 
 __all__ = [
@@ -199,14 +200,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load adapter weights saved by ``save_adapter`` into ``model`` (in place; returned). A model
     without adapters gets them injected from the file's config first."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"adapter file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_safetensors(path, metadata_only=True)
     if meta.get("format") != _FORMAT:
         raise ValueError(
             f"{path} is not a pcm_policy LoRA adapter file (metadata format {meta.get('format')!r})"
@@ -218,7 +215,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(
             f"adapter config in {path} ({cfg}) differs from the model's ({_lora_config(model)})"
         )
-    tensors = load_file(str(path))
+    tensors = read_safetensors(path)
     own = {k: v for k, v in model.state_dict().items() if "lora_" in k}  # views of the parameters
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:

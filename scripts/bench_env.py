@@ -47,7 +47,15 @@ def parse_args(argv=None):
     p.add_argument("--legacy", action="store_true", help="legacy reset order (demos use False)")
     p.add_argument("--env-steps", type=int, default=3000, help="steps timed for the state observation")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--force", action="store_true", help="allow replacing files git tracks (results/)")
     args = p.parse_args(argv)
+    from pcm_policy.io import check_not_shipped
+
+    try:
+        for _out in [args.out] if args.out else []:
+            check_not_shipped(_out, args.force, "--force", "--out")
+    except ValueError as _e:
+        p.exit(2, f"error: {_e}\n")
     if args.episodes < 0 or args.env_steps < 10 or args.max_steps < 1:
         p.error("--episodes must be >= 0, --env-steps >= 10, --max-steps >= 1")
     if not 0 <= args.seed_start <= 2**32 - 1 - args.episodes:

@@ -121,8 +121,17 @@ def parse(argv=None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--device", default=D.device, help="cpu (default) or cuda[:N]: every timing then waits for the GPU")
     p.add_argument("--eager", action="store_true", help="samplers call the eager UNet (default: its frozen "
                                                         "TorchScript graphs, same outputs; the curve shows both)")
-    p.add_argument("--out", help="write the JSON here (else it is printed after the table)")
+    p.add_argument("--out", help="write the JSON here (else it is printed after the table); a file git tracks "
+                                 "(results/) needs --force")
+    p.add_argument("--force", action="store_true", help="allow --out to replace a file git tracks (results/)")
     a = p.parse_args(argv)
+    if a.out:
+        from pcm_policy.io import check_not_shipped
+
+        try:
+            check_not_shipped(a.out, a.force, "--force", "--out")
+        except ValueError as e:
+            p.exit(2, f"error: {e}\n")
     if not a.size and not a.checkpoint and not DEFAULT_BASE.is_dir():
         sys.exit(f"error: no policy: {DEFAULT_BASE} does not exist; pass --checkpoint DIR (a folder from "
                  "scripts/train_policy.py) or --size small|medium for a random policy (timing only)")

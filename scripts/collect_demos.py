@@ -116,9 +116,11 @@ def parse_args(argv=None):
         p.error(f"--seed-start must be in 0..{2**32 - 1} (the env's reset seed), got {args.seed_start}")
     if args.ddim_k > 100:
         p.error(f"--ddim-k must be in 1..100 (the policy's training timesteps), got {args.ddim_k}")
+    from pcm_policy.device import check_threads
     from pcm_policy.io import check_not_shipped
 
     try:
+        args.workers = check_threads(args.workers, "--workers")  # processes, one per core at most
         check_not_shipped(args.out, args.force, "--force", "--out")
     except ValueError as e:
         p.error(str(e))

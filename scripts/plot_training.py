@@ -31,7 +31,15 @@ def main(argv=None) -> int:
     p.add_argument("run", type=Path)
     p.add_argument("--evals", type=Path, nargs="*", default=[])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="allow replacing files git tracks (results/)")
     a = p.parse_args(argv)
+    from pcm_policy.io import check_not_shipped
+
+    try:
+        for _out in [a.out]:
+            check_not_shipped(_out, a.force, "--force", "--out")
+    except ValueError as _e:
+        p.exit(2, f"error: {_e}\n")
     if not (a.run / "log.jsonl").exists():
         p.exit(2, f"error: {a.run / 'log.jsonl'} not found; pass a run folder of scripts/train_policy.py\n")
     rows = read_log(a.run)

@@ -51,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, default=300, help="expert step limit")
     p.add_argument("--success-coverage", type=float, default=0.97, help="expert margin (as the demos)")
     p.add_argument("--caption", action="store_true", help="add a strip with seed, step and coverage")
+    p.add_argument("--force", action="store_true", help="allow replacing files git tracks (results/)")
     args = p.parse_args(argv)
     if args.episode != 0 and args.zarr is None:
         p.error("--episode needs --zarr")
@@ -67,6 +68,13 @@ def parse_args(argv=None):
         if Path(o).suffix.lower() not in SUFFIXES:
             p.error(f"--out {o}: the suffix must be one of {', '.join(SUFFIXES)}")
     args.out = [Path(o) for o in outs]
+    from pcm_policy.io import check_not_shipped
+
+    try:
+        for _out in args.out:
+            check_not_shipped(_out, args.force, "--force", "--out")
+    except ValueError as _e:
+        p.exit(2, f"error: {_e}\n")
     return args
 
 

@@ -19,6 +19,7 @@ time budget is spent (checked between iterations, the first always runs) and act
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
 MAX_SEED = 2**32 - 1  # the env's legacy reset draws from np.random.RandomState(seed)
 PCM_ONLY = ("adapter", "k_on", "k_off", "space")  # options only the pcm sampler reads
+MAX_EPISODES, MAX_STEPS = 10_000, 100_000  # one batched lockstep run: every env is made up front
 
 
 def parse_args(argv=None):
@@ -68,7 +70,8 @@ def parse_args(argv=None):
                         "iterate when it is spent (read between iterations; the first iteration always runs)")
     p.add_argument("--video", type=Path, default=None, help="mp4 or gif of the first episode")
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="allow --json / --video to replace files git tracks (results/)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (capped at the machine's cores)")
     p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
     p.add_argument("--eager", action="store_true",
                    help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
@@ -87,13 +90,17 @@ def parse_args(argv=None):
         (a.k is not None and iterative and a.k > a.num_steps,
          f"--k must be in 1..--num-steps={a.num_steps} for {a.sampler}: it converges exactly in at most T "
          f"iterations, got {a.k}"),
-        (a.tol is not None and a.tol < 0, f"--tol must be >= 0, got {a.tol}"),
+        (a.tol is not None and not (math.isfinite(a.tol) and a.tol >= 0),
+         f"--tol must be a finite number >= 0, got {a.tol}"),
         (a.episodes < 1 or a.max_steps < 1, "--episodes and --max-steps must be >= 1"),
-        (a.threads < 1, f"--threads must be >= 1, got {a.threads}"),
+        (a.episodes > MAX_EPISODES, f"--episodes runs every episode at once, in lockstep: at most {MAX_EPISODES}, got "
+                                    f"{a.episodes}; split a larger evaluation into --seed ranges"),
+        (a.max_steps > MAX_STEPS, f"--max-steps must be at most {MAX_STEPS}, got {a.max_steps}"),
         (a.window is not None and not 1 <= a.window <= a.num_steps,
          f"--window must be in 1..--num-steps={a.num_steps}, got {a.window}"),
         (a.window is not None and not iterative, f"--window is for picard, taa, pcm and newton, not {a.sampler}"),
-        (a.safeguard is not None and a.safeguard <= 0, f"--safeguard must be > 0, got {a.safeguard}"),
+        (a.safeguard is not None and not (math.isfinite(a.safeguard) and a.safeguard > 0),
+         f"--safeguard must be a finite number > 0, got {a.safeguard}"),
         (a.taa_memory is not None and a.taa_memory < 2, f"--taa-memory must be >= 2, got {a.taa_memory}"),
         (a.taa_mixing is not None and not 0 < a.taa_mixing <= 1, f"--taa-mixing must be in (0, 1], got {a.taa_mixing}"),
         ((a.taa_memory, a.taa_mixing) != (None, None) and a.sampler not in ("taa", "pcm"),
@@ -102,12 +109,23 @@ def parse_args(argv=None):
         (a.sampler in ("dpmsolver++", "unipc") and a.k is None, f"--sampler {a.sampler} needs --k (its steps)"),
         (a.warm_start and not iterative, "--warm-start needs picard, taa, pcm or newton"),
         (a.budget_ms is not None and not iterative, "--budget-ms needs picard, taa, pcm or newton"),
-        (a.budget_ms is not None and not a.budget_ms >= 0, f"--budget-ms must be >= 0, got {a.budget_ms}"),
+        (a.budget_ms is not None and not (math.isfinite(a.budget_ms) and a.budget_ms >= 0),
+         f"--budget-ms must be a finite number >= 0, got {a.budget_ms}"),
         (a.video is not None and a.video.suffix not in (".mp4", ".gif"), "--video must end in .mp4 or .gif"),
     ]
     for bad, msg in errors:
         if bad:
             p.exit(2, f"error: {msg}\n")
+    from pcm_policy.device import check_threads
+    from pcm_policy.io import check_not_shipped
+
+    try:  # every output path before any work: a 50-episode evaluation is not lost to an unwritable --json
+        a.threads = check_threads(a.threads)
+        for flag, path in (("--json", a.json), ("--video", a.video)):
+            if path is not None:
+                check_not_shipped(path, a.force, "--force", flag)
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
     if a.warm_start is None:
         a.warm_start = iterative
     ignored = [f"--{n.replace('_', '-')}" for n in PCM_ONLY if getattr(a, n) is not None]
@@ -151,10 +169,18 @@ def main(argv=None) -> int:
         return f"{label} | chunk {c['chunk']} | {c['iterations']} it | {1000 * c['latency_s']:.0f} ms"
 
     t0 = time.perf_counter()
-    out = run_rollouts(policy, sampler, seeds, max_steps=args.max_steps,
-                       record={seeds[0]} if args.video else None, caption=caption, progress=args.episodes > 1,
-                       warm_start=args.warm_start,
-                       budget_s=None if args.budget_ms is None else args.budget_ms / 1000)
+    try:
+        out = run_rollouts(policy, sampler, seeds, max_steps=args.max_steps,
+                           record={seeds[0]} if args.video else None, caption=caption, progress=args.episodes > 1,
+                           warm_start=args.warm_start,
+                           budget_s=None if args.budget_ms is None else args.budget_ms / 1000)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing written (a rollout keeps no partial results); run the command again",
+              file=sys.stderr)
+        return 130
     wall = time.perf_counter() - t0
     summary = summarize(out["episodes"])
     print(f"{'seed':>7} {'score':>6} {'success':>7} {'steps':>5} {'iters/chunk':>11} {'ms/chunk':>8}")
@@ -168,6 +194,9 @@ def main(argv=None) -> int:
           f"median {1000 * summary['median_latency_s']:.1f} ms/chunk, "
           f"{wall:.1f} s total, {args.threads} thread(s), {args.device}{', eager' if args.eager else ''}"
           f"{', warm start' if args.warm_start else ''}")
+    if out["cold_restarts"]:
+        print(f"note: {out['cold_restarts']} chunk sample(s) diverged (non-finite iterate) and were re-solved from a "
+              "cold first iterate")
     if args.budget_ms is not None:
         print(f"budget {args.budget_ms:g} ms/chunk: stopped {100 * summary['budget_hit_rate']:.1f}% of the samples' "
               f"chunks before they converged")

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from pcm_policy.data import ReplayBufferError  # noqa: E402
+from pcm_policy.device import check_threads  # noqa: E402
 from pcm_policy.training import ResumeError  # noqa: E402
 
 
@@ -40,9 +41,7 @@ def main(cfg: DictConfig) -> None:
     cfg = OmegaConf.to_container(cfg, resolve=True)
     command = "python scripts/train_pct.py " + " ".join(sys.argv[1:])
     try:
-        if int(cfg["threads"]) < 1:
-            raise ValueError(f"threads must be >= 1, got {cfg['threads']}")
-        torch.set_num_threads(int(cfg["threads"]))
+        torch.set_num_threads(check_threads(cfg["threads"], "threads"))
         if cfg["task"]["name"] == "pusht":
             from pcm_policy.pusht.pct_run import run_pct
         elif cfg["task"]["name"] in ("celeba", "sd"):
@@ -52,6 +51,10 @@ def main(cfg: DictConfig) -> None:
         run_pct(cfg, command, ROOT)
     except (ReplayBufferError, ResumeError, ValueError) as e:  # one line, no traceback
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt as e:  # one line: what was saved, how to resume; exit 130 (killed by SIGINT)
+        saved = str(e) or "interrupted; what each stage finished is kept (trajectory store, finished rollout batches)"
+        print(f"\n{saved}; resume with the same command: {command}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

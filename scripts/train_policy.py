@@ -40,6 +40,10 @@ def main(cfg: DictConfig) -> None:
         train_policy(OmegaConf.to_container(cfg, resolve=True), command, ROOT)
     except (ReplayBufferError, ResumeError, ValueError) as e:  # one line, no traceback
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt as e:  # one line: what was saved, how to resume; exit 130 (killed by SIGINT)
+        saved = str(e) or "interrupted before training started (nothing saved)"
+        print(f"\n{saved}; resume with the same command: {command}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

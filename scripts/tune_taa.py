@@ -43,7 +43,15 @@ def main(argv=None) -> int:
     p.add_argument("--k-max", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="write every variant's distances here")
+    p.add_argument("--force", action="store_true", help="allow replacing files git tracks (results/)")
     a = p.parse_args(argv)
+    from pcm_policy.io import check_not_shipped
+
+    try:
+        for _out in [a.json] if a.json else []:
+            check_not_shipped(_out, a.force, "--force", "--json")
+    except ValueError as _e:
+        p.exit(2, f"error: {_e}\n")
     try:
         grid = list(itertools.product([int(m) for m in a.memories.split(",")], floats(a.weights), floats(a.mixings)))
     except ValueError as e:
@@ -51,7 +59,12 @@ def main(argv=None) -> int:
     if min(a.n, a.k_max, a.threads) < 1 or a.safeguard < 0 or any(m < 2 or w < 0 or not 0 < b <= 1 for m, w, b in grid):
         p.exit(2, "error: need --n, --k-max, --threads >= 1, --safeguard >= 0, memories >= 2, weights >= 0 and "
                   "mixings in (0, 1]\n")
-    torch.set_num_threads(a.threads)
+    from pcm_policy.device import check_threads
+
+    try:
+        torch.set_num_threads(check_threads(a.threads))
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
     try:
         tune_taa(a.store, a.checkpoint, grid, a.safeguard or None, a.n, a.k_max, a.json)
     except (TrajDataError, CheckpointError, FileNotFoundError) as e:

@@ -176,6 +176,31 @@ def test_generation_resumes_after_a_chunk(env, tmp_path):
         generate(policy, tmp_path / "a.zarr", other, env / "demos.zarr", progress=False)
 
 
+def test_rollout_conditions_resume_where_they_stopped(env, tmp_path, monkeypatch, capsys):
+    """The first stage interrupted between two rollout batches: the rerun reads the finished batch back (and says
+    so), makes the same store as an uninterrupted run, and removes what it kept for the resume."""
+    import pcm_policy.pusht.pct_data as D
+
+    policy, real, calls = load_policy(env / "base"), D._rollout_batch, []
+
+    def stop_on_second(*a, **kw):
+        calls.append(a[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(D, "_rollout_batch", stop_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        generate(policy, tmp_path / "a.zarr", TINY, env / "demos.zarr", progress=False)
+    monkeypatch.setattr(D, "_rollout_batch", real)
+    generate(policy, tmp_path / "a.zarr", TINY, env / "demos.zarr", progress=False)
+    assert "rollout conditions: all 2 read from" in capsys.readouterr().out  # the training split's batch
+    a, b = load_trajectories(tmp_path / "a.zarr"), load_trajectories(env / "traj.zarr")
+    for k in ("obs", "cond", "x_T", "x_star", "iterates", "split", "origin", "step", "var_k"):
+        assert torch.equal(a[k], b[k]), k
+    assert [p.name for p in tmp_path.iterdir()] == ["a.zarr"]
+
+
 def test_choose_schedule_rule():
     def spec(k_on, k_off, space="weight"):
         return SamplerSpec.named("pcm", switch=Switch(k_on, k_off, space))

@@ -61,6 +61,33 @@ def test_checkpoint_errors(tmp_path):
         load_policy(tmp_path)
 
 
+def test_damaged_checkpoint_and_adapter_files_name_the_file(tmp_path):
+    """A truncated model.safetensors / adapter.safetensors and a corrupted adapter.json: one CheckpointError naming
+    the file and what to do (safetensors' SafetensorError and the JSON parser's message named no file)."""
+    from pcm_policy.lora import add_lora
+    from pcm_policy.pusht.checkpoint import load_adapter_folder, save_adapter_folder
+    from pcm_policy.sampling import SamplerSpec
+
+    policy = tiny_policy()
+    save_policy(policy, tmp_path / "ckpt")
+    weights = tmp_path / "ckpt/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"{weights}: cannot read it as a safetensors file .* truncated"):
+        load_policy(tmp_path / "ckpt")
+    add_lora(policy.model)
+    save_adapter_folder(policy, tmp_path / "ad", SamplerSpec.named("pcm"))
+    cfg = tmp_path / "ad/adapter.json"
+    good = cfg.read_text()
+    cfg.write_text(good[:-5])
+    with pytest.raises(CheckpointError, match=f"{cfg}: this adapter config is not valid JSON"):
+        load_adapter_folder(tiny_policy(), tmp_path / "ad")
+    cfg.write_text(good)
+    ad = tmp_path / "ad/adapter.safetensors"
+    ad.write_bytes(ad.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"{ad}: cannot read it as a safetensors file"):
+        load_adapter_folder(tiny_policy(), tmp_path / "ad")
+
+
 def test_loss_decreases_on_one_batch_and_ema_decay():
     policy = tiny_policy().train()
     batch = {"obs": torch.rand(16, 16, 20) * 512, "action": torch.rand(16, 16, 2) * 512}
@@ -156,6 +183,28 @@ def test_rollout_warm_start_keeps_the_actions():
                      warm_start=True)
 
 
+def test_rollout_warm_start_carries_only_converged_predictions():
+    """A chunk whose sample did not converge (k = 1 at tol 0) hands the next chunk the cold zero guess, never its
+    unconverged iterate: warm-started episodes are then the episodes started from the zero guess every chunk."""
+    policy = tiny_policy()
+    sampler = make_sampler("picard", policy.noise_scheduler, num_steps=8, tol=0.0, k=1, init="prior")
+    warm = run_rollouts(policy, sampler, [0, 1], max_steps=24, warm_start=True)
+    cold = run_rollouts(policy, sampler, [0, 1], max_steps=24)  # "prior" = the zero x0 guess
+    for c, w in zip(cold["episodes"], warm["episodes"], strict=True):
+        assert (c["score"], c["steps"], c["final_coverage"]) == (w["score"], w["steps"], w["final_coverage"])
+    assert warm["cold_restarts"] == 0
+
+
+@pytest.mark.slow
+def test_rollout_fixed_k_warm_start_stays_finite_on_the_shipped_policy():
+    """The reported case: plain Picard, k = 4, tol 0, warm start, seed 500012 went NaN at chunk 17 and ended in the
+    env's traceback; now the episode runs its 200 steps."""
+    policy = load_policy(ROOT / "checkpoints/pusht_base")
+    sampler = make_sampler("picard", policy.noise_scheduler, num_steps=50, tol=0.0, k=4)
+    ep = run_rollouts(policy, sampler, [500012], max_steps=200, warm_start=True)["episodes"][0]
+    assert ep["steps"] == 200 and np.isfinite(ep["final_coverage"])
+
+
 def test_rollout_time_budget_and_per_sample_iterations():
     """--budget-ms's library form: a budget of 0 stops every chunk after its first iteration (and says so), a
     budget never spent changes nothing; chunks report their own sample's iterations and the batch's."""
@@ -224,7 +273,7 @@ def test_smoke_training_and_rollout_script(tmp_path):
 @pytest.mark.parametrize("args, msg", [
     (["--sampler", "nope"], "unknown sampler"),
     (["--sampler", "picard", "--k", "0"], "--k must be >= 1"),
-    (["--sampler", "picard", "--tol", "-1"], "--tol must be >= 0"),
+    (["--sampler", "picard", "--tol", "-1"], "--tol must be a finite number >= 0"),
     (["--sampler", "ddim", "--checkpoint", "/nonexistent"], "missing config.json"),
     (["--sampler", "ddim", "--device", "nope"], "unknown device 'nope'"),
     pytest.param(["--sampler", "ddim", "--device", "cuda"], "torch sees no CUDA GPU",
@@ -236,10 +285,10 @@ def test_smoke_training_and_rollout_script(tmp_path):
     (["--sampler", "ddim", "--num-steps", "0"], "--num-steps (DDIM steps T) must be >= 1"),
     (["--sampler", "ddim", "--num-steps", "1000"], "num_steps (DDIM steps T) must be in 1..100"),
     (["--sampler", "ddim-k", "--k", "101"], "k (ddim-k's steps) must be in 1..100"),
-    (["--sampler", "ddim", "--threads", "0"], "--threads must be >= 1"),
+    (["--sampler", "ddim", "--threads", "0"], "--threads must be an integer in 1..1024"),
     (["--sampler", "picard", "--window", "51"], "--window must be in 1..--num-steps=50"),
     (["--sampler", "ddim", "--budget-ms", "5"], "--budget-ms needs picard, taa, pcm or newton"),
-    (["--sampler", "pcm", "--budget-ms", "-1"], "--budget-ms must be >= 0"),
+    (["--sampler", "pcm", "--budget-ms", "-1"], "--budget-ms must be a finite number >= 0"),
     (["--sampler", "ddim", "--warm-start"], "--warm-start needs picard, taa, pcm or newton"),
     (["--sampler", "taa", "--taa-memory", "1"], "--taa-memory must be >= 2"),
     (["--sampler", "pcm", "--taa-mixing", "0"], "--taa-mixing must be in (0, 1]"),
@@ -263,6 +312,79 @@ def test_other_scripts_bad_numbers_exit_2_with_one_line(script, args, msg):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
                        cwd=ROOT)
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _script(name: str):
+    """A script as a module (its parse_args, in this process: no subprocess)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name.replace('/', '_')}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--sampler", "picard", "--tol", "nan"], "--tol must be a finite number >= 0, got nan"),
+    (["--sampler", "picard", "--tol", "inf"], "--tol must be a finite number >= 0, got inf"),
+    (["--sampler", "pcm", "--budget-ms", "inf"], "--budget-ms must be a finite number >= 0"),
+    (["--sampler", "taa", "--safeguard", "inf"], "--safeguard must be a finite number > 0"),
+    (["--sampler", "taa", "--taa-mixing", "nan"], "--taa-mixing must be in (0, 1]"),
+    (["--sampler", "ddim", "--episodes", "1000000"], "--episodes runs every episode at once, in lockstep: at most"),
+    (["--sampler", "ddim", "--max-steps", "1000000000"], "--max-steps must be at most"),
+    (["--sampler", "ddim", "--threads", "2000"], "--threads must be an integer in 1..1024"),
+    (["--sampler", "ddim", "--json", "results/sweep/sweep.json"], "tracked by git"),
+    (["--sampler", "ddim", "--video", str(ROOT / "README.md" / "v.mp4")], "is a file, not a folder"),
+])
+def test_rollout_settings_and_output_paths_are_checked_before_any_work(args, msg, capsys):
+    """Refused in parse_args, before a policy is loaded or an episode runs: one line, exit 2."""
+    with pytest.raises(SystemExit) as e:
+        _script("rollout").parse_args(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_threads_are_capped_at_the_cores_and_said(capsys):
+    from pcm_policy.device import available_cores, check_threads
+
+    a = _script("rollout").parse_args(["--sampler", "ddim", "--threads", "64"])
+    assert a.threads == min(64, available_cores())
+    if available_cores() < 64:
+        assert f"--threads 64 capped at {available_cores()}" in capsys.readouterr().err
+    assert check_threads(1) == 1
+    for bad in (0, -1, 1025, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="threads must be an integer in 1..1024"):
+            check_threads(bad, "threads")
+
+
+def test_writers_refuse_tracked_files_before_any_work(tmp_path, capsys):
+    """bench_samplers --out and generate --out into results/ (their own help suggested it) need --force; the
+    check runs before the benchmark or the model load."""
+    with pytest.raises(SystemExit) as e:
+        _script("bench_samplers").parse(["--size", "small", "--out", "results/bench_samplers_eager.json"])
+    assert e.value.code == 2 and "tracked by git" in capsys.readouterr().err
+    gen = _script("vision/generate")
+    assert gen.main(["--out", "results/anytime", "--num-samples", "1"]) == 2
+    assert "tracked by git" in capsys.readouterr().err
+    assert gen.main(["--out", str(ROOT / "README.md" / "x"), "--num-samples", "1"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert gen.parse_args([]).out == ROOT / "runs" / "samples"  # not the source tree
+
+
+@pytest.mark.parametrize("script, call, argv, msg", [
+    ("tune_taa", "main", ["--json", "results/taa_tuning.json"], "tracked by git"),
+    ("plot_training", "main", [str(ROOT / "results/base_round1"), "--out", "results/sweep/sweep.json"],
+     "tracked by git"),
+    ("bench_env", "parse_args", ["--out", "results/bench_env.json"], "tracked by git"),
+    ("render_episode", "parse_args", ["--out", str(ROOT / "README.md" / "x.mp4")], "is a file, not a folder"),
+    ("vision/bench_window", "main", ["--out", "results/sweep/sweep.json"], "tracked by git"),
+])
+def test_every_writer_checks_its_output_before_any_work(script, call, argv, msg, capsys):
+    """One guard for every writer: a file git tracks is replaced only with --force, and a path that cannot be
+    written is refused, before any work."""
+    with pytest.raises(SystemExit) as e:
+        getattr(_script(script), call)(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
 def test_rollout_says_when_an_option_is_ignored(tmp_path):

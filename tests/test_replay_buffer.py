@@ -1,6 +1,7 @@
 """ReplayBuffer: reference-schema stores written with zarr 3, round trips, crash safety, bad input."""
 
 import json
+import os
 import shutil
 
 import numcodecs
@@ -313,3 +314,56 @@ def test_open_or_create_resumes(tmp_path, episodes):
     assert_episode_equal(ReplayBuffer.open(path).get_episode(0), episodes[0])
     with pytest.raises(ReplayBufferError, match="differ"):
         buf.add_episode(episodes[2])  # the store records seeds: every episode must give one
+
+
+def test_a_stale_writer_refuses_instead_of_losing_a_committed_episode(tmp_path):
+    """Two append handles on one store (zarr-python issue 2077's kind): the one opened before the other appended
+    refuses; the committed episode stays, and a re-opened handle appends after it."""
+    store = tmp_path / "demos.zarr"
+    ReplayBuffer.create(store).add_episode({"action": np.full((5, 2), 1.0)}, meta={"seed": 1})
+    a, b = ReplayBuffer.open(store, mode="a"), ReplayBuffer.open(store, mode="a")
+    a.add_episode({"action": np.full((6, 2), 2.0)}, meta={"seed": 2})
+    with pytest.raises(ReplayBufferError, match="another writer changed the store"):
+        b.add_episode({"action": np.full((3, 2), 3.0)}, meta={"seed": 3})
+    ReplayBuffer.open(store, mode="a").add_episode({"action": np.full((3, 2), 3.0)}, meta={"seed": 3})
+    after = ReplayBuffer.open(store)
+    assert after.episode_meta("seed").tolist() == [1, 2, 3] and after.episode_ends.tolist() == [5, 11, 14]
+    np.testing.assert_array_equal(after["action"][5:11], np.full((6, 2), 2.0))
+    assert not (store / ".writer.lock").exists()  # released and removed
+
+
+WRITER = """
+import sys, numpy as np
+from pcm_policy.data import ReplayBuffer, ReplayBufferError
+store, w, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+done = 0
+while done < n:  # a refused (stale) handle re-opens and tries again: nothing it committed is lost
+    buf = ReplayBuffer.open(store, mode="a")
+    try:
+        while done < n:
+            buf.add_episode({"action": np.full((3 + done % 4, 2), 100.0 * w + done)}, meta={"seed": 100 * w + done})
+            done += 1
+    except ReplayBufferError as e:
+        assert "another writer" in str(e), e
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_writer_processes_lose_no_episode(tmp_path):
+    """Four processes append to one store at once: every episode each committed is there, with its own rows."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = tmp_path / "demos.zarr"
+    ReplayBuffer.create(store)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(store), str(w), "6"], env=env) for w in range(4)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    buf = ReplayBuffer.open(store)
+    seeds = buf.episode_meta("seed").tolist()
+    assert sorted(seeds) == [100 * w + i for w in range(4) for i in range(6)]
+    for i, s in enumerate(seeds):
+        ep = buf.get_episode(i)["action"]
+        assert len(ep) == 3 + s % 100 % 4 and np.all(ep == float(s))

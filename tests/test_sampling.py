@@ -22,6 +22,7 @@ from pcm_policy.sampling import (
     SamplerSpec,
     ddim_step,
     hard_switch,
+    initial_trajectory,
     linear_schedule,
     sample_newton,
     sample_pcm,
@@ -619,6 +620,113 @@ def test_bad_arguments_raise_clear_errors():
         sample_pcm(model, x_T, cond, schedule=hard_switch(1), space="both", **kw)
     with pytest.raises(ValueError, match="solver"):
         step_grid(DPMSolverMultistepScheduler(), T)
+
+
+def test_non_finite_settings_are_refused_naming_the_setting():
+    """--tol nan ran 50 iterations per chunk and --tol inf one: every non-finite setting is refused."""
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    kw = dict(grid=step_grid(ddim(), T))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tol must be a finite number"):
+            sample_picard(model, x_T, cond, tol=bad, **kw)
+        with pytest.raises(ValueError, match="tol must be a finite number"):
+            SamplerSpec.named("picard", tol=bad)
+        with pytest.raises(ValueError, match="safeguard"):
+            sample_picard(model, x_T, cond, safeguard=bad, **kw)
+        with pytest.raises(ValueError, match="safeguard"):
+            SamplerSpec.named("taa", safeguard=bad)
+        with pytest.raises(ValueError, match="budget_s"):
+            sample_picard(model, x_T, cond, budget_s=bad, **kw)
+        with pytest.raises(ValueError, match="TAA weight"):
+            TAA(weight=bad)
+        with pytest.raises(ValueError, match="TAA weight"):
+            TAA(reg=bad)
+        with pytest.raises(ValueError, match="x_T holds non-finite"):
+            sample_picard(model, torch.full_like(x_T, bad), cond, **kw)
+        with pytest.raises(ValueError, match="init .* non-finite"):
+            sample_picard(model, x_T, cond, init=torch.full_like(x_T, bad), **kw)
+
+
+@pytest.mark.parametrize("make, msg", [
+    (lambda: step_grid(ddpm(), 2.5), r"num_steps must be an integer in 1\.\.100"),
+    (lambda: step_grid(ddim(), 10, eta=float("nan")), "eta must be >= 0"),
+    (lambda: SamplerSpec.named("picard", k=2.5), "k must be an integer"),
+    (lambda: SamplerSpec.named("picard", window=1.5), "window must be an integer"),
+    (lambda: SamplerSpec.named("picard", tol="0.1"), "tol must be a number"),
+    (lambda: SamplerSpec(name="picard", num_steps=None), "num_steps None .* is for ddpm only"),
+    (lambda: SamplerSpec.named("picard", num_steps=50, jump=Jump((50,), (0.0,))),
+     r"jump positions must be in 0\.\.num_steps - 1 = 49"),
+    (lambda: SamplerSpec.from_dict({"name": "taa", "taa": {"memory": 1}}), "TAA memory must be an int >= 2"),
+])
+def test_bad_grid_and_spec_settings_name_the_setting_and_range(make, msg):
+    """Never a TypeError or IndexError from deep inside: a ValueError naming the setting and its valid range."""
+    with pytest.raises(ValueError, match=msg):
+        make()
+
+
+class Overflowing(nn.Module):
+    """MLPDenoiser plus 1e-30 x^3: negligible below |x| ~ 1e8, inf (float32 overflow) from |x| ~ 1e13: a network
+    that is fine on the data's scale and not on a runaway iterate."""
+
+    def __init__(self):
+        super().__init__()
+        self.m = MLPDenoiser()
+
+    def forward(self, x, t, cond, lora_scale=None):
+        return self.m(x, t, cond, lora_scale) + 1e-30 * x**3
+
+
+@torch.no_grad()
+def test_finite_inputs_never_give_non_finite_outputs():
+    """Random samplers, k, tol, window, first iterates and warm starts (the previous chunk's output, at times
+    blown up the way an unconverged iterate carried forward grows) over many chunks: every output is finite."""
+    model, rng = Overflowing(), torch.Generator().manual_seed(0)
+    restarts = 0
+    for setting in range(24):
+        def pick(options):
+            return options[int(torch.randint(len(options), (1,), generator=rng))]
+
+        sched = pick([ddim, lambda: ddim(clip_sample=False)])()
+        name = pick(["picard", "taa", "pcm"])
+        k = pick([None, 1, 2, 3, T // 2, T])
+        kw = dict(grid=step_grid(sched, T), tol=pick([0.0, 1e-3, 0.1, 1.0]), max_iters=k,
+                  window=pick([None, 1, 3, T]), form=pick(["paradigms", "chain"]))
+        if name == "taa":
+            kw.update(taa=TAA(), safeguard=pick([None, 1.0]))
+
+        def sample(x_T, cond, init, kw=kw, name=name):
+            if name == "pcm":
+                return sample_pcm(model, x_T, cond, schedule=hard_switch(1), init=init, **kw)
+            return sample_picard(model, x_T, cond, init=init, **kw)
+
+        guess = None
+        for chunk in range(5):
+            x_T, cond = inputs(3, seed=100 * setting + chunk)
+            scale = pick([1.0, 1.0, 1e4, 1e15, 1e30])
+            init = None if guess is None else pick([guess * scale, initial_trajectory(kw["grid"], x_T, guess) * scale])
+            if init is not None and not bool(torch.isfinite(init).all()):  # finite inputs only
+                init = guess
+            out, st = sample(x_T, cond, init)
+            assert out.shape == x_T.shape and bool(torch.isfinite(out).all()), (setting, chunk, scale)
+            restarts += st.cold_restarts
+            guess = out
+    assert restarts > 0  # the draws did reach runaway warm starts
+
+
+def test_a_diverged_sample_is_re_solved_cold_and_counted():
+    """A warm start far outside the model's range makes the iterate overflow: that sample alone is re-solved from
+    the cold first iterate ("prior" for an x0 guess), its output is that cold solve's, and stats count it."""
+    model, (x_T, cond) = Overflowing(), inputs()
+    kw = dict(grid=step_grid(ddim(), T), tol=0.0, max_iters=4)
+    guess = torch.zeros_like(x_T)
+    guess[1] = 1e30
+    out, st = sample_picard(model, x_T, cond, init=guess, **kw)
+    cold, _ = sample_picard(model, x_T, cond, init=torch.zeros_like(x_T), **kw)
+    assert st.cold_restarts == 1 and bool(torch.isfinite(out).all())
+    assert close(out, cold, atol=1e-6)
+    assert st.sample_iterations[1] > st.sample_iterations[0]  # both solves are counted
+    with pytest.raises(ValueError, match="non-finite values .* from finite inputs"):  # a model that is NaN anyway
+        sample_picard(lambda x, t, c: x * float("nan"), x_T, cond, **kw)
 
 
 def test_newton_converges_on_the_policy_unet():

@@ -165,3 +165,30 @@ def test_the_defaults_are_the_shipped_stand_in_and_its_adapter(family):
     model = load_model(model_dir)
     spec, _ = load_adapter_folder(model.unet, adapter_dir)
     assert model.family == family and spec.name == "pcm"
+
+
+def test_reference_features_are_computed_once_per_reference_set_and_extractor(tmp_path, monkeypatch, capsys):
+    """The reference statistics (250 of a 260-280 s run) are reused by a later run, whatever its output folder;
+    another reference set computes its own; a damaged cache file is recomputed."""
+    from pcm_policy.vision.evaluate import reference_features
+
+    monkeypatch.setenv("PCM_POLICY_CACHE", str(tmp_path))
+    calls = []
+
+    def feats(images, progress=False):  # stands in for the Inception network: the cache is what is tested
+        calls.append((len(images), progress))
+        x = np.stack([im.mean((0, 1)) for im in images]).astype(np.float64)
+        return {"pool": x, "spatial": x[:, :2]}
+
+    rng = np.random.default_rng(0)
+    ref = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
+    a = reference_features(feats, ref, "set_a")
+    b = reference_features(feats, ref, "set_a")
+    assert calls == [(4, True)] and all(np.array_equal(a[k], b[k]) for k in ("pool", "spatial"))
+    assert "reference Inception features (4 images): cached" in capsys.readouterr().out
+    reference_features(feats, ref[:3], "set_b")
+    assert calls[-1] == (3, True)
+    (cached,) = (tmp_path / "reference_features").glob("set_a_*.npz")
+    cached.write_bytes(cached.read_bytes()[:50])
+    reference_features(feats, ref, "set_a")
+    assert len(calls) == 3

@@ -119,3 +119,8 @@ def test_seeds_are_per_sample_not_per_batch(ldm_dir):  # noqa: F811
     assert x.dtype == torch.float32 and x.shape == (3, 3, 8, 8)
     with pytest.raises(ValueError, match=">= 1"):
         seeds_for(0, 0)
+    assert seeds_for(2**64 - 2, 2) == [2**64 - 2, 2**64 - 1]  # torch.Generator's whole range
+    initial_latents(m, seeds_for(2**64 - 1, 1))
+    for seed in (-1, 2**64 - 1, 10**30):  # a huge --seed: one line naming the range, not an overflow traceback
+        with pytest.raises(ValueError, match=r"seed must be in 0\.\.18446744073709551614"):
+            seeds_for(seed, 2)

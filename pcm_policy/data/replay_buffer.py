@@ -17,6 +17,12 @@ atomic (zarr's LocalStore writes a temporary file and renames it); the only wind
 writes of the commit (`episode_ends` grown, its new value not yet written) leaves a trailing 0, which
 can never be a valid end, so it is dropped on open.
 
+Several writers: `add_episode` holds the store's writer lock (`io.exclusive` on `<store>/.writer.lock`,
+waiting for it) and first re-reads `meta/episode_ends`: a handle that another writer has appended to since
+it was opened (two collect_demos runs on one --out) refuses with a `ReplayBufferError` instead of writing
+its rows over the committed episodes (zarr-python issue 2077: appends are resize + write, uncoordinated).
+A committed episode is never lost.
+
 Damage: `open` checks every chunk that holds committed rows before anything is decoded: a chunk file that
 is absent (zarr would read it as the fill value, zeros) or whose stored size does not match what its codec
 needs (a truncated Blosc chunk can crash the decoder) is refused with a `CorruptStoreError` naming the
@@ -39,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..io import exclusive
 from .errors import CorruptStoreError, MissingKeyError, ReplayBufferError, StoreNotFoundError
 from .storage import (
     ARRAY_CONFIG,
@@ -52,6 +59,7 @@ from .storage import (
 )
 
 COPY_BLOCK_BYTES = 2**26
+WRITER_LOCK = ".writer.lock"  # held while an episode is appended (module doc)
 
 
 class ReplayBuffer:
@@ -278,8 +286,32 @@ class ReplayBuffer:
             self._check_rows(self._data.get(name), f"data/{name}", value)
         for name, value in extras.items():
             self._check_rows(self._meta.get(name), f"meta/episode_{name}", value[None])
+        if self._group is None:
+            self._append(episode, extras, next(iter(lengths.values())))
+            return
+        with exclusive(Path(self._path) / WRITER_LOCK, wait=True, what="replay buffer"):
+            self._check_not_stale()
+            self._append(episode, extras, next(iter(lengths.values())))
+
+    def _check_not_stale(self) -> None:
+        """Under the writer lock: refuse to append when another handle committed episodes since this one read
+        ``meta/episode_ends`` (its rows would overwrite them)."""
+        try:
+            ends = np.asarray(self._group["meta/episode_ends"][:])
+        except Exception as e:
+            raise CorruptStoreError(f"{self._where()}: meta/episode_ends cannot be read ({e}); restore or "
+                                    "re-create the store") from e
+        if len(ends) and ends[-1] == 0:  # an interrupted commit (module doc)
+            ends = ends[:-1]
+        if not np.array_equal(ends, self._ends):
+            raise ReplayBufferError(
+                f"{self._where()}: another writer changed the store since this handle opened it ({len(ends)} "
+                f"episodes there, {len(self._ends)} here); appending would overwrite its episodes. Run one writer "
+                "per store, or re-open it with ReplayBuffer.open(path, mode='a') and append again")
+
+    def _append(self, episode: dict, extras: dict, length: int) -> None:
         start, k = self.n_steps, self.n_episodes
-        stop = start + next(iter(lengths.values()))
+        stop = start + length
         for key, value in episode.items():
             self._data[key] = self._write(self._data.get(key), "data", key, start, stop, value)
         for name, value in extras.items():

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import adapters, paper
-from ..io import atomic_path, write_json
+from ..io import atomic_path, read_json, read_safetensors, write_json
 from ..sampling import SamplerSpec
 from .policy import DiffusionPolicy, PolicyConfig
 
@@ -44,11 +44,14 @@ def load_policy(folder: str | os.PathLike, device: str | torch.device = "cpu") -
             raise CheckpointError(f"{folder}: missing {name}; a policy checkpoint folder holds {CONFIG} and "
                                   f"{WEIGHTS} (train one with scripts/train_policy.py)")
     try:
-        cfg = PolicyConfig(**json.loads((folder / CONFIG).read_text())["policy"])
+        cfg = PolicyConfig(**read_json(folder / CONFIG, "policy config")["policy"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / CONFIG}: not a policy config this version understands ({e})") from e
     policy = DiffusionPolicy(cfg)
-    state = load_file(str(folder / WEIGHTS))
+    try:
+        state = read_safetensors(folder / WEIGHTS)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     try:
         missing, unexpected = policy.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch

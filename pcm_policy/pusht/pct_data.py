@@ -16,13 +16,18 @@ Store (zarr v3 group): ``obs`` (N, n_obs, obs_dim) raw, ``cond`` (N, n_obs*obs_d
 episodes / rollout seeds of their own), ``source`` (0 demo, 1 rollout), ``origin`` (episode index or
 env seed), ``step`` (window start or chunk index), ``done`` (a flag per chunk of conditions). Attrs:
 ``config`` (what decides the content, checked on resume), ``rollout_seeds``, ``var_k``, ``timing``.
-Conditions are written first; then each chunk's arrays, then its flag; rerunning skips done chunks.
+Conditions are written first; then each chunk's arrays, then its flag; rerunning skips done chunks. While
+the conditions are collected, each finished batch of rollouts is kept next to the store
+(``.<store>.rollouts-<config hash>/``, removed once the conditions are written), so an interrupted first stage
+resumes at its last finished batch; every resume says where it resumed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,45 +102,72 @@ def _demo_conditions(policy, path, n_train: int, n_val: int, cfg: TrajDataConfig
     return out
 
 
-def _rollout_conditions(policy, n: int, seed: int, cfg: TrajDataConfig, rng, progress: bool):
-    """Observation histories of base-policy (DDIM-T) rollouts on seeds seed, seed+1, ...:
-    up to ``per_episode`` random chunks per episode until ``n`` are collected."""
-    from ..sampling import make_sampler
+def _rollout_batch(policy, sampler, batch: list[int], cfg: TrajDataConfig) -> dict[int, np.ndarray]:
+    """Per seed of ``batch``, the observation batch (chunks, n_obs, obs_dim) of each chunk of its rollout."""
     from .rollout import run_rollouts
 
+    shown = []  # the observation batch of every chunk
+    with torch.no_grad():
+        eps = run_rollouts(policy, sampler, batch, max_steps=cfg.max_steps,
+                           on_chunk=lambda c, obs, out, shown=shown: shown.append(obs.clone()))["episodes"]
+    per_seed = {s: [] for s in batch}
+    for c, rows in enumerate(shown):  # run_rollouts keeps running episodes in seed order
+        alive = [e["seed"] for e in eps if len(e["chunks"]) > c]
+        if len(alive) != len(rows):
+            raise RuntimeError("rollout bookkeeping: observation rows do not match running episodes")
+        for s, row in zip(alive, rows, strict=True):
+            per_seed[s].append(row.numpy())
+    return {s: np.stack(rows) for s, rows in per_seed.items()}
+
+
+def _rollout_conditions(policy, n: int, seed: int, cfg: TrajDataConfig, rng, progress: bool,
+                        cache: Path | None = None):
+    """Observation histories of base-policy (DDIM-T) rollouts on seeds seed, seed+1, ...:
+    up to ``per_episode`` random chunks per episode until ``n`` are collected. ``cache``: a folder keeping each
+    finished batch of rollouts (written atomically), so an interrupted run resumes there (and says so)."""
+    from ..io import atomic_path
+    from ..sampling import make_sampler
+
     sampler = make_sampler("ddim", policy.noise_scheduler, num_steps=cfg.num_steps)
-    obs, origin, step, seeds = [], [], [], []
+    obs, origin, step, seeds, reused = [], [], [], [], 0
     bar = tqdm(total=n, desc="rollout conditions", unit="cond", disable=not progress)
     while len(obs) < n:
         batch = list(range(seed, seed + min(cfg.rollout_batch, math.ceil((n - len(obs)) / cfg.per_episode))))
         seed += len(batch)
-        shown = []  # the observation batch of every chunk
-        with torch.no_grad():
-            eps = run_rollouts(policy, sampler, batch, max_steps=cfg.max_steps,
-                               on_chunk=lambda c, obs, out, shown=shown: shown.append(obs.clone()))["episodes"]
-        per_seed = {s: [] for s in batch}
-        for c, rows in enumerate(shown):  # run_rollouts keeps running episodes in seed order
-            alive = [e["seed"] for e in eps if len(e["chunks"]) > c]
-            if len(alive) != len(rows):
-                raise RuntimeError("rollout bookkeeping: observation rows do not match running episodes")
-            for s, row in zip(alive, rows, strict=True):
-                per_seed[s].append((c, row))
+        saved = None if cache is None else cache / f"seeds_{batch[0]}-{batch[-1]}.npz"
+        if saved is not None and saved.exists():
+            with np.load(saved) as z:
+                per_seed = {s: z[f"s{s}"] for s in batch}
+            reused += 1
+        else:
+            if reused:
+                tqdm.write(f"rollout conditions: resumed at {len(obs)}/{n} ({reused} finished rollout batch(es) "
+                           f"read from {cache})")
+                reused = 0
+            per_seed = _rollout_batch(policy, sampler, batch, cfg)
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(saved) as tmp:
+                    np.savez(tmp, **{f"s{s}": rows for s, rows in per_seed.items()})
         for s in batch:
-            items = per_seed[s]
-            for j in np.sort(rng.choice(len(items), size=min(cfg.per_episode, len(items)), replace=False)):
-                c, row = items[j]
-                obs.append(row.numpy())
+            rows = per_seed[s]
+            for j in np.sort(rng.choice(len(rows), size=min(cfg.per_episode, len(rows)), replace=False)):
+                obs.append(rows[j])
                 origin.append(s)
-                step.append(c)
+                step.append(int(j))
         seeds += batch
         bar.update(min(n, len(obs)) - bar.n)
     bar.close()
+    if reused:
+        print(f"rollout conditions: all {n} read from {cache} (finished before the interruption)", flush=True)
     keep = np.sort(rng.choice(len(obs), size=n, replace=False))
     return [obs[i] for i in keep], [origin[i] for i in keep], [step[i] for i in keep], seeds, seed
 
 
-def collect_conditions(policy, cfg: TrajDataConfig, demos=None, progress: bool = True) -> dict:
-    """Raw observation histories of all N conditions, training split first, and where each came from."""
+def collect_conditions(policy, cfg: TrajDataConfig, demos=None, progress: bool = True,
+                       cache: Path | None = None) -> dict:
+    """Raw observation histories of all N conditions, training split first, and where each came from.
+    ``cache``: where finished rollout batches are kept for a resume (``_rollout_conditions``)."""
     rng = np.random.default_rng(cfg.seed)
     n_val = round(cfg.n * cfg.val_fraction)
     n_roll = round(cfg.n * cfg.rollout_fraction)
@@ -149,7 +181,8 @@ def collect_conditions(policy, cfg: TrajDataConfig, demos=None, progress: bool =
     seeds, next_seed = {}, cfg.rollout_seed
     for split, n in ((0, n_roll - roll_val), (1, roll_val)):  # held-out conditions come from their own seeds
         if n:
-            o, org, st, seeds[split], next_seed = _rollout_conditions(policy, n, next_seed, cfg, rng, progress)
+            o, org, st, seeds[split], next_seed = _rollout_conditions(policy, n, next_seed, cfg, rng, progress,
+                                                                                cache)
             parts["obs"] += o
             parts["origin"] += org
             parts["step"] += st
@@ -220,9 +253,11 @@ def generate(policy, path, cfg: TrajDataConfig, demos=None, *, max_chunks: int |
     root = _open(path, config)
     pc = policy.cfg
     T, K, N, shape = cfg.num_steps, cfg.iterates, cfg.n, (pc.horizon, pc.action_dim)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cache = path.with_name(f".{path.name}.rollouts-{digest}")  # finished rollout batches, until conditions_done
     if not root.attrs.get("conditions_done"):
         t0 = time.perf_counter()
-        c = collect_conditions(policy, cfg, demos, progress)
+        c = collect_conditions(policy, cfg, demos, progress, cache)
         with torch.no_grad():
             cond = policy.condition(torch.from_numpy(c["obs"])).cpu().numpy()
         x_T = torch.randn((N, *shape), generator=torch.Generator().manual_seed(cfg.seed)).numpy()
@@ -237,8 +272,12 @@ def generate(policy, path, cfg: TrajDataConfig, demos=None, *, max_chunks: int |
         root.create_array("done", data=np.zeros(math.ceil(N / cfg.chunk), bool), overwrite=True)
         root.attrs.update({"rollout_seeds": c["rollout_seeds"], "conditions_done": True,
                            "timing": {"conditions_s": time.perf_counter() - t0, "chunks_s": 0.0, "chunks": 0}})
+    shutil.rmtree(cache, ignore_errors=True)
     done = root["done"][:]
     todo = [i for i in range(len(done)) if not done[i]][:max_chunks]
+    if todo and done.any():
+        print(f"PCT trajectories: resuming {path} at chunk {int(done.sum())}/{len(done)} (the finished ones are kept)",
+              flush=True)
     cond_all, xT_all = root["cond"][:], root["x_T"][:]
     for ci in tqdm(todo, desc="PCT trajectories", unit="chunk", disable=not progress or not todo):
         t0 = time.perf_counter()

@@ -52,7 +52,8 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
     Returns:
         {"episodes": [{"seed", "score", "success", "steps", "max_coverage", "final_coverage", "chunks": [
         {"chunk", "iterations", "nfe", "batch_iterations", "latency_s" (s), "batch", "budget_hit"}, ...]}, ...],
-        "frames": {seed: [...]}, "envs": [...]} (the envs are left where their episodes ended). A chunk's
+        "frames": {seed: [...]}, "envs": [...], "cold_restarts": samples the sampler re-solved cold after a
+        non-finite iterate} (the envs are left where their episodes ended). A chunk's
         ``iterations`` and ``nfe`` are the episode's own sample's (iterative samplers converge per sample),
         ``batch_iterations`` the batched calls of the whole chunk (its slowest sample), ``budget_hit`` whether
         the time budget stopped this episode's sample before it converged.
@@ -61,7 +62,9 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
     turns a chunk's figures (None for the first frame) into a line drawn on its frames.
     ``warm_start``: pass each chunk's sampler an x0 guess (``init``, Picard/PCM/Newton only): the previous
     chunk's normalised prediction shifted by the executed actions (its last action repeated at the end;
-    zeros for the first chunk). The sampler's fixed point, and so the converged action, does not change.
+    zeros for the first chunk, and after a chunk whose sample did not converge: an unconverged iterate is never
+    carried forward, where it could grow chunk after chunk). The sampler's fixed point, and so the converged
+    action, does not change. A non-finite action is never handed to an env (ValueError).
     ``budget_s``: each chunk's time budget (iterative samplers, ``sampling.picard``): the sampler returns
     its current iterate when it is spent.
     """
@@ -82,6 +85,7 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
     active, chunk = [i for i in range(len(envs))], 0
     shape = (cfg.horizon, cfg.action_dim)
     guess = torch.zeros(len(envs), *shape)  # warm start: x0 guess per episode
+    restarts = 0  # samples the sampler re-solved cold after a non-finite iterate (``picard.picard_loop``)
     while active:
         obs = torch.as_tensor(np.stack([np.stack(hist[i]) for i in active]), dtype=torch.float32)
         gens = [chunk_generator(seeds[i], chunk, noise_seed) for i in active]
@@ -95,10 +99,12 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
         latency = time.perf_counter() - t0
         if on_chunk is not None:
             on_chunk(chunk, obs, out)
-        if warm_start:
-            pred, n = out["action_pred_norm"].detach().cpu(), cfg.n_action_steps
-            guess[active] = torch.cat([pred[:, n:], pred[:, -1:].expand(-1, n, -1)], dim=1)
         st, n_act = out["stats"], len(active)
+        restarts += st.cold_restarts
+        if warm_start:  # only a converged prediction is carried: an unconverged one could compound chunk to chunk
+            pred, n = out["action_pred_norm"].detach().cpu(), cfg.n_action_steps
+            done_rows = torch.tensor(st.sample_converged or [st.converged] * n_act).view(-1, 1, 1)
+            guess[active] = torch.where(done_rows, torch.cat([pred[:, n:], pred[:, -1:].expand(-1, n, -1)], dim=1), 0)
         its = st.sample_iterations or [st.iterations] * n_act  # sequential samplers: the batch's
         nfe = st.sample_nfe or [st.nfe] * n_act
         conv = st.sample_converged or [st.converged] * n_act
@@ -106,6 +112,10 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
                  "batch_iterations": int(st.iterations), "latency_s": latency, "batch": n_act,
                  "budget_hit": bool(st.out_of_budget and not conv[r])} for r in range(n_act)]
         actions = out["action"].cpu().numpy().astype(np.float64)
+        if not np.isfinite(actions).all():  # never handed to an env
+            bad = [seeds[i] for row, i in enumerate(active) if not np.isfinite(actions[row]).all()]
+            raise ValueError(f"the sampler returned non-finite actions for episode seed(s) {bad} at chunk {chunk}; "
+                             "check the checkpoint and the sampler settings")
         still = []
         for row, i in enumerate(active):
             env, ep = envs[i], eps[i]
@@ -134,7 +144,7 @@ def run_rollouts(policy, sampler: Callable, seeds: list[int], *, max_steps: int 
             print(f"\rchunk {chunk}: {len(active)} running", end="", flush=True)
     if progress:
         print()
-    return {"episodes": eps, "frames": frames, "envs": envs}
+    return {"episodes": eps, "frames": frames, "envs": envs, "cold_restarts": restarts}
 
 
 def summarize(episodes: list[dict]) -> dict:

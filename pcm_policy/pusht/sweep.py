@@ -14,6 +14,7 @@ k_match (``evaluation.k_match``): the smallest k within ``SCORE_TOL`` of the ref
 from __future__ import annotations
 
 import copy
+import dataclasses
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..device import pick_device
+from ..device import check_threads, pick_device
 from ..evaluation import cached, distances_vs_k, file_hash, k_match, plots, write_csv
 from ..io import check_not_shipped, write_json
 from ..sampling import INITS, ITERATIVE, SamplerSpec, make_sampler
@@ -171,6 +172,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     Raises:
         as ``setup``.
     """
+    cfg = dataclasses.replace(cfg, threads=check_threads(cfg.threads))  # the workers' count too
     torch.set_num_threads(cfg.threads)
     ctx = setup(cfg)
     base, make, policies, keys, key = ctx

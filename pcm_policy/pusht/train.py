@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import check_threads
 from ..io import check_not_shipped
 from ..training import LoopConfig, infinite_batches, train
 from .checkpoint import load_policy, save_policy
@@ -45,9 +46,11 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
         p = Path(path)
         return p if p.is_absolute() else root / p
 
-    if int(cfg["threads"]) < 1:
-        raise ValueError(f"threads must be >= 1, got {cfg['threads']}")
-    torch.set_num_threads(int(cfg["threads"]))
+    torch.set_num_threads(check_threads(cfg["threads"], "threads"))
+    tr = cfg["training"]
+    loop = LoopConfig(**{k: v for k, v in tr.items() if k != "batch_size"})  # every setting checked before any work
+    if not (isinstance(tr["batch_size"], int) and tr["batch_size"] >= 1):
+        raise ValueError(f"training batch_size must be an integer >= 1, got {tr['batch_size']!r}")
     run_dir = resolve(cfg["run_dir"])
     check_not_shipped(run_dir, bool(cfg["force"]), "force=true", "run_dir")
     task, tr, pol = cfg["task"], cfg["training"], cfg["policy"]
@@ -104,7 +107,6 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
         folder = run_dir / ("checkpoint" if step >= 0 else f"snapshots/step_{-step:07d}")
         save_policy(model, folder, extra)
 
-    loop = LoopConfig(**{k: v for k, v in tr.items() if k != "batch_size"})
     config = {k: v for k, v in cfg.items() if k not in NOT_THE_RUN}
     train(policy, policy.compute_loss, infinite_batches(loader), loop, run_dir, save_fn, val_fn,
           desc=f"train {pol['name']}", config=config)

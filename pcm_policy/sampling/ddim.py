@@ -19,6 +19,8 @@ schedule. A config with ``set_alpha_to_one`` is solved as DDIM, one with ``varia
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,9 +111,11 @@ def step_grid(scheduler, num_steps: int, *, solver: str | None = None, eta: floa
     solver = solver or _solver_of(cfg)
     if solver not in ("ddim", "ddpm"):
         raise ValueError(f"solver must be 'ddim' or 'ddpm', got {solver!r}")
-    if not 1 <= num_steps <= cfg["num_train_timesteps"]:
-        raise ValueError(f"num_steps must be in 1..{cfg['num_train_timesteps']}, got {num_steps}")
-    if eta < 0 or (eta > 0 and solver == "ddpm"):
+    n_train = cfg["num_train_timesteps"]
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or not 1 <= num_steps <= n_train:
+        raise ValueError(f"num_steps must be an integer in 1..{cfg['num_train_timesteps']} (the scheduler's training "
+                         f"timesteps), got {num_steps!r}")
+    if not math.isfinite(eta) or eta < 0 or (eta > 0 and solver == "ddpm"):
         raise ValueError(f"eta must be >= 0 and is for DDIM only (DDPM is always stochastic), got {eta}")
     if cfg.get("thresholding", False):
         raise ValueError("dynamic thresholding is not supported; configure the scheduler with "

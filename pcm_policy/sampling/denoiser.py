@@ -52,6 +52,8 @@ class SampleStats:
     trajectory: with ``return_trajectory``, the final ``(T+1, B, ...)`` trajectory.
     converged: False when ``max_iters``, ``budget_s`` (or ``truncate``) stopped the sampler first.
     clamped: (position, sample) pairs changed by the iterate safeguard, summed over iterations.
+    cold_restarts: Picard/PCM: samples whose iterate turned non-finite and that were re-solved from a cold first
+        iterate (``picard.picard_loop``); their iterations and NFE include both solves.
     lambdas: PCM only, the LoRA scale used at each iteration.
     """
 
@@ -67,6 +69,7 @@ class SampleStats:
     trajectory: torch.Tensor | None = None
     converged: bool = True
     clamped: int = 0
+    cold_restarts: int = 0
     lambdas: list[float] | None = None
 
 

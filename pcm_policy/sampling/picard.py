@@ -59,10 +59,17 @@ the fixed point; the anchor and the prefix are never touched. c bounds x0: the s
 with ``clip_sample``. Without ``clip_sample`` nothing bounds x0, and the safeguard does nothing (an earlier
 c = kappa max|x_T| was not a bound: guided sd_mnist samples reach |x0| = 1.3 max|x_T|, and clamping
 their guesses held Picard + TAA at 0.094 latent RMSE from k = 10 to 20, against 2.5e-5 unclamped).
+Divergence: an unconverged iterate carried forward (a warm start from an earlier, unconverged chunk, a small
+``max_iters`` at ``tol`` 0) can grow without bound. A sample whose window turns non-finite leaves the batched call
+at once and is re-solved from a cold first iterate (``picard_loop``, ``stats.cold_restarts``), so finite inputs
+never give a non-finite output; a sample that turns non-finite from the cold "noise" iterate means the model
+returned non-finite values for finite inputs (ValueError). Non-finite settings (tol, safeguard, budget_s, TAA)
+and non-finite x_T or init are refused (ValueError naming the setting).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,8 +99,8 @@ class TAA:
     def __post_init__(self):
         if not isinstance(self.memory, int) or self.memory < 2:
             raise ValueError(f"TAA memory must be an int >= 2 (use taa=None for plain Picard), got {self.memory!r}")
-        if self.weight < 0 or self.reg < 0:
-            raise ValueError(f"TAA weight and reg must be >= 0, got {self.weight} and {self.reg}")
+        if not (math.isfinite(self.weight) and math.isfinite(self.reg) and self.weight >= 0 and self.reg >= 0):
+            raise ValueError(f"TAA weight and reg must be finite numbers >= 0, got {self.weight} and {self.reg}")
         if not 0 < self.mixing <= 1:
             raise ValueError(f"TAA mixing (beta) must be in (0, 1], got {self.mixing}")
 
@@ -166,8 +173,12 @@ def check_args(x_T, window, tol, max_iters, form, init, T):
         raise ValueError("x_T must be batched: shape (B, ...)")
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 (or None for the full T), got {window}")
-    if tol < 0:
-        raise ValueError(f"tol must be >= 0, got {tol}")
+    if not (math.isfinite(float(tol)) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0 (0: run until converged exactly), got {tol!r}")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T holds non-finite values (NaN or inf); a sampler needs finite initial noise")
+    if isinstance(init, torch.Tensor) and not bool(torch.isfinite(init).all()):
+        raise ValueError("init (a first iterate or warm start) holds non-finite values; pass a finite one or None")
     if max_iters is not None and max_iters < 0:
         raise ValueError(f"max_iters must be >= 0 or None, got {max_iters}")
     if form not in ("paradigms", "chain"):
@@ -209,8 +220,8 @@ def tol_scale(grid: Grid) -> torch.Tensor:
 
 def _bound(grid: Grid, x_T: torch.Tensor, kappa: float) -> torch.Tensor | None:
     """Safeguard bound for positions 0..T, shape (T+1, B, 1, ...); None without ``clip_sample`` (no x0 bound)."""
-    if kappa <= 0:
-        raise ValueError(f"safeguard (kappa) must be > 0 or None, got {kappa}")
+    if not (math.isfinite(kappa) and kappa > 0):
+        raise ValueError(f"safeguard (kappa) must be a finite number > 0 or None, got {kappa}")
     if grid.clip is None:
         return None
     abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).view(-1, 1, *([1] * (x_T.ndim - 1)))
@@ -269,7 +280,61 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     Anderson acceleration (module doc); None: plain Picard. ``budget_s``: seconds from the call after
     which no further iteration starts (module doc). ``jump``: the anytime estimate (``Jump``, module doc).
     Differentiable when grad is enabled (the samplers run it under ``no_grad``).
+
+    Divergence (module doc): a sample whose iterate turns non-finite leaves the batched call at once and is
+    re-solved from a cold first iterate (an x0 guess: "prior"; "prior" or a trajectory: "noise"), counted in
+    ``stats.cold_restarts``; finite inputs never give a non-finite output. Raises ValueError when a sample that
+    started cold turns non-finite (the model returned non-finite values for finite inputs).
     """
+    kw = dict(window=window, tol=tol, max_iters=max_iters, form=form, return_iterates=return_iterates,
+              return_trajectory=return_trajectory, safeguard=safeguard, may_slide=may_slide, taa=taa, jump=jump)
+    t0 = time.perf_counter()
+    x, stats, diverged = _picard_pass(evaluate, x_T, cond, grid, noise_terms=noise_terms, init=init, budget_s=budget_s,
+                                      **kw)
+    if not bool(diverged.any()):
+        return x, stats
+    rows = diverged.nonzero(as_tuple=True)[0]
+    cold = _colder(init, x_T)
+    if cold is None:
+        raise ValueError(f"the model returned non-finite values for {len(rows)} sample(s) from finite inputs (x_T "
+                         "and the noise first iterate); check the model and its weights")
+    left = None if budget_s is None else max(0.0, budget_s - (time.perf_counter() - t0))
+    x2, st2 = picard_loop(evaluate, x_T[rows], index_cond(cond, rows), grid, init=cold if isinstance(cold, str)
+                          else cold[rows], budget_s=left, noise_terms=None if noise_terms is None
+                          else noise_terms[:, rows], **kw)
+    x = x.index_put((rows,), x2)
+    for name in ("sample_iterations", "sample_nfe"):
+        v = getattr(stats, name)
+        for j, r in enumerate(rows.tolist()):
+            v[r] += getattr(st2, name)[j]
+    for j, r in enumerate(rows.tolist()):
+        stats.sample_converged[r] = st2.sample_converged[j]
+    stats.iterations += st2.iterations
+    stats.nfe = sum(stats.sample_nfe) / len(x_T)
+    stats.converged = all(stats.sample_converged)
+    stats.out_of_budget = stats.out_of_budget or st2.out_of_budget
+    stats.clamped += st2.clamped
+    stats.cold_restarts += len(rows) + st2.cold_restarts
+    if return_trajectory:
+        stats.trajectory = stats.trajectory.index_put((slice(None), rows), st2.trajectory)
+    return x, stats
+
+
+def _colder(init, x_T):
+    """The cold first iterate a diverged sample is re-solved from: "prior" after an x0 guess (a zero guess),
+    "noise" after "prior" or a trajectory; None after "noise" (nothing is colder)."""
+    if _is_noise(init):
+        return None
+    if isinstance(init, torch.Tensor) and init.shape == x_T.shape:
+        return "prior"
+    return "noise"
+
+
+def _picard_pass(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
+                 init=None, form="paradigms", return_iterates=False, return_trajectory=False, safeguard=None,
+                 may_slide: Callable[[int], bool] = lambda k: True, taa: TAA | None = None,
+                 budget_s: float | None = None, jump: Jump | None = None):
+    """One run of the loop (``picard_loop``); also returns which samples diverged (B,) bool."""
     t0 = time.perf_counter()
     if taa is not None and not isinstance(taa, TAA):
         raise ValueError(f"taa must be a TAA(...) or None, got {taa!r}")
@@ -277,8 +342,8 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         raise ValueError(f"jump must be a Jump(...) or None, got {jump!r}")
     if jump is not None and max(jump.positions) >= len(grid):
         raise ValueError(f"Jump positions must be < T = {len(grid)}, got {jump.positions}")
-    if budget_s is not None and not budget_s >= 0:
-        raise ValueError(f"budget_s must be >= 0 seconds or None, got {budget_s}")
+    if budget_s is not None and not (math.isfinite(budget_s) and budget_s >= 0):
+        raise ValueError(f"budget_s must be a finite number of seconds >= 0, or None for no budget, got {budget_s}")
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
     check_args(x_T, window, tol, max_iters, form, init, T)
     check_cond(cond, B)
@@ -296,6 +361,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     b, e = torch.zeros(B, dtype=torch.long, device=dev), torch.full((B,), p, device=dev)  # anchors, window ends
     its, rows = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev)
     jx, est = x_T, None  # the jump's current point and latest x0 estimate (module doc)
+    diverged = torch.zeros(B, dtype=torch.bool, device=dev)  # a non-finite iterate: left the call, re-solved cold
 
     def put(X, mask, V):  # X with positions 1..T replaced by V where mask (T, B); out of place
         return torch.cat([X[:1], torch.where(mask.view(view), V, X[1:])])
@@ -339,6 +405,8 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         else:  # Picard: x_j = x_b + cumsum of drifts (zero before each sample's anchor)
             new = X[b, cols] + torch.zeros_like(X[1:]).index_put((jj, ss), fx - xs).cumsum(0)
         err = torch.where(win, (new - X[1:]).flatten(2).pow(2).sum(-1) / scale, 0)  # (T, B)
+        gone = live & ~torch.isfinite(err).all(0)  # diverged this iteration
+        diverged = diverged | gone
         if taa is not None:
             count[1:] = torch.where(win, (count[1:] + 1).clamp(max=m), count[1:])
             R = torch.cat([torch.zeros_like(X[:1]), torch.where(win.view(view), new - X[1:], 0)])  # Picard residual
@@ -357,6 +425,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
             corr = _anderson(hist, count, win, taa.reg, aweight, taa.mixing)
             if corr is not None:
                 X = put(X, win & (pos >= new_b), X[1:] - corr)
+        new_b = torch.where(gone, T, new_b)  # a diverged sample leaves the call (picard_loop re-solves it)
         new_e = (new_b + p).clamp(max=T)
         if copy_exposed:  # newly exposed positions start from the last window value
             X = put(X, (pos >= e) & (pos < new_e), X[e, cols])
@@ -369,11 +438,14 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
         if return_iterates:
             stats.iterates.append(X)
             stats.outputs.append(output(X, est, its, b))
-    stats.sample_iterations, stats.sample_nfe, stats.sample_converged = its.tolist(), rows.tolist(), (b >= T).tolist()
+    stats.sample_iterations, stats.sample_nfe = its.tolist(), rows.tolist()
+    stats.sample_converged = ((b >= T) & ~diverged).tolist()
     stats.nfe, stats.converged = rows.sum().item() / B, all(stats.sample_converged)
     if return_trajectory:
         stats.trajectory = X
-    return output(X, est, its, b).clone(), stats
+    x = output(X, est, its, b).clone()
+    diverged = diverged | ~torch.isfinite(x.flatten(1)).all(1)  # e.g. a jump estimate from a diverged row
+    return x, stats, diverged
 
 
 @torch.no_grad()

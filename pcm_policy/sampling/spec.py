@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -86,20 +88,33 @@ class SamplerSpec:
     def __post_init__(self):
         if self.name not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        for field in ("num_steps", "k", "window"):
+            v = getattr(self, field)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise ValueError(f"{field} must be an integer (or None), got {v!r}")
+        for field in ("tol", "safeguard"):
+            v = getattr(self, field)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise ValueError(f"{field} must be a number, got {v!r}")
+        if self.num_steps is None and self.name != "ddpm":
+            raise ValueError(f"num_steps None (every training timestep) is for ddpm only; give {self.name} a T >= 1")
+        if self.jump is not None and self.num_steps is not None and max(self.jump.positions) >= self.num_steps:
+            raise ValueError(f"jump positions must be in 0..num_steps - 1 = {self.num_steps - 1}, got "
+                             f"{self.jump.positions}")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.name in ("ddim-k", "dpmsolver++", "unipc") and self.k is None:
             raise ValueError(f"{self.name} needs k, its number of steps")
-        if self.tol < 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol}")
+        if not (math.isfinite(float(self.tol)) and self.tol >= 0):
+            raise ValueError(f"tol must be a finite number >= 0 (0: run until converged exactly), got {self.tol!r}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 (or None for all T steps), got {self.window}")
         if self.init is not None and self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.safeguard is not None and self.safeguard <= 0:
-            raise ValueError(f"safeguard (kappa) must be > 0, got {self.safeguard}")
+        if self.safeguard is not None and not (math.isfinite(float(self.safeguard)) and self.safeguard > 0):
+            raise ValueError(f"safeguard (kappa) must be a finite number > 0 (or None: off), got {self.safeguard!r}")
         if self.jump is not None and (self.name not in ("picard", "taa", "pcm")
                                       or self.name != "pcm" and any(self.jump.lambdas)):
             raise ValueError(f"a jump rides on picard, taa or pcm, and only pcm has an adapter for lambdas > 0; "

@@ -137,6 +137,7 @@ def add_draws(model_fn, grid, data: dict, draws: int, seed: int, path: str | Pat
     if path is not None and path.is_file():
         cached = torch.load(path)
         if cached.get("seed") == seed and cached.get("draws") == draws and "rows" in cached:
+            print(f"jump draws: reusing {path} ({len(cached['rows'])} pairs made by an earlier run)", flush=True)
             return cached
     rows = (data["split"] == 0).nonzero().flatten().repeat(draws)
     x_T = torch.randn((len(rows), *data["x_T"].shape[1:]), generator=torch.Generator().manual_seed(seed))

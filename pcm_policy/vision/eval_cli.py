@@ -54,6 +54,10 @@ def main(family: str, argv=None, description: str = "") -> int:
     except (ValueError, OSError, ImportError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line: what was kept, how to resume; exit 130
+        print(f"\ninterrupted: the finished cells are kept in {a.out}/cells (and the reference features in the "
+              "cache); re-run the same command to resume from them", file=sys.stderr)
+        return 130
 
 
 def _run(family: str, a) -> int:
@@ -109,7 +113,9 @@ def _run(family: str, a) -> int:
         raise ValueError(f"{SCRIPT[family]}: the {repo} model is unconditional and takes no --guidance")
     check_not_shipped(a.out, a.force, "--force", "--out")
     if a.threads:
-        torch.set_num_threads(a.threads)
+        from ..device import check_threads
+
+        torch.set_num_threads(check_threads(a.threads))
     note = (f"Stand-in model: {SHIPPED[family][0]} is a small model trained here on MNIST digits, not {name}; "
             f"these are NOT {data} / {name} results.") if stand_in else None
     reference = a.reference if a.reference is not None else default_reference()

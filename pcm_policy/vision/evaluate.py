@@ -21,7 +21,9 @@ An adapter trained with a hard switch has no mixing variant to derive (reported 
 k_match = the smallest k whose FID is within 1% of the converged output's AND whose decoded images differ
 from the converged ones by < 1 uint8 level on average (``evaluation.k_match``); speed-up = T / k_match.
 Every cell (sampler, k) is cached under OUT/cells/ keyed by its full SamplerSpec, the model and adapter
-hashes, N, the seed, the prompts, the guidance and the metric inputs; a rerun skips finished cells.
+hashes, N, the seed, the prompts, the guidance and the metric inputs; a rerun skips finished cells. The
+reference set's Inception features are cached across runs and output folders (``reference_features``), keyed by
+the reference images and the feature extractor.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import hashlib
 import json
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,7 @@ import torch
 from ..adapters import ADAPTER_CONFIG, load_adapter_folder
 from ..adapters import ADAPTER_WEIGHTS as ADAPTER
 from ..evaluation import cached
-from ..io import atomic_path
+from ..io import atomic_path, read_json
 from ..sampling import SamplerSpec, Switch, make_sampler
 from . import metrics as M
 from .loaders import LAYOUTS, ImageModel, load_model
@@ -124,14 +127,38 @@ def _cached_arrays(path: Path, key: dict, compute, label: str) -> dict[str, np.n
     """``compute() -> {name: array}`` once per key, kept in an .npz (the key stored inside)."""
     k = json.dumps(key, sort_keys=True)
     if path.exists():
-        with np.load(path) as z:
-            if str(z["__key__"]) == k:
-                print(f"{label}: cached ({path.name})", flush=True)
-                return {n: z[n] for n in z.files if n != "__key__"}
+        try:
+            with np.load(path) as z:
+                if str(z["__key__"]) == k:
+                    print(f"{label}: cached ({path})", flush=True)
+                    return {n: z[n] for n in z.files if n != "__key__"}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: recomputed and replaced
+            pass
+    print(f"{label}: computing", flush=True)
     arrays = compute()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, __key__=np.array(k), **arrays)
     return arrays
+
+
+def cache_dir() -> Path:
+    """Where results reused across runs and output folders are kept: ``$PCM_POLICY_CACHE``, else
+    ``$XDG_CACHE_HOME/pcm_policy`` (``~/.cache/pcm_policy``)."""
+    import os
+
+    if os.environ.get("PCM_POLICY_CACHE"):
+        return Path(os.environ["PCM_POLICY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pcm_policy"
+
+
+def reference_features(feats, reference: list[np.ndarray], ref_key: str) -> dict[str, np.ndarray]:
+    """The reference set's Inception features (``{"pool", "spatial"}``), computed once per (reference set, feature
+    extractor) and kept in ``cache_dir()/reference_features`` (about 250 s of a run for 1,000 references on a CPU);
+    progress is shown while they are computed."""
+    key = {"reference": ref_key, "n": len(reference), "extractor": M.INCEPTION_SHA1, "features": ["pool", "spatial"]}
+    path = cache_dir() / "reference_features" / f"{ref_key}_{M.INCEPTION_SHA1[:12]}.npz"
+    label = f"reference Inception features ({len(reference)} images)"
+    return _cached_arrays(path, key, lambda: feats(reference, progress=True), label)
 
 
 def _is_cached(path: Path, key: dict) -> bool:
@@ -162,12 +189,12 @@ class _Features:
     def __init__(self, batch_size: int):
         self.batch_size, self.inception, self.memo = batch_size, None, {}
 
-    def __call__(self, images) -> dict[str, np.ndarray]:
+    def __call__(self, images, progress: bool = False) -> dict[str, np.ndarray]:
         keys = [hashlib.sha1(im.tobytes() + str(im.shape).encode()).hexdigest() for im in images]
         todo = {k: im for k, im in zip(keys, images, strict=True) if k not in self.memo}
         if todo:
             self.inception = self.inception or M.Inception(batch_size=self.batch_size)  # loaded when first needed
-            f = self.inception.features(list(todo.values()))
+            f = self.inception.features(list(todo.values()), progress=progress)
             for i, k in enumerate(todo):
                 self.memo[k] = (f["pool"][i], f["spatial"][i])
         return {"pool": np.stack([self.memo[k][0] for k in keys]),
@@ -227,7 +254,7 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
             spec, _ = load_adapter_folder(model.unet, adapter)
             adapter_hash = _hash((adapter / ADAPTER).read_bytes(), (adapter / ADAPTER_CONFIG).read_bytes())
         try:
-            adapter_cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
+            adapter_cfg = read_json(adapter / ADAPTER_CONFIG, "adapter config")
             adapter_T = SamplerSpec.from_dict(adapter_cfg.get("sampler", adapter_cfg.get("schedule"))).num_steps
         except (OSError, ValueError, TypeError, AttributeError) as e:
             raise ValueError(f"cannot read the sampler spec of {adapter / ADAPTER_CONFIG}: {e}") from e
@@ -332,7 +359,7 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
 
     def ref(name: str):  # the reference set's features, computed when a cell first needs them
         if not ref_stats:
-            ref_stats["feats"] = feats(reference)
+            ref_stats["feats"] = reference_features(feats, reference, ref_key)
             ref_stats["radii"] = M.manifold_radii(ref_stats["feats"]["pool"]) if "precision" not in skipped else None
             ref_stats["clip"] = clip_scorer.image_embeddings(np.stack(reference)) if clip_scorer else None
         return ref_stats[name]

@@ -25,11 +25,12 @@ __all__ = ["decode_latents", "encode_prompts", "initial_latents", "seeds_for", "
 
 
 def seeds_for(seed: int, n: int) -> list[int]:
-    """The generator seeds of samples 0..n-1: ``seed + i``. Raises ValueError for n < 1 or seed < 0."""
+    """The generator seeds of samples 0..n-1: ``seed + i``. Raises ValueError for n < 1 or a seed outside
+    0..2**64 - 1 (what ``torch.Generator.manual_seed`` takes) for any sample."""
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0 <= seed <= 2**64 - n:
+        raise ValueError(f"seed must be in 0..{2**64 - n} (sample i uses seed + i, at most 2**64 - 1), got {seed}")
     return [seed + i for i in range(n)]
 
 

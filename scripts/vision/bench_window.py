@@ -32,7 +32,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="--sd14 only: cpu or cuda[:N]")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="--sd14 only")
     p.add_argument("--out", type=Path, default=ROOT / "runs/vision_bench_window.json")
+    p.add_argument("--force", action="store_true", help="allow replacing files git tracks (results/)")
     args = p.parse_args(argv)
+    from pcm_policy.io import check_not_shipped
+
+    try:
+        for _out in [args.out]:
+            check_not_shipped(_out, args.force, "--force", "--out")
+    except ValueError as _e:
+        p.exit(2, f"error: {_e}\n")
     try:
         windows = [int(w) for w in args.windows.split(",")]
     except ValueError:

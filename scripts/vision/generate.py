@@ -2,7 +2,7 @@
 
     python scripts/vision/generate.py --model ~/models/ldm-celebahq-256 --sampler picard --steps 50 --num-samples 4
     python scripts/vision/generate.py --model ~/models/stable-diffusion-v1-4 --sampler ddim --steps 30 \\
-        --prompt "a photo of a cat" --guidance 7.5 --seed 0 --out samples/cat
+        --prompt "a photo of a cat" --guidance 7.5 --seed 0 --out runs/samples/cat
     python scripts/vision/generate.py --model DIR --adapter ADAPTER_DIR --sampler pcm --steps 30 --prompt "..."
     python scripts/vision/generate.py --sampler picard --num-samples 16                 # shipped ldm_mnist
     python scripts/vision/generate.py --prompt "a handwritten digit seven" --num-samples 16   # shipped sd_mnist
@@ -12,8 +12,9 @@ These are SMALL STAND-INS trained here on MNIST digits in the two real layouts (
 how), not CelebA-HQ or Stable Diffusion v1.4.
 
 Writes sample_XXXX.png, grid.png, samples.npz (images (N,H,W,3) uint8, latents (N,C,h,w) float32) and
-stats.json (iterations, NFE, ms per sample, the sampler spec) to --out. Sample i uses seed S + i, drawn
-as the diffusers pipeline draws it: sequential DDIM gives the pipeline's image. Nothing is downloaded.
+stats.json (iterations, NFE, ms per sample, the sampler spec) to --out (default runs/samples). Sample i uses
+seed S + i, drawn as the diffusers pipeline draws it: sequential DDIM gives the pipeline's image. Nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed S + i")
     p.add_argument("--batch-size", type=int, default=None, help="samples per sampler call (default: all)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="UNet dtype")
-    p.add_argument("--out", type=Path, default=Path("samples"))
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "samples",
+                   help="output folder (default runs/samples, git-ignored); a folder git tracks needs --force")
+    p.add_argument("--force", action="store_true", help="allow --out to replace files git tracks (results/)")
     return p.parse_args(argv)
 
 
@@ -64,6 +67,9 @@ def main(argv=None) -> int:
     from pcm_policy import vision
 
     try:
+        from pcm_policy.io import check_not_shipped
+
+        check_not_shipped(args.out, args.force, "--force", "--out")
         gen = vision.generate(args.model, sampler=args.sampler, steps=args.steps, k=args.k, tol=args.tol,
                               window=args.window, prompt=args.prompt, negative_prompt=args.negative_prompt,
                               guidance=args.guidance, num_samples=args.num_samples, seed=args.seed,
