@@ -3,7 +3,7 @@ weights) at tol 0 give lerobot's own ``conditional_sample`` (normalised actions,
 
 import pytest
 
-pytest.importorskip("lerobot")
+pytest.importorskip("lerobot.policies.diffusion")  # not "lerobot": tests/lerobot/ itself is a namespace "lerobot"
 
 import torch  # noqa: E402
 from lerobot_build import build_policy, obs_batch  # noqa: E402

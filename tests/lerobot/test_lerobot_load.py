@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("lerobot")
+pytest.importorskip("lerobot.policies.diffusion")  # not "lerobot": tests/lerobot/ itself is a namespace "lerobot"
 
 import torch  # noqa: E402
 from lerobot_build import ACTION, STATE, build_policy, obs_batch, save_policy  # noqa: E402
