@@ -95,3 +95,37 @@ def test_bad_input(tmp_path):
     with pytest.raises(PolicyFolderError, match="DiffusionPolicy"):
         accelerate(torch.nn.Linear(2, 2), "taa")
     assert HOOK not in vars(policy.diffusion) and not lora.has_lora(policy.diffusion.unet)
+
+
+@pytest.mark.slow
+def test_lerobots_own_eval_on_gym_pusht_gives_the_same_episodes():
+    """lerobot's own ``eval_policy`` on gym-pusht (state + keypoints), unchanged: the accelerated policy at tol 0
+    gives the same per-episode rewards as the policy's own sampler on the same seeds."""
+    pytest.importorskip("gym_pusht")
+    from lerobot.envs.configs import PushtEnv
+    from lerobot.envs.factory import make_env, make_env_pre_post_processors
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.scripts.lerobot_eval import eval_policy
+
+    policy = build_policy("DDIM", 16, 10, n_action_steps=8)
+    stats = {k: {"min": torch.zeros(d), "max": torch.full((d,), 512.0)}
+             for k, d in (("observation.state", 2), ("observation.environment_state", 16), ("action", 2))}
+    pre, post = make_pre_post_processors(policy.config, dataset_stats=stats)
+    env_cfg = PushtEnv(obs_type="environment_state_agent_pos", episode_length=40)
+    env = next(iter(next(iter(make_env(env_cfg, n_envs=2).values())).values()))
+    env_pre, env_post = make_env_pre_post_processors(env_cfg, policy.config)
+
+    def evaluate():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            info = eval_policy(env, policy, env_pre, env_post, pre, post, n_episodes=4, start_seed=10)
+        return [(e["seed"], e["sum_reward"], e["max_reward"]) for e in info["per_episode"]]
+
+    ref = evaluate()
+    with accelerate(policy, "taa", tol=0.0) as handle:
+        got = evaluate()
+        assert handle.chunks == 2 * 40 // 8  # 2 batches (of 2 envs each), 40 steps, a chunk every 8
+    env.close()
+    assert [s for s, *_ in got] == [s for s, *_ in ref] == [10, 11, 12, 13]
+    for (_, r, m), (_, r_ref, m_ref) in zip(got, ref, strict=True):
+        assert abs(r - r_ref) <= 1e-3 and abs(m - m_ref) <= 1e-4
