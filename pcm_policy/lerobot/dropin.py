@@ -18,7 +18,9 @@ one, else ``randn`` from its generator: torch's global RNG under ``select_action
 diffusers' ``DDPMScheduler.step`` would draw it (``LerobotDiffusion.draw_step_noise``), so with ``tol=0`` a
 Picard / TAA / PCM sampler on the policy's own grid gives lerobot's own actions on the same seed, and the RNG
 is left where lerobot leaves it (later chunks and episodes draw the same numbers too). Each chunk is sampled
-from scratch, as lerobot does (no warm start across chunks).
+from scratch, as lerobot does (no warm start across chunks). A PCM adapter folder runs on the grid it was
+trained on (DDIM, the Task's reference): on a DDPM policy pass ``solver="own"`` to converge to lerobot's own
+DDPM actions instead.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def _adapter_folder(value) -> Path | None:
     return None
 
 
-def accelerate(policy, spec_or_adapter: SamplerSpec | str | os.PathLike | None, *, solver: str = "own",
+def accelerate(policy, spec_or_adapter: SamplerSpec | str | os.PathLike | None, *, solver: str | None = None,
                budget_s: float | None = None, **overrides) -> Accelerated | None:
     """Make ``policy`` (a lerobot ``DiffusionPolicy``) sample every action chunk with a sampler of the core.
 
@@ -113,8 +115,10 @@ def accelerate(policy, spec_or_adapter: SamplerSpec | str | os.PathLike | None, 
             ``overrides`` such as ``tol=0.1``, ``k=4`` applied); a PCM adapter folder (``adapter.safetensors`` +
             ``adapter.json``: its LoRA goes on the policy's UNet and its own spec is used, ``overrides`` applied);
             or None: restore lerobot's own sampler (returns None).
-        solver: the grid of the trajectory samplers (``LerobotDiffusion.sampler``): "own" (default) keeps the
-            policy's DDPM / DDIM, so tol 0 gives lerobot's own actions; "ddim" solves DDIM on its schedule.
+        solver: the grid of the trajectory samplers (``LerobotDiffusion.sampler``): "own" keeps the policy's
+            DDPM / DDIM, so tol 0 gives lerobot's own actions; "ddim" solves DDIM on its schedule. Default: "own"
+            for a spec or name; for an adapter folder the grid it was trained on (``adapter.json``'s "solver",
+            "ddim" when absent: the Task's reference trajectory is DDIM, ``pcm_policy.task.Task.grid``).
         budget_s: a time budget per chunk in seconds (iterative samplers, ``picard.py``); None: none.
     Returns:
         the ``Accelerated`` handle (``restore()``, ``last_stats``); a policy accelerated before is restored
@@ -134,10 +138,12 @@ def accelerate(policy, spec_or_adapter: SamplerSpec | str | os.PathLike | None, 
         if lora.has_lora(adapter.network):
             raise ValueError("the policy's UNet already carries a LoRA adapter; pass a SamplerSpec to use it, or "
                              "a fresh policy with the adapter folder")
-        spec, _ = lora.load_adapter_folder(adapter.network, folder, how_to_train="scripts/train_pct.py task=lerobot")
+        spec, cfg = lora.load_adapter_folder(adapter.network, folder, how_to_train="scripts/train_pct.py task=lerobot")
         spec, owns_lora = spec.replace(**overrides) if overrides else spec, True
+        solver = solver or cfg.get("solver", "ddim")
     else:
         spec = adapter.spec(spec_or_adapter, **overrides)
+        solver = solver or "own"
     try:
         lams = [spec.switch(k) for k in range(spec.switch.k_off + 1)] if spec.switch is not None else []
         if (any(lams) or spec.jump is not None and any(spec.jump.lambdas)) and not lora.has_lora(adapter.network):

@@ -120,7 +120,8 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
         return (a.postprocessor(out) - a.postprocessor(ref)).norm(dim=-1).mean(-1)
 
     def save_adapter(folder, spec, extra=None):
-        return lora.save_adapter_folder(a.network, folder, spec, {"task": "lerobot", **(extra or {})})
+        # "solver": the grid the adapter was trained on (the Task's DDIM reference), read back by ``accelerate``
+        return lora.save_adapter_folder(a.network, folder, spec, {"task": "lerobot", "solver": "ddim", **(extra or {})})
 
     stats = hashlib.sha256()
     for k, v in _tensors({"pre": a.preprocessor.state_dict(), "post": a.postprocessor.state_dict()}):

@@ -81,6 +81,11 @@ def test_adapter_folder(tmp_path):
     handle.restore()
     assert not lora.has_lora(policy.diffusion.unet) and set(policy.state_dict()) == keys
     assert torch.equal(run(policy)[0], ref)
+    ddpm = build_policy("DDPM", 16, 20)  # an adapter runs on the grid it was trained on (DDIM) unless told
+    for solver, want in ((None, "ddim"), ("own", "ddpm")):
+        with accelerate(ddpm, tmp_path / "pcm", solver=solver) as h:
+            assert h.sampler.grid.solver == want
+        assert not lora.has_lora(ddpm.diffusion.unet)
 
 
 def test_bad_input(tmp_path):
