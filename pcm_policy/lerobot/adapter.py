@@ -162,7 +162,9 @@ class LerobotDiffusion:
         return cls(*load_policy(folder, device))
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        return self.diffusion.unet(x, t.long(), global_cond=cond)
+        # lerobot's call: long timesteps. Its sinusoidal embedding computes in the timestep's dtype (float32 for
+        # long), so a float64 model (``policy.double()``) gets float64 timesteps (integers, exact) to run in float64
+        return self.diffusion.unet(x, t.to(torch.float64) if x.dtype == torch.float64 else t.long(), global_cond=cond)
 
     @property
     def sample_shape(self) -> tuple[int, int]:

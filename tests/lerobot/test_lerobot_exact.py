@@ -17,7 +17,7 @@ B = 2
 # (scheduler, horizon, inference steps (None: lerobot's default, all 100), image); the default run keeps to
 # the cheap ones, the slow run covers DDPM-100 (100 Picard iterations) at both horizons and with an image
 FAST = [("DDIM", 16, 10, False), ("DDIM", 64, 10, False), ("DDIM", 16, 10, True), ("DDPM", 16, 20, False)]
-SLOW = [("DDPM", 16, None, False), ("DDPM", 64, None, False), ("DDPM", 16, None, True), ("DDIM", 64, None, True)]
+SLOW = [("DDPM", 16, None, False), ("DDPM", 64, None, False), ("DDPM", 16, None, True)]
 CASES = FAST + [pytest.param(*c, marks=pytest.mark.slow) for c in SLOW]
 
 
@@ -107,3 +107,34 @@ def test_lora_targets_and_per_row_scale():
         assert torch.allclose(rows[i], a.model_fn(x, t, cond, lora_scale=lam)[i], atol=1e-6)
     lora.remove_lora(a.network)
     assert not lora.has_lora(policy.diffusion.unet)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("horizon,image", [(64, True), (16, False)])
+def test_ddim_100_is_exact_in_float64(horizon, image):
+    """DDIM-100 (lerobot's default inference steps) on a random network amplifies float32 rounding: evaluating
+    lerobot's own sampler with one row instead of two already moves its actions by ~2e-5 (docs), so a parallel
+    sampler, which batches rows differently, cannot match it to 1e-5 in float32. The two exactness facts behind
+    it are tested tightly instead: the core's sequential DDIM is lerobot's ``conditional_sample`` bit for bit
+    (float32), and Picard / TAA / PCM at tol 0 equal that sequential DDIM to 1e-9 in float64."""
+    policy = build_policy("DDIM", horizon, None, image)
+    a = LerobotDiffusion(policy)
+    assert a.num_steps == 100
+    batch = obs_batch(policy, B, seed=1)
+    cond, x_T = a.condition(batch), a.draw_x_T(B, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = policy.diffusion.conditional_sample(B, global_cond=cond, noise=x_T)
+    seq, _ = a.sample(a.sampler("ddim"), cond, x_T=x_T)
+    assert torch.equal(seq, ref)
+
+    policy.double()
+    cond64, x64 = a.condition({k: v.double() for k, v in batch.items()}), x_T.double()
+    seq64, _ = a.sample(a.sampler("ddim"), cond64, x_T=x64)
+    assert seq64.dtype == torch.float64 and (seq64 - ref).abs().max() < 1e-3
+    for name in ("picard", "taa"):
+        x, stats = a.sample(a.sampler(name, tol=0.0), cond64, x_T=x64)
+        assert stats.converged and (x - seq64).abs().max().item() <= 1e-9, name
+    random_lora(a)
+    pcm = SamplerSpec("pcm", num_steps=100, tol=0.0, switch=Switch(1, 3))
+    x, stats = a.sample(a.sampler(pcm), cond64, x_T=x64)
+    assert stats.converged and (x - seq64).abs().max().item() <= 1e-9
