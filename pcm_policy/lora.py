@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_TARGETS",
     "LoraScale",
     "add_lora",
+    "remove_lora",
     "has_lora",
     "set_lora_scale",
     "get_lora_scale",
@@ -110,6 +111,23 @@ def add_lora(
     for layer in _lora_layers(model):
         layer.lora_B[ADAPTER].register_forward_hook(_row_scale_hook)
     model._pcm_lora_scale = 1.0
+    return model
+
+
+def remove_lora(model: nn.Module) -> nn.Module:
+    """Undo ``add_lora``: every adapted layer is replaced by the base layer peft wrapped (the original module
+    object, weights untouched), the injected peft config is dropped and the base parameters' ``requires_grad``
+    is set back to True. In place; returns ``model``. Raises ValueError when ``model`` has no adapters."""
+    layers = _require_lora(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    for layer in layers:
+        parent, _, attr = names[id(layer)].rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, layer.base_layer)
+    for attr in ("peft_config", "_pcm_lora_scale"):
+        if attr in model.__dict__:
+            delattr(model, attr)
+    for p in model.parameters():
+        p.requires_grad_(True)
     return model
 
 

@@ -14,6 +14,7 @@ from pcm_policy.lora import (
     lora_parameters,
     lora_scale,
     lora_state_dict,
+    remove_lora,
     save_adapter,
     set_lora_scale,
 )
@@ -153,6 +154,21 @@ def test_save_load_round_trip(tmp_path):
         load_adapter(add_lora(base_model(), rank=2), path)
     with pytest.raises(FileNotFoundError):
         load_adapter(fresh, tmp_path / "missing.safetensors")
+
+
+def test_remove_lora_gives_back_the_base_model():
+    model, base_state = lora_model()
+    x = inputs()
+    base_ref = base_model()(*x)
+    assert not torch.equal(model(*x), base_ref)
+    assert remove_lora(model) is model and not has_lora(model)
+    assert model.state_dict().keys() == base_state.keys()
+    assert all(torch.equal(v, base_state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model(*x), base_ref) and all(p.requires_grad for p in model.parameters())
+    add_lora(model)  # a fresh adapter can go on again
+    assert has_lora(model)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        remove_lora(base_model())
 
 
 def test_errors():

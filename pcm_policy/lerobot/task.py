@@ -1,0 +1,148 @@
+"""The lerobot Task: a lerobot diffusion policy folder and a LeRobotDataset folder, for the generic drivers.
+
+  conditions "train" / "val" / "eval": the dataset's frames, split by EPISODE (sorted episode indices; the i-th
+             episode is "eval" when i % 10 == 0, "val" when i % 10 == 5, else "train"), each frame one
+             condition: its observation window (lerobot's own delta timestamps for the policy's
+             ``n_obs_steps``, padded at episode starts as lerobot pads), normalised by the policy's own
+             preprocessor and encoded by ``LerobotDiffusion.condition`` (lerobot's global conditioning). Frames
+             are taken in a fixed shuffled order (``seed``), so the first n of a split spread over its episodes;
+             x_T ~ N(0, I) (horizon, action_dim) is drawn once per split from ``seed`` and the split's index, row
+             by row in that order, so a frame's x_T does not depend on n.
+  distance   mean over the horizon of the Euclidean distance between two action chunks after lerobot's own
+             postprocessor (unnormalised: the dataset's action units; env pixels for PushT), differentiable.
+  lora_targets every Conv1d and Linear of the UNet (``LerobotDiffusion.lora_targets``: no attention to adapt).
+
+``task_fields`` returns the Task's fields as a dict (``pcm_policy.task.Task(**task_fields(...))``); ``make_task``
+builds the Task. Raises ``PolicyFolderError`` / ValueError for a bad policy folder or a dataset whose features
+do not match the policy, ImportError without lerobot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from .. import lora
+from .adapter import LerobotDiffusion
+
+__all__ = ["SPLIT_EVERY", "episode_split", "make_task", "task_fields"]
+
+SPLIT_EVERY = 10  # episode i (in sorted order): eval if i % 10 == 0, val if i % 10 == 5, else train
+_SPLIT_INDEX = {"train": 0, "val": 1, "eval": 2}
+
+
+def episode_split(episodes: list[int]) -> dict[str, list[int]]:
+    """Episode indices per split (module doc): every tenth episode (from the first) is "eval", every tenth from
+    the sixth "val", the rest "train". Deterministic; appended episodes never move earlier ones."""
+    eps = sorted(set(int(e) for e in episodes))
+    out = {"train": [], "val": [], "eval": []}
+    for i, e in enumerate(eps):
+        out["eval" if i % SPLIT_EVERY == 0 else "val" if i % SPLIT_EVERY == SPLIT_EVERY // 2 else "train"].append(e)
+    return out
+
+
+def _check_features(adapter: LerobotDiffusion, features: dict, root) -> None:
+    for key, ft in {**adapter.config.input_features, **adapter.config.output_features}.items():
+        if key not in features:
+            raise ValueError(f"dataset {root} has no {key!r}, which the policy reads; pass the dataset it was "
+                             f"trained on (it has {sorted(k for k in features if '.' in k or k == 'action')})")
+        shape = tuple(features[key]["shape"])
+        want = tuple(ft.shape)
+        if shape != want and not (len(shape) == 3 and shape[::-1][:1] + shape[:2] == want):  # images: HWC on disk
+            raise ValueError(f"dataset {root}: {key!r} has shape {shape}, the policy expects {want}; pass the "
+                             f"dataset the policy was trained on")
+
+
+def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.PathLike, *,
+                num_steps: int | None = None, seed: int = 0, device: str = "cpu", repo_id: str | None = None,
+                batch_size: int = 256) -> dict:
+    """The fields of the lerobot ``Task`` (module doc) of a policy folder (or a ``LerobotDiffusion``) and a
+    LeRobotDataset folder.
+
+    Args:
+        num_steps: T of the reference DDIM trajectory; default the policy's own inference steps.
+        seed: the frame order and x_T of the splits.
+        batch_size: frames encoded per batch (images go through ResNet18).
+    Returns:
+        ``dict(name, module, model_fn, scheduler, num_steps, lora_targets, distance, unit, conditions, key,
+        save_adapter)``.
+    """
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+    a = policy if isinstance(policy, LerobotDiffusion) else LerobotDiffusion.from_folder(policy, device)
+    if a.preprocessor is None or a.postprocessor is None:
+        raise ValueError("the lerobot task needs the policy's processors; load it with LerobotDiffusion.from_folder")
+    root = Path(dataset)
+    if not (root / "meta" / "info.json").is_file():
+        raise ValueError(f"{root} is not a LeRobotDataset folder (no meta/info.json); write one with "
+                         f"pcm_policy.lerobot.dataset or lerobot's LeRobotDataset.create")
+    repo_id = repo_id or f"local/{root.name}"
+    meta = LeRobotDatasetMetadata(repo_id, root=root)
+    _check_features(a, meta.features, root)
+    ds = LeRobotDataset(repo_id, root=root, delta_timestamps=resolve_delta_timestamps(a.config, meta))
+    frame_episode = torch.as_tensor(ds.hf_dataset["episode_index"]).long()
+    splits = episode_split(frame_episode.unique().tolist())
+    keys = [*a.config.input_features]
+    memo: dict[str, dict] = {}
+
+    def frames(split: str) -> torch.Tensor:  # the split's frame indices in their fixed shuffled order
+        idx = torch.isin(frame_episode, torch.tensor(splits[split], dtype=torch.long)).nonzero().flatten()
+        g = torch.Generator().manual_seed(seed * 3 + _SPLIT_INDEX[split])
+        return idx[torch.randperm(len(idx), generator=g)]
+
+    @torch.no_grad()
+    def encode(rows: torch.Tensor) -> torch.Tensor:
+        conds = []
+        for chunk in rows.split(batch_size):
+            items = [ds[int(i)] for i in chunk]
+            batch = {k: torch.stack([it[k] for it in items]) for k in keys}
+            conds.append(a.condition(a.preprocessor(batch)).cpu())
+        return torch.cat(conds) if conds else torch.zeros(0, 0)
+
+    def conditions(split: str, n: int):
+        m = memo.setdefault(split, {"rows": frames(split), "cond": None})
+        rows = m["rows"][:n]
+        have = 0 if m["cond"] is None else len(m["cond"])
+        if len(rows) > have:
+            new = encode(rows[have:])
+            m["cond"] = new if m["cond"] is None else torch.cat([m["cond"], new])
+        if "x_T" not in m:
+            g = torch.Generator().manual_seed(seed * 3 + _SPLIT_INDEX[split] + 1_000_003)
+            m["x_T"] = torch.randn((len(m["rows"]), *a.sample_shape), generator=g)
+        dev = next(a.network.parameters()).device
+        return m["cond"][: len(rows)].to(dev), m["x_T"][: len(rows)].to(dev)
+
+    def distance(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return (a.postprocessor(out) - a.postprocessor(ref)).norm(dim=-1).mean(-1)
+
+    def save_adapter(folder, spec, extra=None):
+        # "solver": the grid the adapter was trained on (the Task's DDIM reference), read back by ``accelerate``
+        return lora.save_adapter_folder(a.network, folder, spec, {"task": "lerobot", "solver": "ddim", **(extra or {})})
+
+    stats = hashlib.sha256()
+    for k, v in _tensors({"pre": a.preprocessor.state_dict(), "post": a.postprocessor.state_dict()}):
+        stats.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+    key = {"dataset": str(root.resolve()), "episodes": {s: len(e) for s, e in splits.items()}, "seed": seed,
+           "processors": stats.hexdigest()[:16], "policy": {"horizon": a.sample_shape[0], "solver": a.solver}}
+    return dict(name="lerobot", module=a.network, model_fn=a.model_fn, scheduler=a.scheduler,
+                num_steps=int(num_steps or a.num_steps), lora_targets=a.lora_targets, distance=distance,
+                unit="action units", conditions=conditions, key=key, save_adapter=save_adapter)
+
+
+def _tensors(d, prefix=""):  # (name, tensor) pairs of a nested state dict, sorted
+    for k in sorted(d):
+        if isinstance(d[k], dict):
+            yield from _tensors(d[k], f"{prefix}{k}.")
+        elif torch.is_tensor(d[k]):
+            yield f"{prefix}{k}", d[k]
+
+
+def make_task(policy, dataset, **kw):
+    """``pcm_policy.task.Task(**task_fields(policy, dataset, **kw))``."""
+    from ..task import Task
+
+    return Task(**task_fields(policy, dataset, **kw))
