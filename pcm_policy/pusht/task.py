@@ -1,0 +1,124 @@
+"""The PushT Task: the diffusion policy on the sampler core, for the generic drivers (``pcm_policy.task``).
+
+  conditions "train"/"val": the PCT conditions of ``pct_data.collect_conditions`` (demonstration windows
+             and states of base-policy rollouts on training seeds 400000+), normalised by the policy, with
+             x_T ~ N(0, I) (H, A) drawn for all N at once from ``data.seed``; training rows first.
+             "eval": every chunk's observation and initial noise of the reference DDIM-T rollouts on the
+             evaluation seeds ``evaluation.seed``.. (100000..), evenly spaced down to n.
+  distance   mean over the H actions of the Euclidean action distance in env pixels (``pixel_distance``).
+  score      mean coverage score of rollouts on the evaluation seeds with the sampler held to k iterations
+             (tol 0), plus success rate, mean iterations and median latency; ``score(None, None)``: the
+             reference DDIM-T rollouts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..lora import DEFAULT_TARGETS
+from ..sampling import SamplerSpec, make_sampler
+from ..task import Task
+from ..training.pct_data import PCTData
+from .checkpoint import save_adapter_folder
+from .pct_data import TrajDataConfig, collect_conditions, pixel_distance
+from .rollout import run_rollouts, summarize
+
+__all__ = ["PushTEval", "make_task", "pct_task"]
+
+
+@dataclass
+class PushTEval:
+    """The evaluation episodes: seeds ``seed``..``seed + episodes - 1`` (the env's reset seeds), ``max_steps``."""
+
+    seed: int = 100000
+    episodes: int = 50
+    max_steps: int = 200
+
+
+def _normalizer_hash(policy) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(policy.normalizer.state_dict().items()):
+        h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def make_task(policy, *, data: TrajDataConfig | None = None, demos=None, evaluation: PushTEval | None = None,
+              num_steps: int = 50, progress: bool = True) -> Task:
+    """The PushT Task of ``policy`` (a ``DiffusionPolicy``): ``data`` and ``demos`` (a demonstration store)
+    define the PCT conditions ("train"/"val"), ``evaluation`` the "eval" ones and the score; T = ``num_steps``."""
+    memo, evaluation = {}, evaluation or PushTEval()
+    shape = (policy.cfg.horizon, policy.cfg.action_dim)
+    seeds = list(range(evaluation.seed, evaluation.seed + evaluation.episodes))
+
+    def reference() -> dict:  # DDIM-T rollouts, every chunk's observation and noise recorded
+        if "ref" not in memo:
+            obs, noise = [], []
+
+            def record(chunk, o, out):
+                obs.append(o.clone())
+                noise.append(out["x_T"].cpu().clone())
+
+            sampler = make_sampler(SamplerSpec.named("ddim", num_steps=num_steps), policy.noise_scheduler)
+            with torch.no_grad():
+                eps = run_rollouts(policy, sampler, seeds, max_steps=evaluation.max_steps, on_chunk=record)["episodes"]
+            memo["ref"] = {"summary": {**summarize(eps), "scores": [float(e["score"]) for e in eps]},
+                           "obs": torch.cat(obs), "noise": torch.cat(noise)}
+        return memo["ref"]
+
+    def conditions(split: str, n: int):
+        if split == "eval":
+            ref = reference()
+            idx = np.unique(np.linspace(0, len(ref["obs"]) - 1, min(n, len(ref["obs"]))).round().astype(int))
+            with torch.no_grad():
+                return policy.condition(ref["obs"][idx]), ref["noise"][idx].to(policy.device)
+        if data is None:
+            raise ValueError("the PushT task was built without PCT data settings (make_task(data=...))")
+        if "pct" not in memo:
+            c = collect_conditions(policy, data, demos, progress)
+            with torch.no_grad():
+                cond = policy.condition(torch.from_numpy(c["obs"])).cpu()
+            x_T = torch.randn((len(c["obs"]), *shape), generator=torch.Generator().manual_seed(data.seed))
+            memo["pct"] = (cond, x_T, torch.from_numpy(np.asarray(c["split"])))
+        cond, x_T, s = memo["pct"]
+        rows = (s == int(split == "val")).nonzero().flatten()[:n]
+        return cond[rows], x_T[rows]
+
+    def score(spec: SamplerSpec | None, k: int | None) -> dict:
+        if spec is None:
+            return {"score": reference()["summary"]["mean_score"], **reference()["summary"]}
+        sampler = make_sampler(spec.replace(k=k), policy.noise_scheduler)
+        with torch.no_grad():
+            eps = run_rollouts(policy, sampler, seeds, max_steps=evaluation.max_steps)["episodes"]
+        s = {**summarize(eps), "scores": [float(e["score"]) for e in eps]}
+        return {"score": s["mean_score"], **s}
+
+    key = {"normalizer": _normalizer_hash(policy), "evaluation": asdict(evaluation), "num_steps": num_steps,
+           **({"data": asdict(data), "demos": str(demos)} if data is not None else {})}
+    return Task(name="pusht", module=policy.model, model_fn=policy.model_fn, scheduler=policy.noise_scheduler,
+                num_steps=num_steps, lora_targets=list(DEFAULT_TARGETS), distance=pixel_distance(policy), unit="px",
+                conditions=conditions, score=score, score_label="mean score", key=key,
+                full_copy=policy.add_full_copy,
+                save_adapter=lambda folder, spec, extra: save_adapter_folder(policy, folder, spec, extra))
+
+
+def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
+    """(Task, store settings, adapter.json extras) of a resolved ``train_pct`` config for task=pusht (a plain
+    dict: ``base``, ``task.dataset``, ``pct.data``); relative paths are under ``root``. Raises ValueError for a
+    missing base checkpoint (naming how to make one) and CheckpointError / TrajDataError."""
+    from pathlib import Path
+
+    from .checkpoint import load_policy
+
+    base = Path(cfg["base"]) if Path(cfg["base"]).is_absolute() else Path(root) / cfg["base"]
+    if not (base / "config.json").is_file():
+        raise ValueError(f"base checkpoint {base} not found; train it with python scripts/train_policy.py "
+                         "task=pusht and copy its run_dir/checkpoint there, or pass base=FOLDER")
+    data = TrajDataConfig(**cfg["pct"]["data"])
+    demos = Path(cfg["task"]["dataset"])
+    task = make_task(load_policy(base), data=data, demos=demos if demos.is_absolute() else Path(root) / demos,
+                     num_steps=data.num_steps)
+    return task, data.pct_data(), {"base": str(base)}
