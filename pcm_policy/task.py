@@ -97,11 +97,12 @@ class Task:
         check_cond(cond, len(x_T))
         return cond, x_T
 
-    def fingerprint(self) -> str:
-        """sha256 (16 hex) of ``module``'s base weights (adapter tensors excluded), ``name`` and ``key``."""
+    def fingerprint(self, adapter: bool = False) -> str:
+        """sha256 (16 hex) of ``module``'s base weights, ``name`` and ``key``; ``adapter``: of the adapter
+        tensors (``lora_``) on ``module`` instead."""
         h = hashlib.sha256(json.dumps({"name": self.name, "key": self.key}, sort_keys=True, default=str).encode())
         for k, v in sorted(self.module.state_dict().items()):
-            if "lora_" not in k:
+            if ("lora_" in k) == adapter:
                 h.update(k.encode())
                 h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]

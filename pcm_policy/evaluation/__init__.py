@@ -55,8 +55,10 @@ def distances_vs_k(name: str, make: Callable, model_fn, ks: list[int], cond, x_T
     k beyond convergence: the last one).
     """
     T, total = traj.shape[1] - 1, torch.zeros(len(ks), dtype=torch.float64)
+    from ..sampling import index_cond
+
     for i0 in range(0, len(x_T), batch):
-        c = None if cond is None else cond[i0:i0 + batch]
+        c = index_cond(cond, slice(i0, i0 + batch))
         x, tr = x_T[i0:i0 + batch], traj[i0:i0 + batch]
         if name == "ddim":
             outs = [tr[:, min(k, T)] for k in ks]

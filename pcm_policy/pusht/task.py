@@ -27,7 +27,7 @@ from .checkpoint import save_adapter_folder
 from .pct_data import TrajDataConfig, collect_conditions, pixel_distance
 from .rollout import run_rollouts, summarize
 
-__all__ = ["PushTEval", "make_task", "pct_task"]
+__all__ = ["SWEEP_SAMPLERS", "PushTEval", "make_task", "pct_task", "sweep_task"]
 
 
 @dataclass
@@ -89,12 +89,14 @@ def make_task(policy, *, data: TrajDataConfig | None = None, demos=None, evaluat
 
     def score(spec: SamplerSpec | None, k: int | None) -> dict:
         if spec is None:
-            return {"score": reference()["summary"]["mean_score"], **reference()["summary"]}
-        sampler = make_sampler(spec.replace(k=k), policy.noise_scheduler)
-        with torch.no_grad():
-            eps = run_rollouts(policy, sampler, seeds, max_steps=evaluation.max_steps)["episodes"]
-        s = {**summarize(eps), "scores": [float(e["score"]) for e in eps]}
-        return {"score": s["mean_score"], **s}
+            s = reference()["summary"]
+        else:
+            sampler = make_sampler(spec.replace(k=k), policy.noise_scheduler)
+            with torch.no_grad():
+                eps = run_rollouts(policy, sampler, seeds, max_steps=evaluation.max_steps)["episodes"]
+            s = {**summarize(eps), "scores": [float(e["score"]) for e in eps]}
+        return {"score": s["mean_score"], **{f: s[f] for f in ("success_rate", "mean_iterations", "median_latency_s")},
+                "detail": s}
 
     key = {"normalizer": _normalizer_hash(policy), "evaluation": asdict(evaluation), "num_steps": num_steps,
            **({"data": asdict(data), "demos": str(demos)} if data is not None else {})}
@@ -122,3 +124,32 @@ def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
     task = make_task(load_policy(base), data=data, demos=demos if demos.is_absolute() else Path(root) / demos,
                      num_steps=data.num_steps)
     return task, data.pct_data(), {"base": str(base)}
+
+
+SWEEP_SAMPLERS = ("ddim", "ddim-k", "picard", "taa", "pcm", "newton")  # what a PushT sweep compares
+
+
+def sweep_task(checkpoint, adapter, samplers, *, num_steps: int = 50, init: str | None = None, device: str = "cpu",
+               eager: bool = False, evaluation: PushTEval | None = None) -> tuple[Task, dict]:
+    """(Task, {name: SamplerSpec}) of a PushT sweep: the base policy at ``checkpoint`` with the adapter of
+    ``adapter`` attached when pcm is swept, frozen graphs unless ``eager``; the specs at T = ``num_steps``, tol 0,
+    first iterate ``init`` for the iterative samplers (PCM: the adapter's unless given). Picklable as a
+    ``functools.partial`` (the sweep's worker processes). Raises CheckpointError, ValueError, KeyError."""
+    from ..device import pick_device
+    from ..sampling import ITERATIVE
+    from .checkpoint import load_adapter_folder, load_policy
+
+    bad = [s for s in samplers if s not in SWEEP_SAMPLERS]
+    if bad:
+        raise ValueError(f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(SWEEP_SAMPLERS)}")
+    policy = load_policy(checkpoint, pick_device(device))
+    specs = {s: SamplerSpec.named(s, num_steps=num_steps, tol=0.0, init=init if s in ITERATIVE else None,
+                                  k=1 if s == "ddim-k" else None) for s in samplers if s != "pcm"}
+    if "pcm" in samplers:
+        spec, _ = load_adapter_folder(policy, adapter)
+        specs["pcm"] = spec.replace(num_steps=num_steps, tol=0.0, **({"init": init} if init else {}))
+    policy.freeze(not eager)
+    task = make_task(policy, evaluation=evaluation, num_steps=num_steps)
+    if policy.device.type != "cpu":  # GPU runs are cached apart
+        task.key["device"] = policy.device.type
+    return task, {s: specs[s] for s in samplers}
