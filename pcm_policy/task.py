@@ -98,11 +98,11 @@ class Task:
         return cond, x_T
 
     def fingerprint(self, adapter: bool = False) -> str:
-        """sha256 (16 hex) of ``module``'s base weights, ``name`` and ``key``; ``adapter``: of the adapter
-        tensors (``lora_``) on ``module`` instead."""
+        """sha256 (16 hex) of ``module``'s base weights (the same with or without an adapter attached), ``name``
+        and ``key``; ``adapter``: of the adapter tensors (``lora_``) on ``module`` instead."""
         h = hashlib.sha256(json.dumps({"name": self.name, "key": self.key}, sort_keys=True, default=str).encode())
         for k, v in sorted(self.module.state_dict().items()):
             if ("lora_" in k) == adapter:
-                h.update(k.encode())
+                h.update(k.replace(".base_layer", "").encode())  # peft renames a wrapped layer's weights
                 h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
