@@ -108,16 +108,16 @@ def test_stand_in_defaults_say_so(ldm_dir, tmp_path, monkeypatch):  # noqa: F811
     are not CelebA-HQ results."""
     import shutil
 
-    from pcm_policy.vision import eval_cli
-
     shutil.copytree(ldm_dir, tmp_path / "checkpoints/vision/ldm_mnist")
     _adapter(ldm_dir, tmp_path / "checkpoints/vision/ldm_mnist_pcm", Switch(1, 1))
-    monkeypatch.setattr(eval_cli, "ROOT", tmp_path)
+    ev = _script("evaluate")
+    monkeypatch.setattr(ev, "ROOT", tmp_path)
     data = types.ModuleType("pcm_policy.vision.data")
     data.reference_images = lambda: np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     monkeypatch.setitem(sys.modules, "pcm_policy.vision.data", data)
     out = tmp_path / "out"
-    assert celeba.main(["--samplers", "sequential", "--ks", "1", "--num-samples", "2", "--out", str(out)]) == 0
+    assert ev.main(["--family", "ldm", "--samplers", "sequential", "--ks", "1", "--num-samples", "2", "--out",
+                    str(out)]) == 0
     res = json.loads((out / "metrics.json").read_text())
     assert "NOT CelebA-HQ" in res["stand_in"] and res["converged"]["k"] == 4 and res["reference"]["n"] == 4
     table = (out / "table.md").read_text()
@@ -133,8 +133,8 @@ def test_prompt_labels():
     ("celeba", ["--model", "{ldm}", "--samplers", "ddim,picard"], "unknown sampler"),
     ("celeba", ["--model", "{ldm}", "--ks", "1,x"], "comma list of integers"),
     ("celeba", ["--model", "{ldm}", "--num-samples", "0"], ">= 1"),
-    ("celeba", ["--model", "{sd}", "--reference", "{ref}"], "use eval_sd.py"),
-    ("sd", ["--model", "{ldm}", "--reference", "{ref}"], "use eval_celeba.py"),
+    ("celeba", ["--model", "{sd}", "--reference", "{ref}"], "use --family sd"),
+    ("sd", ["--model", "{ldm}", "--reference", "{ref}"], "use --family ldm"),
     ("celeba", ["--model", "{ldm}"], "pass --reference DIR"),
     ("celeba", ["--model", "{ldm}", "--reference", "{ref}", "--prompts", "{ref}"], "takes no --prompts"),
     ("sd", ["--model", "{sd}", "--reference", "{ref}", "--prompts", "{missing}"], "is not a file"),
@@ -156,10 +156,8 @@ def test_bad_input_is_one_line_and_exit_2(ldm_dir, sd_dir, reference, tmp_path, 
 def test_the_defaults_are_the_shipped_stand_in_and_its_adapter(family):
     """No --model / --adapter: the shipped small model and its PCM adapter, which load together."""
     from pcm_policy.vision import load_adapter_folder, load_model
-    from pcm_policy.vision.eval_cli import ROOT as CLI_ROOT
-    from pcm_policy.vision.eval_cli import SHIPPED
-
-    model_dir, adapter_dir = (CLI_ROOT / p for p in SHIPPED[family])
+    ev = _script("evaluate")
+    model_dir, adapter_dir = (ev.ROOT / p for p in ev.SHIPPED[family])
     model = load_model(model_dir)
     spec = load_adapter_folder(model.unet, adapter_dir)
     assert model.family == family and spec.name == "pcm"
