@@ -43,8 +43,13 @@ KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
 SCORE_TOL, PX_TOL = 0.02, 1.0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"error: {message}\n")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samplers", default=",".join(NAMES), help=f"comma list of {', '.join(NAMES)}")
     p.add_argument("--ks", default=",".join(map(str, KS)), help="iteration budgets k")
     p.add_argument("--score-ks", default=None, help="the ks whose rollouts (scores) are run (default: all)")

@@ -161,3 +161,22 @@ def test_the_defaults_are_the_shipped_stand_in_and_its_adapter(family):
     model = load_model(model_dir)
     spec = load_adapter_folder(model.unet, adapter_dir)
     assert model.family == family and spec.name == "pcm"
+
+
+def test_the_generic_sweep_and_report_run_the_image_task(ldm_dir, tmp_path):  # noqa: F811
+    """The image Task (``vision.task``) on the generic drivers: latent RMSE vs k to DDIM-T on eval seeds, the
+    report's CSV, table and the image grid decoded by the task."""
+    from pcm_policy.evaluation.report import write_report
+    from pcm_policy.evaluation.sweep import SweepConfig, run_sweep
+    from pcm_policy.vision.task import make_task
+
+    task = make_task(load_model(ldm_dir), num_steps=4)
+    specs = {"sequential": SamplerSpec.named("ddim", num_steps=4),
+             "picard": SamplerSpec.named("picard", num_steps=4, tol=0.0)}
+    res = run_sweep(task, SweepConfig(samplers=specs, ks=[1, 4], out=tmp_path / "s", conditions=2, dist_tol=1e-3))
+    by = {s: {r["k"]: r for r in rows} for s, rows in res["results"].items()}
+    assert by["sequential"][4]["distance"] == 0 and by["picard"][4]["distance"] < 1e-4
+    assert by["sequential"][1]["distance"] > 1e-3 and res["distance_unit"] == "latent RMSE"
+    assert res["k_match"] == {"sequential": 4, "picard": 4}
+    write_report(tmp_path / "s", res, task=task, samplers=specs, print_table=False)
+    assert all((tmp_path / "s" / f).stat().st_size > 0 for f in ("sweep.csv", "table.md", "grid.png"))
