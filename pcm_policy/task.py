@@ -18,9 +18,10 @@ package. Everything a driver needs is here:
   distance     ``distance(out, ref) -> (B,)`` per sample in ``unit``, differentiable (PushT: mean action
                distance in env pixels; images: latent RMSE).
   score        optional ``score(spec, k) -> {"score": float, ...}``: a closed-loop or quality score of
-               sampler ``spec`` (a ``SamplerSpec``) held to exactly ``k`` iterations on the eval split,
-               higher-is-better or not as ``score_higher`` says; ``score(spec, None)`` scores the
-               converged reference (DDIM-T). None: the sweep measures distances only.
+               sampler ``spec`` (a ``SamplerSpec``) held to exactly ``k`` iterations on the eval split (other
+               scalar entries become columns of the sweep's rows; a ``"detail"`` dict is kept for the
+               reference only); ``score(None, None)`` scores the converged reference (DDIM-T). None: the
+               sweep measures distances only.
   lora_targets peft target module names of the default adapter (PushT/images: attention projections;
                lerobot's UNet: conv/FiLM layers).
   module       the network the LoRA adapter goes on (and the training loop trains).
@@ -61,8 +62,6 @@ class Task:
     unit: str
     conditions: Callable[[str, int], tuple[Any, torch.Tensor]]
     score: Callable[..., dict] | None = None
-    score_higher: bool = True
-    score_label: str = "score"
     key: dict = field(default_factory=dict)
     full_copy: Callable[[], torch.nn.Module] | None = None
     save_adapter: Callable | None = None

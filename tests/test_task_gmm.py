@@ -111,7 +111,8 @@ def test_pct_sweep_and_report_run_on_a_toy_task_through_the_generic_drivers(tmp_
     x, st = sample_pcm(fresh.model_fn, x_T, cond, grid=fresh.grid(), schedule=spec.switch, taa=spec.taa, tol=0.0)
     assert st.converged and torch.allclose(x, ref, atol=1e-5)
 
-    specs = {"ddim": SamplerSpec.named("ddim", num_steps=T), "picard": SamplerSpec.named("picard", num_steps=T, tol=0.0),
+    specs = {"ddim": SamplerSpec.named("ddim", num_steps=T),
+             "picard": SamplerSpec.named("picard", num_steps=T, tol=0.0),
              "pcm": spec.replace(num_steps=T, tol=0.0, switch=Switch(1, 1))}
     cfg = SweepConfig(samplers=specs, ks=[1, 2, T], score_ks=[1, T], out=tmp_path / "sweep", conditions=6,
                       dist_tol=0.05, score_tol=0.05)

@@ -102,7 +102,7 @@ def make_task(policy, *, data: TrajDataConfig | None = None, demos=None, evaluat
            **({"data": asdict(data), "demos": str(demos)} if data is not None else {})}
     return Task(name="pusht", module=policy.model, model_fn=policy.model_fn, scheduler=policy.noise_scheduler,
                 num_steps=num_steps, lora_targets=list(DEFAULT_TARGETS), distance=pixel_distance(policy), unit="px",
-                conditions=conditions, score=score, score_label="mean score", key=key,
+                conditions=conditions, score=score, key=key,
                 full_copy=policy.add_full_copy,
                 save_adapter=lambda folder, spec, extra: save_adapter_folder(policy, folder, spec, extra))
 
