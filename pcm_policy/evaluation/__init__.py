@@ -1,9 +1,10 @@
-"""Evaluation generic over a task: a settings-keyed result cache, distance vs k, k_match, plots.
+"""Evaluation generic over a task (``pcm_policy.task.Task``): the sweep (``sweep.run_sweep``: distance and
+score vs k, k_match, one settings-keyed cache for JSON and tensors, ``cache.Cache``), its report
+(``report.write_report``: CSV, table, figures, image grids) and the pieces they share here: distance vs k
+(``distances_vs_k``), ``k_match``, ``write_csv`` and the figures (``plots``).
 
-A task supplies its samplers (``make(name, k) -> sampler``), its model functions, its conditions and
-initial noise, the reference trajectory (sequential DDIM-T on the same noise) and a ``distance(out, ref)
--> (B,)`` in its own unit (PushT: pixels; images: latent RMSE). Rows of results are dicts with at least
-``sampler``, ``k``, ``distance`` and, where measured, ``score`` (higher is better).
+Rows of results are dicts with at least ``sampler``, ``k``, ``distance`` (in the task's unit: PushT pixels,
+images latent RMSE) and, where measured, ``score``.
 """
 
 from __future__ import annotations
