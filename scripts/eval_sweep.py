@@ -24,72 +24,97 @@ skips them). Writes OUT/sweep.json, sweep.csv, score_vs_k.png, distance_vs_k.png
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
+from pcm_policy.evaluation.report import write_report  # noqa: E402
+from pcm_policy.evaluation.sweep import SweepConfig, run_sweep  # noqa: E402
 from pcm_policy.pusht.checkpoint import CheckpointError  # noqa: E402
-from pcm_policy.pusht.sweep import NAMES, SweepConfig, run_sweep  # noqa: E402
+from pcm_policy.pusht.task import SWEEP_SAMPLERS as NAMES  # noqa: E402
+from pcm_policy.pusht.task import PushTEval, sweep_task  # noqa: E402
 from pcm_policy.sampling import INITS  # noqa: E402
 
-# the defaults live in the library
-D = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(SweepConfig)}
+KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
+SCORE_TOL, PX_TOL = 0.02, 1.0
 
 
-def parse_args(argv=None) -> SweepConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samplers", default=",".join(NAMES), help=f"comma list of {', '.join(NAMES)}")
-    p.add_argument("--ks", default=",".join(map(str, D["ks"])), help="iteration budgets k")
+    p.add_argument("--ks", default=",".join(map(str, KS)), help="iteration budgets k")
     p.add_argument("--score-ks", default=None, help="the ks whose rollouts (scores) are run (default: all)")
-    p.add_argument("--score-samplers", default=",".join(D["score_samplers"]),
+    p.add_argument("--score-samplers", default="ddim,ddim-k,picard,taa,pcm",
                    help="samplers whose rollouts are run (default: all but newton, whose T sequential JVPs per "
                         "iteration make it a distance-only reference curve)")
-    p.add_argument("--seed", type=int, default=D["seed"], help="first episode seed (evaluation set: 100000)")
-    p.add_argument("--episodes", type=int, default=D["episodes"])
-    p.add_argument("--max-steps", type=int, default=D["max_steps"])
-    p.add_argument("--num-steps", type=int, default=D["num_steps"], help="DDIM steps T of the reference "
-                                                                               "trajectory")
-    p.add_argument("--checkpoint", type=Path, default=ROOT / D["checkpoint"])
-    p.add_argument("--adapter", type=Path, default=ROOT / D["adapter"], help="PCM adapter folder (needed "
-                                                                                   "for pcm)")
+    p.add_argument("--seed", type=int, default=100000, help="first episode seed (evaluation set: 100000)")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--num-steps", type=int, default=50, help="DDIM steps T of the reference trajectory")
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints/pusht_base")
+    p.add_argument("--adapter", type=Path, default=ROOT / "checkpoints/pusht_pcm", help="PCM adapter folder (needed "
+                                                                                          "for pcm)")
     p.add_argument("--init", choices=INITS, default=None,
                    help="Picard/PCM/Newton first iterate (default noise; PCM: the adapter's)")
-    p.add_argument("--distance-conditions", type=int, default=D["distance_conditions"])
-    p.add_argument("--threads", type=int, default=D["threads"], help="intra-op threads per process")
-    p.add_argument("--jobs", type=int, default=D["jobs"],
+    p.add_argument("--distance-conditions", type=int, default=400)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    p.add_argument("--jobs", type=int, default=1,
                    help="rollout runs in this many parallel processes (one per core; on a GPU they share it)")
-    p.add_argument("--device", default=D["device"], help="torch device of the policy: cpu (default), cuda "
-                                                               "or cuda:N")
+    p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
     p.add_argument("--eager", action="store_true",
                    help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
-    p.add_argument("--out", type=Path, default=ROOT / D["out"],
+    p.add_argument("--out", type=Path, default=ROOT / "runs/sweep",
                    help="output folder (default runs/sweep; the quoted results/sweep* folders are tracked by git "
                         "and need --force)")
     p.add_argument("--force", action="store_true", help="allow writing into files git tracks (results/, checkpoints/)")
     a = p.parse_args(argv)
     try:
-        ks = [int(k) for k in a.ks.split(",")]
-        score_ks = None if a.score_ks is None else [int(k) for k in a.score_ks.split(",")]
+        a.ks = [int(k) for k in a.ks.split(",")]
+        a.score_ks = None if a.score_ks is None else [int(k) for k in a.score_ks.split(",")]
     except ValueError as e:
         p.exit(2, f"error: --ks and --score-ks must be comma lists of integers ({e})\n")
-    try:
-        return SweepConfig(**{**vars(a), "samplers": a.samplers.split(","), "ks": ks, "score_ks": score_ks,
-                              "score_samplers": a.score_samplers.split(",")})
-    except ValueError as e:
-        p.exit(2, f"error: {e}\n")
+    a.samplers, a.score_samplers = list(dict.fromkeys(a.samplers.split(","))), a.score_samplers.split(",")
+    bad = [s for s in a.samplers if s not in NAMES]
+    errors = [(bad, f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES)}"),
+              (min(a.episodes, a.max_steps, a.num_steps, a.distance_conditions, a.threads, a.jobs) < 1,
+               "--episodes, --max-steps, --num-steps, --distance-conditions, --threads and --jobs must be >= 1"),
+              (not 0 <= a.seed <= 2**32 - a.episodes,
+               f"--seed must be in 0..2^32-1 for every episode (the env's reset seed), got {a.seed}")]
+    for cond, msg in errors:
+        if cond:
+            p.exit(2, f"error: {msg}\n")
+    return a
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
+    import torch
+
+    a = parse_args(argv)
     try:
-        run_sweep(cfg)
+        torch.set_num_threads(a.threads)
+        factory = functools.partial(sweep_task, a.checkpoint, a.adapter, a.samplers, num_steps=a.num_steps,
+                                    init=a.init, device=a.device, eager=a.eager,
+                                    evaluation=PushTEval(a.seed, a.episodes, a.max_steps))
+        task, specs = factory()
+        cfg = SweepConfig(samplers=specs, ks=a.ks, score_ks=a.score_ks, out=a.out,
+                          score_samplers=[s for s in a.score_samplers if s in specs],
+                          conditions=a.distance_conditions, score_tol=SCORE_TOL, dist_tol=PX_TOL, jobs=a.jobs,
+                          force=a.force, settings={k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()})
+        result = run_sweep(task, cfg, factory=factory)
+        write_report(a.out, result, score_label="mean score")
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    print(f"wrote {a.out / 'sweep.json'}, sweep.csv, table.md and plots")
     return 0
 
 

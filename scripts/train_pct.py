@@ -8,8 +8,8 @@ r"""Picard Consistency Training of a LoRA adapter, then schedule tuning: PushT, 
     python scripts/train_pct.py task=sd task.model=/path/to/stable-diffusion-v1-4   # a user's real SD v1.4
 
 Three stages under ``work_dir`` (re-running the same command continues where it stopped):
-1. PushT: the trajectory store (``data_path``, zarr): N conditions, x_T, X* and the base Picard iterates;
-   images: x_T per training seed (and prompt), X* in memory, the iterates X^k made on the fly per batch;
+1. the trajectory store (``data_path``; ``pcm_policy.training.pct_data``): the task's N conditions and x_T,
+   X* and the base Picard iterates (made per batch instead where they would not fit, e.g. real SD);
 2. PCT with the one training loop (``run_dir``: state.pt, log.jsonl, the EMA adapter in ``adapter/``);
 3. schedule tuning on the held-out split; the EMA adapter, the chosen schedule, the metrics, the
    command and the config are written to ``out`` (adapter.safetensors + adapter.json), by default
@@ -35,6 +35,26 @@ from pcm_policy.data import ReplayBufferError  # noqa: E402
 from pcm_policy.device import check_threads  # noqa: E402
 from pcm_policy.training import ResumeError  # noqa: E402
 
+TASKS = {"pusht": "pcm_policy.pusht.task", "celeba": "pcm_policy.vision.task", "sd": "pcm_policy.vision.task"}
+
+
+def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
+    """The task's ``pct_task(cfg, root)`` then the one driver, ``training.pct.run_pct``; returns its metrics."""
+    import importlib
+
+    from pcm_policy.training.pct import run_pct
+
+    if cfg["task"]["name"] not in TASKS:
+        raise ValueError(f"task must be {', '.join(TASKS)}, got {cfg['task']['name']!r}")
+    task, data, extra = importlib.import_module(TASKS[cfg["task"]["name"]]).pct_task(cfg, root)
+
+    def resolve(p):
+        return Path(p) if Path(p).is_absolute() else root / p
+
+    return run_pct(task, cfg["pct"], data, out=resolve(cfg["out"]), data_path=resolve(cfg["data_path"]),
+                   run_dir=resolve(cfg.get("run_dir") or Path(cfg["work_dir"]) / "train"), command=command,
+                   config=cfg, extra=extra, force=bool(cfg.get("force")))
+
 
 @hydra.main(config_path="../configs", config_name="train_pct", version_base="1.3")
 def main(cfg: DictConfig) -> None:
@@ -42,13 +62,7 @@ def main(cfg: DictConfig) -> None:
     command = "python scripts/train_pct.py " + " ".join(sys.argv[1:])
     try:
         torch.set_num_threads(check_threads(cfg["threads"], "threads"))
-        if cfg["task"]["name"] == "pusht":
-            from pcm_policy.pusht.pct_run import run_pct
-        elif cfg["task"]["name"] in ("celeba", "sd"):
-            from pcm_policy.vision.pct import run_pct
-        else:
-            raise ValueError(f"task must be pusht, celeba or sd, got {cfg['task']['name']!r}")
-        run_pct(cfg, command, ROOT)
+        run(cfg, command)
     except (ReplayBufferError, ResumeError, ValueError) as e:  # one line, no traceback
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt as e:  # one line: what was saved, how to resume; exit 130 (killed by SIGINT)

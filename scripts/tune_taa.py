@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from pcm_policy.pusht.checkpoint import CheckpointError  # noqa: E402
-from pcm_policy.pusht.pct_data import TrajDataError  # noqa: E402
 from pcm_policy.pusht.taa_tuning import tune_taa  # noqa: E402
+from pcm_policy.training.pct_data import PCTDataError as TrajDataError  # noqa: E402
 
 
 def floats(s: str) -> list[float]:
@@ -33,7 +33,7 @@ def floats(s: str) -> list[float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", type=Path, default=ROOT / "runs/pct_pusht_r3/trajectories.zarr")
+    p.add_argument("--store", type=Path, default=ROOT / "runs/pct_pusht_r3/trajectories")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints/pusht_base")
     p.add_argument("--memories", default="2,3,4,5", help="TAA memories m")
     p.add_argument("--weights", default="0,1", help="residual weight exponents w (0: unweighted, ParaTAA)")

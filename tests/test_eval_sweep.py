@@ -1,5 +1,6 @@
-"""The PushT sweep (``pcm_policy.pusht.sweep``, the library of scripts/eval_sweep.py) on a tiny random policy:
-every (sampler, k) present, exactness at k = T, cache, errors, parallel jobs; and the script's exit codes."""
+"""The evaluation sweep (``pcm_policy.evaluation.sweep``) with the PushT task (``pusht.task.sweep_task``), as
+scripts/eval_sweep.py runs it, on a tiny random policy: every (sampler, k) present, exactness at k = T, cache,
+errors, parallel jobs; and the script's exit codes."""
 
 import csv
 import json
@@ -11,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from pcm_policy.evaluation.report import write_report
+from pcm_policy.evaluation.sweep import SweepConfig, run_sweep
 from pcm_policy.lora import add_lora, lora_parameters
 from pcm_policy.pusht.checkpoint import save_adapter_folder, save_policy
 from pcm_policy.pusht.normalizer import NormalizerDict
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
-from pcm_policy.pusht.sweep import SweepConfig, run_sweep
+from pcm_policy.pusht.task import PushTEval, sweep_task
 from pcm_policy.sampling import SamplerSpec, Switch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +45,21 @@ def ckpt(tmp_path_factory):
     return tmp
 
 
-def _cfg(ckpt, out, samplers=SAMPLERS, **extra):
-    kw = dict(samplers=list(samplers), ks=KS, score_ks=[1, 4], episodes=2, max_steps=16, num_steps=T,
-              distance_conditions=4, checkpoint=ckpt / "base", adapter=ckpt / "adapter", out=out)
-    return SweepConfig(**{**kw, **extra})
+def _factory(ckpt, samplers=SAMPLERS, adapter=None, init=None):
+    import functools
+
+    return functools.partial(sweep_task, ckpt / "base", adapter or ckpt / "adapter", list(samplers), num_steps=T,
+                             init=init, evaluation=PushTEval(100000, 2, 16))
 
 
-def _sweep(ckpt, out, samplers=SAMPLERS, **extra):
-    return run_sweep(_cfg(ckpt, out, samplers, **extra))
+def _sweep(ckpt, out, samplers=SAMPLERS, adapter=None, init=None, **extra):
+    factory = _factory(ckpt, samplers, adapter, init)
+    task, specs = factory()
+    kw = dict(samplers=specs, ks=KS, score_ks=[1, 4], conditions=4, out=out,
+              score_samplers=[s for s in ("ddim", "ddim-k", "picard", "taa", "pcm") if s in specs])
+    res = run_sweep(task, SweepConfig(**{**kw, **extra}), factory=factory)
+    write_report(out, res, print_table=False)
+    return res
 
 
 def test_sweep_outputs_and_cache(ckpt, tmp_path, capsys):
@@ -88,23 +98,25 @@ def test_sweep_outputs_and_cache(ckpt, tmp_path, capsys):
     assert "picard k=1: done" in text and "ddim k=1: cached" in text  # a changed setting reruns what it affects
 
 
-@pytest.mark.parametrize("bad, msg", [({"samplers": ["ddim", "nope"]}, "unknown sampler"),
-                                      ({"ks": [0, 2]}, "every k must be >= 1"),
-                                      ({"ks": [1, 2], "score_ks": [3]}, "subset"),
-                                      ({"seed": -1}, "--seed must be in"), ({"jobs": 0}, "must be >= 1"),
-                                      ({"init": "nope"}, "--init must be one of")])
-def test_bad_settings_raise(ckpt, tmp_path, bad, msg):
-    kw = {"samplers": SAMPLERS, "ks": KS, "score_ks": [1], "checkpoint": ckpt / "base", "out": tmp_path / "x", **bad}
+@pytest.mark.parametrize("bad, msg", [({"samplers": {}}, "no sampler"), ({"ks": [0, 2]}, "every k must be >= 1"),
+                                      ({"ks": [1, 2], "score_ks": [3]}, "subset"), ({"jobs": 0}, "must be >= 1"),
+                                      ({"out": ROOT / "checkpoints/pusht_pcm"}, "tracked by git")])
+def test_bad_settings_raise(tmp_path, bad, msg):
+    kw = {"samplers": {"ddim": SamplerSpec.named("ddim")}, "ks": KS, "score_ks": [1], "out": tmp_path / "x", **bad}
     with pytest.raises(ValueError, match=msg):
         SweepConfig(**kw)
 
 
-def test_bad_adapter_raises(ckpt, tmp_path):
+def test_bad_task_settings_raise(ckpt):
     with pytest.raises((FileNotFoundError, ValueError)):
-        _sweep(ckpt, tmp_path / "x", adapter=Path("/nonexistent"))
+        _factory(ckpt, adapter=Path("/nonexistent"))()
+    with pytest.raises(ValueError, match="unknown sampler"):
+        _factory(ckpt, ["ddim", "nope"])()
 
 
-@pytest.mark.parametrize("bad", [["--ks", "1,x"], ["--samplers", "ddim,nope"], ["--adapter", "/nonexistent"]])
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", [["--ks", "1,x"], ["--samplers", "ddim,nope"], ["--adapter", "/nonexistent"],
+                                 ["--seed", "-1"], ["--init", "nope"]])
 def test_script_bad_input_exits_2_with_one_line(ckpt, tmp_path, bad):
     """The script is argument parsing plus run_sweep: parse errors and setup errors exit 2 with one line."""
     args = ["--samplers", "pcm", "--ks", "1", "--episodes", "1", "--max-steps", "1", "--num-steps", str(T),
@@ -123,8 +135,9 @@ def test_sweep_of_one_sampler_without_ddim(ckpt, tmp_path):
     assert res["results"]["newton"][-1]["distance"] < 1e-2  # Newton at k = 6 > T has converged
 
 
+@pytest.mark.slow
 def test_parallel_jobs_give_the_serial_results(ckpt, tmp_path):
-    """jobs=2 runs the rollouts in spawned worker processes (score_run) with the same results."""
+    """jobs=2 runs the rollouts in spawned worker processes (``sweep._score_cell``) with the same results."""
     serial, par = _sweep(ckpt, tmp_path / "serial")["results"], _sweep(ckpt, tmp_path / "par", jobs=2)["results"]
     drop = ("median_latency_s",)  # wall clock differs
     assert ({s: [{k: v for k, v in row.items() if k not in drop} for row in rows] for s, rows in par.items()}

@@ -14,13 +14,9 @@ from pcm_policy.lora import add_lora, has_lora, lora_parameters
 from pcm_policy.paper import full_copy_of
 from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, save_policy
 from pcm_policy.pusht.normalizer import NormalizerDict
-from pcm_policy.pusht.pct_data import (
-    TrajDataConfig,
-    TrajDataError,
-    generate,
-    load_trajectories,
-)
+from pcm_policy.pusht.pct_data import TrajDataConfig, collect_conditions
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
+from pcm_policy.pusht.task import make_task
 from pcm_policy.sampling import SamplerSpec, Switch, sample_pcm, sample_sequential, step_grid
 from pcm_policy.sampling.picard import _bound
 from pcm_policy.training import LoopConfig, train
@@ -34,6 +30,9 @@ from pcm_policy.training.pct import (
     pct_loss,
     phi,
 )
+from pcm_policy.training.pct_data import PCTDataError as TrajDataError
+from pcm_policy.training.pct_data import load as load_trajectories
+from pcm_policy.training.pct_data import make
 
 
 def ddim_grid(policy, T):
@@ -42,6 +41,13 @@ def ddim_grid(policy, T):
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TrajDataConfig(n=6, num_steps=8, iterates=4, chunk=3, val_fraction=0.34, rollout_fraction=0.5,
                       per_episode=2, rollout_batch=2, max_steps=16, safeguard=None)
+
+
+def generate(policy, path, cfg, demos=None, rollout_cache=None, **kw):
+    """The PushT task's PCT store: its conditions through the generic store (``training.pct_data.make``)."""
+    task = make_task(policy, data=cfg, demos=demos, num_steps=cfg.num_steps, progress=False,
+                     rollout_cache=rollout_cache)
+    return make(task, cfg.pct_data(), path, progress=False, **kw)
 
 
 def _policy(seed=0):
@@ -70,24 +76,25 @@ def env(tmp_path_factory):
         buf.add_episode({"state": rng.uniform(50, 450, (12, 5)).astype(np.float32),
                          "keypoint": rng.uniform(50, 450, (12, 9, 2)).astype(np.float32),
                          "action": rng.uniform(50, 450, (12, 2)).astype(np.float32)})
-    generate(load_policy(tmp / "base"), tmp / "traj.zarr", TINY, tmp / "demos.zarr", progress=False)
+    generate(load_policy(tmp / "base"), tmp / "traj", TINY, tmp / "demos.zarr")
     return tmp
 
 
 def test_store_layout(env):
-    d = load_trajectories(env / "traj.zarr")
+    d = load_trajectories(env / "traj")
     T, K, N = TINY.num_steps, TINY.iterates, TINY.n
     assert d["x_star"].shape == (N, T + 1, 16, 2) and d["iterates"].shape == (N, K, T + 1, 16, 2)
-    assert d["cond"].shape == (N, 40) and d["var_k"].shape == (K,)
-    assert set(d["source"].tolist()) == {0, 1} and set(d["split"].tolist()) == {0, 1}
-    assert all(s >= 400_000 for s in d["origin"][d["source"] == 1].tolist())  # never evaluation seeds
-    assert not set(d["rollout_seeds"]["train"]) & set(d["rollout_seeds"]["val"])
+    assert d["cond"].shape == (N, 40) and d["var_k"].shape == (K,) and set(d["split"].tolist()) == {0, 1}
+    c = collect_conditions(load_policy(env / "base"), TINY, env / "demos.zarr", progress=False)
+    assert set(c["source"].tolist()) == {0, 1} and c["split"].tolist() == d["split"].tolist()
+    assert all(s >= 400_000 for s in c["origin"][c["source"] == 1].tolist())  # never evaluation seeds
+    assert not set(c["rollout_seeds"]["train"]) & set(c["rollout_seeds"]["val"])
     assert torch.equal(d["iterates"][:, :, 0], d["x_star"][:, None, 0].expand(-1, K, -1, -1))  # X^k_0 = x_T
     assert torch.allclose(d["iterates"][:, -1, K - 1], d["x_star"][:, K - 1], atol=1e-5)  # triangular exactness
 
 
 def test_pct_loss_trains_only_lora(env, tmp_path):
-    d, policy = load_trajectories(env / "traj.zarr"), load_policy(env / "base")
+    d, policy = load_trajectories(env / "traj"), load_policy(env / "base")
     add_lora(policy.model, rank=4, alpha=8)
     _randomise_lora(policy.model)  # B != 0, so A gets gradients too
     grid, alpha = ddim_grid(policy, TINY.num_steps), alpha_from_var(d["var_k"])
@@ -114,7 +121,7 @@ def test_jump_loss_is_the_one_call_x0_error_and_the_extra_draws_are_ddim_outputs
     """pct.objective=jump: the loss is ||x0 predicted at (x_T, t_0) with the adapter - X*[T]||^2 (unclipped),
     its gradient reaches every LoRA tensor; add_draws gives seeded x_T per training condition with their
     sequential DDIM outputs, cached and reused."""
-    d, policy = load_trajectories(env / "traj.zarr"), load_policy(env / "base")
+    d, policy = load_trajectories(env / "traj"), load_policy(env / "base")
     grid = ddim_grid(policy, TINY.num_steps)
     extra = add_draws(policy.model_fn, grid, d, 2, seed=5, path=tmp_path / "draws.pt")
     n_train = int((d["split"] == 0).sum())
@@ -142,8 +149,8 @@ def test_jump_loss_is_the_one_call_x0_error_and_the_extra_draws_are_ddim_outputs
 def test_phi_at_lambda_zero_is_the_base_picard_update(env, tmp_path, safeguard):
     policy = load_policy(env / "base")
     cfg = TrajDataConfig(**{**TINY.__dict__, "safeguard": safeguard, "n": 3, "rollout_fraction": 1.0})
-    d = load_trajectories(env / "traj.zarr") if safeguard is None else \
-        load_trajectories(generate(policy, tmp_path / "t.zarr", cfg, progress=False))
+    d = load_trajectories(env / "traj") if safeguard is None else \
+        load_trajectories(generate(policy, tmp_path / "t", cfg))
     add_lora(policy.model, rank=4, alpha=8)
     _randomise_lora(policy.model, scale=0.5)
     grid = ddim_grid(policy, TINY.num_steps)
@@ -164,16 +171,16 @@ def test_phi_at_lambda_zero_is_the_base_picard_update(env, tmp_path, safeguard):
 
 def test_generation_resumes_after_a_chunk(env, tmp_path):
     policy = load_policy(env / "base")
-    generate(policy, tmp_path / "a.zarr", TINY, env / "demos.zarr", max_chunks=1, progress=False)
+    generate(policy, tmp_path / "a", TINY, env / "demos.zarr", max_chunks=1)
     with pytest.raises(TrajDataError, match="incomplete"):
-        load_trajectories(tmp_path / "a.zarr")
-    generate(policy, tmp_path / "a.zarr", TINY, env / "demos.zarr", progress=False)
-    a, b = load_trajectories(tmp_path / "a.zarr"), load_trajectories(env / "traj.zarr")
-    for k in ("cond", "x_T", "x_star", "iterates", "split", "source", "origin", "step", "var_k"):
+        load_trajectories(tmp_path / "a")
+    generate(policy, tmp_path / "a", TINY, env / "demos.zarr")
+    a, b = load_trajectories(tmp_path / "a"), load_trajectories(env / "traj")
+    for k in ("cond", "x_T", "x_star", "iterates", "split", "var_k"):
         assert torch.equal(a[k], b[k]), k
     other = TrajDataConfig(**{**TINY.__dict__, "iterates": 5})
     with pytest.raises(TrajDataError, match="iterates"):
-        generate(policy, tmp_path / "a.zarr", other, env / "demos.zarr", progress=False)
+        generate(policy, tmp_path / "a", other, env / "demos.zarr")
 
 
 def test_rollout_conditions_resume_where_they_stopped(env, tmp_path, monkeypatch, capsys):
@@ -190,15 +197,16 @@ def test_rollout_conditions_resume_where_they_stopped(env, tmp_path, monkeypatch
         return real(*a, **kw)
 
     monkeypatch.setattr(D, "_rollout_batch", stop_on_second)
+    cache = tmp_path / ".a.rollouts"
     with pytest.raises(KeyboardInterrupt):
-        generate(policy, tmp_path / "a.zarr", TINY, env / "demos.zarr", progress=False)
+        generate(policy, tmp_path / "a", TINY, env / "demos.zarr", rollout_cache=cache)
     monkeypatch.setattr(D, "_rollout_batch", real)
-    generate(policy, tmp_path / "a.zarr", TINY, env / "demos.zarr", progress=False)
+    generate(policy, tmp_path / "a", TINY, env / "demos.zarr", rollout_cache=cache)
     assert "rollout conditions: all 2 read from" in capsys.readouterr().out  # the training split's batch
-    a, b = load_trajectories(tmp_path / "a.zarr"), load_trajectories(env / "traj.zarr")
-    for k in ("obs", "cond", "x_T", "x_star", "iterates", "split", "origin", "step", "var_k"):
+    a, b = load_trajectories(tmp_path / "a"), load_trajectories(env / "traj.zarr")
+    for k in ("cond", "x_T", "x_star", "iterates", "split", "var_k"):
         assert torch.equal(a[k], b[k]), k
-    assert [p.name for p in tmp_path.iterdir()] == ["a.zarr"]
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
 def test_choose_schedule_rule():
@@ -214,6 +222,51 @@ def test_choose_schedule_rule():
     assert choose_schedule(tie) is tie[2]  # equal to the resolution: fewest adapted iterations, weight space
 
 
+def compose(overrides: list[str]) -> dict:
+    """The resolved train_pct config for ``overrides``, as the script builds it (hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return OmegaConf.to_container(hydra_compose("train_pct", overrides=overrides), resolve=True)
+
+
+SMOKE = ["pct.data.n=6", "pct.data.num_steps=8", "pct.data.iterates=2", "pct.data.chunk=3",
+         "pct.data.val_fraction=0.34",
+         "pct.data.per_episode=2", "pct.data.rollout_batch=2", "pct.data.max_steps=16", "++pct.jump.draws=1",
+         "pct.batch_size=4", "pct.training.steps=2", "pct.training.warmup_steps=1", "pct.training.val_every=1",
+         "pct.training.log_every=1", "pct.val.n=2", "pct.val.k_max=1", "pct.tune.k_max=2",
+         "++pct.tune.jump_positions=[2,5]"]
+
+
+def test_default_config_on_a_smoke_budget_is_the_shipped_recipe(env, tmp_path):
+    """``train_pct.py task=pusht`` with its default pct config, on a smoke budget, through the one driver: the
+    adapter.json records the default config's objective and the sampler is exact (PCM at tol 0 == DDIM)."""
+    from pcm_policy.pusht.task import pct_task
+    from pcm_policy.training.pct import run_pct
+
+    cfg = compose(["task=pusht", f"base={env / 'base'}", f"task.dataset={env / 'demos.zarr'}",
+                   f"work_dir={tmp_path / 'w'}", f"out={tmp_path / 'out'}", *SMOKE])
+    default = compose(["task=pusht"])["pct"]
+    task, data, extra = pct_task(cfg, ROOT)
+    run_pct(task, cfg["pct"], data, out=tmp_path / "out", run_dir=tmp_path / "w/train", data_path=tmp_path / "w/d",
+            config=cfg, extra=extra)
+    a = json.loads((tmp_path / "out/adapter.json").read_text())
+    assert a["tuned"] and a["config"]["pct"]["objective"] == default["objective"]
+    assert a["config"]["pct"]["lora"] == default["lora"] and a["config"]["pct"]["name"] == default["name"]
+    policy = load_policy(env / "base")
+    spec, _ = load_adapter_folder(policy, tmp_path / "out")
+    g = torch.Generator().manual_seed(3)
+    x_T, cond = torch.randn(3, 16, 2, generator=g), torch.randn(3, 40, generator=g)
+    grid = step_grid(policy.noise_scheduler, 8, solver="ddim")
+    ref, _ = sample_sequential(policy.model_fn, x_T, cond, grid=grid)
+    x, st = sample_pcm(policy.model_fn, x_T, cond, grid=grid, schedule=spec.switch, taa=spec.taa, jump=spec.jump,
+                       init=spec.init, safeguard=spec.safeguard, tol=0.0)
+    assert st.converged and torch.allclose(x, ref, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "scripts/train_pct.py"), "task=pusht", "pct=smoke", f"base={env / 'base'}",
@@ -257,6 +310,7 @@ def test_smoke_run_writes_an_exact_adapter(env, tmp_path):
     assert missing.returncode != 0 and "nope" in missing.stderr and "train_policy.py" in missing.stderr
 
 
+@pytest.mark.slow
 def test_anytime_run_ships_a_tuned_jump_that_keeps_exactness(env, tmp_path):
     """pct=anytime end to end on the tiny store: the adapter.json spec is Picard + TAA on the base model with
     the jump's steps kept only where they were closer than Picard + TAA on held-out conditions, and the
@@ -296,7 +350,7 @@ def test_tune_taa_reports_every_variant_and_picks_by_the_pct_rule(env, tmp_path,
 
     out = tmp_path / "taa.json"
     grid = [(2, 1.0, 0.8), (2, 1.0, 1.0), (3, 1.0, 0.8), (3, 1.0, 1.0)]
-    ret = tune_taa(env / "traj.zarr", env / "base", grid, safeguard=1.0, n=200, k_max=4, json_out=out)
+    ret = tune_taa(env / "traj", env / "base", grid, safeguard=1.0, n=200, k_max=4, json_out=out)
     res = json.loads(out.read_text())
     got = [(r["spec"]["taa"]["memory"], r["spec"]["taa"]["mixing"]) for r in res["results"]]
     assert got == [(2, 0.8), (2, 1.0), (3, 0.8), (3, 1.0)]
@@ -305,16 +359,17 @@ def test_tune_taa_reports_every_variant_and_picks_by_the_pct_rule(env, tmp_path,
     assert ret["chosen"]["spec"].to_dict() == res["chosen"]["spec"] and ret["conditions"] == res["conditions"]
     assert "chosen: m =" in capsys.readouterr().out
     with pytest.raises(TrajDataError):
-        tune_taa(tmp_path / "none.zarr", env / "base", grid)
+        tune_taa(tmp_path / "none", env / "base", grid)
     with pytest.raises(ValueError, match="mixings"):
-        tune_taa(env / "traj.zarr", env / "base", [(2, 1.0, 1.5)])
+        tune_taa(env / "traj", env / "base", [(2, 1.0, 1.5)])
 
 
+@pytest.mark.slow
 def test_tune_taa_script_exit_codes(env, tmp_path):
     script = [sys.executable, str(ROOT / "scripts/tune_taa.py")]
     r = subprocess.run([*script, "--mixings", "1.5"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ")
-    r = subprocess.run([*script, "--store", str(tmp_path / "none.zarr"), "--checkpoint", str(env / "base")],
+    r = subprocess.run([*script, "--store", str(tmp_path / "none"), "--checkpoint", str(env / "base")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
 

@@ -109,16 +109,16 @@ def test_stand_in_defaults_say_so(ldm_dir, tmp_path, monkeypatch):  # noqa: F811
     are not CelebA-HQ results."""
     import shutil
 
-    from pcm_policy.vision import eval_cli
-
     shutil.copytree(ldm_dir, tmp_path / "checkpoints/vision/ldm_mnist")
     _adapter(ldm_dir, tmp_path / "checkpoints/vision/ldm_mnist_pcm", Switch(1, 1))
-    monkeypatch.setattr(eval_cli, "ROOT", tmp_path)
+    ev = _script("evaluate")
+    monkeypatch.setattr(ev, "ROOT", tmp_path)
     data = types.ModuleType("pcm_policy.vision.data")
     data.reference_images = lambda: np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     monkeypatch.setitem(sys.modules, "pcm_policy.vision.data", data)
     out = tmp_path / "out"
-    assert celeba.main(["--samplers", "sequential", "--ks", "1", "--num-samples", "2", "--out", str(out)]) == 0
+    assert ev.main(["--family", "ldm", "--samplers", "sequential", "--ks", "1", "--num-samples", "2", "--out",
+                    str(out)]) == 0
     res = json.loads((out / "metrics.json").read_text())
     assert "NOT CelebA-HQ" in res["stand_in"] and res["converged"]["k"] == 4 and res["reference"]["n"] == 4
     table = (out / "table.md").read_text()
@@ -134,8 +134,8 @@ def test_prompt_labels():
     ("celeba", ["--model", "{ldm}", "--samplers", "ddim,picard"], "unknown sampler"),
     ("celeba", ["--model", "{ldm}", "--ks", "1,x"], "comma list of integers"),
     ("celeba", ["--model", "{ldm}", "--num-samples", "0"], ">= 1"),
-    ("celeba", ["--model", "{sd}", "--reference", "{ref}"], "use eval_sd.py"),
-    ("sd", ["--model", "{ldm}", "--reference", "{ref}"], "use eval_celeba.py"),
+    ("celeba", ["--model", "{sd}", "--reference", "{ref}"], "use --family sd"),
+    ("sd", ["--model", "{ldm}", "--reference", "{ref}"], "use --family ldm"),
     ("celeba", ["--model", "{ldm}"], "pass --reference DIR"),
     ("celeba", ["--model", "{ldm}", "--reference", "{ref}", "--prompts", "{ref}"], "takes no --prompts"),
     ("sd", ["--model", "{sd}", "--reference", "{ref}", "--prompts", "{missing}"], "is not a file"),
@@ -158,10 +158,8 @@ def test_the_defaults_are_the_shipped_stand_in_and_its_adapter(family):
     """No --model / --adapter: the shipped small model and its PCM adapter, which load together."""
     from pcm_policy.adapters import load_adapter_folder
     from pcm_policy.vision import load_model
-    from pcm_policy.vision.eval_cli import ROOT as CLI_ROOT
-    from pcm_policy.vision.eval_cli import SHIPPED
-
-    model_dir, adapter_dir = (CLI_ROOT / p for p in SHIPPED[family])
+    ev = _script("evaluate")
+    model_dir, adapter_dir = (ev.ROOT / p for p in ev.SHIPPED[family])
     model = load_model(model_dir)
     spec, _ = load_adapter_folder(model.unet, adapter_dir)
     assert model.family == family and spec.name == "pcm"
@@ -192,3 +190,22 @@ def test_reference_features_are_computed_once_per_reference_set_and_extractor(tm
     cached.write_bytes(cached.read_bytes()[:50])
     reference_features(feats, ref, "set_a")
     assert len(calls) == 3
+
+
+def test_the_generic_sweep_and_report_run_the_image_task(ldm_dir, tmp_path):  # noqa: F811
+    """The image Task (``vision.task``) on the generic drivers: latent RMSE vs k to DDIM-T on eval seeds, the
+    report's CSV, table and the image grid decoded by the task."""
+    from pcm_policy.evaluation.report import write_report
+    from pcm_policy.evaluation.sweep import SweepConfig, run_sweep
+    from pcm_policy.vision.task import make_task
+
+    task = make_task(load_model(ldm_dir), num_steps=4)
+    specs = {"sequential": SamplerSpec.named("ddim", num_steps=4),
+             "picard": SamplerSpec.named("picard", num_steps=4, tol=0.0)}
+    res = run_sweep(task, SweepConfig(samplers=specs, ks=[1, 4], out=tmp_path / "s", conditions=2, dist_tol=1e-3))
+    by = {s: {r["k"]: r for r in rows} for s, rows in res["results"].items()}
+    assert by["sequential"][4]["distance"] < 2e-6 and by["picard"][4]["distance"] < 1e-4  # sqrt(1e-12): the eps
+    assert by["sequential"][1]["distance"] > 1e-3 and res["distance_unit"] == "latent RMSE"
+    assert res["k_match"] == {"sequential": 4, "picard": 4}
+    write_report(tmp_path / "s", res, task=task, samplers=specs, print_table=False)
+    assert all((tmp_path / "s" / f).stat().st_size > 0 for f in ("sweep.csv", "table.md", "grid.png"))

@@ -1,9 +1,10 @@
-"""Evaluation generic over a task: a settings-keyed result cache, distance vs k, k_match, plots.
+"""Evaluation generic over a task (``pcm_policy.task.Task``): the sweep (``sweep.run_sweep``: distance and
+score vs k, k_match, one settings-keyed cache for JSON and tensors, ``cache.Cache``), its report
+(``report.write_report``: CSV, table, figures, image grids) and the pieces they share here: distance vs k
+(``distances_vs_k``), ``k_match``, ``write_csv`` and the figures (``plots``).
 
-A task supplies its samplers (``make(name, k) -> sampler``), its model functions, its conditions and
-initial noise, the reference trajectory (sequential DDIM-T on the same noise) and a ``distance(out, ref)
--> (B,)`` in its own unit (PushT: pixels; images: latent RMSE). Rows of results are dicts with at least
-``sampler``, ``k``, ``distance`` and, where measured, ``score`` (higher is better).
+Rows of results are dicts with at least ``sampler``, ``k``, ``distance`` (in the task's unit: PushT pixels,
+images latent RMSE) and, where measured, ``score``.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def distances_vs_k(name: str, make: Callable, model_fn, ks: list[int], cond, x_T
     k beyond convergence: the last one).
     """
     T, total = traj.shape[1] - 1, torch.zeros(len(ks), dtype=torch.float64)
+    from ..sampling import index_cond
+
     for i0 in range(0, len(x_T), batch):
-        c = None if cond is None else cond[i0:i0 + batch]
+        c = index_cond(cond, slice(i0, i0 + batch))
         x, tr = x_T[i0:i0 + batch], traj[i0:i0 + batch]
         if name == "ddim":
             outs = [tr[:, min(k, T)] for k in ks]

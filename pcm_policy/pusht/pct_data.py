@@ -1,46 +1,31 @@
-"""The Picard Consistency Training data set: conditions, seeded x_T, the DDIM trajectory X*, base iterates.
+"""The PushT conditions of Picard Consistency Training (what ``task.make_task`` serves as "train"/"val").
 
 Glossary (supplement Table 2, PushT: N = 2000, T = 50, K = 30, DDIM):
   cond_n   normalised, flattened observation history of condition n: a random demonstration window or
            a state the base policy visits in a rollout on a training seed (``rollout_seed`` + i, a
-           range disjoint from the evaluation seeds 100000-100049).
-  x_T      seeded initial noise (H, A): trajectory position 0.
-  X*       the sequential DDIM-T trajectory from x_T on the policy's DDPM schedule (T+1 positions);
-           X*[T] is the action chunk the base policy outputs.
-  X^k      the base model's full-window Picard iterates k = 0..K-1 from X^0 = (x_T, ..., x_T), with
-           the iterate safeguard (without it base iterates reach 1e5-1e15).
-  Var_k    mean squared error of X^k against X* over the training split; alpha_k = 1 / sqrt(Var_k).
+           range disjoint from the evaluation seeds 100000-100049); held-out conditions come from
+           demonstration episodes and rollout seeds of their own.
+  x_T      seeded initial noise (H, A) (``task.make_task``); the trajectories, iterates and Var_k are the
+           generic store's (``pcm_policy.training.pct_data``).
 
-Store (zarr v3 group): ``obs`` (N, n_obs, obs_dim) raw, ``cond`` (N, n_obs*obs_dim), ``x_T``,
-``x_star`` (N, T+1, H, A), ``iterates`` (N, K, T+1, H, A), ``split`` (0 train, 1 held out: demo
-episodes / rollout seeds of their own), ``source`` (0 demo, 1 rollout), ``origin`` (episode index or
-env seed), ``step`` (window start or chunk index), ``done`` (a flag per chunk of conditions). Attrs:
-``config`` (what decides the content, checked on resume), ``rollout_seeds``, ``var_k``, ``timing``.
-Conditions are written first; then each chunk's arrays, then its flag; rerunning skips done chunks. While
-the conditions are collected, each finished batch of rollouts is kept next to the store
-(``.<store>.rollouts-<config hash>/``, removed once the conditions are written), so an interrupted first stage
-resumes at its last finished batch; every resume says where it resumed.
+While the rollout conditions are collected, each finished batch of rollouts is kept in a cache folder (written
+atomically; ``collect_conditions(cache=...)``), so an interrupted first stage resumes at its last finished batch
+and says where it resumed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import shutil
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 from tqdm import tqdm
 
-from ..sampling import sample_picard, sample_sequential, step_grid
+from ..training.pct_data import PCTData
 
-__all__ = ["TrajDataConfig", "TrajDataError", "action_distance", "fingerprint", "generate", "iterates",
-           "load_trajectories", "pixel_distance", "trajectory"]
+__all__ = ["TrajDataConfig", "TrajDataError", "action_distance", "collect_conditions", "pixel_distance"]
 
 
 class TrajDataError(ValueError):
@@ -63,15 +48,15 @@ class TrajDataConfig:
     safeguard: float | None = 1.0  # kappa of the iterate safeguard; None: off
     init: str = "noise"  # X^0 of the Picard iterates: "noise" (x_T everywhere) or "prior" (scaled by noise level)
 
+    def __post_init__(self):
+        if not 0 <= self.rollout_fraction <= 1 or not 0 <= self.val_fraction < 1 or self.iterates < 1 or self.n < 1:
+            raise TrajDataError(f"bad trajectory data config {self}")
 
-def fingerprint(policy) -> str:
-    """sha256 (16 hex) of the base weights and normaliser (LoRA tensors excluded)."""
-    h = hashlib.sha256()
-    for k, v in sorted(policy.state_dict().items()):
-        if "lora_" not in k:
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    def pct_data(self) -> PCTData:
+        """The generic store's settings (``training.pct_data``): N, T, K, the held-out share, chunk, the
+        base iterates' safeguard and first iterate; Var_k over every training condition."""
+        return PCTData(n=self.n, num_steps=self.num_steps, iterates=self.iterates, val_fraction=self.val_fraction,
+                       chunk=self.chunk, safeguard=self.safeguard, init=self.init)
 
 
 # ---------------------------------------------------------------------------------------- conditions
@@ -195,24 +180,6 @@ def collect_conditions(policy, cfg: TrajDataConfig, demos=None, progress: bool =
     return out
 
 
-# ---------------------------------------------------------------------------------------- trajectories
-def trajectory(model_fn, scheduler, x_T, cond, cfg: TrajDataConfig) -> torch.Tensor:
-    """X*: the sequential DDIM-T trajectory (B, T+1, H, A) of the base model."""
-    grid = step_grid(scheduler, cfg.num_steps, solver="ddim")
-    _, st = sample_sequential(model_fn, x_T, cond, grid=grid, return_trajectory=True)
-    return st.trajectory.transpose(0, 1)
-
-
-def iterates(model_fn, scheduler, x_T, cond, cfg: TrajDataConfig):
-    """X^0..X^{K-1} (B, K, T+1, H, A): full-window Picard iterates of the base model (tol 0, plain
-    updates, first iterate ``cfg.init``, safeguard ``cfg.safeguard``)."""
-    grid = step_grid(scheduler, cfg.num_steps, solver="ddim")
-    _, st = sample_picard(model_fn, x_T, cond, grid=grid, tol=0.0, max_iters=cfg.iterates - 1, return_iterates=True,
-                          safeguard=cfg.safeguard, init=cfg.init)
-    its = st.iterates + [st.iterates[-1]] * (cfg.iterates - len(st.iterates))  # converged early: repeat
-    return torch.stack(its).movedim(2, 0)
-
-
 def action_distance(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Per sample, the mean over the H actions of the Euclidean action distance, in normalised units:
     (..., B, H, A) -> (..., B). Differentiable."""
@@ -227,100 +194,3 @@ def pixel_distance(policy):
         return ((out - ref) / scale).norm(dim=-1).mean(-1)
 
     return distance
-
-
-def _open(path: Path, config: dict):
-    if path.exists():
-        root = zarr.open_group(str(path), mode="r+")
-        have = root.attrs.get("config")
-        if have != config:
-            diff = sorted(k for k in set(config) | set(have or {}) if (have or {}).get(k) != config.get(k))
-            raise TrajDataError(f"{path} holds trajectories made with other settings (differs in {diff}); "
-                                "delete it or choose another pct.data_path")
-        return root
-    root = zarr.open_group(str(path), mode="w")
-    root.attrs["config"] = config
-    return root
-
-
-def generate(policy, path, cfg: TrajDataConfig, demos=None, *, max_chunks: int | None = None,
-             progress: bool = True) -> Path:
-    """Create or complete the trajectory store at ``path`` (resumable; ``max_chunks`` stops early)."""
-    if not 0 <= cfg.rollout_fraction <= 1 or not 0 <= cfg.val_fraction < 1 or cfg.iterates < 1 or cfg.n < 1:
-        raise TrajDataError(f"bad trajectory data config {cfg}")
-    path = Path(path)
-    config = {**asdict(cfg), "policy": fingerprint(policy)}
-    root = _open(path, config)
-    pc = policy.cfg
-    T, K, N, shape = cfg.num_steps, cfg.iterates, cfg.n, (pc.horizon, pc.action_dim)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    cache = path.with_name(f".{path.name}.rollouts-{digest}")  # finished rollout batches, until conditions_done
-    if not root.attrs.get("conditions_done"):
-        t0 = time.perf_counter()
-        c = collect_conditions(policy, cfg, demos, progress, cache)
-        with torch.no_grad():
-            cond = policy.condition(torch.from_numpy(c["obs"])).cpu().numpy()
-        x_T = torch.randn((N, *shape), generator=torch.Generator().manual_seed(cfg.seed)).numpy()
-        arrays = dict(obs=c["obs"], cond=cond, x_T=x_T, split=c["split"].astype(np.int8),
-                      source=c["source"].astype(np.int8), origin=c["origin"].astype(np.int64),
-                      step=c["step"].astype(np.int64))
-        for name, a in arrays.items():
-            root.create_array(name, data=a, chunks=(cfg.chunk, *a.shape[1:]), overwrite=True)
-        f32 = dict(dtype="float32", overwrite=True)
-        root.create_array("x_star", shape=(N, T + 1, *shape), chunks=(cfg.chunk, T + 1, *shape), **f32)
-        root.create_array("iterates", shape=(N, K, T + 1, *shape), chunks=(cfg.chunk, K, T + 1, *shape), **f32)
-        root.create_array("done", data=np.zeros(math.ceil(N / cfg.chunk), bool), overwrite=True)
-        root.attrs.update({"rollout_seeds": c["rollout_seeds"], "conditions_done": True,
-                           "timing": {"conditions_s": time.perf_counter() - t0, "chunks_s": 0.0, "chunks": 0}})
-    shutil.rmtree(cache, ignore_errors=True)
-    done = root["done"][:]
-    todo = [i for i in range(len(done)) if not done[i]][:max_chunks]
-    if todo and done.any():
-        print(f"PCT trajectories: resuming {path} at chunk {int(done.sum())}/{len(done)} (the finished ones are kept)",
-              flush=True)
-    cond_all, xT_all = root["cond"][:], root["x_T"][:]
-    for ci in tqdm(todo, desc="PCT trajectories", unit="chunk", disable=not progress or not todo):
-        t0 = time.perf_counter()
-        i0, i1 = ci * cfg.chunk, min(N, (ci + 1) * cfg.chunk)
-        with torch.no_grad():
-            args = (policy.model_fn, policy.noise_scheduler, torch.from_numpy(xT_all[i0:i1]),
-                    torch.from_numpy(cond_all[i0:i1]), cfg)
-            xs, its = trajectory(*args), iterates(*args)
-        root["x_star"][i0:i1] = xs.numpy()
-        root["iterates"][i0:i1] = its.numpy()
-        root["done"][ci] = True  # the chunk's commit: written after its arrays
-        tm = dict(root.attrs["timing"])
-        tm.update(chunks_s=tm["chunks_s"] + time.perf_counter() - t0, chunks=tm["chunks"] + 1,
-                  conditions=tm.get("conditions", 0) + i1 - i0)
-        root.attrs["timing"] = tm
-    if root["done"][:].all() and "var_k" not in root.attrs:
-        root.attrs["var_k"] = _var_k(root, cfg)
-    return path
-
-
-def _var_k(root, cfg: TrajDataConfig) -> list[float]:
-    """Var_k = mean over the training split of mean((X^k - X*)^2), read chunk by chunk."""
-    train = root["split"][:] == 0
-    total = np.zeros(cfg.iterates)
-    for i0 in range(0, cfg.n, cfg.chunk):
-        m = train[i0:i0 + cfg.chunk]
-        if m.any():
-            its, xs = root["iterates"][i0:i0 + cfg.chunk][m], root["x_star"][i0:i0 + cfg.chunk][m]
-            total += ((its - xs[:, None]) ** 2).reshape(len(its), cfg.iterates, -1).mean(-1).sum(0)
-    return (total / max(1, int(train.sum()))).tolist()
-
-
-def load_trajectories(path) -> dict:
-    """A complete store as torch tensors (``cond``, ``x_T``, ``x_star``, ``iterates``, ``split``, ...)
-    plus ``var_k`` (K,), ``config`` and ``rollout_seeds``."""
-    path = Path(path)
-    if not path.exists():
-        raise TrajDataError(f"{path}: no trajectory store; generate it with scripts/train_pct.py")
-    root = zarr.open_group(str(path), mode="r")
-    if "var_k" not in root.attrs:
-        raise TrajDataError(f"{path} is incomplete; rerun scripts/train_pct.py to finish it")
-    out = {k: torch.from_numpy(np.asarray(root[k][:])) for k in
-           ("obs", "cond", "x_T", "x_star", "iterates", "split", "source", "origin", "step")}
-    out.update(var_k=torch.tensor(root.attrs["var_k"]), config=dict(root.attrs["config"]),
-               rollout_seeds=dict(root.attrs["rollout_seeds"]), timing=dict(root.attrs["timing"]))
-    return out

@@ -15,8 +15,9 @@ from pathlib import Path
 from ..io import write_json
 from ..sampling import TAA, SamplerSpec, Switch, step_grid
 from ..training import pct as P
+from ..training.pct_data import load as load_trajectories
 from .checkpoint import load_policy
-from .pct_data import load_trajectories, pixel_distance
+from .pct_data import pixel_distance
 
 __all__ = ["tune_taa"]
 
@@ -35,7 +36,7 @@ def tune_taa(store: str | Path, checkpoint: str | Path, grid: Sequence[tuple[int
         ``{"conditions": int, "results": [{"spec": SamplerSpec, "distance": [px at k = 1..k_max], "k_match"}],
         "chosen": the chosen result}``.
     Raises:
-        ValueError: a bad grid or count; TrajDataError / CheckpointError / FileNotFoundError: a bad store
+        ValueError: a bad grid or count; PCTDataError / CheckpointError / FileNotFoundError: a bad store
         or checkpoint.
     """
     if min(n, k_max) < 1 or (safeguard is not None and safeguard < 0) or any(

@@ -46,7 +46,7 @@ from ..sampling import (
 
 __all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidates", "choose_schedule", "jump_loss",
            "jump_draws_from_config", "make_val_fn", "objective", "pcm_distances", "pct_loss", "phi", "run_config",
-           "tune_after_training", "tune_from_config", "tune_jump", "tune_schedule"]
+           "run_pct", "tune_after_training", "tune_from_config", "tune_jump", "tune_schedule"]
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (out, ref) -> (B,)
 
@@ -74,21 +74,40 @@ def pct_loss(model_fn, batch: dict, grid, alpha: torch.Tensor, form: str = "para
 class PCTBatches:
     """Batches of (n, k) for ``pct_loss``: n over the training split (``data["split"] == 0``), k ~ U{0..K-1}
     (``k_max`` narrows it to U{0..k_max-1}), drawn with torch's global RNG (the loop saves and restores
-    it, so a resumed run continues the same stream). ``data``: ``cond``, ``x_T``, ``x_star`` (N, T+1, ...),
-    ``iterates`` (N, K, T+1, ...), ``split`` (N,)."""
+    it, so a resumed run continues the same stream). ``data`` (``training.pct_data.load``): ``cond``,
+    ``x_T``, ``x_star`` (N, T+1, ...), ``iterates`` (N, K, T+1, ...) or None, ``split`` (N,), ``var_k`` (K,).
+    Without stored iterates, X^k is made per batch by base Picard (``model_fn``, ``grid``, ``safeguard``,
+    ``init``: as the store's); the same values either way. ``iterates=False``: batches without X^k."""
 
-    def __init__(self, data: dict, batch_size: int, *, k_max: int | None = None):
-        train = data["split"] == 0
-        self.cond, self.x_star, self.its, self.x_T = (data[k][train] for k in ("cond", "x_star", "iterates", "x_T"))
-        self.batch_size, self.K = batch_size, min(k_max or self.its.shape[1], self.its.shape[1])
+    def __init__(self, data: dict, batch_size: int, *, k_max: int | None = None, model_fn=None, grid=None,
+                 safeguard: float | None = None, init: str | None = None, iterates: bool = True):
+        self.idx = (data["split"] == 0).nonzero().flatten()
+        self.data, self.batch_size, self.with_iterates = data, batch_size, iterates
+        K = data["iterates"].shape[1] if data.get("iterates") is not None else len(data["var_k"])
+        self.K = min(k_max or K, K)
+        if iterates and data.get("iterates") is None and (model_fn is None or grid is None):
+            raise ValueError("PCTBatches: without stored iterates, pass model_fn and grid to make them per batch")
+        self.model_fn, self.grid, self.safeguard, self.init = model_fn, grid, safeguard, init
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        n = torch.randint(0, len(self.cond), (self.batch_size,))
+        from .pct_data import base_iterates
+
+        n = self.idx[torch.randint(0, len(self.idx), (self.batch_size,))]
         k = torch.randint(0, self.K, (self.batch_size,))
-        return {"x_k": self.its[n, k], "x_star": self.x_star[n], "cond": self.cond[n], "k": k, "x_T": self.x_T[n]}
+        d = self.data
+        b = {"x_star": d["x_star"][n], "cond": index_cond(d["cond"], n), "k": k, "x_T": d["x_T"][n]}
+        if not self.with_iterates:
+            return b
+        if d.get("iterates") is not None:
+            b["x_k"] = d["iterates"][n, k]
+        else:
+            its = base_iterates(self.model_fn, self.grid, b["x_T"], b["cond"], int(k.max()), safeguard=self.safeguard,
+                                init=self.init)
+            b["x_k"] = torch.stack([its[int(kk)][:, i] for i, kk in enumerate(k)])  # (B, T+1, ...)
+        return b
 
 
 def jump_loss(model_fn, batch: dict, grid, position: int = 0) -> torch.Tensor:
@@ -265,23 +284,24 @@ def tune_schedule(model_fn, grid, cond, x_T, target, cands: list[SamplerSpec], k
                             "k_max": k_max, "threshold": threshold, "speedup_vs_picard": speedup}
 
 
-def make_val_fn(model_fn_of: Callable, grid, alpha: torch.Tensor, data: dict, distance: Distance, spec: SamplerSpec,
+def make_val_fn(model_fn, grid, alpha: torch.Tensor, data: dict, distance: Distance, spec: SamplerSpec,
                 n_val: int = 64, k_max: int = 3, form: str = "paradigms"):
-    """Validation for the training loop: L_PCT on fixed held-out (n, k) pairs, and the distance after
-    k = 1..k_max iterations of ``spec`` (keys ``val_loss``, ``val_distance_k1``...). ``model_fn_of(module)``
-    gives the model function of the module the loop passes (its EMA weights applied)."""
+    """Validation for the training loop: L_PCT on fixed held-out (n, k) pairs (where the store keeps the
+    iterates) and the distance after k = 1..k_max iterations of ``spec`` (keys ``val_loss``,
+    ``val_distance_k1``...). ``model_fn`` sees the loop's module with its EMA weights in place."""
     val = (data["split"] == 1).nonzero().flatten()[:n_val]
-    g = torch.Generator().manual_seed(0)
-    k = torch.randint(0, data["iterates"].shape[1], (len(val),), generator=g)
-    batch = {"x_k": data["iterates"][val, k], "x_star": data["x_star"][val], "cond": data["cond"][val], "k": k}
+    cond = index_cond(data["cond"], val)
+    batch = None
+    if data.get("iterates") is not None:
+        k = torch.randint(0, data["iterates"].shape[1], (len(val),), generator=torch.Generator().manual_seed(0))
+        batch = {"x_k": data["iterates"][val, k], "x_star": data["x_star"][val], "cond": cond, "k": k}
 
     @torch.no_grad()
-    def val_fn(module) -> dict:
+    def val_fn(_module) -> dict:
         if not len(val):
             return {}
-        fn = model_fn_of(module)
-        rec = {"val_loss": pct_loss(fn, batch, grid, alpha, form).item()}
-        d = pcm_distances(fn, grid, data["cond"][val], data["x_T"][val], data["x_star"][val, -1], spec, k_max, distance)
+        rec = {"val_loss": pct_loss(model_fn, batch, grid, alpha, form).item()} if batch is not None else {}
+        d = pcm_distances(model_fn, grid, cond, data["x_T"][val], data["x_star"][val, -1], spec, k_max, distance)
         rec.update({f"val_distance_k{i + 1}": v for i, v in enumerate(d)})
         return rec
 
@@ -344,3 +364,101 @@ def tune_from_config(model_fn, grid, cond, x_T, target, tune: dict, settings: di
                        list(tune.get("anderson", [0])), **settings)
     return tune_schedule(model_fn, grid, cond, x_T, target, cands, int(tune["k_max"]), distance,
                          threshold=float(tune.get("threshold", 1.0)))
+
+
+# ------------------------------------------------------------------------ the one PCT driver
+def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, data_path: str | Path,
+            command: str = "", config: dict | None = None, extra: dict | None = None, force: bool = False) -> dict:
+    """One PCT run of ``task`` (a ``pcm_policy.task.Task``): the trajectory store (``pct_data.make`` at
+    ``data_path``, resumable), training with the one loop (``run_dir``: state.pt, log.jsonl, the EMA adapter
+    in ``adapter/``; a rerun resumes), schedule tuning on the held-out split, and the adapter folder at
+    ``out`` (adapter.safetensors + adapter.json: the chosen spec, ``metrics``, ``command``, ``config``,
+    ``extra``) with ``train_log.json``. Nothing is written into files git tracks unless ``force``.
+
+    ``pc``: a ``pct`` config (``configs/pct/*.yaml`` as a plain dict: objective, lora or finetune, batch_size,
+    k_max, alpha_floor, training, val, tune, jump); ``data_cfg``: a ``pct_data.PCTData``; ``config``: what
+    defines the run for the loop's resume check (``run_config``) and what adapter.json records.
+    Returns the metrics written to ``adapter.json``. Raises ValueError for bad settings or a task that cannot
+    do what the config asks (``finetune: full`` without ``task.full_copy``), PCTDataError, ResumeError."""
+    import json
+    import time
+
+    from ..io import check_not_shipped, write_json
+    from ..lora import add_lora, lora_parameters, save_adapter_folder
+    from . import LoopConfig, train
+    from . import pct_data as D
+
+    t_all = time.perf_counter()
+    out, run_dir, config = Path(out), Path(run_dir), config if config is not None else {"pct": pc}
+    for name, path in (("out", out), ("run_dir", run_dir), ("data_path", data_path)):
+        check_not_shipped(path, force, "force=true", name)
+    finetune = pc.get("finetune", "lora")
+    if finetune not in ("lora", "full") or finetune == "full" and task.full_copy is None:
+        raise ValueError(f"pct.finetune must be lora{' or full' if task.full_copy else ''} for task {task.name}, "
+                         f"got {finetune!r}")
+
+    # 1. trajectories
+    t0 = time.perf_counter()
+    D.make(task, data_cfg, data_path)
+    data, data_s = D.load(data_path), time.perf_counter() - t0
+    n_val, tm = int((data["split"] == 1).sum()), data["timing"]
+    print(f"trajectories: {data_path} ({len(data['x_T'])} conditions, {n_val} held out, iterates "
+          f"{'stored' if data['iterates'] is not None else 'made per batch'}); "
+          f"{tm['chunks_s'] / max(1, tm['conditions']):.3f} s/condition + {tm['conditions_s']:.0f} s for conditions")
+
+    # 2. PCT
+    grid, fn = task.grid(data_cfg.num_steps), task.model_fn
+    objective_name = pc["objective"]
+    if objective_name == "jump":  # more (condition, x_T) pairs for the one-step jump, from the base model first
+        draws = jump_draws_from_config(pc, fn, grid, data, run_dir.parent, chunk=data_cfg.draw_chunk)
+    if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the network
+        module = task.full_copy()
+        params = list(module.parameters())
+    else:
+        lo, module = pc["lora"], task.module
+        torch.manual_seed(int(pc["training"]["seed"]))  # lora_A's initialisation: the same config, the same run
+        add_lora(module, rank=int(lo["rank"]), alpha=float(lo.get("alpha") or lo["rank"]),
+                 target_modules=[*(lo.get("targets") or task.lora_targets), *(lo.get("extra_targets") or [])])
+        params = lora_parameters(module)
+    alpha = alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
+    settings = dict(num_steps=data_cfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=data_cfg.init,
+                    form=pc.get("form", "paradigms"))  # the sampler uses the form PCT trained with
+    spec, loss_fn = objective(pc, fn, grid, alpha, settings, task.distance)
+    batches = (JumpBatches(data, int(pc["batch_size"]), draws) if objective_name == "jump" else
+               PCTBatches(data, int(pc["batch_size"]), k_max=pc.get("k_max"), model_fn=fn, grid=grid,
+                          safeguard=data_cfg.safeguard, init=data_cfg.init, iterates=objective_name == "picard"))
+    val_fn = make_val_fn(fn, grid, alpha, data, task.distance, spec, int(pc["val"]["n"]), int(pc["val"]["k_max"]),
+                         pc.get("form", "paradigms"))
+    save = task.save_adapter or (lambda folder, s, extra: save_adapter_folder(task.module, folder, s, extra))
+
+    def save_fn(_module, step):  # the EMA adapter, with a provisional sampler spec until tuning
+        save(run_dir / "adapter", spec, {"step": abs(step), "tuned": False, "command": command, "config": config})
+
+    loop = LoopConfig(**pc["training"])
+    t0 = time.perf_counter()
+    train(module, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=params, desc=f"PCT {task.name}",
+          config=run_config(config))
+    train_s = time.perf_counter() - t0
+
+    # 3. schedule tuning on the held-out split (the EMA weights are in place)
+    t0 = time.perf_counter()
+    held = (data["split"] == 1).nonzero().flatten()[: pc["tune"].get("n")]
+    held_out = (fn, grid, index_cond(data["cond"], held), data["x_T"][held], data["x_star"][held, -1])
+    chosen, metrics = tune_after_training(pc, spec, *held_out, settings, task.distance)
+    log = run_dir / "log.jsonl"
+    rows = [json.loads(r) for r in log.read_text().splitlines() if r.strip()] if log.exists() else []
+    steps = [r["s_per_step"] for r in rows]
+    metrics.update(distance=task.unit, alpha=alpha.tolist(),
+                   timing={"trajectories": tm, "data_s_this_call": data_s, "train_s_this_call": train_s,
+                           "s_per_step": sum(steps) / len(steps) if steps else None,
+                           "tune_s": time.perf_counter() - t0, "total_s_this_call": time.perf_counter() - t_all,
+                           "threads": torch.get_num_threads()},
+                   data={"path": str(data_path), "n": len(data["x_T"]), "held_out": n_val,
+                         "var_k": data["var_k"].tolist(), "task": task.key})
+    save(out, chosen, {"metrics": metrics, "command": command, "config": config, **(extra or {}), "steps": loop.steps,
+                       "tuned": True})
+    write_json(out / "train_log.json", rows)
+    c, ref = metrics["chosen"], metrics["picard"]
+    print(f"chosen {chosen.switch} taa={chosen.taa} jump={chosen.jump}: {c['distance'][0]:.3g} {task.unit} at k=1, "
+          f"under the threshold at k={c['k_match']} (Picard: k={ref['k_match']}); adapter at {out}")
+    return metrics

@@ -47,12 +47,12 @@ from . import metrics as M
 from .loaders import LAYOUTS, ImageModel, load_model
 from .models import model_function
 from .processor import decode_latents, encode_prompts, initial_latents, seeds_for
+from .report import write_report
 
 __all__ = ["DIGIT_PROMPTS", "NAMES", "default_reference", "evaluate", "load_images", "prompt_labels"]
 
 NAMES = ("sequential", "ddim-k", "picard", "taa", "pcm")
 DEFAULT_STEPS = {"ldm": 50, "sd": 30}  # supplement Table 1: LDM-CelebA T = 50, SD v1.4 T = 30
-FID_TOL, UINT8_TOL = 0.01, 1.0  # k_match: FID within 1% of the converged output's, < 1 uint8 level
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_PROMPTS = tuple(f"a handwritten digit {w}" for w in DIGITS)  # the sd stand-in's class prompts (spec §6)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -405,8 +405,6 @@ def evaluate(model: str | Path | ImageModel, *, out: str | Path, adapter: str | 
                 return row(name, k, lats[k], imgs)
             results.setdefault(name, []).append(cached(cells / f"{name}_k{k}.json", ckeys[k], compute,
                                                        f"{name} k={k}", t_start))
-
-    from .report import write_report
 
     return write_report(out, results=results, converged=conv_row, skipped=skipped, notes=notes, T=T,
                         num_samples=num_samples, n_reference=n_ref, reference_resized=resized, stand_in=stand_in,

@@ -1,6 +1,6 @@
 """What an image evaluation writes: metrics.json, metrics.csv, table.md (Tables 3-4 of the paper in shape),
 grid.png (Figures 3-4: rows Sequential / Picard / PCM, columns k) and pareto.png (Figure 2: distance to the
-converged output vs k), plus fid_vs_k.png. Read by ``evaluate.evaluate``; cell images from OUT/cells."""
+converged output vs k), plus fid_vs_k.png. Written by ``evaluate.evaluate``; cell images from OUT/cells."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ __all__ = ["write_report"]
 COLUMNS = ("sampler", "k", "latent_rmse", "psnr", "uint8_diff", "fid", "sfid", "kid", "precision", "recall",
            "clip_score", "cmmd", "class_accuracy")
 GRID_ROWS = ("sequential", "picard", "pcm")
+FID_TOL, UINT8_TOL = 0.01, 1.0  # k_match: FID within 1% of the converged output's, < 1 uint8 level
 
 
 def _fmt(v, digits=3) -> str:
@@ -32,8 +33,6 @@ def write_report(out: Path, *, results: dict, converged: dict, skipped: dict, no
                  n_reference: int, reference_resized: bool, stand_in: str | None, settings: dict,
                  inception: dict | None, elapsed: float) -> dict:
     """Write the files of the module doc to ``out`` and return the metrics.json dict."""
-    from .evaluate import FID_TOL, UINT8_TOL
-
     ref_fid = converged.get("fid")
     if inception is None and (out / "metrics.json").is_file():  # every cell cached: keep the last measurement
         old = json.loads((out / "metrics.json").read_text()).get("inception_throughput")

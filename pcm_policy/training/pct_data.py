@@ -1,0 +1,185 @@
+"""The Picard Consistency Training data of any task: conditions, x_T, the DDIM trajectory X*, base iterates.
+
+Glossary (PCM paper; supplement Table 2, PushT: N = 2000, T = 50, K = 30; Table 1, images):
+  cond_n, x_T  condition n and its initial noise, from ``task.conditions("train" | "val", n)``: the
+               training split first, then the held-out one (schedule tuning and validation).
+  X*           the sequential DDIM-T trajectory from x_T on ``task.grid(T)`` (T+1 positions); X*[T] is the
+               base model's output.
+  X^k          the base model's full-window Picard iterates k = 0..K-1 (tol 0, plain updates, first
+               iterate ``init``, iterate safeguard ``safeguard``); kept for every row when N K (T+1)
+               samples fit in ``cache_bytes``, else made per batch by ``PCTBatches`` (SD-sized latents).
+  Var_k        mean over (the first ``var_n``) training conditions of mean((X^k - X*)^2); alpha_k =
+               1 / sqrt(Var_k).
+
+Store (a folder, ``path``): ``store.json`` (the settings and the task's fingerprint, checked on resume;
+``var_k``, timing), ``conditions.pt`` (cond, x_T, split), ``chunk_NNNNN.pt`` (X* and X^k of ``chunk``
+rows; each written atomically, so an interrupted run resumes at the first missing chunk).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..io import atomic_path, write_json
+from ..sampling import index_cond, sample_picard, sample_sequential
+
+__all__ = ["PCTData", "PCTDataError", "base_iterates", "cat_cond", "load", "make", "split_sizes"]
+
+
+class PCTDataError(ValueError):
+    """A trajectory store that does not match the requested data, or bad settings."""
+
+
+@dataclass
+class PCTData:
+    """What defines the trajectories of a PCT run; validated on construction (raises PCTDataError)."""
+
+    n: int = 200  # conditions N (training + held out)
+    num_steps: int = 50  # T
+    iterates: int = 30  # K: k ~ U{0..K-1}
+    val_fraction: float = 0.1  # held out for validation and schedule tuning
+    chunk: int = 50  # rows per batched generation call (and per resumable unit)
+    safeguard: float | None = None  # kappa of the iterate safeguard of the base iterates; None: off
+    init: str | None = None  # X^0 of the base iterates: None/"noise" (x_T everywhere) or "prior"
+    var_n: int | None = None  # training conditions Var_k is estimated on (None: all)
+    cache_bytes: float = 2e9  # keep every X^k below this size, else make them per batch
+    draw_chunk: int = 2048  # rows per DDIM call for the jump objective's extra draws (``pct.add_draws``)
+
+    def __post_init__(self):
+        if min(self.n, self.num_steps, self.iterates, self.chunk) < 1 or not 0 <= self.val_fraction < 1:
+            raise PCTDataError(f"bad trajectory data settings {self}: n, num_steps, iterates and chunk must be >= 1 "
+                               "and val_fraction in [0, 1)")
+
+
+def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
+    """(training, held-out) conditions: round(n f) held out, at least one when f > 0."""
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    return n - n_val, n_val
+
+
+def cat_cond(a, b):
+    """Rows of ``a`` then ``b`` (tensors, dicts of them or None)."""
+    if a is None:
+        return None
+    if isinstance(a, dict):
+        return {k: cat_cond(a[k], b[k]) for k in a}
+    return torch.cat([a, b])
+
+
+@torch.no_grad()
+def base_iterates(model_fn, grid, x_T, cond, k_max: int, *, safeguard=None, init=None) -> list[torch.Tensor]:
+    """[X^0, ..., X^k_max] (each (T+1, B, ...)): full-window base Picard, tol 0, plain updates (converged
+    early: the last iterate repeated)."""
+    _, st = sample_picard(model_fn, x_T, cond, grid=grid, tol=0.0, max_iters=k_max, return_iterates=True,
+                          safeguard=safeguard, init=init)
+    return st.iterates + [st.iterates[-1]] * (k_max + 1 - len(st.iterates))
+
+
+def _stores_iterates(cfg: PCTData, x_T: torch.Tensor) -> bool:
+    return cfg.n * cfg.iterates * (cfg.num_steps + 1) * x_T[0].numel() * x_T.element_size() <= cfg.cache_bytes
+
+
+def _open(path: Path, config: dict) -> dict:
+    meta = path / "store.json"
+    if meta.is_file():
+        have = json.loads(meta.read_text())
+        if have.get("config") != config:
+            old = have.get("config") or {}
+            diff = sorted(k for k in set(config) | set(old) if old.get(k) != config.get(k))
+            raise PCTDataError(f"{path} holds trajectories made with other settings (differs in {diff}); "
+                               "delete it or choose another data_path")
+        return have
+    if path.exists() and any(path.iterdir()):
+        raise PCTDataError(f"{path} exists and is not a trajectory store; delete it or choose another data_path")
+    path.mkdir(parents=True, exist_ok=True)
+    have = {"config": config, "timing": {"conditions_s": 0.0, "chunks_s": 0.0, "chunks": 0, "conditions": 0}}
+    write_json(meta, have)
+    return have
+
+
+@torch.no_grad()
+def make(task, cfg: PCTData, path: str | Path, *, max_chunks: int | None = None, progress: bool = True) -> Path:
+    """Create or complete the store at ``path`` for ``task`` (resumable; ``max_chunks`` stops early).
+    Raises PCTDataError for a store made with other settings or a task whose splits are empty."""
+    path = Path(path)
+    config = {**{k: v for k, v in asdict(cfg).items() if k != "draw_chunk"}, "task": task.name,
+              "fingerprint": task.fingerprint()}
+    meta = _open(path, config)
+    grid = task.grid(cfg.num_steps)
+    if not (path / "conditions.pt").is_file():
+        t0 = time.perf_counter()
+        n_train, n_val = split_sizes(cfg.n, cfg.val_fraction)
+        (ct, xt), (cv, xv) = task.split("train", n_train), task.split("val", n_val)
+        if not len(xt):
+            raise PCTDataError(f"task {task.name} gave no training conditions")
+        split = torch.cat([torch.zeros(len(xt), dtype=torch.long), torch.ones(len(xv), dtype=torch.long)])
+        with atomic_path(path / "conditions.pt") as tmp:
+            torch.save({"cond": cat_cond(ct, cv) if len(xv) else ct, "x_T": torch.cat([xt, xv]), "split": split}, tmp)
+        meta["timing"]["conditions_s"] = time.perf_counter() - t0
+        write_json(path / "store.json", meta)
+    c = torch.load(path / "conditions.pt")
+    N, keep = len(c["x_T"]), _stores_iterates(cfg, c["x_T"])
+    todo = [i for i in range(math.ceil(N / cfg.chunk)) if not (path / f"chunk_{i:05d}.pt").is_file()][:max_chunks]
+    for ci in tqdm(todo, desc=f"PCT trajectories ({task.name})", unit="chunk", disable=not progress or not todo):
+        t0 = time.perf_counter()
+        sl = slice(ci * cfg.chunk, min(N, (ci + 1) * cfg.chunk))
+        x_T, cond = c["x_T"][sl], index_cond(c["cond"], sl)
+        _, st = sample_sequential(task.model_fn, x_T, cond, grid=grid, return_trajectory=True)
+        part = {"x_star": st.trajectory.transpose(0, 1)}  # (B, T+1, ...)
+        if keep:
+            its = base_iterates(task.model_fn, grid, x_T, cond, cfg.iterates - 1, safeguard=cfg.safeguard,
+                                init=cfg.init)
+            part["iterates"] = torch.stack(its).movedim(2, 0)  # (B, K, T+1, ...)
+        with atomic_path(path / f"chunk_{ci:05d}.pt") as tmp:
+            torch.save(part, tmp)
+        tm = meta["timing"]
+        tm.update(chunks_s=tm["chunks_s"] + time.perf_counter() - t0, chunks=tm["chunks"] + 1,
+                  conditions=tm["conditions"] + sl.stop - sl.start)
+        write_json(path / "store.json", meta)
+    if all((path / f"chunk_{i:05d}.pt").is_file() for i in range(math.ceil(N / cfg.chunk))) and "var_k" not in meta:
+        meta["var_k"] = _var_k(task, cfg, grid, load(path, check=False))
+        write_json(path / "store.json", meta)
+    return path
+
+
+def _var_k(task, cfg: PCTData, grid, data: dict) -> list[float]:
+    """Var_k = mean over the first ``var_n`` training conditions of mean((X^k - X*)^2), k = 0..K-1 (per-sample
+    means in float32 numpy, summed in float64)."""
+    idx = (data["split"] == 0).nonzero().flatten()[:cfg.var_n]
+    total = np.zeros(cfg.iterates)
+    for i0 in range(0, len(idx), cfg.chunk):
+        n = idx[i0:i0 + cfg.chunk]
+        if data["iterates"] is not None:
+            its = data["iterates"][n]
+        else:
+            its = torch.stack(base_iterates(task.model_fn, grid, data["x_T"][n], index_cond(data["cond"], n),
+                                            cfg.iterates - 1, safeguard=cfg.safeguard, init=cfg.init)).movedim(2, 0)
+        its, xs = its.numpy(), data["x_star"][n].numpy()
+        total += ((its - xs[:, None]) ** 2).reshape(len(its), cfg.iterates, -1).mean(-1).sum(0)
+    return (total / max(1, len(idx))).tolist()
+
+
+def load(path: str | Path, check: bool = True) -> dict:
+    """The store as tensors: ``cond``, ``x_T``, ``x_star`` (N, T+1, ...), ``iterates`` (N, K, T+1, ...) or None
+    (made per batch), ``split`` (N,: 1 held out), ``var_k`` (K,), ``config``, ``timing``. Raises PCTDataError
+    for a missing or incomplete store."""
+    path = Path(path)
+    if not (path / "store.json").is_file() or not (path / "conditions.pt").is_file():
+        raise PCTDataError(f"{path}: no trajectory store; make it with scripts/train_pct.py")
+    meta, c = json.loads((path / "store.json").read_text()), torch.load(path / "conditions.pt")
+    if check and "var_k" not in meta:
+        raise PCTDataError(f"{path} is incomplete; rerun scripts/train_pct.py to finish it")
+    chunks = [torch.load(path / f"chunk_{i:05d}.pt") for i in range(math.ceil(len(c["x_T"]) / meta["config"]["chunk"]))]
+    its = [p["iterates"] for p in chunks if "iterates" in p]
+    return {**c, "x_star": torch.cat([p["x_star"] for p in chunks]),
+            "iterates": torch.cat(its) if its and len(its) == len(chunks) else None,
+            "var_k": torch.tensor(meta["var_k"]) if "var_k" in meta else None,
+            "config": meta["config"], "timing": meta["timing"]}
