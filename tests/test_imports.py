@@ -14,8 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "pcm_policy"
 TASKS = ("pusht", "vision", "lerobot")
 STDLIB = sys.stdlib_module_names
-# Edges of h21b's work in progress (vision/evaluate.py <-> vision/report.py, both replaced by the generic
-# evaluation driver); the coordinator removes this once that lands.
 KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()  # none left
 
 
