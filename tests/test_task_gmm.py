@@ -11,10 +11,11 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from pcm_policy.adapters import load_adapter_folder
 from pcm_policy.evaluation.report import write_report
 from pcm_policy.evaluation.sweep import SweepConfig, run_sweep
-from pcm_policy.lora import load_adapter_folder
-from pcm_policy.sampling import LoraScale, SamplerSpec, Switch, make_sampler, sample_pcm, sample_sequential
+from pcm_policy.lora import LoraScale
+from pcm_policy.sampling import SamplerSpec, Switch, make_sampler, sample_pcm, sample_sequential
 from pcm_policy.task import Task
 from pcm_policy.training.pct import run_pct
 from pcm_policy.training.pct_data import PCTData, load, make
@@ -73,7 +74,7 @@ PCT = {"objective": "picard", "lora": {"rank": 2, "alpha": 2}, "batch_size": 4, 
        "form": "paradigms",
        "training": {"steps": 3, "lr": 1e-2, "warmup_steps": 1, "log_every": 1, "val_every": 1, "ckpt_every": 2,
                     "snapshot_every": 0, "seed": 0},
-       "val": {"schedule": {"k_on": 1, "k_off": 1, "space": "weight"}, "n": 2, "k_max": 2},
+       "val": {"schedule": {"name": "pcm", "switch": {"k_on": 1, "k_off": 1, "space": "weight"}}, "n": 2, "k_max": 2},
        "tune": {"hard": [1, 2], "ramps": [[0, 2]], "spaces": ["weight"], "anderson": [0], "k_max": 3, "n": None,
                 "threshold": 0.05}}
 

@@ -164,7 +164,7 @@ def test_default_config_on_a_smoke_budget_is_the_shipped_recipe(ldm_dir, tmp_pat
     assert a["tuned"] and a["config"]["pct"]["objective"] == default["objective"] == cfg["pct"]["objective"]
     assert a["config"]["pct"]["lora"] == default["lora"] and a["config"]["pct"]["name"] == default["name"]
     model = load_model(ldm_dir)
-    spec = load_adapter_folder(model.unet, tmp_path / "out")
+    spec, _ = load_adapter_folder(model.unet, tmp_path / "out")
     fn, grid = model_function(model, 7.5), step_grid(model.scheduler, 6, solver="ddim")
     x_T = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(5))
     ref, _ = sample_sequential(fn, x_T, None, grid=grid)

@@ -63,6 +63,18 @@ OBS_TYPES = ("state", "keypoints", "pixels", "pixels_agent_pos")
 SIM_HZ, CONTROL_HZ, K_P, K_V = 100, 10, 100.0, 20.0
 
 
+def flatten_state(state: tuple) -> np.ndarray:
+    """``get_physics_state()`` -> 10 float64: agent x, y, vx, vy, block x, y, angle, vx, vy, angular v."""
+    (ax, ay), (avx, avy), (bx, by), angle, (bvx, bvy), w = state
+    return np.array([ax, ay, avx, avy, bx, by, angle, bvx, bvy, w], dtype=np.float64)
+
+
+def unflatten_state(v) -> tuple:
+    """Inverse of ``flatten_state``: the arguments of ``set_physics_state``."""
+    v = [float(x) for x in v]
+    return (v[0], v[1]), (v[2], v[3]), (v[4], v[5]), v[6], (v[7], v[8]), v[9]
+
+
 class PushTEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": CONTROL_HZ}
     track_contacts = True  # count contact points for info["n_contacts"]

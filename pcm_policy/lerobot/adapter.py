@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..sampling import Grid, LoraScale, Sampler, SamplerSpec, SampleStats, make_sampler, step_grid
+from ..lora import LoraScale
+from ..sampling import Grid, Sampler, SamplerSpec, SampleStats, make_sampler, step_grid
 
 __all__ = ["LORA_TYPES", "LerobotDiffusion", "PolicyFolderError", "load_policy", "require_lerobot",
            "resolve_policy_folder"]

@@ -41,7 +41,7 @@ def start_states(source: dict) -> tuple[tuple, tuple]:
     reset = env.get_physics_state()
     if "takeover_state" not in source:
         return reset, reset
-    from pcm_policy.pusht.relabel import unflatten_state
+    from envs.pusht.env import unflatten_state
 
     env.set_physics_state(*unflatten_state(source["takeover_state"]))
     return reset, env.get_physics_state()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.pusht.env import flatten_state, unflatten_state  # noqa: F401 (re-exported: the stores' state layout)
 from envs.pusht.expert import ScriptedExpert, run_expert_episode
 
 from .rollout import run_rollouts
@@ -27,18 +28,6 @@ TAKEOVER_STREAM = 0xDA66E  # separates the takeover draw from any other use of t
 def takeover_chunks(seed: int, max_chunks: int) -> int:
     """How many policy chunks run before the expert takes over: uniform in 1..max_chunks, from the seed."""
     return 1 + int(np.random.default_rng((TAKEOVER_STREAM, seed)).integers(max_chunks))
-
-
-def flatten_state(state: tuple) -> np.ndarray:
-    """``get_physics_state()`` -> 10 float64: agent x, y, vx, vy, block x, y, angle, vx, vy, angular v."""
-    (ax, ay), (avx, avy), (bx, by), angle, (bvx, bvy), w = state
-    return np.array([ax, ay, avx, avy, bx, by, angle, bvx, bvy, w], dtype=np.float64)
-
-
-def unflatten_state(v) -> tuple:
-    """Inverse of ``flatten_state``: the arguments of ``set_physics_state``."""
-    v = [float(x) for x in v]
-    return (v[0], v[1]), (v[2], v[3]), (v[4], v[5]), v[6], (v[7], v[8]), v[9]
 
 
 def policy_prefix(policy, sampler, seed: int, n_chunks: int, *, legacy: bool = False, noise_seed: int = 0) -> dict:

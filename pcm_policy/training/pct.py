@@ -383,8 +383,9 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     import json
     import time
 
+    from ..adapters import save_adapter_folder
     from ..io import check_not_shipped, write_json
-    from ..lora import add_lora, lora_parameters, save_adapter_folder
+    from ..lora import add_lora, lora_parameters
     from . import LoopConfig, train
     from . import pct_data as D
 
