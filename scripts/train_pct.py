@@ -35,7 +35,8 @@ from pcm_policy.data import ReplayBufferError  # noqa: E402
 from pcm_policy.device import check_threads  # noqa: E402
 from pcm_policy.training import ResumeError  # noqa: E402
 
-TASKS = {"pusht": "pcm_policy.pusht.task", "celeba": "pcm_policy.vision.task", "sd": "pcm_policy.vision.task"}
+TASKS = {"pusht": "pcm_policy.pusht.task", "celeba": "pcm_policy.vision.task", "sd": "pcm_policy.vision.task",
+         "lerobot": "pcm_policy.lerobot.task"}
 
 
 def run(cfg: dict, command: str, root: Path = ROOT) -> dict:

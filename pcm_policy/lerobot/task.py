@@ -28,7 +28,7 @@ import torch
 from .. import lora
 from .adapter import LerobotDiffusion
 
-__all__ = ["SPLIT_EVERY", "episode_split", "make_task", "task_fields"]
+__all__ = ["SPLIT_EVERY", "episode_split", "make_task", "pct_task", "task_fields"]
 
 SPLIT_EVERY = 10  # episode i (in sorted order): eval if i % 10 == 0, val if i % 10 == 5, else train
 _SPLIT_INDEX = {"train": 0, "val": 1, "eval": 2}
@@ -146,3 +146,27 @@ def make_task(policy, dataset, **kw):
     from ..task import Task
 
     return Task(**task_fields(policy, dataset, **kw))
+
+
+def pct_task(cfg: dict, root) -> tuple:
+    """(Task, store settings, adapter.json extras) of a resolved ``train_pct`` config for ``task=lerobot`` (a plain
+    dict: ``task`` = ``configs/task/lerobot.yaml``: ``policy`` and ``dataset`` folders, relative paths under
+    ``root``). Raises ValueError for a missing folder (naming the key to set), ``PolicyFolderError`` for a folder
+    that is not a lerobot diffusion policy, ImportError without lerobot."""
+    from ..training.pct_data import PCTData
+
+    t = cfg["task"]
+    paths = {}
+    for name in ("policy", "dataset"):
+        if not t.get(name):
+            raise ValueError(f"task=lerobot needs task.{name}=FOLDER (a lerobot {name} folder on this machine)")
+        p = Path(t[name])
+        paths[name] = p if p.is_absolute() else Path(root) / p
+        if not paths[name].is_dir():
+            raise ValueError(f"task.{name}={t[name]}: no such folder")
+    task = make_task(paths["policy"], paths["dataset"], num_steps=t.get("num_steps"), seed=int(t["seed"]),
+                     batch_size=int(t["batch"]))
+    store = PCTData(n=int(t["n"]), num_steps=task.num_steps, iterates=int(t["iterates"]),
+                    val_fraction=float(t["val_fraction"]), chunk=int(t["batch"]), var_n=16,
+                    cache_bytes=float(t["cache_bytes"]), draw_chunk=int(t["batch"]) * 8)
+    return task, store, {"base": str(paths["policy"]), "dataset": str(paths["dataset"])}
