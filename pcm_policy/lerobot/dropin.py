@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .. import lora
+from .. import adapters, lora
 from ..sampling import SAMPLERS, SamplerSpec, SampleStats
 from .adapter import LerobotDiffusion
 
@@ -138,7 +138,7 @@ def accelerate(policy, spec_or_adapter: SamplerSpec | str | os.PathLike | None, 
         if lora.has_lora(adapter.network):
             raise ValueError("the policy's UNet already carries a LoRA adapter; pass a SamplerSpec to use it, or "
                              "a fresh policy with the adapter folder")
-        spec, cfg = lora.load_adapter_folder(adapter.network, folder, how_to_train="scripts/train_pct.py task=lerobot")
+        spec, cfg = adapters.load_adapter_folder(adapter.network, folder)
         spec, owns_lora = spec.replace(**overrides) if overrides else spec, True
         solver = solver or cfg.get("solver", "ddim")
     else:

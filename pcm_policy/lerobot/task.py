@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .. import lora
+from .. import adapters
 from .adapter import LerobotDiffusion
 
 __all__ = ["SPLIT_EVERY", "episode_split", "make_task", "pct_task", "task_fields"]
@@ -121,7 +121,8 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
 
     def save_adapter(folder, spec, extra=None):
         # "solver": the grid the adapter was trained on (the Task's DDIM reference), read back by ``accelerate``
-        return lora.save_adapter_folder(a.network, folder, spec, {"task": "lerobot", "solver": "ddim", **(extra or {})})
+        extra = {"task": "lerobot", "solver": "ddim", **(extra or {})}
+        return adapters.save_adapter_folder(a.network, folder, spec, extra)
 
     stats = hashlib.sha256()
     for k, v in _tensors({"pre": a.preprocessor.state_dict(), "post": a.postprocessor.state_dict()}):

@@ -8,7 +8,7 @@ pytest.importorskip("lerobot.policies.diffusion")  # not "lerobot": tests/lerobo
 import torch  # noqa: E402
 from lerobot_build import build_policy, obs_batch  # noqa: E402
 
-from pcm_policy import lora  # noqa: E402
+from pcm_policy import adapters, lora  # noqa: E402
 from pcm_policy.lerobot.adapter import LerobotDiffusion, PolicyFolderError  # noqa: E402
 from pcm_policy.lerobot.dropin import HOOK, accelerate  # noqa: E402
 from pcm_policy.sampling import SamplerSpec, Switch  # noqa: E402
@@ -70,7 +70,7 @@ def test_adapter_folder(tmp_path):
         for p in lora.lora_parameters(a.network):
             p.normal_(0, 0.2)
     spec = SamplerSpec("pcm", num_steps=10, tol=0.1, switch=Switch(1, 3))
-    lora.save_adapter_folder(a.network, tmp_path / "pcm", spec)
+    adapters.save_adapter_folder(a.network, tmp_path / "pcm", spec)
     lora.remove_lora(a.network)
     assert set(policy.state_dict()) == keys
 
