@@ -59,6 +59,17 @@ def _policy(seed=0):
     return p.eval()
 
 
+def assert_pcm_is_ddim(policy, spec, T=8):
+    """PCM with ``spec`` at tol 0 converges to sequential DDIM-T (1e-5) on seeded random inputs."""
+    g = torch.Generator().manual_seed(3)
+    x_T, cond = torch.randn(3, 16, 2, generator=g), torch.randn(3, 40, generator=g)
+    grid = step_grid(policy.noise_scheduler, T, solver="ddim")
+    ref, _ = sample_sequential(policy.model_fn, x_T, cond, grid=grid)
+    x, st = sample_pcm(policy.model_fn, x_T, cond, grid=grid, schedule=spec.switch, taa=spec.taa, jump=spec.jump,
+                       init=spec.init, safeguard=spec.safeguard, tol=0.0)
+    assert st.converged and torch.allclose(x, ref, atol=1e-5)
+
+
 def _randomise_lora(model, scale=0.05, seed=1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -257,13 +268,7 @@ def test_default_config_on_a_smoke_budget_is_the_shipped_recipe(env, tmp_path):
     assert a["config"]["pct"]["lora"] == default["lora"] and a["config"]["pct"]["name"] == default["name"]
     policy = load_policy(env / "base")
     spec, _ = load_adapter_folder(policy, tmp_path / "out")
-    g = torch.Generator().manual_seed(3)
-    x_T, cond = torch.randn(3, 16, 2, generator=g), torch.randn(3, 40, generator=g)
-    grid = step_grid(policy.noise_scheduler, 8, solver="ddim")
-    ref, _ = sample_sequential(policy.model_fn, x_T, cond, grid=grid)
-    x, st = sample_pcm(policy.model_fn, x_T, cond, grid=grid, schedule=spec.switch, taa=spec.taa, jump=spec.jump,
-                       init=spec.init, safeguard=spec.safeguard, tol=0.0)
-    assert st.converged and torch.allclose(x, ref, atol=1e-5)
+    assert_pcm_is_ddim(policy, spec)
 
 
 @pytest.mark.slow
@@ -336,13 +341,7 @@ def test_anytime_run_ships_a_tuned_jump_that_keeps_exactness(env, tmp_path):
     policy = load_policy(env / "base")
     spec, _ = load_adapter_folder(policy, out)
     assert spec.jump == (SamplerSpec.from_dict(cfg["sampler"]).jump)
-    g = torch.Generator().manual_seed(3)
-    x_T, cond = torch.randn(3, 16, 2, generator=g), torch.randn(3, 40, generator=g)
-    grid = step_grid(policy.noise_scheduler, 8, solver="ddim")
-    ref, _ = sample_sequential(policy.model_fn, x_T, cond, grid=grid)
-    x, st = sample_pcm(policy.model_fn, x_T, cond, grid=grid, schedule=spec.switch, taa=spec.taa, jump=spec.jump,
-                       init=spec.init, safeguard=spec.safeguard, tol=0.0)
-    assert st.converged and torch.allclose(x, ref, atol=1e-5)
+    assert_pcm_is_ddim(policy, spec)
 
 
 def test_tune_taa_reports_every_variant_and_picks_by_the_pct_rule(env, tmp_path, capsys):

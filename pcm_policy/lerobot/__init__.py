@@ -5,7 +5,30 @@
                  its own pre/post-processors; ``load_policy`` reads a policy folder offline
     dropin.py    ``accelerate(policy, spec_or_adapter)``: lerobot's ``select_action`` / ``predict_action_chunk``
                  sample with any sampler of the core (one documented hook)
+    task.py      the Task for the generic drivers (PCT, sweep, report): conditions from a LeRobotDataset
+    dataset.py   this package's PushT demonstrations written as a LeRobotDataset (gym-pusht's keypoints)
+    replay.py    the written episodes replayed in gym-pusht, compared frame by frame
 
-Nothing is imported here, so ``import pcm_policy.lerobot`` works without lerobot; the submodules raise an
-ImportError that says what to install when lerobot is missing.
+Nothing of lerobot is imported here, so ``import pcm_policy.lerobot`` works without it; ``require`` raises an
+ImportError (``LerobotMissingError``) that says what to install when lerobot is missing.
 """
+
+from __future__ import annotations
+
+import importlib
+
+INSTALL_HINT = ("run it in the lerobot environment: `make lerobot` creates .venv-lerobot (lerobot 0.6.1, "
+                "Python >= 3.12); then use .venv-lerobot/bin/python")
+
+
+class LerobotMissingError(ImportError):
+    """lerobot (and gym-pusht) are not installed in this Python; the message says how to install them."""
+
+
+def require(module: str, name: str):
+    """``module.name`` from lerobot (e.g. ``require("lerobot.datasets.lerobot_dataset", "LeRobotDataset")``), or
+    ``LerobotMissingError`` saying how to install lerobot."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise LerobotMissingError(f"lerobot is not installed in this Python ({e}); {INSTALL_HINT}") from None

@@ -35,27 +35,21 @@ from torch import nn
 
 from ..lora import LoraScale
 from ..sampling import Grid, Sampler, SamplerSpec, SampleStats, make_sampler, step_grid
+from . import LerobotMissingError, require  # noqa: F401 (LerobotMissingError: what a missing lerobot raises)
 
 __all__ = ["LORA_TYPES", "LerobotDiffusion", "PolicyFolderError", "load_policy", "require_lerobot",
            "resolve_policy_folder"]
 
 LORA_TYPES = (nn.Conv1d, nn.Linear)  # lerobot's UNet has no attention: LoRA on its convolutions and FiLM layers
 TRAJECTORY_SAMPLERS = ("ddim", "picard", "taa", "pcm", "newton")  # solved on the grid ``solver`` chooses
-_INSTALL = ("run it in the lerobot environment: `make lerobot` creates .venv-lerobot (lerobot 0.6.1, Python >= 3.12); "
-            "then use .venv-lerobot/bin/python")
-
 
 class PolicyFolderError(ValueError):
     """A folder or object that is not a lerobot diffusion policy (the message says what to pass instead)."""
 
 
 def require_lerobot():
-    """Import lerobot's DiffusionPolicy, or raise ImportError saying how to install lerobot."""
-    try:
-        from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
-    except ImportError as e:
-        raise ImportError(f"lerobot is not installed in this Python ({e}); {_INSTALL}") from e
-    return DiffusionPolicy
+    """lerobot's ``DiffusionPolicy`` class, or ``LerobotMissingError`` (an ImportError) saying how to install it."""
+    return require("lerobot.policies.diffusion.modeling_diffusion", "DiffusionPolicy")
 
 
 def resolve_policy_folder(folder: str | os.PathLike) -> Path:

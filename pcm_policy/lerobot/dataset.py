@@ -28,6 +28,7 @@ import numpy as np
 
 from ..data.errors import MissingKeyError
 from ..data.replay_buffer import ReplayBuffer
+from . import LerobotMissingError, require  # noqa: F401 (LerobotMissingError: what a missing lerobot raises)
 
 # gym-pusht's T: bar (-60..60) x (0..30), stem (-15..15) x (30..120) in the body frame; the vertex order is
 # what pymunk's Poly.get_vertices() returns for gym-pusht's vertex lists (its convex hull reorders them).
@@ -44,20 +45,9 @@ FEATURES = {
                                       "names": [f"{a}{i}" for i in range(8) for a in "xy"]},
     "action": {"dtype": "float32", "shape": (2,), "names": {"axes": ["x", "y"]}},
 }
-INSTALL_HINT = "run `make lerobot` and use .venv-lerobot/bin/python"
-
-
-class LerobotMissingError(ImportError):
-    """lerobot (and gym-pusht) are not installed in this Python."""
-
-
 def require_lerobot():
-    """Import and return ``lerobot.datasets.lerobot_dataset.LeRobotDataset``, or raise LerobotMissingError."""
-    try:
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    except ImportError as e:
-        raise LerobotMissingError(f"lerobot is not installed in this Python ({e}); {INSTALL_HINT}") from None
-    return LeRobotDataset
+    """``lerobot.datasets.lerobot_dataset.LeRobotDataset``, or ``LerobotMissingError`` saying how to install it."""
+    return require("lerobot.datasets.lerobot_dataset", "LeRobotDataset")
 
 
 def environment_state(block_pose: np.ndarray) -> np.ndarray:
