@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .. import adapters, lora
-from ..sampling import SAMPLERS, SamplerSpec, SampleStats
+from ..sampling import SAMPLERS, SamplerSpec, SampleStats, spec_with
 from .adapter import LerobotDiffusion
 
 __all__ = ["HOOK", "Accelerated", "accelerate"]
@@ -139,7 +139,7 @@ def accelerate(policy, spec_or_adapter: SamplerSpec | str | os.PathLike | None, 
             raise ValueError("the policy's UNet already carries a LoRA adapter; pass a SamplerSpec to use it, or "
                              "a fresh policy with the adapter folder")
         spec, cfg = adapters.load_adapter_folder(adapter.network, folder)
-        spec, owns_lora = spec.replace(**overrides) if overrides else spec, True
+        spec, owns_lora = spec_with(spec, **overrides), True  # the one override rule (sampling.spec_with)
         solver = solver or cfg.get("solver", "ddim")
     else:
         spec = adapter.spec(spec_or_adapter, **overrides)
