@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistributedError", "all_ok", "average_gradients", "broadcast_params", "check_same", "init_from_env",
-           "is_main", "rank", "shard_and_gather", "shard_batch", "shutdown", "world_size"]
+           "is_main", "rank", "shard_and_gather", "shard_batch", "shutdown", "sync_rng", "world_size"]
 
 
 class DistributedError(RuntimeError):
@@ -199,6 +199,16 @@ def broadcast_params(params: Sequence[torch.Tensor]) -> None:
     if world_size() > 1:
         for p in params:
             _collective(dist.broadcast, p.data, 0)
+
+
+def sync_rng() -> None:
+    """Set torch's CPU RNG on every rank to rank 0's: after rank-0-only work (validation, saving) that may
+    draw from it (a DataLoader's ``iter`` draws its base seed), the ranks' next draws agree again."""
+    if world_size() > 1:
+        state = torch.get_rng_state()
+        box = state.to("cuda") if dist.get_backend() == "nccl" else state
+        _collective(dist.broadcast, box, 0)
+        torch.set_rng_state(box.cpu())
 
 
 def shard_and_gather(fn: Callable[[list], object], items: Sequence) -> object:

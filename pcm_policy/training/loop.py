@@ -263,6 +263,7 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
                     with averaged() as m:
                         save_fn(m, -step)
                     model.train()
+                dist.sync_rng()  # rank 0's validation and saving may have drawn from its RNG
     except KeyboardInterrupt:
         bar.close()
         if not untouched:  # stopped inside the parameter update: what is in memory is half a step
