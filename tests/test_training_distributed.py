@@ -262,3 +262,40 @@ def test_train_policy_under_torchrun_two_processes_train_the_one_process_policy(
     assert [r["step"] for r in logs[1]] == [1, 2]  # one row per step, rank 0 alone writes
     for a, b in zip(*logs, strict=True):  # the logged loss is the whole batch's
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]) and abs(a["val_loss"] - b["val_loss"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_killed_rank_stops_the_run_with_one_line_and_one_process_resumes_it(tmp_path):
+    """torchrun, 2 processes: rank 1 is SIGKILLed after 3 steps; the launcher exits non-zero at once (no hang) and
+    rank 0's last line says what happened and what state is kept; the same command without torchrun resumes there."""
+    import signal
+    import subprocess
+    import time
+
+    from pcm_policy.data import ReplayBuffer
+
+    src, dst = ReplayBuffer.open(ROOT / "data/pusht_expert.zarr"), ReplayBuffer.create(tmp_path / "demos.zarr")
+    for i in range(4):
+        dst.add_episode(src.get_episode(i, keys=["state", "keypoint", "action"]), meta={"seed": i})
+    args = ["scripts/train_policy.py", "training=smoke", "training.steps=100000", "training.log_every=1",
+            f"task.dataset={tmp_path / 'demos.zarr'}", f"run_dir={tmp_path / 'run'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log, t0 = tmp_path / "run/log.jsonl", time.time()
+    while not (log.exists() and log.read_text().count("\n") >= 3) and time.time() - t0 < 240:
+        time.sleep(0.5)
+    ranks = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(p.pid)], capture_output=True, text=True).stdout
+    os.kill(int([r for r in ranks.splitlines() if "train_policy" in r][-1].split()[0]), signal.SIGKILL)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith(("error: rank 0", "rank 0 of 2"))]
+    assert lines and ("another process stopped" in lines[0] or "stopped by SIGTERM" in lines[0]), err[-3000:]
+    step = int(torch.load(tmp_path / "run/state.pt", weights_only=True)["step"])
+    assert f"the last saved state is step {step} ({tmp_path / 'run' / 'state.pt'})" in lines[0]
+    q = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    first = [q.stdout.readline() for _ in range(2)]
+    q.send_signal(signal.SIGINT)
+    q.communicate(timeout=240)
+    assert any(f"resuming the run in {tmp_path / 'run'} at step {step}" in line for line in first), first

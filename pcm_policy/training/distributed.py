@@ -21,17 +21,21 @@ Outside ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) every helper is 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistributedError", "all_ok", "average_gradients", "broadcast_params", "check_same", "init_from_env",
-           "is_main", "rank", "shard_and_gather", "shard_batch", "shutdown", "sync_rng", "world_size"]
+           "is_main", "rank", "shard_and_gather", "shard_batch", "shutdown", "sigterm_says", "sync_rng", "world_size"]
 
 
 class DistributedError(RuntimeError):
@@ -201,6 +205,27 @@ def broadcast_params(params: Sequence[torch.Tensor]) -> None:
             _collective(dist.broadcast, p.data, 0)
 
 
+@contextlib.contextmanager
+def sigterm_says(message: Callable[[], str]):
+    """While the block runs (several processes, main thread): SIGTERM, which ``torchrun`` sends every rank when
+    one fails, prints ``message()`` as one line on stderr and raises SystemExit(143) (files being written are
+    left whole: atomic writes), instead of dying without a word. One process: nothing changes."""
+    if world_size() == 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        print(f"\nrank {rank()} of {world_size()}: stopped by SIGTERM (torchrun stops every process when one fails: "
+              f"its report names the first); {message()}", file=sys.stderr, flush=True)
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def sync_rng() -> None:
     """Set torch's CPU RNG on every rank to rank 0's: after rank-0-only work (validation, saving) that may
     draw from it (a DataLoader's ``iter`` draws its base seed), the ranks' next draws agree again."""
@@ -253,5 +278,6 @@ def _collective(op, *args):
     try:
         return op(*args)
     except (RuntimeError, dist.DistBackendError) as e:  # gloo/nccl errors; DistBackendError is a RuntimeError
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = text.split("] ", 1)[-1].split(". ")[0][:160]  # gloo: "[file:line] Connection closed by peer ..."
         raise DistributedError(f"rank {rank()} of {world_size()}: another process stopped or hung ({first})") from e

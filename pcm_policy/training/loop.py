@@ -152,12 +152,16 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
 
     names = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
     dist.check_same({"config": config, "loop": dataclasses.asdict(cfg), "trained": names}, "run config")
-    with contextlib.ExitStack() as held:  # rank 0 holds the lock; every rank stops when it cannot
+    saved = ["none"]  # the last state written (the SIGTERM line names it)
+    with contextlib.ExitStack() as held, dist.sigterm_says(lambda: f"the last saved state is {saved[-1]}: re-run the "
+                                                           "command to resume (with any number of processes)"):
+        # rank 0 holds the lock; every rank stops when it cannot
         dist.all_ok(lambda: held.enter_context(run_folder_lock(run_dir)) if dist.is_main() else None, "run folder")
-        return _train(model, loss_fn, batches, cfg, Path(run_dir), save_fn, val_fn, params, desc, config)
+        return _train(model, loss_fn, batches, cfg, Path(run_dir), save_fn, val_fn, params, desc, config, saved)
 
 
-def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val_fn, params, desc, config):
+def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val_fn, params, desc, config,
+           saved: list):
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -205,7 +209,8 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
         return ema.applied(model) if ema is not None else contextlib.nullcontext(model)
 
     def checkpoint(rng=None):  # rng: the RNG state at the start of the step (an interrupted one), else now
-        if not main:
+        if not main:  # rank 0 writes it
+            saved.append(f"step {step} ({state_path})")
             return
         state = {"params": {n: named[n].detach().clone() for n in names}, "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "step": step, "batches": step,  # one batch per step
@@ -214,6 +219,7 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
             state["ema"] = ema.state_dict()
         with atomic_path(state_path) as tmp:
             torch.save(state, tmp)
+        saved.append(f"step {step} ({state_path})")
         was = model.training
         model.eval()
         with averaged() as m:
@@ -224,6 +230,7 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True, disable=not main)
     losses, t0 = [], time.perf_counter()
     untouched, rng, stop_all = True, None, False  # untouched: the current step has changed no state yet
+    saved.append(f"step {step} ({state_path})" if step else "none")
     try:
         with _deferred_sigint() as stop:
             while step < cfg.steps:
@@ -272,9 +279,7 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
         checkpoint(rng)
         raise Interrupted(f"interrupted at step {step} of {cfg.steps}; saved {state_path}") from None
     except dist.DistributedError as e:  # another rank died: say where the run can resume from
-        last = torch.load(state_path, map_location="cpu", weights_only=True)["step"] if state_path.exists() else None
-        raise dist.DistributedError(f"{e} in step {step + 1}; the last saved state is "
-                                    f"{f'step {last} ({state_path})' if last is not None else 'none'}: re-run the "
+        raise dist.DistributedError(f"{e} in step {step + 1}; the last saved state is {saved[-1]}: re-run the "
                                     "command to resume (with any number of processes)") from None
     finally:
         bar.close()
