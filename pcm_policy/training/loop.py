@@ -198,7 +198,7 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
         if hasattr(batches, "seek"):  # the data position: a resumed run reads the batches the stopped one would
             batches.seek(int(state.get("batches", step)))
         torch.set_rng_state(state["rng"])  # after the seek: reading batches may draw from it
-        if log_path.exists():  # drop log rows written after the checkpoint we resume from
+        if main and log_path.exists():  # drop log rows written after the checkpoint we resume from
             rows = [r for r in log_path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
             write_text(log_path, "".join(r + "\n" for r in rows))
     else:
