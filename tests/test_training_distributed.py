@@ -25,7 +25,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from pcm_policy.training import Interrupted, LoopConfig, train
-from pcm_policy.training.distributed import DistributedError, shard_and_gather, shard_batch
+from pcm_policy.training.distributed import DistributedError, rank_rng, shard_and_gather, shard_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, BATCH, T, K = 6, 4, 4, 3
@@ -89,8 +89,13 @@ def _pct_fit(run_dir, stop_after=None, die_at=None, seed=0, steps=STEPS, batch=B
 
 
 def _scenario_misc(run_dir, rank):
-    """shard_and_gather's order, then a training run whose config differs on rank 1."""
+    """shard_and_gather's order; draws inside rank_rng (then the shared stream); a run whose config differs on
+    rank 1."""
     gathered = shard_and_gather(lambda part: {"sq": torch.tensor(part) ** 2, "ids": list(part)}, range(7))
+    torch.manual_seed(5)
+    with rank_rng(0, 3):
+        gathered["inside"] = torch.randn(4)
+    gathered["after"] = torch.randn(4)
     try:
         _pct_fit(run_dir, seed=rank)
     except DistributedError as e:
@@ -219,9 +224,13 @@ def test_a_dying_rank_stops_the_others_with_one_line_and_the_run_resumes(tmp_pat
 @pytest.mark.slow
 def test_configs_that_differ_across_ranks_are_refused_and_shard_and_gather_keeps_the_order(tmp_path):
     results = spawn(tmp_path, "misc", run_dir=str(tmp_path / "run"))
+    torch.manual_seed(5)
+    shared = torch.randn(4)
     for gathered, err in results:
         assert gathered["sq"].tolist() == [i * i for i in range(7)] and gathered["ids"] == list(range(7))
+        assert torch.equal(gathered["after"], shared)  # the shared stream goes on as if nothing was drawn inside
         assert err is not None and "run config of rank(s) [1] differs from rank 0's" in err
+    assert not torch.equal(results[0][0]["inside"], results[1][0]["inside"])  # a loss's own draws differ per rank
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 

@@ -10,6 +10,8 @@ holds no world size, so a run resumes with any number of processes at the same s
 
 A loss that draws randomness per row (noise, timesteps) must draw it with the batch, for all the batch's
 rows, so that a rank's share carries the rows' own draws (``pusht.train`` does; PCT's batches do already).
+Draws made inside the loss use a per-rank stream (``rank_rng``): independent across ranks, not equal to one
+process's.
 
 Failures: ``all_ok`` runs a rank's part of a setup step and raises on every rank when any rank failed
 (rank 0's run-folder lock, its resume check); ``check_same`` compares a hash of the config across ranks; a
@@ -35,7 +37,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistributedError", "all_ok", "average_gradients", "broadcast_params", "check_same", "init_from_env",
-           "is_main", "rank", "shard_and_gather", "shard_batch", "shutdown", "sigterm_says", "sync_rng", "world_size"]
+           "is_main", "rank", "rank_rng", "shard_and_gather", "shard_batch", "shutdown", "sigterm_says", "sync_rng",
+           "world_size"]
 
 
 class DistributedError(RuntimeError):
@@ -224,6 +227,24 @@ def sigterm_says(message: Callable[[], str]):
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def rank_rng(seed: int, step: int):
+    """Several processes: run the block with torch's RNG (CPU, and the current GPU) seeded from (``seed``,
+    ``step``, rank) and restore the shared stream after, so a loss that draws inside (noise, dropout) draws
+    independently on each rank, while the batch stream, drawn outside, stays the same on all of them. Exactness
+    against one process needs the draws made with the batch instead. One process: nothing changes."""
+    if world_size() == 1:
+        yield
+        return
+    import numpy as np
+
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and dist.get_backend() == "nccl" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence([int(seed), int(step), rank()]).generate_state(1, np.uint64)[0]
+                              >> 1))
+        yield
 
 
 def sync_rng() -> None:

@@ -237,9 +237,11 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
                 if stop if world == 1 else stop_all:  # Ctrl-C at a step boundary (every rank at the same one)
                     raise KeyboardInterrupt
                 rng, untouched = torch.get_rng_state(), True
-                loss = loss_fn(dist.shard_batch(next(batches)))  # every rank reads the batch, keeps its rows
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                batch = dist.shard_batch(next(batches))  # every rank reads the whole batch, keeps its rows
+                with dist.rank_rng(cfg.seed, step):  # several ranks: draws inside the loss differ per rank
+                    loss = loss_fn(batch)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 untouched = False
                 total, stops = dist.average_gradients(params, loss.item(), float(bool(stop)))
                 stop_all = stops > 0
