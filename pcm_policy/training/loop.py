@@ -180,7 +180,8 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
     ema = EMA(model, cfg.ema_power, cfg.ema_max) if cfg.use_ema else None
     step, state_path, log_path = 0, run_dir / "state.pt", run_dir / "log.jsonl"
     found = state_path.exists()
-    dist.check_same(found and state_path.stat().st_mtime_ns, f"{state_path} (a run folder every rank must see)")
+    dist.check_same(found and state_path.stat().st_mtime_ns,  # the ranks must read the same state.pt
+                    f"view of {state_path} (put the run folder on a file system every rank sees)")
     if found:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         dist.all_ok(lambda: check_resume(run_dir, config, int(state["step"])) if main else None, "resume check")
