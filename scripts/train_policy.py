@@ -3,6 +3,7 @@ r"""Train the PushT diffusion policy (DDPM, epsilon loss, EMA) and write a check
     python scripts/train_policy.py task=pusht
     python scripts/train_policy.py task=pusht policy=medium training.steps=100000
     python scripts/train_policy.py task=pusht training=smoke          # runs/pusht_small_smoke
+    torchrun --standalone --nproc_per_node=N scripts/train_policy.py device=cuda   # data-parallel on N GPUs
     python scripts/train_policy.py task=pusht 'task.extra_datasets=[data/pusht_dagger.zarr]' \
         init_from=checkpoints/pusht_base training.steps=20000 run_dir=runs/pusht_small_dagger
 
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from pcm_policy.data import ReplayBufferError  # noqa: E402
 from pcm_policy.pusht.train import train_policy  # noqa: E402
 from pcm_policy.training import ResumeError  # noqa: E402
+from pcm_policy.training.distributed import DistributedError, shutdown  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="train_policy", version_base="1.3")
@@ -38,12 +40,14 @@ def main(cfg: DictConfig) -> None:
     command = "python scripts/train_policy.py " + " ".join(sys.argv[1:])
     try:
         train_policy(OmegaConf.to_container(cfg, resolve=True), command, ROOT)
-    except (ReplayBufferError, ResumeError, ValueError) as e:  # one line, no traceback
+    except (ReplayBufferError, ResumeError, ValueError, DistributedError) as e:  # one line, no traceback
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt as e:  # one line: what was saved, how to resume; exit 130 (killed by SIGINT)
         saved = str(e) or "interrupted before training started (nothing saved)"
         print(f"\n{saved}; resume with the same command: {command}", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

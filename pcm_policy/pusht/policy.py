@@ -170,13 +170,24 @@ class DiffusionPolicy(nn.Module):
                 "action_pred_norm": x0, "x_T": noise, "stats": stats}
 
     # ------------------------------------------------------------------ training
+    def draw_noise(self, batch: dict, generator: torch.Generator | None = None, device=None) -> dict:
+        """``batch`` with the DDPM loss's draws added: ``noise`` (B, H, action_dim) standard normal, then
+        ``timesteps`` (B,) uniform in 0..num_train_timesteps-1, on ``device`` (default: the policy's)."""
+        device = self.device if device is None else device
+        noise = torch.randn(batch["action"].shape, generator=generator, device=device)
+        t = torch.randint(0, self.cfg.num_train_timesteps, (noise.shape[0],), generator=generator, device=device)
+        return {**batch, "noise": noise, "timesteps": t}
+
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDPM epsilon loss on a batch {"obs": (B, H, obs_dim), "action": (B, H, action_dim)} (raw units)."""
+        """DDPM epsilon loss on a batch {"obs": (B, H, obs_dim), "action": (B, H, action_dim)} (raw units).
+
+        The noise (B, H, action_dim) and timesteps (B,) are the batch's ``noise`` and ``timesteps`` when it
+        carries them (``draw_noise``: drawn with the whole batch, so a data-parallel rank's rows keep theirs),
+        else drawn here in the same order (``generator``, or torch's global RNG)."""
         action = self.normalizer.normalize("action", batch["action"].to(self.device))
         cond = self.condition(batch["obs"])
-        noise = torch.randn(action.shape, generator=generator, device=self.device)
-        t = torch.randint(0, self.cfg.num_train_timesteps, (action.shape[0],), generator=generator,
-                          device=self.device)
+        drawn = batch if "noise" in batch else self.draw_noise(batch, generator)
+        noise, t = drawn["noise"].to(self.device), drawn["timesteps"].to(self.device)
         noisy = self.noise_scheduler.add_noise(action, noise, t)
         target = {"epsilon": noise, "sample": action}.get(self.cfg.prediction_type)
         if target is None:

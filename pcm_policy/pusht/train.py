@@ -5,18 +5,23 @@ horizon, observation and action steps, split), ``policy`` (name, unet_size, unet
 ``LoopConfig`` fields plus batch_size and seed), ``run_dir``, ``init_from``, ``force``, ``threads``.
 ``task.extra_datasets`` add stores to the training windows only; validation stays on the main store's
 held-out episodes. ``init_from`` starts from a checkpoint's weights and normaliser (its config must match).
+Under ``torchrun --nproc_per_node=N`` it trains data-parallel (``training.distributed``): ``training.batch_size``
+is the whole batch, split over the N processes (it must be divisible by N); ``device: cuda`` puts process r on
+GPU r (nccl), ``device: cpu`` uses gloo.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..device import check_threads
+from ..device import check_threads, pick_device
 from ..io import check_not_shipped
 from ..training import LoopConfig, infinite_batches, train
+from ..training.distributed import init_from_env, world_size
 from .checkpoint import load_policy, save_policy
 from .dataset import PushTLowdimDataset
 from .normalizer import NormalizerDict
@@ -24,7 +29,7 @@ from .policy import DiffusionPolicy, PolicyConfig
 
 __all__ = ["NOT_THE_RUN", "train_policy"]
 
-NOT_THE_RUN = ("threads", "force", "run_dir")  # settings that do not change what a run computes
+NOT_THE_RUN = ("threads", "force", "run_dir", "device")  # settings that do not change what a run computes
 
 
 def train_policy(cfg: dict, command: str, root: Path) -> Path:
@@ -47,10 +52,15 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
         return p if p.is_absolute() else root / p
 
     torch.set_num_threads(check_threads(cfg["threads"], "threads"))
+    device = pick_device(cfg.get("device") or "cpu")
     tr = cfg["training"]
     loop = LoopConfig(**{k: v for k, v in tr.items() if k != "batch_size"})  # every setting checked before any work
     if not (isinstance(tr["batch_size"], int) and tr["batch_size"] >= 1):
         raise ValueError(f"training batch_size must be an integer >= 1, got {tr['batch_size']!r}")
+    if tr["batch_size"] % world_size_from_env():
+        raise ValueError(f"training batch_size {tr['batch_size']} is not divisible by the {world_size_from_env()} "
+                         "processes; choose a multiple of --nproc_per_node")
+    device = init_from_env(device.type)  # joins torchrun's process group (WORLD_SIZE > 1): cuda:LOCAL_RANK or cpu
     run_dir = resolve(cfg["run_dir"])
     check_not_shipped(run_dir, bool(cfg["force"]), "force=true", "run_dir")
     task, tr, pol = cfg["task"], cfg["training"], cfg["policy"]
@@ -87,14 +97,18 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
             {"obs": np.concatenate([d.get_all_obs() for d in parts]),
              "action": np.concatenate([d.get_all_actions() for d in parts])}).state_dict())
     train_set = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+    policy.to(device)
 
     g = torch.Generator().manual_seed(int(tr["seed"]))
     loader = torch.utils.data.DataLoader(train_set, batch_size=int(tr["batch_size"]), shuffle=True, drop_last=True,
                                          generator=g)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=256, shuffle=False)
     n_params = sum(p.numel() for p in policy.model.parameters())
-    print(f"policy {pol['name']}: {n_params:,} parameters; {len(train_set)} train windows "
-          f"({sum(int(d.train_mask.sum()) for d in parts)} episodes), {len(val_set)} val windows; run dir {run_dir}")
+    if world_size() == 1 or torch.distributed.get_rank() == 0:
+        print(f"policy {pol['name']}: {n_params:,} parameters; {len(train_set)} train windows "
+              f"({sum(int(d.train_mask.sum()) for d in parts)} episodes), {len(val_set)} val windows; run dir "
+              f"{run_dir}" + (f"; {world_size()} processes, {tr['batch_size'] // world_size()} rows each"
+                              if world_size() > 1 else ""))
 
     @torch.no_grad()
     def val_fn(model):
@@ -108,7 +122,34 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
         save_policy(model, folder, extra)
 
     config = {k: v for k, v in cfg.items() if k not in NOT_THE_RUN}
-    train(policy, policy.compute_loss, infinite_batches(loader), loop, run_dir, save_fn, val_fn,
+    train(policy, policy.compute_loss, NoisedBatches(infinite_batches(loader), policy), loop, run_dir, save_fn, val_fn,
           desc=f"train {pol['name']}", config=config)
-    print(f"done: EMA checkpoint at {run_dir / 'checkpoint'}")
+    if world_size() == 1 or torch.distributed.get_rank() == 0:
+        print(f"done: EMA checkpoint at {run_dir / 'checkpoint'}")
     return run_dir / "checkpoint"
+
+
+def world_size_from_env() -> int:
+    """The process count ``torchrun`` announces (``WORLD_SIZE``), 1 outside it (checked before any work)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+class NoisedBatches:
+    """A ``BatchStream`` whose batches carry the DDPM loss's noise and timesteps for ALL their rows, drawn on the
+    CPU from torch's global RNG in ``compute_loss``'s order (one process: the same numbers it draws itself), so a
+    data-parallel rank's share of the rows keeps the rows' own draws. ``seek`` passes through."""
+
+    def __init__(self, stream, policy: DiffusionPolicy):
+        self.stream, self.policy = stream, policy
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return self.policy.draw_noise(next(self.stream), device="cpu")
+
+    def seek(self, position: int) -> None:
+        self.stream.seek(position)

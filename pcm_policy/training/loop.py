@@ -12,6 +12,9 @@ differs from the one the run folder was started with (``config.json``, written o
 folder holds one run, never a mix of two. A running job holds the folder's lock (``run_dir/.lock``, taken
 before ``config.json`` is written and released when the job ends or dies): a second job started there while
 it runs is refused at once (hydra issue 2925's kind: jobs started together sharing one output folder).
+
+Under ``torchrun`` (``distributed.init_from_env`` called first) the loop is data-parallel: every rank reads the
+whole batch, trains on its share, gradients are averaged, rank 0 alone writes; see ``distributed``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..io import atomic_path, run_folder_lock, write_json, write_text
+from . import distributed as dist
 from .ema import EMA
 
 
@@ -140,12 +144,24 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
     The run folder is locked (``io.run_folder_lock``) before anything is read or written there: a second job
     in it raises ``FolderInUseError`` (a ValueError) at once, whatever its config.
     Raises ValueError when nothing requires grad or ``params`` are not parameters of ``model``.
+    Data-parallel (``distributed.world_size()`` > 1): ``distributed.DistributedError`` when the ranks' configs
+    differ, when a setup step failed on another rank, or when another rank died during the run; ValueError when
+    the batch size is not divisible by the number of processes.
     """
-    with run_folder_lock(run_dir):
-        return _train(model, loss_fn, batches, cfg, Path(run_dir), save_fn, val_fn, params, desc, config)
+    import dataclasses
+
+    names = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
+    dist.check_same({"config": config, "loop": dataclasses.asdict(cfg), "trained": names}, "run config")
+    saved = ["none"]  # the last state written (the SIGTERM line names it)
+    with contextlib.ExitStack() as held, dist.sigterm_says(lambda: f"the last saved state is {saved[-1]}: re-run the "
+                                                           "command to resume (with any number of processes)"):
+        # rank 0 holds the lock; every rank stops when it cannot
+        dist.all_ok(lambda: held.enter_context(run_folder_lock(run_dir)) if dist.is_main() else None, "run folder")
+        return _train(model, loss_fn, batches, cfg, Path(run_dir), save_fn, val_fn, params, desc, config, saved)
 
 
-def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val_fn, params, desc, config):
+def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val_fn, params, desc, config,
+           saved: list):
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -155,15 +171,20 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
         raise ValueError("params must be parameters of model")
     for p in model.parameters():  # the EMA and the resume state follow requires_grad
         p.requires_grad_(id(p) in ids)
+    dist.broadcast_params(params)  # every rank starts from rank 0's weights (DDP's rule)
+    main, world = dist.is_main(), dist.world_size()
     named = dict(model.named_parameters())
     opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.optimizer]
     opt = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
     ema = EMA(model, cfg.ema_power, cfg.ema_max) if cfg.use_ema else None
     step, state_path, log_path = 0, run_dir / "state.pt", run_dir / "log.jsonl"
-    if state_path.exists():
+    found = state_path.exists()
+    dist.check_same(found and state_path.stat().st_mtime_ns,  # the ranks must read the same state.pt
+                    f"view of {state_path} (put the run folder on a file system every rank sees)")
+    if found:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        check_resume(run_dir, config, int(state["step"]))
+        dist.all_ok(lambda: check_resume(run_dir, config, int(state["step"])) if main else None, "resume check")
         if "params" not in state:
             raise ResumeError(f"{state_path} was written by an earlier version (no 'params'); pass a new run folder")
         with torch.no_grad():
@@ -177,17 +198,20 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
         if hasattr(batches, "seek"):  # the data position: a resumed run reads the batches the stopped one would
             batches.seek(int(state.get("batches", step)))
         torch.set_rng_state(state["rng"])  # after the seek: reading batches may draw from it
-        if log_path.exists():  # drop log rows written after the checkpoint we resume from
+        if main and log_path.exists():  # drop log rows written after the checkpoint we resume from
             rows = [r for r in log_path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
             write_text(log_path, "".join(r + "\n" for r in rows))
     else:
-        check_resume(run_dir, config, None)
+        dist.all_ok(lambda: check_resume(run_dir, config, None) if main else None, "fresh start")
         torch.manual_seed(cfg.seed)
 
     def averaged():
         return ema.applied(model) if ema is not None else contextlib.nullcontext(model)
 
     def checkpoint(rng=None):  # rng: the RNG state at the start of the step (an interrupted one), else now
+        if not main:  # rank 0 writes it
+            saved.append(f"step {step} ({state_path})")
+            return
         state = {"params": {n: named[n].detach().clone() for n in names}, "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "step": step, "batches": step,  # one batch per step
                  "rng": torch.get_rng_state() if rng is None else rng}
@@ -195,6 +219,7 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
             state["ema"] = ema.state_dict()
         with atomic_path(state_path) as tmp:
             torch.save(state, tmp)
+        saved.append(f"step {step} ({state_path})")
         was = model.training
         model.eval()
         with averaged() as m:
@@ -202,27 +227,32 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
         model.train(was)
 
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True, disable=not main)
     losses, t0 = [], time.perf_counter()
-    untouched, rng = True, None  # untouched: the current step has changed no state yet
+    untouched, rng, stop_all = True, None, False  # untouched: the current step has changed no state yet
+    saved.append(f"step {step} ({state_path})" if step else "none")
     try:
         with _deferred_sigint() as stop:
             while step < cfg.steps:
-                if stop:  # Ctrl-C, handled at a step boundary: the saved state is exactly this step's
+                if stop if world == 1 else stop_all:  # Ctrl-C at a step boundary (every rank at the same one)
                     raise KeyboardInterrupt
                 rng, untouched = torch.get_rng_state(), True
-                loss = loss_fn(next(batches))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                batch = dist.shard_batch(next(batches))  # every rank reads the whole batch, keeps its rows
+                with dist.rank_rng(cfg.seed, step):  # several ranks: draws inside the loss differ per rank
+                    loss = loss_fn(batch)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 untouched = False
+                total, stops = dist.average_gradients(params, loss.item(), float(bool(stop)))
+                stop_all = stops > 0
                 opt.step()
                 sched.step()
                 if ema is not None:
                     ema.update(model)
                 step += 1
-                losses.append(loss.item())
+                losses.append(total / world)  # the whole batch's loss
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                if main and (step % cfg.log_every == 0 or step == cfg.steps):
                     rec = {"step": step, "loss": sum(losses) / len(losses), "lr": sched.get_last_lr()[0],
                            "s_per_step": (time.perf_counter() - t0) / len(losses)}
                     if val_fn is not None and (step % cfg.val_every == 0 or step == cfg.steps):
@@ -237,11 +267,12 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
                 rng, untouched = None, True  # the step, its log row and validation are done: RNG now the next's
                 if step % cfg.ckpt_every == 0 or step == cfg.steps:
                     checkpoint()
-                if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
                     model.eval()
                     with averaged() as m:
                         save_fn(m, -step)
                     model.train()
+                dist.sync_rng()  # rank 0's validation and saving may have drawn from its RNG
     except KeyboardInterrupt:
         bar.close()
         if not untouched:  # stopped inside the parameter update: what is in memory is half a step
@@ -249,6 +280,9 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
                               f"{state_path if state_path.exists() else '(none yet)'}") from None
         checkpoint(rng)
         raise Interrupted(f"interrupted at step {step} of {cfg.steps}; saved {state_path}") from None
+    except dist.DistributedError as e:  # another rank died: say where the run can resume from
+        raise dist.DistributedError(f"{e} in step {step + 1}; the last saved state is {saved[-1]}: re-run the "
+                                    "command to resume (with any number of processes)") from None
     finally:
         bar.close()
     model.eval()
