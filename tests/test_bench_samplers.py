@@ -23,6 +23,7 @@ from pcm_policy.pusht.bench import BenchConfig, run_bench
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_runs_every_sampler_and_reports_distances(tmp_path, capsys):
     out = tmp_path / "bench.json"
     cfg = BenchConfig(checkpoint=str(ROOT / "checkpoints/pusht_base"), adapter=str(ROOT / "checkpoints/pusht_pcm"),
@@ -81,6 +82,7 @@ def test_curve_samplers_and_derived_on_a_toy_model():
     assert "max|d| norm" in lines[0] and "max|d| px" in lines[0] and lines[2].startswith("seq ")
 
 
+@pytest.mark.slow
 def test_script_cli_errors():
     """The script is argument parsing plus run_bench: a bad number exits 2, a bad checkpoint 1 with one line."""
     script = str(ROOT / "scripts/bench_samplers.py")

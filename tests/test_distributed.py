@@ -51,6 +51,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_process(tmp_path):
     world = 2
     mp.spawn(_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path / "out")), nprocs=world)

@@ -62,6 +62,7 @@ def _sweep(ckpt, out, samplers=SAMPLERS, adapter=None, init=None, **extra):
     return res
 
 
+@pytest.mark.slow
 def test_sweep_outputs_and_cache(ckpt, tmp_path, capsys):
     out = tmp_path / "sw"
     ret = _sweep(ckpt, out)

@@ -41,6 +41,7 @@ def test_plan_is_deterministic():
     np.testing.assert_array_equal(np.array(a.targets), np.array(b.targets))
 
 
+@pytest.mark.slow
 def test_collect_demos_resumes_without_duplicates(tmp_path):
     out = tmp_path / "demos.zarr"
     cmd = [sys.executable, str(ROOT / "scripts/collect_demos.py"), "--out", str(out), "--workers", "1",
@@ -54,6 +55,7 @@ def test_collect_demos_resumes_without_duplicates(tmp_path):
     assert summary["episodes"] == 2 and summary["steps"] == buf.n_steps
 
 
+@pytest.mark.slow
 def test_collect_demos_refuses_evaluation_seeds(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/collect_demos.py"), "--out", str(tmp_path / "x.zarr"),
                         "--episodes", "1", "--workers", "1", "--seed-start", "100000"], capture_output=True, text=True,
@@ -61,6 +63,7 @@ def test_collect_demos_refuses_evaluation_seeds(tmp_path):
     assert r.returncode != 0 and "evaluation seed" in r.stderr + r.stdout
 
 
+@pytest.mark.slow
 def test_collect_demos_skips_evaluation_seeds(tmp_path):
     out = tmp_path / "d.zarr"
     subprocess.run([sys.executable, str(ROOT / "scripts/collect_demos.py"), "--out", str(out), "--episodes", "2",

@@ -214,7 +214,7 @@ def test_rollout_conditions_resume_where_they_stopped(env, tmp_path, monkeypatch
     monkeypatch.setattr(D, "_rollout_batch", real)
     generate(policy, tmp_path / "a", TINY, env / "demos.zarr", rollout_cache=cache)
     assert "rollout conditions: all 2 read from" in capsys.readouterr().out  # the training split's batch
-    a, b = load_trajectories(tmp_path / "a"), load_trajectories(env / "traj.zarr")
+    a, b = load_trajectories(tmp_path / "a"), load_trajectories(env / "traj")
     for k in ("cond", "x_T", "x_star", "iterates", "split", "var_k"):
         assert torch.equal(a[k], b[k]), k
     assert [p.name for p in tmp_path.iterdir()] == ["a"]

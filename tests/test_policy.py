@@ -227,6 +227,7 @@ def test_rollout_time_budget_and_per_sample_iterations():
                      budget_s=1.0)
 
 
+@pytest.mark.slow
 def test_smoke_training_and_rollout_script(tmp_path):
     from pcm_policy.data import ReplayBuffer
 
@@ -294,9 +295,9 @@ def test_smoke_training_and_rollout_script(tmp_path):
     (["--sampler", "pcm", "--taa-mixing", "0"], "--taa-mixing must be in (0, 1]"),
     (["--sampler", "picard", "--taa-memory", "2"], "--taa-memory / --taa-mixing need --sampler taa or pcm"),
 ])
-def test_rollout_bad_input_exits_2(args, msg):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), *args], capture_output=True, text=True)
-    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_rollout_bad_input_exits_2(args, msg, capsys):
+    rc, err = run_main("rollout", args, capsys)  # in this process: the script's own main, no interpreter start
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("script, args, msg", [
@@ -308,10 +309,21 @@ def test_rollout_bad_input_exits_2(args, msg):
     ("eval_sweep.py", ["--seed", "-1"], "--seed must be in"),
     ("eval_sweep.py", ["--out", "results/sweep"], "pass --force"),
 ])
-def test_other_scripts_bad_numbers_exit_2_with_one_line(script, args, msg):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
-                       cwd=ROOT)
-    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_other_scripts_bad_numbers_exit_2_with_one_line(script, args, msg, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rc, err = run_main(script.removesuffix(".py"), args, capsys)
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def run_main(name: str, args: list[str], capsys) -> tuple[int, str]:
+    """(exit status, stderr) of ``scripts/<name>.py``'s ``main(args)`` run in this process."""
+    try:
+        rc = _script(name).main(args)
+    except SystemExit as e:  # argparse's errors and scripts that exit with a message
+        rc = e.code if isinstance(e.code, int) else (2 if e.code else 0)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    return rc, capsys.readouterr().err
 
 
 def _script(name: str):
@@ -387,6 +399,7 @@ def test_every_writer_checks_its_output_before_any_work(script, call, argv, msg,
     assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_rollout_says_when_an_option_is_ignored(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts/rollout.py"), "--sampler", "ddim-k", "--k", "2",
                         "--max-steps", "1", "--adapter", str(tmp_path), "--k-on", "2"], capture_output=True, text=True)

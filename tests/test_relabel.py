@@ -40,6 +40,7 @@ def collected(tmp_path_factory):
     return ckpt, out
 
 
+@pytest.mark.slow
 def test_relabel_store_has_the_demo_schema(collected):
     _, out = collected
     buf = ReplayBuffer.open(out)
@@ -52,6 +53,7 @@ def test_relabel_store_has_the_demo_schema(collected):
     assert summary["episodes"] == 2 and summary["steps"] == buf.n_steps and summary["max_chunks"] == MAX_CHUNKS
 
 
+@pytest.mark.slow
 def test_resume_does_not_duplicate_seeds(collected):
     _, out = collected
     seeds = ReplayBuffer.open(out).episode_meta("seed").tolist()
@@ -60,6 +62,7 @@ def test_resume_does_not_duplicate_seeds(collected):
     assert sorted(seeds) == seeds and seeds[0] == SEED  # in order from --seed-start
 
 
+@pytest.mark.slow
 def test_segment_starts_at_takeover_and_replays_to_success(collected):
     ckpt, out = collected
     buf = ReplayBuffer.open(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -36,6 +37,7 @@ def _worker(rank: int, world: int, path: str, init_file: str, out_file: str):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_image_model_equals_single_process(sd_dir, tmp_path):  # noqa: F811
     world = 2
     mp.spawn(_worker, args=(world, str(sd_dir), str(tmp_path / "rendezvous"), str(tmp_path / "out")), nprocs=world)

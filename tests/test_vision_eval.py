@@ -85,6 +85,7 @@ def test_eval_celeba_end_to_end_and_cached_rerun(ldm_dir, reference, tmp_path, c
     assert json.loads((out / "metrics.json").read_text())["results"] == res["results"]
 
 
+@pytest.mark.slow
 def test_eval_sd_end_to_end_with_a_classifier(sd_dir, reference, tmp_path, monkeypatch):  # noqa: F811
     """A hard-switch adapter has no mixing variant (reported skipped); the classifier hook scores prompt classes."""
     adapter = _adapter(sd_dir, tmp_path / "adapter", Switch(1, 1))
