@@ -180,12 +180,14 @@ def test_phi_at_lambda_zero_is_the_base_picard_update(env, tmp_path, safeguard):
             assert (adapted - out).abs().max() > 1e-4  # the adapter acts
 
 
-def test_generation_resumes_after_a_chunk(env, tmp_path):
+def test_generation_resumes_after_a_chunk(env, tmp_path, capsys):
     policy = load_policy(env / "base")
     generate(policy, tmp_path / "a", TINY, env / "demos.zarr", max_chunks=1)
     with pytest.raises(TrajDataError, match="incomplete"):
         load_trajectories(tmp_path / "a")
+    capsys.readouterr()
     generate(policy, tmp_path / "a", TINY, env / "demos.zarr")
+    assert f"PCT trajectories: resuming {tmp_path / 'a'} at chunk 1/2" in capsys.readouterr().out  # said, not silent
     a, b = load_trajectories(tmp_path / "a"), load_trajectories(env / "traj")
     for k in ("cond", "x_T", "x_star", "iterates", "split", "var_k"):
         assert torch.equal(a[k], b[k]), k

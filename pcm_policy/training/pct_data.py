@@ -127,7 +127,11 @@ def make(task, cfg: PCTData, path: str | Path, *, max_chunks: int | None = None,
         write_json(path / "store.json", meta)
     c = torch.load(path / "conditions.pt")
     N, keep = len(c["x_T"]), _stores_iterates(cfg, c["x_T"])
-    todo = [i for i in range(math.ceil(N / cfg.chunk)) if not (path / f"chunk_{i:05d}.pt").is_file()][:max_chunks]
+    n_chunks = math.ceil(N / cfg.chunk)
+    todo = [i for i in range(n_chunks) if not (path / f"chunk_{i:05d}.pt").is_file()][:max_chunks]
+    done = n_chunks - len([i for i in range(n_chunks) if not (path / f"chunk_{i:05d}.pt").is_file()])
+    if todo and done:  # every resume says where it resumed
+        print(f"PCT trajectories: resuming {path} at chunk {done}/{n_chunks} (the finished ones are kept)", flush=True)
     for ci in tqdm(todo, desc=f"PCT trajectories ({task.name})", unit="chunk", disable=not progress or not todo):
         t0 = time.perf_counter()
         sl = slice(ci * cfg.chunk, min(N, (ci + 1) * cfg.chunk))
