@@ -10,3 +10,11 @@ def assert_jvp_matches_finite_difference(model, x, t, c, eps=1e-6):
     torch.testing.assert_close(out, model(x, t, c))
     fd = (model(x + eps * v, t, c) - model(x - eps * v, t, c)) / (2 * eps)
     torch.testing.assert_close(tangent, fd, rtol=1e-5, atol=1e-7)
+
+
+def default_sigint():
+    """``preexec_fn`` of a child that the test will Ctrl-C: SIGINT back to its default, as in a terminal (a job
+    started in the background, e.g. under nohup, inherits SIGINT ignored, and Python then installs no handler)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

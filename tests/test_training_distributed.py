@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
+from helpers import default_sigint
 
 from pcm_policy.training import Interrupted, LoopConfig, train
 from pcm_policy.training.distributed import DistributedError, rank_rng, shard_and_gather, shard_batch
@@ -306,7 +307,7 @@ def test_under_torchrun_a_killed_rank_stops_the_run_with_one_line_and_one_proces
     step = int(torch.load(tmp_path / "run/state.pt", weights_only=True)["step"])
     assert f"the last saved state is step {step} ({tmp_path / 'run' / 'state.pt'})" in lines[0]
     q = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     first = [q.stdout.readline() for _ in range(2)]
     q.send_signal(signal.SIGINT)
     q.communicate(timeout=240)
@@ -332,7 +333,7 @@ def test_under_torchrun_ctrl_c_stops_every_rank_at_the_same_step_and_saves_it(tm
                           "training.ckpt_every=1000",
                           f"task.dataset={tmp_path / 'demos.zarr'}", f"run_dir={tmp_path / 'run'}"],
                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=default_sigint)
     log, t0 = tmp_path / "run/log.jsonl", time.time()
     while not (log.exists() and log.read_text().count("\n") >= 3) and time.time() - t0 < 240:
         time.sleep(0.5)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import default_sigint
 
 from pcm_policy.io import FolderInUseError, run_folder_lock
 from pcm_policy.training import Interrupted, LoopConfig, ResumeError, infinite_batches, train
@@ -171,7 +172,8 @@ def test_train_policy_ctrl_c_is_one_line_exit_130_and_resumes_announced(tmp_path
     cmd = [sys.executable, str(ROOT / "scripts/train_policy.py"), "training=smoke", "training.steps=100000",
            "training.log_every=1", f"task.dataset={tmp_path / 'demos.zarr'}", f"run_dir={tmp_path / 'run'}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_sigint)
     log = tmp_path / "run/log.jsonl"
     t0 = time.time()
     while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() - t0 < 240:
@@ -184,7 +186,8 @@ def test_train_policy_ctrl_c_is_one_line_exit_130_and_resumes_announced(tmp_path
     step = int(last.split("interrupted at step ")[1].split()[0])
     state = torch.load(tmp_path / "run/state.pt", weights_only=True)
     assert int(state["step"]) == step and int(state["batches"]) == step
-    p = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_sigint)
     first = [p.stdout.readline() for _ in range(2)]
     p.send_signal(signal.SIGINT)
     p.communicate(timeout=240)
