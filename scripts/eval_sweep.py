@@ -35,8 +35,12 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 from pcm_policy.evaluation.report import write_report  # noqa: E402
 from pcm_policy.evaluation.sweep import SweepConfig, run_sweep  # noqa: E402
 from pcm_policy.pusht.checkpoint import CheckpointError  # noqa: E402
+from pcm_policy.pusht.task import (  # noqa: E402
+    SWEEP_PEERS,  # noqa: E402
+    PushTEval,
+    sweep_task,
+)
 from pcm_policy.pusht.task import SWEEP_SAMPLERS as NAMES  # noqa: E402
-from pcm_policy.pusht.task import PushTEval, sweep_task  # noqa: E402
 from pcm_policy.sampling import INITS  # noqa: E402
 
 KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
@@ -50,7 +54,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samplers", default=",".join(NAMES), help=f"comma list of {', '.join(NAMES)}")
+    p.add_argument("--samplers", default=",".join(NAMES),
+                   help=f"comma list of {', '.join(NAMES + SWEEP_PEERS)} (default: {', '.join(NAMES)})")
     p.add_argument("--ks", default=",".join(map(str, KS)), help="iteration budgets k")
     p.add_argument("--score-ks", default=None, help="the ks whose rollouts (scores) are run (default: all)")
     p.add_argument("--score-samplers", default="ddim,ddim-k,picard,taa,pcm",
@@ -83,8 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as e:
         p.exit(2, f"error: --ks and --score-ks must be comma lists of integers ({e})\n")
     a.samplers, a.score_samplers = list(dict.fromkeys(a.samplers.split(","))), a.score_samplers.split(",")
-    bad = [s for s in a.samplers if s not in NAMES]
-    errors = [(bad, f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES)}"),
+    bad = [s for s in a.samplers if s not in NAMES + SWEEP_PEERS]
+    errors = [(bad, f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES + SWEEP_PEERS)}"),
               (min(a.episodes, a.max_steps, a.num_steps, a.distance_conditions, a.threads, a.jobs) < 1,
                "--episodes, --max-steps, --num-steps, --distance-conditions, --threads and --jobs must be >= 1"),
               (not 0 <= a.seed <= 2**32 - a.episodes,

@@ -136,6 +136,26 @@ def test_sweep_of_one_sampler_without_ddim(ckpt, tmp_path):
     assert res["results"]["newton"][-1]["distance"] < 1e-2  # Newton at k = 6 > T has converged
 
 
+
+def test_the_k_step_peers_are_swept_as_solvers_of_k_steps(ckpt, tmp_path):
+    """dpmsolver++ / unipc: the sweep's distance at each k is that of diffusers' solver built for k steps from the
+    policy's own schedule (``adapters.load_sampler``), on the sweep's eval conditions; its score cells roll out."""
+    from pcm_policy.adapters import load_sampler
+    from pcm_policy.sampling import make_sampler
+
+    out = tmp_path / "peers"
+    _sweep(ckpt, out, ["dpmsolver++", "unipc"], score_samplers=["dpmsolver++"], score_ks=[1])
+    res = json.loads((out / "sweep.json").read_text())
+    task, _ = _factory(ckpt, ["dpmsolver++"])()
+    cond, x_T = task.split("eval", 4)
+    with torch.no_grad():
+        ref = make_sampler(SamplerSpec.named("ddim", num_steps=T), task.scheduler)(task.model_fn, x_T, cond)[0]
+        for s in ("dpmsolver++", "unipc"):
+            for row in res["results"][s]:
+                x = load_sampler(s, task.scheduler, k=row["k"])(task.model_fn, x_T, cond)[0]
+                assert abs(task.distance(x, ref).mean().item() - row["distance"]) < 1e-4, (s, row)
+    assert res["results"]["dpmsolver++"][0]["score"] is not None and res["results"]["unipc"][0]["score"] is None
+
 @pytest.mark.slow
 def test_parallel_jobs_give_the_serial_results(ckpt, tmp_path):
     """jobs=2 runs the rollouts in spawned worker processes (``sweep._score_cell``) with the same results."""

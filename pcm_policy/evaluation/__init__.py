@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_path, write_json
+from ..sampling import K_STEPS
 
 __all__ = ["cached", "distances_vs_k", "file_hash", "k_match", "plots", "write_csv"]
 
@@ -51,7 +52,8 @@ def distances_vs_k(name: str, make: Callable, model_fn, ks: list[int], cond, x_T
     """Mean ``distance`` to the reference output ``traj[:, -1]`` of sampler ``name``'s output at every k.
 
     ``traj``: the sequential DDIM-T trajectory (N, T+1, ...) on the same ``x_T`` (N, ...). "ddim" reads
-    position k of it (truncated sequential); "ddim-k" runs ``make(name, k)`` per k; iterative samplers run
+    position k of it (truncated sequential); a k-step solver (``K_STEPS``: "ddim-k", "dpmsolver++",
+    "unipc") runs ``make(name, k)`` per k; iterative samplers run
     once with ``make(name, max(ks))`` keeping every iterate's output (``SampleStats.outputs``, else X^k[T];
     k beyond convergence: the last one).
     """
@@ -63,7 +65,7 @@ def distances_vs_k(name: str, make: Callable, model_fn, ks: list[int], cond, x_T
         x, tr = x_T[i0:i0 + batch], traj[i0:i0 + batch]
         if name == "ddim":
             outs = [tr[:, min(k, T)] for k in ks]
-        elif name == "ddim-k":
+        elif name in K_STEPS:  # a k-step solver: one run per k
             outs = [make(name, k)(model_fn, x, c)[0] for k in ks]
         else:
             st = make(name, max(ks))(model_fn, x, c, return_iterates=True)[1]

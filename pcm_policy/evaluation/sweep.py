@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import load_sampler
 from ..io import check_not_shipped
-from ..sampling import SamplerSpec, make_sampler
+from ..sampling import K_STEPS, SamplerSpec, make_sampler
 from . import distances_vs_k, k_match
 from .cache import Cache
 
@@ -111,11 +112,11 @@ def run_sweep(task, cfg: SweepConfig, *, factory=None) -> dict:
             for i in range(0, len(x_T), cfg.batch)]), f"reference DDIM-{T}")
 
     def make(name, k):
-        return make_sampler(_limited(task, cfg.samplers[name], k), task.scheduler)
+        return load_sampler(_limited(task, cfg.samplers[name], k), task.scheduler)  # solvers built for k-step peers
 
     res, keys = {}, {s: sampler_key(task, spec) for s, spec in cfg.samplers.items()}
     for s, spec in cfg.samplers.items():
-        name = {"ddim": "ddim", "ddim-k": "ddim-k"}.get(spec.name, s)  # distances_vs_k reads ddim off traj
+        name = spec.name if spec.name == "ddim" or spec.name in K_STEPS else s  # ddim: read off traj
         d = cache.json(f"distance_{s}", {**keys[s], "ks": cfg.ks, "conditions": len(x_T)},
                        lambda s=s, name=name: distances_vs_k(name, lambda _n, kk, s=s: make(s, kk), task.model_fn,
                                                              cfg.ks, cond, x_T, traj, task.distance, cfg.batch),

@@ -22,15 +22,16 @@ import numpy as np
 import torch
 
 from .. import paper
+from ..adapters import load_sampler
 from ..lora import DEFAULT_TARGETS
-from ..sampling import SamplerSpec, make_sampler
+from ..sampling import K_STEPS, SamplerSpec, make_sampler
 from ..task import Task
 from ..training.pct_data import PCTData
 from .checkpoint import save_adapter_folder
 from .pct_data import TrajDataConfig, collect_conditions, pixel_distance
 from .rollout import run_rollouts, summarize
 
-__all__ = ["SWEEP_SAMPLERS", "PushTEval", "make_task", "pct_task", "sweep_task"]
+__all__ = ["SWEEP_PEERS", "SWEEP_SAMPLERS", "PushTEval", "make_task", "pct_task", "sweep_task"]
 
 
 @dataclass
@@ -98,7 +99,7 @@ def make_task(policy, *, data: TrajDataConfig | None = None, demos=None, evaluat
         if spec is None:
             s = reference()["summary"]
         else:
-            sampler = make_sampler(spec.replace(k=k), policy.noise_scheduler)
+            sampler = load_sampler(spec.replace(k=k), policy.noise_scheduler)
             with torch.no_grad():
                 eps = run_rollouts(policy, sampler, seeds, max_steps=evaluation.max_steps)["episodes"]
             s = {**summarize(eps), "scores": [float(e["score"]) for e in eps]}
@@ -136,7 +137,8 @@ def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
     return task, data.pct_data(), {"base": str(base)}
 
 
-SWEEP_SAMPLERS = ("ddim", "ddim-k", "picard", "taa", "pcm", "newton")  # what a PushT sweep compares
+SWEEP_SAMPLERS = ("ddim", "ddim-k", "picard", "taa", "pcm", "newton")  # what a PushT sweep compares by default
+SWEEP_PEERS = ("dpmsolver++", "unipc")  # diffusers' k-step solvers (pcm_policy/solvers.py), on request
 
 
 def sweep_task(checkpoint, adapter, samplers, *, num_steps: int = 50, init: str | None = None, device: str = "cpu",
@@ -149,12 +151,12 @@ def sweep_task(checkpoint, adapter, samplers, *, num_steps: int = 50, init: str 
     from ..sampling import ITERATIVE
     from .checkpoint import load_adapter_folder, load_policy
 
-    bad = [s for s in samplers if s not in SWEEP_SAMPLERS]
+    bad = [s for s in samplers if s not in SWEEP_SAMPLERS + SWEEP_PEERS]
     if bad:
-        raise ValueError(f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(SWEEP_SAMPLERS)}")
+        raise ValueError(f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(SWEEP_SAMPLERS + SWEEP_PEERS)}")
     policy = load_policy(checkpoint, pick_device(device))
     specs = {s: SamplerSpec.named(s, num_steps=num_steps, tol=0.0, init=init if s in ITERATIVE else None,
-                                  k=1 if s == "ddim-k" else None) for s in samplers if s != "pcm"}
+                                  k=1 if s in K_STEPS else None) for s in samplers if s != "pcm"}
     if "pcm" in samplers:
         spec, _ = load_adapter_folder(policy, adapter)
         specs["pcm"] = spec.replace(num_steps=num_steps, tol=0.0, **({"init": init} if init else {}))

@@ -13,12 +13,12 @@ from .newton import sample_newton
 from .pcm import Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
 from .picard import INITS, TAA, Jump, initial_trajectory, picard_loop, picard_update, sample_picard
 from .scheduler_loop import sample_with_scheduler
-from .spec import DEFAULTS, ITERATIVE, SAMPLERS, Sampler, SamplerSpec, make_sampler, spec_with
+from .spec import DEFAULTS, ITERATIVE, K_STEPS, SAMPLERS, Sampler, SamplerSpec, make_sampler, spec_with
 from .srds import sample_srds
 from .wrappers import ClassifierFreeGuidance, Sharded, ThreadPolicy, num_threads, switch_cost_us
 
 __all__ = [
-    "DEFAULTS", "INITS", "ITERATIVE", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Jump", "Cond", "Grid",
+    "DEFAULTS", "INITS", "ITERATIVE", "K_STEPS", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Jump", "Cond", "Grid",
     "ModelFn", "SampleStats", "Sampler", "SamplerSpec", "Sharded", "Switch", "ThreadPolicy", "call_model", "ddim_step",
     "draw_noise", "hard_switch", "index_cond", "initial_trajectory", "linear_schedule", "make_sampler", "num_threads",
     "pcm_evaluator", "picard_loop", "picard_update", "predicted_x0", "repeat_cond", "sample_newton", "sample_pcm",

@@ -43,6 +43,7 @@ __all__ = ["DEFAULTS", "ITERATIVE", "SAMPLERS", "Sampler", "SamplerSpec", "make_
 SAMPLERS = ("ddim", "ddim-k", "ddpm", "dpmsolver", "picard", "taa", "pcm", "newton", "dpmsolver++", "unipc", "srds")
 SCHEDULER_LOOPS = ("dpmsolver", "dpmsolver++", "unipc")  # step with a diffusers solver scheduler passed in
 ITERATIVE = ("picard", "taa", "pcm", "newton")  # take tol, init, k as an iteration budget
+K_STEPS = ("ddim-k", "dpmsolver++", "unipc")  # k is their number of steps (a new solver per k)
 PICARDS = ("picard", "taa", "pcm")  # Picard's update: form, jump
 # Per-sampler defaults, written once. TAA's (memory 3, weight 1, mixing 0.8, prior init, safeguard 1) were
 # chosen on held-out PushT training-seed conditions (scripts/tune_taa.py, docs/pusht.md).
@@ -105,7 +106,7 @@ class SamplerSpec:
             raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.name in ("ddim-k", "dpmsolver++", "unipc") and self.k is None:
+        if self.name in K_STEPS and self.k is None:
             raise ValueError(f"{self.name} needs k, its number of steps")
         if not (math.isfinite(float(self.tol)) and self.tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0 (0: run until converged exactly), got {self.tol!r}")
