@@ -45,49 +45,60 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_image_grid(path: Path, rows: list[str], cols: list, cell, T: int, n: int, title: str) -> None:
+    """A PNG of image cells: row = sampler, column = k (None: the DDIM-T reference); ``cell(sampler, k)`` gives the
+    uint8 images (n, H, W, 3) stacked down the cell, or None to leave it empty. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.4 * len(cols), 1.4 * n * len(rows) / 2 + 0.8),
+                             squeeze=False)
+    for i, s in enumerate(rows):
+        for j, k in enumerate(cols):
+            ax, imgs = axes[i][j], cell(s, k)
+            if imgs is not None:
+                ax.imshow(np.concatenate(list(imgs), axis=0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"DDIM-{T}" if k is None else f"k={k}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(s, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 @torch.no_grad()
 def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAMPLES) -> Path | None:
     """grid.png: the first ``n`` eval conditions sampled by each of ``GRID_ROWS`` (where in ``samplers``, a
     {name: SamplerSpec}) at every k, and by DDIM-T; decoded by ``task.images``. None without images or
     matplotlib."""
     from ..sampling import SamplerSpec, make_sampler
+    from .sweep import limited
 
     rows = [s for s in GRID_ROWS if s in samplers]
     if task.images is None or not rows:
         return None
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401 (save_image_grid draws with it)
     except ImportError:
         print("note: matplotlib is not installed; grid skipped")
         return None
     cond, x_T = task.split("eval", n)
     ref = make_sampler(SamplerSpec.named("ddim", num_steps=task.num_steps), task.scheduler)(task.model_fn, x_T, cond)[0]
-    cols = [*ks, None]
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.4 * len(cols), 1.4 * len(x_T) * len(rows) / 2 + 0.8),
-                             squeeze=False)
-    for i, s in enumerate(rows):
-        for j, k in enumerate(cols):
-            ax = axes[i][j]
-            if k is None:
-                x = ref
-            else:
-                limit = task.num_steps if samplers[s].name == "ddim" else samplers[s].max_iterations()
-                x = make_sampler(samplers[s].replace(k=min(k, limit) if limit else k), task.scheduler)(
-                    task.model_fn, x_T, cond)[0]
-            ax.imshow(np.concatenate(list(task.images(x)), axis=0))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"DDIM-{task.num_steps}" if k is None else f"k={k}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(s, fontsize=8)
-    fig.suptitle("Rows: sampler, columns: k", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "grid.png", dpi=120)
-    plt.close(fig)
+
+    def cell(s, k):
+        if k is None:
+            x = ref
+        else:
+            x = make_sampler(limited(task, samplers[s], k), task.scheduler)(task.model_fn, x_T, cond)[0]
+        return task.images(x)
+
+    save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, len(x_T), "Rows: sampler, columns: k")
     return out / "grid.png"
 
 

@@ -79,7 +79,8 @@ def sampler_key(task, spec: SamplerSpec) -> dict:
     return key
 
 
-def _limited(task, spec: SamplerSpec, k: int) -> SamplerSpec:
+def limited(task, spec: SamplerSpec, k: int) -> SamplerSpec:
+    """``spec`` held to k calls, capped where k is past what it can use (ddim: T steps; a jump's own limit)."""
     limit = task.num_steps if spec.name == "ddim" else spec.max_iterations()
     return spec.replace(k=min(k, limit) if limit else k)
 
@@ -87,7 +88,7 @@ def _limited(task, spec: SamplerSpec, k: int) -> SamplerSpec:
 def _score_cell(factory, name: str, k: int, path: str, key: dict) -> None:
     """A worker process: build the task, run one score cell into the cache (``run_sweep`` reads it back)."""
     task, specs = factory()
-    spec = _limited(task, specs[name], k)
+    spec = limited(task, specs[name], k)
     Cache(Path(path).parent).json(Path(path).stem, key, lambda: task.score(spec, k), f"{name} k={k}")
 
 
@@ -112,7 +113,7 @@ def run_sweep(task, cfg: SweepConfig, *, factory=None) -> dict:
             for i in range(0, len(x_T), cfg.batch)]), f"reference DDIM-{T}")
 
     def make(name, k):
-        return load_sampler(_limited(task, cfg.samplers[name], k), task.scheduler)  # solvers built for k-step peers
+        return load_sampler(limited(task, cfg.samplers[name], k), task.scheduler)  # solvers built for k-step peers
 
     res, keys = {}, {s: sampler_key(task, spec) for s, spec in cfg.samplers.items()}
     for s, spec in cfg.samplers.items():
@@ -144,7 +145,7 @@ def run_sweep(task, cfg: SweepConfig, *, factory=None) -> dict:
                 sc = ref
                 print(f"{label}: the reference run", flush=True)
             else:
-                spec = _limited(task, cfg.samplers[s], k)
+                spec = limited(task, cfg.samplers[s], k)
                 sc = cache.json(f"{s}_k{k}", {**keys[s], "k": k}, lambda spec=spec, k=k: task.score(spec, k), label,
                                 t_start)
             r.update({f: v for f, v in sc.items() if f != "detail"})

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation import k_match, write_csv
+from ..evaluation.report import save_image_grid
 from ..io import write_json, write_text
 
 __all__ = ["write_report"]
@@ -135,23 +136,10 @@ def _figures(out: Path, results: dict, converged: dict, T: int, disclaimer: str 
     ks = sorted({r["k"] for s in rows for r in results[s]})
     conv = np.load(out / "cells" / "converged.npz")["images"]
     n = min(len(conv), 4)
-    cols = [*ks, None]
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.4 * len(cols), 1.4 * n * len(rows) / 2 + 0.8),
-                             squeeze=False)
-    for i, s in enumerate(rows):
-        for j, k in enumerate(cols):
-            ax = axes[i][j]
-            path = out / "cells" / f"{s}_k{k}.npz"
-            imgs = conv[:n] if k is None else np.load(path)["images"][:n] if path.exists() else None
-            if imgs is not None:
-                ax.imshow(np.concatenate(list(imgs), axis=0))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"DDIM-{T}" if k is None else f"k={k}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(s, fontsize=8)
-    fig.suptitle("Rows: sampler, columns: k (Figures 3-4 in shape)" + sub, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "grid.png", dpi=120)
-    plt.close(fig)
+
+    def cell(s, k):
+        path = out / "cells" / f"{s}_k{k}.npz"
+        return conv[:n] if k is None else np.load(path)["images"][:n] if path.exists() else None
+
+    save_image_grid(out / "grid.png", rows, [*ks, None], cell, T, n,
+                    "Rows: sampler, columns: k (Figures 3-4 in shape)" + sub)
