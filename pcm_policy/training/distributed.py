@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedError", "all_ok", "average_gradients", "broadcast_params", "check_same", "init_from_env",
-           "is_main", "rank", "rank_rng", "shard_and_gather", "shard_batch", "shutdown", "sigterm_says", "sync_rng",
-           "world_size"]
+__all__ = ["DistributedError", "all_ok", "average_gradients", "broadcast_params", "check_divisible", "check_same",
+           "env_world_size", "init_from_env", "is_main", "rank", "rank_rng", "shard_and_gather", "shard_batch",
+           "shutdown", "sigterm_says", "sync_rng", "world_size"]
 
 
 class DistributedError(RuntimeError):
@@ -57,11 +57,9 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(device: str = "cpu") -> torch.device:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/
-    ``PORT`` in the environment) when ``WORLD_SIZE`` > 1; idempotent. Backend: nccl for ``device`` cuda, else
-    gloo. Returns this process's device: ``cuda:LOCAL_RANK`` for cuda (set as the current device), else cpu.
-    Raises ValueError for a world size that is not an integer >= 1 and for cuda with fewer GPUs than local ranks."""
+def env_world_size() -> int:
+    """The process count ``torchrun`` announces (``WORLD_SIZE``; 1 without it), read before joining the group so
+    that a script can refuse bad settings before any work. ValueError for a value that is not an integer >= 1."""
     raw = os.environ.get("WORLD_SIZE", "1")
     try:
         world = int(raw)
@@ -70,6 +68,24 @@ def init_from_env(device: str = "cpu") -> torch.device:
     if world < 1:
         raise ValueError(f"WORLD_SIZE={raw!r} in the environment is not an integer >= 1; launch with torchrun "
                          "--nproc_per_node=N (or unset WORLD_SIZE for one process)")
+    return world
+
+
+def check_divisible(batch: int, what: str, world: int | None = None) -> None:
+    """ValueError (one line) unless the process count (default: this group's) divides the whole batch ``batch``
+    (``what``: the setting's name, e.g. ``pct.batch_size``): every rank takes an equal share of each batch."""
+    world = world_size() if world is None else world
+    if int(batch) % world:
+        raise ValueError(f"{what} {batch} is not divisible by the {world} processes; choose a batch size that is a "
+                         "multiple of the process count (or another --nproc_per_node)")
+
+
+def init_from_env(device: str = "cpu") -> torch.device:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/
+    ``PORT`` in the environment) when ``WORLD_SIZE`` > 1; idempotent. Backend: nccl for ``device`` cuda, else
+    gloo. Returns this process's device: ``cuda:LOCAL_RANK`` for cuda (set as the current device), else cpu.
+    Raises ValueError for a world size that is not an integer >= 1 and for cuda with fewer GPUs than local ranks."""
+    world = env_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.device(device).type == "cuda"
     if cuda:
@@ -277,6 +293,8 @@ def _to_cpu(v):
         return v.cpu()
     if isinstance(v, dict):
         return {k: _to_cpu(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_cpu(u) for u in v)
     return v
 
 
