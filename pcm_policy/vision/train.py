@@ -294,8 +294,9 @@ def train_unet(cfg: ModelConfig, run_dir: Path, ae, images: np.ndarray, labels: 
         emb = text_encoder(ids)[0]
 
     def draw(b):  # the per-row draws of the loss, in the order it used them: posterior noise, t, eps, dropout
-        out = {} if std is None else {"z_noise": torch.randn((b, *std.shape[1:]))}
-        out.update(t=torch.randint(0, len(acp), (b,)), eps=torch.randn((b, *mu.shape[1:])))
+        rows = torch.zeros(b, dtype=torch.long)  # randn_like(latents[rows]): their memory layout (channels last)
+        out = {} if std is None else {"z_noise": torch.randn_like(std[rows])}
+        out.update(t=torch.randint(0, len(acp), (b,)), eps=torch.randn_like(mu[rows]))
         if emb is not None:
             out["drop"] = torch.rand(b) < cfg.cfg_dropout
         return out
