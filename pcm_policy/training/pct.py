@@ -101,11 +101,10 @@ class PCTBatches:
 
         n = self.idx[torch.randint(0, len(self.idx), (self.batch_size,))]
         k = torch.randint(0, self.K, (self.batch_size,))
+        if self.sharded:  # this rank's rows of the whole batch's draws
+            n, k = dist.shard_batch((n, k))
         d = self.data
         b = {"x_star": d["x_star"][n], "cond": index_cond(d["cond"], n), "k": k, "x_T": d["x_T"][n]}
-        if self.sharded:
-            b = dist.shard_batch(b)
-            k = b["k"]
         if not self.with_iterates:
             return b
         if d.get("iterates") is not None:
