@@ -2,14 +2,16 @@
 (``training.pct_data.make``) and the jump's extra draws, the image model trainer (``scripts/vision/train_model.py``).
 
 Asserted: the store (and the draws) made by 2 processes, or finished by another process count than the one that
-started it, is the one-process store byte for byte; 2 processes with half of every batch train the one-process
-parameters and log the one-process losses step by step; a 2-process PCT run stopped by Ctrl-C and resumed by one
+started it, holds the one-process tensors bit for bit; 2 processes with half of every batch train the one-process
+adapter and log the one-process losses step by step; a 2-process PCT run stopped by Ctrl-C and resumed by one
 process continues at the saved step with the same data (its per-step losses are the uninterrupted run's); a batch
-the process count does not divide, or settings that differ across ranks, are refused before anything is written.
+the process count does not divide, or store settings that differ across ranks, are refused before anything is
+written.
 
-Tolerance, as in ``test_training_distributed``: max |p_2proc - p_1proc| <= 1% of max |p_trained - p_initial| and the
-logged whole-batch loss within 1e-4 relative (float32 gradients summed in another order; measured in the
-functions' docstrings).
+Tolerances (float32 gradients summed in another order): PCT, as in ``test_training_distributed``, max |p_2proc -
+p_1proc| <= 1% of max |p_trained - p_initial| (measured, 60 steps: 1.5e-8 = 0.001%; stopped and resumed: 7.5e-9)
+and every logged whole-batch loss within 1e-4 relative (measured 2e-7); the image trainer by its networks' outputs
+(see that test).
 """
 
 from __future__ import annotations
@@ -96,6 +98,16 @@ def test_train_model_refuses_a_batch_the_process_count_does_not_divide_before_an
     assert "classifier trains in one process" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+def test_train_pct_cli_says_one_line_and_exits_non_zero_for_an_indivisible_batch(tmp_path):
+    r = subprocess.run([sys.executable, "scripts/train_pct.py", "task=pusht", "pct=smoke", "pct.batch_size=3",
+                        f"work_dir={tmp_path / 'work'}"], cwd=ROOT, env={**ENV, "WORLD_SIZE": "2"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(
+        "error: pct.batch_size 3 is not divisible by the 2 processes; choose a batch size"), r.stderr[-2000:]
+    assert not (tmp_path / "work").exists()
+
+
 # ------------------------------------------------------------------ the trajectory store, sharded
 def _worker(rank, world, init, out, fn, kwargs):
     torch.set_num_threads(1)
@@ -152,7 +164,7 @@ def _make_store(path, max_chunks=None, odd_key=False, draws=False):
 
 
 @pytest.mark.slow
-def test_a_store_made_or_finished_by_two_processes_is_the_one_process_store_byte_for_byte(tmp_path):
+def test_a_store_made_or_finished_by_two_processes_holds_the_one_process_tensors_bit_for_bit(tmp_path):
     """Measured: bit for bit (every tensor of every chunk, the conditions, the draws; var_k equal floats)."""
     _make_store(tmp_path / "one", draws=True)
     one = contents(tmp_path / "one")

@@ -11,7 +11,8 @@ holds no world size, so a run resumes with any number of processes at the same s
 A loss that draws randomness per row (noise, timesteps) must draw it with the batch, for all the batch's
 rows, so that a rank's share carries the rows' own draws (``pusht.train`` does; PCT's batches do already).
 Draws made inside the loss use a per-rank stream (``rank_rng``): independent across ranks, not equal to one
-process's.
+process's. A batch stream whose ``sharded`` attribute is true hands each rank its rows itself (``PCTBatches``
+making the base iterates per batch: each rank makes only its rows'); the loop then takes its batches as they are.
 
 Failures: ``all_ok`` runs a rank's part of a setup step and raises on every rank when any rank failed
 (rank 0's run-folder lock, its resume check); ``check_same`` compares a hash of the config across ranks; a
@@ -278,7 +279,7 @@ def shard_and_gather(fn: Callable[[list], object], items: Sequence) -> object:
     and return on EVERY rank the parts' results in the order of ``items``: lists are concatenated, tensors
     ``torch.cat`` along dim 0 (on the CPU), dicts per key (values tensors or lists), None parts skipped.
     ``fn`` returns one result row per item. One process: ``fn(list(items))``.
-    For PCT data generation: conditions split over ranks, trajectories gathered."""
+    PCT's store (``pct_data.make``): its chunks shared out, one per rank per round, gathered for rank 0 to write."""
     items, world, r = list(items), world_size(), rank()
     if world == 1:
         return fn(items)
