@@ -6,6 +6,7 @@ r"""Picard Consistency Training of a LoRA adapter, then schedule tuning: PushT, 
     python scripts/train_pct.py task=pusht pct=smoke work_dir=/tmp/pct  # tiny end to end run
     python scripts/train_pct.py task=celeba     # pct=image_anytime on the LDM-CelebA layout (default: ldm_mnist)
     python scripts/train_pct.py task=sd task.model=/path/to/stable-diffusion-v1-4   # a user's real SD v1.4
+    torchrun --standalone --nproc_per_node=N scripts/train_pct.py task=pusht   # data-parallel, N processes (CPU)
 
 Three stages under ``work_dir`` (re-running the same command continues where it stopped):
 1. the trajectory store (``data_path``; ``pcm_policy.training.pct_data``): the task's N conditions and x_T,
@@ -18,6 +19,10 @@ Three stages under ``work_dir`` (re-running the same command continues where it 
 A resume is announced; one under another config (``run_dir/config.json``; ``pct.tune`` and the output paths
 aside) is refused. Nothing is written into files git tracks (the shipped ``checkpoints/pusht_pcm``)
 unless ``force=true``.
+
+Under ``torchrun`` the N processes (gloo, CPU) share out the store's chunks and train data-parallel:
+``pct.batch_size`` is the whole batch (it must be divisible by N), rank 0 alone writes; a stopped run resumes
+with any number of processes (``training.distributed``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from pcm_policy.data import ReplayBufferError  # noqa: E402
 from pcm_policy.device import check_threads  # noqa: E402
 from pcm_policy.training import ResumeError  # noqa: E402
+from pcm_policy.training.distributed import (  # noqa: E402
+    DistributedError,
+    check_divisible,
+    env_world_size,
+    init_from_env,
+    shutdown,
+)
 
 TASKS = {"pusht": "pcm_policy.pusht.task", "celeba": "pcm_policy.vision.task", "sd": "pcm_policy.vision.task",
          "lerobot": "pcm_policy.lerobot.task"}
@@ -47,6 +59,8 @@ def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
 
     if cfg["task"]["name"] not in TASKS:
         raise ValueError(f"task must be {', '.join(TASKS)}, got {cfg['task']['name']!r}")
+    check_divisible(cfg["pct"]["batch_size"], "pct.batch_size", env_world_size())  # before any work
+    init_from_env("cpu")  # torchrun: join the process group (one process: nothing)
     task, data, extra = importlib.import_module(TASKS[cfg["task"]["name"]]).pct_task(cfg, root)
 
     def resolve(p):
@@ -64,12 +78,14 @@ def main(cfg: DictConfig) -> None:
     try:
         torch.set_num_threads(check_threads(cfg["threads"], "threads"))
         run(cfg, command)
-    except (ReplayBufferError, ResumeError, ValueError) as e:  # one line, no traceback
+    except (ReplayBufferError, ResumeError, ValueError, DistributedError) as e:  # one line, no traceback
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt as e:  # one line: what was saved, how to resume; exit 130 (killed by SIGINT)
         saved = str(e) or "interrupted; what each stage finished is kept (trajectory store, finished rollout batches)"
         print(f"\n{saved}; resume with the same command: {command}", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ holds no world size, so a run resumes with any number of processes at the same s
 A loss that draws randomness per row (noise, timesteps) must draw it with the batch, for all the batch's
 rows, so that a rank's share carries the rows' own draws (``pusht.train`` does; PCT's batches do already).
 Draws made inside the loss use a per-rank stream (``rank_rng``): independent across ranks, not equal to one
-process's.
+process's. A batch stream whose ``sharded`` attribute is true hands each rank its rows itself (``PCTBatches``
+making the base iterates per batch: each rank makes only its rows'); the loop then takes its batches as they are.
 
 Failures: ``all_ok`` runs a rank's part of a setup step and raises on every rank when any rank failed
 (rank 0's run-folder lock, its resume check); ``check_same`` compares a hash of the config across ranks; a
@@ -36,9 +37,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedError", "all_ok", "average_gradients", "broadcast_params", "check_same", "init_from_env",
-           "is_main", "rank", "rank_rng", "shard_and_gather", "shard_batch", "shutdown", "sigterm_says", "sync_rng",
-           "world_size"]
+__all__ = ["DistributedError", "all_ok", "average_gradients", "broadcast_params", "check_divisible", "check_same",
+           "env_world_size", "init_from_env", "is_main", "rank", "rank_rng", "shard_and_gather", "shard_batch",
+           "shutdown", "sigterm_says", "sync_rng", "world_size"]
 
 
 class DistributedError(RuntimeError):
@@ -57,11 +58,9 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(device: str = "cpu") -> torch.device:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/
-    ``PORT`` in the environment) when ``WORLD_SIZE`` > 1; idempotent. Backend: nccl for ``device`` cuda, else
-    gloo. Returns this process's device: ``cuda:LOCAL_RANK`` for cuda (set as the current device), else cpu.
-    Raises ValueError for a world size that is not an integer >= 1 and for cuda with fewer GPUs than local ranks."""
+def env_world_size() -> int:
+    """The process count ``torchrun`` announces (``WORLD_SIZE``; 1 without it), read before joining the group so
+    that a script can refuse bad settings before any work. ValueError for a value that is not an integer >= 1."""
     raw = os.environ.get("WORLD_SIZE", "1")
     try:
         world = int(raw)
@@ -70,6 +69,24 @@ def init_from_env(device: str = "cpu") -> torch.device:
     if world < 1:
         raise ValueError(f"WORLD_SIZE={raw!r} in the environment is not an integer >= 1; launch with torchrun "
                          "--nproc_per_node=N (or unset WORLD_SIZE for one process)")
+    return world
+
+
+def check_divisible(batch: int, what: str, world: int | None = None) -> None:
+    """ValueError (one line) unless the process count (default: this group's) divides the whole batch ``batch``
+    (``what``: the setting's name, e.g. ``pct.batch_size``): every rank takes an equal share of each batch."""
+    world = world_size() if world is None else world
+    if int(batch) % world:
+        raise ValueError(f"{what} {batch} is not divisible by the {world} processes; choose a batch size that is a "
+                         "multiple of the process count (or another --nproc_per_node)")
+
+
+def init_from_env(device: str = "cpu") -> torch.device:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/
+    ``PORT`` in the environment) when ``WORLD_SIZE`` > 1; idempotent. Backend: nccl for ``device`` cuda, else
+    gloo. Returns this process's device: ``cuda:LOCAL_RANK`` for cuda (set as the current device), else cpu.
+    Raises ValueError for a world size that is not an integer >= 1 and for cuda with fewer GPUs than local ranks."""
+    world = env_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.device(device).type == "cuda"
     if cuda:
@@ -262,7 +279,7 @@ def shard_and_gather(fn: Callable[[list], object], items: Sequence) -> object:
     and return on EVERY rank the parts' results in the order of ``items``: lists are concatenated, tensors
     ``torch.cat`` along dim 0 (on the CPU), dicts per key (values tensors or lists), None parts skipped.
     ``fn`` returns one result row per item. One process: ``fn(list(items))``.
-    For PCT data generation: conditions split over ranks, trajectories gathered."""
+    PCT's store (``pct_data.make``): its chunks shared out, one per rank per round, gathered for rank 0 to write."""
     items, world, r = list(items), world_size(), rank()
     if world == 1:
         return fn(items)
@@ -277,6 +294,8 @@ def _to_cpu(v):
         return v.cpu()
     if isinstance(v, dict):
         return {k: _to_cpu(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_cpu(u) for u in v)
     return v
 
 

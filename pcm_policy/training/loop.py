@@ -237,7 +237,8 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
                 if stop if world == 1 else stop_all:  # Ctrl-C at a step boundary (every rank at the same one)
                     raise KeyboardInterrupt
                 rng, untouched = torch.get_rng_state(), True
-                batch = dist.shard_batch(next(batches))  # every rank reads the whole batch, keeps its rows
+                batch = next(batches)  # every rank reads the whole batch, keeps its rows (or the stream did)
+                batch = batch if getattr(batches, "sharded", False) else dist.shard_batch(batch)
                 with dist.rank_rng(cfg.seed, step):  # several ranks: draws inside the loss differ per rank
                     loss = loss_fn(batch)
                     opt.zero_grad(set_to_none=True)

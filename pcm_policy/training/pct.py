@@ -43,6 +43,7 @@ from ..sampling import (
     sample_pcm,
     sample_sequential,
 )
+from . import distributed as dist
 
 __all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidates", "choose_schedule", "jump_loss",
            "jump_draws_from_config", "make_val_fn", "objective", "pcm_distances", "pct_loss", "phi", "run_config",
@@ -77,12 +78,15 @@ class PCTBatches:
     it, so a resumed run continues the same stream). ``data`` (``training.pct_data.load``): ``cond``,
     ``x_T``, ``x_star`` (N, T+1, ...), ``iterates`` (N, K, T+1, ...) or None, ``split`` (N,), ``var_k`` (K,).
     Without stored iterates, X^k is made per batch by base Picard (``model_fn``, ``grid``, ``safeguard``,
-    ``init``: as the store's); the same values either way. ``iterates=False``: batches without X^k."""
+    ``init``: as the store's); the same values either way. ``iterates=False``: batches without X^k.
+    ``sharded`` (several processes, ``distributed``): every rank draws the whole batch's (n, k), keeps its share
+    of the rows and makes only their X^k (the loop then takes the batch as it is: ``self.sharded``)."""
 
     def __init__(self, data: dict, batch_size: int, *, k_max: int | None = None, model_fn=None, grid=None,
-                 safeguard: float | None = None, init: str | None = None, iterates: bool = True):
+                 safeguard: float | None = None, init: str | None = None, iterates: bool = True,
+                 sharded: bool = False):
         self.idx = (data["split"] == 0).nonzero().flatten()
-        self.data, self.batch_size, self.with_iterates = data, batch_size, iterates
+        self.data, self.batch_size, self.with_iterates, self.sharded = data, batch_size, iterates, sharded
         K = data["iterates"].shape[1] if data.get("iterates") is not None else len(data["var_k"])
         self.K = min(k_max or K, K)
         if iterates and data.get("iterates") is None and (model_fn is None or grid is None):
@@ -97,6 +101,8 @@ class PCTBatches:
 
         n = self.idx[torch.randint(0, len(self.idx), (self.batch_size,))]
         k = torch.randint(0, self.K, (self.batch_size,))
+        if self.sharded:  # this rank's rows of the whole batch's draws
+            n, k = dist.shard_batch((n, k))
         d = self.data
         b = {"x_star": d["x_star"][n], "cond": index_cond(d["cond"], n), "k": k, "x_T": d["x_T"][n]}
         if not self.with_iterates:
@@ -153,6 +159,7 @@ def add_draws(model_fn, grid, data: dict, draws: int, seed: int, path: str | Pat
     if draws <= 0:
         return None
     path = Path(path) if path is not None else None
+    dist.check_same(path is not None and path.is_file(), f"view of {path} (a folder every rank sees)")
     if path is not None and path.is_file():
         cached = torch.load(path)
         if cached.get("seed") == seed and cached.get("draws") == draws and "rows" in cached:
@@ -160,13 +167,20 @@ def add_draws(model_fn, grid, data: dict, draws: int, seed: int, path: str | Pat
             return cached
     rows = (data["split"] == 0).nonzero().flatten().repeat(draws)
     x_T = torch.randn((len(rows), *data["x_T"].shape[1:]), generator=torch.Generator().manual_seed(seed))
-    target = torch.cat([sample_sequential(model_fn, x_T[i:i + chunk], index_cond(data["cond"], rows[i:i + chunk]),
-                                          grid=grid)[0]
-                        for i in tqdm(range(0, len(rows), chunk), desc=f"DDIM-{len(grid)} targets, {len(rows)} draws")])
+
+    def targets(starts):  # the chunks of this rank (several processes: contiguous shares, gathered in order)
+        return [sample_sequential(model_fn, x_T[i:i + chunk], index_cond(data["cond"], rows[i:i + chunk]),
+                                  grid=grid)[0]
+                for i in tqdm(starts, desc=f"DDIM-{len(grid)} targets, {len(rows)} draws", disable=not dist.is_main())]
+
+    target = torch.cat(dist.shard_and_gather(targets, range(0, len(rows), chunk)))
     out = {"rows": rows, "x_T": x_T.to(target.dtype), "target": target, "seed": seed, "draws": draws}
     if path is not None:
-        with atomic_path(path) as tmp:
-            torch.save(out, tmp)
+        def write():
+            with atomic_path(path) as tmp:
+                torch.save(out, tmp)
+
+        dist.all_ok(lambda: write() if dist.is_main() else None, f"writing {path}")
     return out
 
 
@@ -368,7 +382,8 @@ def tune_from_config(model_fn, grid, cond, x_T, target, tune: dict, settings: di
 
 # ------------------------------------------------------------------------ the one PCT driver
 def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, data_path: str | Path,
-            command: str = "", config: dict | None = None, extra: dict | None = None, force: bool = False) -> dict:
+            command: str = "", config: dict | None = None, extra: dict | None = None,
+            force: bool = False) -> dict | None:
     """One PCT run of ``task`` (a ``pcm_policy.task.Task``): the trajectory store (``pct_data.make`` at
     ``data_path``, resumable), training with the one loop (``run_dir``: state.pt, log.jsonl, the EMA adapter
     in ``adapter/``; a rerun resumes), schedule tuning on the held-out split, and the adapter folder at
@@ -379,7 +394,13 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     k_max, alpha_floor, training, val, tune, jump); ``data_cfg``: a ``pct_data.PCTData``; ``config``: what
     defines the run for the loop's resume check (``run_config``) and what adapter.json records.
     Returns the metrics written to ``adapter.json``. Raises ValueError for bad settings or a task that cannot
-    do what the config asks (``finetune: full`` without ``task.full_copy``), PCTDataError, ResumeError."""
+    do what the config asks (``finetune: full`` without ``task.full_copy``), PCTDataError, ResumeError.
+
+    Several processes (``torchrun``, ``distributed.init_from_env`` called first): the store's chunks and the jump's
+    extra draws are shared out and gathered, training is data-parallel (``pct.batch_size`` is the whole batch;
+    ValueError before any work when the process count does not divide it), and rank 0 alone tunes the schedule
+    and writes; the other ranks return None after training. ``distributed.DistributedError`` when the ranks'
+    configs differ or one of them fails."""
     import json
     import time
 
@@ -393,6 +414,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     out, run_dir, config = Path(out), Path(run_dir), config if config is not None else {"pct": pc}
     for name, path in (("out", out), ("run_dir", run_dir), ("data_path", data_path)):
         check_not_shipped(path, force, "force=true", name)
+    dist.check_divisible(pc["batch_size"], "pct.batch_size")
     finetune = pc.get("finetune", "lora")
     if finetune not in ("lora", "full") or finetune == "full" and task.full_copy is None:
         raise ValueError(f"pct.finetune must be lora{' or full' if task.full_copy else ''} for task {task.name}, "
@@ -403,7 +425,8 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     D.make(task, data_cfg, data_path)
     data, data_s = D.load(data_path), time.perf_counter() - t0
     n_val, tm = int((data["split"] == 1).sum()), data["timing"]
-    print(f"trajectories: {data_path} ({len(data['x_T'])} conditions, {n_val} held out, iterates "
+    print_ = print if dist.is_main() else (lambda *a, **k: None)
+    print_(f"trajectories: {data_path} ({len(data['x_T'])} conditions, {n_val} held out, iterates "
           f"{'stored' if data['iterates'] is not None else 'made per batch'}); "
           f"{tm['chunks_s'] / max(1, tm['conditions']):.3f} s/condition + {tm['conditions_s']:.0f} s for conditions")
 
@@ -427,7 +450,8 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     spec, loss_fn = objective(pc, fn, grid, alpha, settings, task.distance)
     batches = (JumpBatches(data, int(pc["batch_size"]), draws) if objective_name == "jump" else
                PCTBatches(data, int(pc["batch_size"]), k_max=pc.get("k_max"), model_fn=fn, grid=grid,
-                          safeguard=data_cfg.safeguard, init=data_cfg.init, iterates=objective_name == "picard"))
+                          safeguard=data_cfg.safeguard, init=data_cfg.init, iterates=objective_name == "picard",
+                          sharded=dist.world_size() > 1))
     val_fn = make_val_fn(fn, grid, alpha, data, task.distance, spec, int(pc["val"]["n"]), int(pc["val"]["k_max"]),
                          pc.get("form", "paradigms"))
     save = task.save_adapter or (lambda folder, s, extra: save_adapter_folder(task.module, folder, s, extra))
@@ -440,6 +464,8 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     train(module, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=params, desc=f"PCT {task.name}",
           config=run_config(config))
     train_s = time.perf_counter() - t0
+    if not dist.is_main():  # rank 0 tunes and writes the adapter
+        return None
 
     # 3. schedule tuning on the held-out split (the EMA weights are in place)
     t0 = time.perf_counter()
@@ -453,7 +479,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
                    timing={"trajectories": tm, "data_s_this_call": data_s, "train_s_this_call": train_s,
                            "s_per_step": sum(steps) / len(steps) if steps else None,
                            "tune_s": time.perf_counter() - t0, "total_s_this_call": time.perf_counter() - t_all,
-                           "threads": torch.get_num_threads()},
+                           "threads": torch.get_num_threads(), "processes": dist.world_size()},
                    data={"path": str(data_path), "n": len(data["x_T"]), "held_out": n_val,
                          "var_k": data["var_k"].tolist(), "task": task.key})
     save(out, chosen, {"metrics": metrics, "command": command, "config": config, **(extra or {}), "steps": loop.steps,

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..io import atomic_path, write_json
 from ..sampling import index_cond, sample_picard, sample_sequential
+from . import distributed as dist
 
 __all__ = ["PCTData", "PCTDataError", "base_iterates", "cat_cond", "load", "make", "split_sizes"]
 
@@ -108,66 +109,110 @@ def _open(path: Path, config: dict) -> dict:
 @torch.no_grad()
 def make(task, cfg: PCTData, path: str | Path, *, max_chunks: int | None = None, progress: bool = True) -> Path:
     """Create or complete the store at ``path`` for ``task`` (resumable; ``max_chunks`` stops early).
-    Raises PCTDataError for a store made with other settings or a task whose splits are empty."""
+    Raises PCTDataError for a store made with other settings or a task whose splits are empty.
+
+    Several processes (``distributed``; the store on a file system every rank sees): rank 0 makes the
+    conditions and writes every file; the missing chunks go out in rounds of one chunk per rank, each computed
+    with the rows one process computes it with, and are gathered to rank 0, which writes them (a stopped run
+    resumes at the first missing chunk, with any number of processes). ``distributed.DistributedError`` when
+    the ranks' settings or task fingerprints differ (nothing is written then)."""
     path = Path(path)
     config = {**{k: v for k, v in asdict(cfg).items() if k != "draw_chunk"}, "task": task.name,
               "fingerprint": task.fingerprint()}
-    meta = _open(path, config)
+    dist.check_same(config, "trajectory store settings (with the task's fingerprint)")
+    main = dist.is_main()
+    meta = dist.all_ok(lambda: _open(path, config) if main else None, f"opening the trajectory store {path}")
     grid = task.grid(cfg.num_steps)
-    if not (path / "conditions.pt").is_file():
-        t0 = time.perf_counter()
-        n_train, n_val = split_sizes(cfg.n, cfg.val_fraction)
-        (ct, xt), (cv, xv) = task.split("train", n_train), task.split("val", n_val)
-        if not len(xt):
-            raise PCTDataError(f"task {task.name} gave no training conditions")
-        split = torch.cat([torch.zeros(len(xt), dtype=torch.long), torch.ones(len(xv), dtype=torch.long)])
-        with atomic_path(path / "conditions.pt") as tmp:
-            torch.save({"cond": cat_cond(ct, cv) if len(xv) else ct, "x_T": torch.cat([xt, xv]), "split": split}, tmp)
-        meta["timing"]["conditions_s"] = time.perf_counter() - t0
-        write_json(path / "store.json", meta)
+    dist.all_ok(lambda: _conditions(task, cfg, path, meta) if main else None, "making the PCT conditions")
     c = torch.load(path / "conditions.pt")
     N, keep = len(c["x_T"]), _stores_iterates(cfg, c["x_T"])
     n_chunks = math.ceil(N / cfg.chunk)
-    todo = [i for i in range(n_chunks) if not (path / f"chunk_{i:05d}.pt").is_file()][:max_chunks]
-    done = n_chunks - len([i for i in range(n_chunks) if not (path / f"chunk_{i:05d}.pt").is_file()])
-    if todo and done:  # every resume says where it resumed
+    missing = [i for i in range(n_chunks) if not (path / f"chunk_{i:05d}.pt").is_file()]
+    dist.check_same(missing, f"view of {path} (put the store on a file system every rank sees)")
+    todo, done = missing[:max_chunks], n_chunks - len(missing)
+    if todo and done and main:  # every resume says where it resumed
         print(f"PCT trajectories: resuming {path} at chunk {done}/{n_chunks} (the finished ones are kept)", flush=True)
-    for ci in tqdm(todo, desc=f"PCT trajectories ({task.name})", unit="chunk", disable=not progress or not todo):
-        t0 = time.perf_counter()
-        sl = slice(ci * cfg.chunk, min(N, (ci + 1) * cfg.chunk))
-        x_T, cond = c["x_T"][sl], index_cond(c["cond"], sl)
-        _, st = sample_sequential(task.model_fn, x_T, cond, grid=grid, return_trajectory=True)
-        part = {"x_star": st.trajectory.transpose(0, 1)}  # (B, T+1, ...)
-        if keep:
-            its = base_iterates(task.model_fn, grid, x_T, cond, cfg.iterates - 1, safeguard=cfg.safeguard,
-                                init=cfg.init)
-            part["iterates"] = torch.stack(its).movedim(2, 0)  # (B, K, T+1, ...)
-        with atomic_path(path / f"chunk_{ci:05d}.pt") as tmp:
-            torch.save(part, tmp)
-        tm = meta["timing"]
-        tm.update(chunks_s=tm["chunks_s"] + time.perf_counter() - t0, chunks=tm["chunks"] + 1,
-                  conditions=tm["conditions"] + sl.stop - sl.start)
-        write_json(path / "store.json", meta)
-    if all((path / f"chunk_{i:05d}.pt").is_file() for i in range(math.ceil(N / cfg.chunk))) and "var_k" not in meta:
-        meta["var_k"] = _var_k(task, cfg, grid, load(path, check=False))
-        write_json(path / "store.json", meta)
+    world = dist.world_size()
+    with tqdm(total=len(todo), desc=f"PCT trajectories ({task.name})", unit="chunk",
+              disable=not progress or not todo or not main) as bar:
+        for r0 in range(0, len(todo), world):  # one chunk per rank per round; one process: one chunk at a time
+            t0, rnd = time.perf_counter(), todo[r0:r0 + world]
+            parts = dist.shard_and_gather(lambda ids: [_chunk(task, cfg, grid, c, ci, keep) for ci in ids], rnd)
+
+            def write(rnd=rnd, parts=parts, t0=t0):
+                for ci, part in zip(rnd, parts, strict=True):
+                    with atomic_path(path / f"chunk_{ci:05d}.pt") as tmp:
+                        torch.save(part, tmp)
+                tm = meta["timing"]  # one process: per chunk; several: per round (wall time)
+                tm.update(chunks_s=tm["chunks_s"] + time.perf_counter() - t0, chunks=tm["chunks"] + len(rnd),
+                          conditions=tm["conditions"] + sum(len(p["x_star"]) for p in parts))
+                write_json(path / "store.json", meta)
+
+            dist.all_ok(lambda: write() if main else None, f"writing the trajectory store {path}")
+            bar.update(len(rnd))
+    complete = all((path / f"chunk_{i:05d}.pt").is_file() for i in range(n_chunks))
+    need = complete and "var_k" not in (meta if main else json.loads((path / "store.json").read_text()))
+    dist.check_same(need, f"view of {path} (put the store on a file system every rank sees)")
+    if need:
+        var_k = _var_k(task, cfg, grid, load(path, check=False))
+
+        def finish():
+            meta["var_k"] = var_k
+            write_json(path / "store.json", meta)
+
+        dist.all_ok(lambda: finish() if main else None, f"writing the trajectory store {path}")
     return path
+
+
+def _conditions(task, cfg: PCTData, path: Path, meta: dict) -> None:
+    """``conditions.pt`` (cond, x_T, split: the training split first) unless it is there."""
+    if (path / "conditions.pt").is_file():
+        return
+    t0 = time.perf_counter()
+    n_train, n_val = split_sizes(cfg.n, cfg.val_fraction)
+    (ct, xt), (cv, xv) = task.split("train", n_train), task.split("val", n_val)
+    if not len(xt):
+        raise PCTDataError(f"task {task.name} gave no training conditions")
+    split = torch.cat([torch.zeros(len(xt), dtype=torch.long), torch.ones(len(xv), dtype=torch.long)])
+    with atomic_path(path / "conditions.pt") as tmp:
+        torch.save({"cond": cat_cond(ct, cv) if len(xv) else ct, "x_T": torch.cat([xt, xv]), "split": split}, tmp)
+    meta["timing"]["conditions_s"] = time.perf_counter() - t0
+    write_json(path / "store.json", meta)
+
+
+def _chunk(task, cfg: PCTData, grid, c: dict, ci: int, keep: bool) -> dict:
+    """Chunk ``ci``: X* (B, T+1, ...) and, when ``keep``, the base iterates (B, K, T+1, ...) of its rows."""
+    sl = slice(ci * cfg.chunk, min(len(c["x_T"]), (ci + 1) * cfg.chunk))
+    x_T, cond = c["x_T"][sl], index_cond(c["cond"], sl)
+    _, st = sample_sequential(task.model_fn, x_T, cond, grid=grid, return_trajectory=True)
+    part = {"x_star": st.trajectory.transpose(0, 1)}  # (B, T+1, ...)
+    if keep:
+        its = base_iterates(task.model_fn, grid, x_T, cond, cfg.iterates - 1, safeguard=cfg.safeguard, init=cfg.init)
+        part["iterates"] = torch.stack(its).movedim(2, 0)  # (B, K, T+1, ...)
+    return part
 
 
 def _var_k(task, cfg: PCTData, grid, data: dict) -> list[float]:
     """Var_k = mean over the first ``var_n`` training conditions of mean((X^k - X*)^2), k = 0..K-1 (per-sample
-    means in float32 numpy, summed in float64)."""
+    means in float32 numpy, summed in float64, chunk by chunk in order; several processes share the chunks)."""
     idx = (data["split"] == 0).nonzero().flatten()[:cfg.var_n]
+
+    def sums(starts):
+        out = []
+        for i0 in starts:
+            n = idx[i0:i0 + cfg.chunk]
+            if data["iterates"] is not None:
+                its = data["iterates"][n]
+            else:
+                its = torch.stack(base_iterates(task.model_fn, grid, data["x_T"][n], index_cond(data["cond"], n),
+                                                cfg.iterates - 1, safeguard=cfg.safeguard, init=cfg.init)).movedim(2, 0)
+            its, xs = its.numpy(), data["x_star"][n].numpy()
+            out.append(((its - xs[:, None]) ** 2).reshape(len(its), cfg.iterates, -1).mean(-1).sum(0))
+        return out
+
     total = np.zeros(cfg.iterates)
-    for i0 in range(0, len(idx), cfg.chunk):
-        n = idx[i0:i0 + cfg.chunk]
-        if data["iterates"] is not None:
-            its = data["iterates"][n]
-        else:
-            its = torch.stack(base_iterates(task.model_fn, grid, data["x_T"][n], index_cond(data["cond"], n),
-                                            cfg.iterates - 1, safeguard=cfg.safeguard, init=cfg.init)).movedim(2, 0)
-        its, xs = its.numpy(), data["x_star"][n].numpy()
-        total += ((its - xs[:, None]) ** 2).reshape(len(its), cfg.iterates, -1).mean(-1).sum(0)
+    for part in dist.shard_and_gather(sums, range(0, len(idx), cfg.chunk)):
+        total += part
     return (total / max(1, len(idx))).tolist()
 
 

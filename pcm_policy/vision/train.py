@@ -192,10 +192,14 @@ def save_pipeline(pipe, folder: str | Path) -> Path:
 
 # ---------------------------------------------------------------- training stages
 
-def _indices(n: int, batch: int):
-    """Random minibatch indices forever, from the global torch RNG (which the loop seeds and resumes)."""
+def _indices(n: int, batch: int, draw=None):
+    """Random minibatch indices forever, from the global torch RNG (which the loop seeds and resumes), with the
+    loss's per-row draws ``draw(batch)`` (a dict of (batch, ...) tensors) made right after them: the values the
+    loss drew itself before, in the same order, and drawn with the whole batch so that each of several processes
+    gets its rows' own (``training.distributed``)."""
     while True:
-        yield {"idx": torch.randint(0, n, (batch,))}
+        idx = torch.randint(0, n, (batch,))
+        yield {"idx": idx, **(draw(batch) if draw is not None else {})}
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -235,8 +239,11 @@ def train_autoencoder(cfg: ModelConfig, run_dir: Path, images: np.ndarray, val_i
             out = ae(x)
             return torch.nn.functional.mse_loss(out.sample, x) + out.commit_loss.mean()
         post = ae.encode(x).latent_dist
-        rec = ae.decode(post.sample()).sample
+        rec = ae.decode(post.mean + post.std * batch["noise"]).sample  # post.sample() with the batch's noise
         return torch.nn.functional.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean()
+
+    def draw(b):  # the KL autoencoder's posterior sample noise
+        return {"noise": torch.randn((b, cfg.latent_channels, _latent_size(cfg), _latent_size(cfg)))}
 
     def val_fn(m):
         return {"val_psnr": _psnr(reconstruct(m, val_images), val_images)}
@@ -245,7 +252,8 @@ def train_autoencoder(cfg: ModelConfig, run_dir: Path, images: np.ndarray, val_i
         if step >= 0:
             m.save_pretrained(run_dir / "model")
 
-    train(ae, loss_fn, _indices(len(images), cfg.ae_batch), cfg.loop("ae"), run_dir, save_fn, val_fn,
+    train(ae, loss_fn, _indices(len(images), cfg.ae_batch, None if vq else draw), cfg.loop("ae"), run_dir, save_fn,
+          val_fn,
           desc=f"{cfg.family} autoencoder", config={"stage": "ae", **cfg.ae_fields()})
     return ae.eval().requires_grad_(False)
 
@@ -285,11 +293,18 @@ def train_unet(cfg: ModelConfig, run_dir: Path, ae, images: np.ndarray, labels: 
                   return_tensors="pt").input_ids
         emb = text_encoder(ids)[0]
 
-    def noisy(idx):
-        z = mu[idx] if std is None else mu[idx] + std[idx] * torch.randn_like(std[idx])
+    def draw(b):  # the per-row draws of the loss, in the order it used them: posterior noise, t, eps, dropout
+        rows = torch.zeros(b, dtype=torch.long)  # randn_like(latents[rows]): their memory layout (channels last)
+        out = {} if std is None else {"z_noise": torch.randn_like(std[rows])}
+        out.update(t=torch.randint(0, len(acp), (b,)), eps=torch.randn_like(mu[rows]))
+        if emb is not None:
+            out["drop"] = torch.rand(b) < cfg.cfg_dropout
+        return out
+
+    def noisy(batch):
+        idx, t, eps = batch["idx"], batch["t"], batch["eps"]
+        z = mu[idx] if std is None else mu[idx] + std[idx] * batch["z_noise"]
         z = z * sf
-        t = torch.randint(0, len(acp), (len(idx),))
-        eps = torch.randn_like(z)
         a = acp[t].view(-1, 1, 1, 1)
         return a.sqrt() * z + (1 - a).sqrt() * eps, t, eps  # q(x_t | x_0), DDPM eq. 4
 
@@ -302,10 +317,8 @@ def train_unet(cfg: ModelConfig, run_dir: Path, ae, images: np.ndarray, labels: 
         return m(x_t, t, encoder_hidden_states=emb[c]).sample
 
     def loss_fn(batch):
-        idx = batch["idx"]
-        x_t, t, eps = noisy(idx)
-        drop = torch.rand(len(idx)) < cfg.cfg_dropout if emb is not None else None
-        return torch.nn.functional.mse_loss(predict(unet, x_t, t, idx, drop), eps)
+        x_t, t, eps = noisy(batch)
+        return torch.nn.functional.mse_loss(predict(unet, x_t, t, batch["idx"], batch.get("drop")), eps)
 
     g = torch.Generator().manual_seed(1234)  # a fixed validation batch: train latents at fixed t and noise
     v_idx = torch.randperm(len(mu), generator=g)[:256]
@@ -322,7 +335,7 @@ def train_unet(cfg: ModelConfig, run_dir: Path, ae, images: np.ndarray, labels: 
         if step >= 0:
             save_pipeline(build_pipeline(cfg, ae, m, text_encoder), run_dir.parent / "model")
 
-    train(unet, loss_fn, _indices(len(mu), cfg.unet_batch), cfg.loop("unet"), run_dir, save_fn, val_fn,
+    train(unet, loss_fn, _indices(len(mu), cfg.unet_batch, draw), cfg.loop("unet"), run_dir, save_fn, val_fn,
           desc=f"{cfg.family} unet", config={"stage": "unet", **asdict(cfg)})
     return unet.eval()
 
@@ -348,10 +361,19 @@ def train_model(cfg: ModelConfig | str, run_dir: str | Path, *, num_train: int |
     metrics), ``log_ae.jsonl`` / ``log_unet.jsonl`` and (``evaluate``) ``samples.png``. Resumable.
 
     ``num_train`` uses only the first n training digits of each class' order (tests). Returns the folder.
+
+    Several processes (``torchrun``; ``training.distributed.init_from_env`` called first): both stages train
+    data-parallel (``ae_batch`` and ``unet_batch`` are whole batches; ValueError before any work when the
+    process count does not divide them), rank 0 alone writes (states, logs, the pipeline folder, TRAINING.json,
+    samples); the other ranks return the folder once trained. ``DistributedError``: see ``training.train``.
     """
+    from ..training import distributed as dist
+
     cfg = PRESETS[cfg] if isinstance(cfg, str) else cfg
     if cfg.family not in ("ldm", "sd"):
         raise ValueError(f"family must be 'ldm' or 'sd', got {cfg.family!r}")
+    dist.check_divisible(cfg.ae_batch, "ae_batch")
+    dist.check_divisible(cfg.unet_batch, "unet_batch")
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     images, labels = data.digits("train")
@@ -364,6 +386,8 @@ def train_model(cfg: ModelConfig | str, run_dir: str | Path, *, num_train: int |
     text = _text_encoder(cfg) if cfg.family == "sd" else None
     unet = train_unet(cfg, run_dir / "unet", ae, images, labels, text)
     folder = run_dir / "model"
+    if not dist.is_main():  # rank 0 writes the folder and its report
+        return folder
     save_pipeline(build_pipeline(cfg, ae, unet, text), folder)
     logs = {stage: _log(run_dir / stage) for stage in ("ae", "unet")}
     for stage in logs:

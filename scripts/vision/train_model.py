@@ -5,6 +5,7 @@
     python scripts/vision/train_model.py --family sd              # AutoencoderKL + UNet2DConditionModel +
                                                                   # CLIP text encoder, SD v1.4 layout
     python scripts/vision/train_model.py --family ldm --out checkpoints/vision/ldm_mnist --force   # ship
+    torchrun --standalone --nproc_per_node=N scripts/vision/train_model.py --family ldm   # N processes (CPU)
 
 Runs go to --run-dir (default runs/vision/<family>_mnist); rerunning the same command resumes there (a
 finished stage is not retrained; another config is refused). The pipeline folder is run_dir/model
@@ -12,6 +13,8 @@ finished stage is not retrained; another config is refused). The pipeline folder
 seconds, logs, metrics), log_*.jsonl and samples.png. --out copies it (classifier: its two files) to a
 folder; files git tracks (the shipped checkpoints/) are replaced only with --force.
 These are SMALL STAND-INS trained on 4,000 MNIST digits: never CelebA-HQ or SD v1.4 results.
+Under torchrun (ldm, sd) the N processes train data-parallel (gloo, CPU): each stage's batch is split over
+them (it must be divisible by N), rank 0 alone writes; a stopped run resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def main(argv=None) -> int:
 
     from pcm_policy.io import check_not_shipped
     from pcm_policy.training import ResumeError
+    from pcm_policy.training import distributed as dist
 
     torch.set_num_threads(args.threads)
     command = "python " + shlex.join(["scripts/vision/train_model.py", *(sys.argv[1:] if argv is None else argv)])
@@ -61,6 +65,9 @@ def main(argv=None) -> int:
     try:
         if args.out is not None:  # refuse before hours of training, not after
             check_not_shipped(args.out, args.force, "--force", "--out")
+        world = dist.env_world_size()
+        if args.family == "classifier" and world > 1:
+            raise ValueError("--family classifier trains in one process; run it without torchrun")
         if args.family == "classifier":
             from pcm_policy.vision.classifier import train_classifier
 
@@ -77,7 +84,12 @@ def main(argv=None) -> int:
         if preset not in PRESETS or PRESETS[preset].family != args.family:
             raise ValueError(f"--preset must be one of {[k for k, v in PRESETS.items() if v.family == args.family]}")
         cfg = with_overrides(PRESETS[preset], ae_steps=args.ae_steps, unet_steps=args.unet_steps)
+        dist.check_divisible(cfg.ae_batch, "the autoencoder batch (ae_batch)", world)  # before any work
+        dist.check_divisible(cfg.unet_batch, "the UNet batch (unet_batch)", world)
+        dist.init_from_env("cpu")  # torchrun: join the process group (one process: nothing)
         folder = train_model(cfg, run_dir, evaluate=not args.no_eval, command=command)
+        if not dist.is_main():
+            return 0
         if args.out is not None:
             tmp = args.out.with_name(args.out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -85,9 +97,11 @@ def main(argv=None) -> int:
             shutil.rmtree(args.out, ignore_errors=True)
             tmp.rename(args.out)
         print(f"{args.family} model -> {folder if args.out is None else args.out}")
-    except (ValueError, ResumeError, OSError) as e:
+    except (ValueError, ResumeError, OSError, dist.DistributedError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    finally:
+        dist.shutdown()
     return 0
 
 
