@@ -12,7 +12,6 @@ GPU r (nccl), ``device: cpu`` uses gloo.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from ..device import check_threads, pick_device
 from ..io import check_not_shipped
 from ..training import LoopConfig, infinite_batches, train
-from ..training.distributed import init_from_env, world_size
+from ..training.distributed import check_divisible, env_world_size, init_from_env, world_size
 from .checkpoint import load_policy, save_policy
 from .dataset import PushTLowdimDataset
 from .normalizer import NormalizerDict
@@ -57,9 +56,7 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
     loop = LoopConfig(**{k: v for k, v in tr.items() if k != "batch_size"})  # every setting checked before any work
     if not (isinstance(tr["batch_size"], int) and tr["batch_size"] >= 1):
         raise ValueError(f"training batch_size must be an integer >= 1, got {tr['batch_size']!r}")
-    if tr["batch_size"] % world_size_from_env():
-        raise ValueError(f"training batch_size {tr['batch_size']} is not divisible by the {world_size_from_env()} "
-                         "processes; choose a multiple of --nproc_per_node")
+    check_divisible(tr["batch_size"], "training batch_size", env_world_size())
     device = init_from_env(device.type)  # joins torchrun's process group (WORLD_SIZE > 1): cuda:LOCAL_RANK or cpu
     run_dir = resolve(cfg["run_dir"])
     check_not_shipped(run_dir, bool(cfg["force"]), "force=true", "run_dir")
@@ -127,14 +124,6 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
     if world_size() == 1 or torch.distributed.get_rank() == 0:
         print(f"done: EMA checkpoint at {run_dir / 'checkpoint'}")
     return run_dir / "checkpoint"
-
-
-def world_size_from_env() -> int:
-    """The process count ``torchrun`` announces (``WORLD_SIZE``), 1 outside it (checked before any work)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
 
 
 class NoisedBatches:
