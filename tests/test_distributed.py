@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from diffusers import DDIMScheduler
 from torch import nn
 
-from pcm_policy.sampling import Sharded, linear_schedule, sample_pcm, sample_picard, step_grid
+from pcm_policy import paper  # noqa: F401  (registers the feature space that run() mixes in)
+from pcm_policy.sampling import Sharded, Switch, sample_pcm, sample_picard, step_grid
 
 T = 10
 
@@ -37,7 +38,7 @@ def run(denoise):
     sched = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
     kw = dict(grid=step_grid(sched, T))
     x1, s1 = sample_picard(denoise, x_T, cond, window=7, tol=0.0, **kw)
-    x2, s2 = sample_pcm(denoise, x_T, cond, schedule=linear_schedule(1, 3), space="feature", tol=0.0, **kw)
+    x2, s2 = sample_pcm(denoise, x_T, cond, schedule=Switch(1, 3, "feature"), tol=0.0, **kw)
     return x1, x2, s1.iterations, s2.iterations
 
 

@@ -4,11 +4,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from pcm_policy import paper  # noqa: F401  (registers the feature space one test mixes in)
 from pcm_policy.lora import add_lora
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
 from pcm_policy.sampling import (
+    Switch,
     ThreadPolicy,
-    linear_schedule,
     num_threads,
     sample_pcm,
     sample_picard,
@@ -141,13 +142,13 @@ def test_pcm_lora_scale_reaches_the_adapter():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
     x_T, _, c = rows(pol, 1, seed=2)
-    kw = dict(grid=step_grid(pol.noise_scheduler, 10, solver="ddim"), schedule=linear_schedule(1, 3),
-              tol=0.0, max_iters=3)
-    for space in ("weight", "feature"):
-        ref, _ = sample_pcm(pol.model_fn, x_T, c, space=space, **kw)
-        same, _ = sample_pcm(ThreadPolicy(pol.model_fn, 1, 1), x_T, c, space=space, **kw)
+    kw = dict(grid=step_grid(pol.noise_scheduler, 10, solver="ddim"), tol=0.0, max_iters=3)
+    for space in ("weight", "feature"):  # feature: the paper's mixing (pcm_policy.paper, registered on import)
+        kw["schedule"] = Switch(1, 3, space)
+        ref, _ = sample_pcm(pol.model_fn, x_T, c, **kw)
+        same, _ = sample_pcm(ThreadPolicy(pol.model_fn, 1, 1), x_T, c, **kw)
         assert torch.equal(same, ref)  # same threads: bitwise, so lora_scale arrives unchanged
-        out, _ = sample_pcm(ThreadPolicy(pol.model_fn, 1, 2), x_T, c, space=space, **kw)
+        out, _ = sample_pcm(ThreadPolicy(pol.model_fn, 1, 2), x_T, c, **kw)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # truncated iterates: |x| up to ~10
     assert torch.get_num_threads() == 1
 
