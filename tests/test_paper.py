@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_pct import env  # noqa: F401  (fixture: a tiny base checkpoint and demonstration store)
+from vision_helpers import ldm_dir  # noqa: F401  (fixture: a tiny saved LDM)
 
 from pcm_policy.lora import add_lora
 from pcm_policy.paper import FullCopy, add_full_copy, full_copy_of
@@ -138,3 +139,30 @@ def test_the_paper_configs_train_an_exact_adapter_on_a_smoke_budget(env, tmp_pat
     ref, _ = make_sampler("ddim", policy.noise_scheduler, num_steps=spec.num_steps)(policy.model_fn, x_T, c)
     x, st = make_sampler(spec.replace(tol=0.0, k=None), policy.noise_scheduler)(policy.model_fn, x_T, c)
     assert st.converged and torch.allclose(x, ref, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_image_paper_config_trains_an_exact_adapter_on_a_smoke_budget(ldm_dir, tmp_path):  # noqa: F811
+    """``train_pct.py task=celeba pct=image_paper`` (the paper's objective and feature-space ramps on images) on a
+    tiny LDM and a smoke budget: a tuned adapter whose spec is exact (tol 0 == DDIM)."""
+    from test_vision_pct import compose, make_data, run_pct
+
+    from pcm_policy.adapters import load_adapter_folder as load_folder
+    from pcm_policy.sampling import make_sampler
+    from pcm_policy.vision import load_model, model_function
+
+    out = tmp_path / "out"
+    cfg = compose(["task=celeba", "pct=image_paper", f"task.model={ldm_dir}", "task.n=6", "task.num_steps=6",
+                   "task.iterates=4", f"work_dir={tmp_path / 'w'}", f"out={out}", "pct.training.steps=2",
+                   "pct.training.warmup_steps=1", "pct.training.val_every=1", "pct.training.log_every=1",
+                   "pct.val.n=2", "pct.val.k_max=1", "pct.tune.k_max=2", "pct.tune.anderson=[0]"])
+    run_pct(cfg, "test", ROOT)
+    model = load_model(ldm_dir)
+    spec, meta = load_folder(model.unet, out)
+    assert meta["tuned"] and meta["config"]["pct"]["name"] == "image_paper"
+    assert {c["spec"]["switch"]["space"] for c in meta["metrics"]["candidates"]} == {"weight", "feature"}
+    fn, grid = model_function(model, 7.5), step_grid(model.scheduler, 6, solver="ddim")
+    data = make_data(model, fn, grid, 2, 6, seed_base=7, path=tmp_path / "check")
+    ref, _ = sample_sequential(fn, data["x_T"], data["cond"], grid=grid)
+    x, st = make_sampler(spec.replace(tol=0.0, k=None), model.scheduler)(fn, data["x_T"], data["cond"])
+    assert st.converged and torch.allclose(x, ref, atol=1e-4)
