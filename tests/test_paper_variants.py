@@ -22,6 +22,7 @@ from pcm_policy.sampling import (
     make_sampler,
     paradigms_update,
     sample_pcm,
+    sample_picard,
     sample_sequential,
     step_grid,
 )
@@ -76,6 +77,32 @@ def test_chain_update_is_x_next_equals_F_of_x():
 def test_chain_finite_inputs_never_give_non_finite_outputs():
     core.test_finite_inputs_never_give_non_finite_outputs(
         updates=lambda pick: {"update": pick([paradigms_update, chain_update])})
+
+
+def test_pct_phi_by_update_rule():
+    """PCT's Phi_theta (``training.pct.phi``) by the core's rule is the sampler core's full-window ``picard_update``
+    bit for bit; ``pct.form=chain`` (``pct_loss(form="chain")``) takes Phi = F_j(x_j) at every position."""
+    from pcm_policy.sampling import ddim_step, picard_update, repeat_cond
+    from pcm_policy.training.pct import pct_loss, phi
+
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    grid = step_grid(ddim(), T)
+    _, st = sample_picard(model, x_T, cond, grid=grid, tol=0.0, max_iters=2, return_iterates=True)
+    X = st.iterates[2]  # a trajectory (T+1, B, ...) that is not the fixed point
+    with torch.no_grad():
+        B = X.shape[1]
+        out = model(X[:T].flatten(0, 1), grid.timesteps.repeat_interleave(B), repeat_cond(cond, T), lora_scale=1.0)
+        want = torch.cat([X[:1], picard_update(grid, X[:T], out, 0, X[0])])
+        assert torch.equal(phi(model, X, cond, grid), want)
+        fx = ddim_step(grid, X[:T].flatten(0, 1), out, torch.arange(T).repeat_interleave(B)).view_as(X[:T])
+        assert torch.equal(phi(model, X, cond, grid, update=chain_update), torch.cat([X[:1], fx]))
+        target = X + 1.0
+        batch = {"x_k": X.transpose(0, 1), "x_star": target.transpose(0, 1), "cond": cond, "k": torch.zeros(B).long()}
+        for form, new in (("paradigms", want), ("chain", torch.cat([X[:1], fx]))):
+            got = pct_loss(model, batch, grid, torch.ones(1), form=form)
+            assert torch.allclose(got, (new[1:] - target[1:]).pow(2).mean(), rtol=1e-6)
+        with pytest.raises(ValueError, match="pct.form"):
+            pct_loss(model, batch, grid, torch.ones(1), form="jacobi")
 
 
 # ---------------------------------------------------------------- feature space (supplement Table 3)
