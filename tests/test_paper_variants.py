@@ -20,12 +20,12 @@ from pcm_policy.sampling import (
     SamplerSpec,
     Switch,
     make_sampler,
-    paradigms_update,
     sample_pcm,
     sample_picard,
     sample_sequential,
     step_grid,
 )
+from pcm_policy.sampling.picard import paradigms_update
 
 
 def test_importing_the_paper_registers_its_names_once():
@@ -185,3 +185,18 @@ def test_the_core_alone_refuses_the_paper_names_saying_what_to_import(monkeypatc
         Switch(0, 2, "feature")
     with pytest.raises(ValueError, match="pcm_policy.paper"):
         SamplerSpec.from_dict({"name": "picard", "form": "chain"})
+
+
+def test_every_shipped_adapter_spec_reads_back_to_the_same_dict():
+    """Every shipped adapter.json names the core's space and form (or none): its spec reads and writes back the
+    same dict, so shipped folders, their cache keys and the JSON written from them keep their bytes."""
+    from pathlib import Path
+
+    from pcm_policy.adapters import read_adapter_config
+
+    folders = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "checkpoints").rglob("adapter.json"))
+    assert len(folders) >= 4
+    for folder in folders:
+        spec, meta = read_adapter_config(folder)
+        assert spec.to_dict() == meta["sampler"] and spec.form == "paradigms", folder
+        assert spec.switch is None or spec.switch.space == "weight", folder

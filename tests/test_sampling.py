@@ -477,7 +477,8 @@ def test_spec_form_names_the_update_rule_and_keeps_old_keys(monkeypatch):
     """SamplerSpec.form names Picard's update rule in ``FORMS`` (the core's own: "paradigms", left out of to_dict so
     keys written before it stay valid); a name nobody registered is refused, saying where the paper's come from; a
     registered one reaches the samplers (the paper's "chain": ``test_paper_variants.py``)."""
-    from pcm_policy.sampling import FORMS, Switch, make_sampler, paradigms_update
+    from pcm_policy.sampling import FORMS, Switch, make_sampler
+    from pcm_policy.sampling.picard import paradigms_update
 
     spec = SamplerSpec.named("pcm", switch=Switch(1, 1), num_steps=T, tol=0.0)
     assert "form" not in spec.to_dict() and SamplerSpec.from_dict(spec.to_dict()) == spec

@@ -8,20 +8,10 @@ it returns ``(x_0, SampleStats)``. ``spec.py`` turns a ``SamplerSpec`` into a re
 """
 
 from .ddim import Grid, ddim_step, draw_noise, predicted_x0, sample_sequential, step_grid
-from .denoiser import Cond, ModelFn, SampleStats, call_model, index_cond, repeat_cond, row_calls
+from .denoiser import Cond, ModelFn, SampleStats, call_model, index_cond, repeat_cond
 from .newton import sample_newton
-from .pcm import SPACES, Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm, with_space
-from .picard import (
-    FORMS,
-    INITS,
-    TAA,
-    Jump,
-    initial_trajectory,
-    paradigms_update,
-    picard_loop,
-    picard_update,
-    sample_picard,
-)
+from .pcm import SPACES, Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
+from .picard import FORMS, INITS, TAA, Jump, initial_trajectory, picard_loop, picard_update, sample_picard
 from .scheduler_loop import sample_with_scheduler
 from .spec import DEFAULTS, ITERATIVE, K_STEPS, SAMPLERS, Sampler, SamplerSpec, make_sampler, spec_with
 from .srds import sample_srds
@@ -31,7 +21,7 @@ __all__ = [
     "DEFAULTS", "FORMS", "INITS", "ITERATIVE", "K_STEPS", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Jump", "Cond",
     "Grid", "ModelFn", "SPACES", "SampleStats", "Sampler", "SamplerSpec", "Sharded", "Switch", "ThreadPolicy",
     "call_model", "ddim_step", "draw_noise", "hard_switch", "index_cond", "initial_trajectory", "linear_schedule",
-    "make_sampler", "num_threads", "paradigms_update", "pcm_evaluator", "picard_loop", "picard_update", "predicted_x0",
-    "repeat_cond", "row_calls", "sample_newton", "sample_pcm", "sample_picard", "sample_sequential", "sample_srds",
-    "sample_with_scheduler", "spec_with", "step_grid", "switch_cost_us", "with_space",
+    "make_sampler", "num_threads", "pcm_evaluator", "picard_loop", "picard_update", "predicted_x0", "repeat_cond",
+    "sample_newton", "sample_pcm", "sample_picard", "sample_sequential", "sample_srds", "sample_with_scheduler",
+    "spec_with", "step_grid", "switch_cost_us",
 ]

@@ -30,27 +30,13 @@ from .ddim import Grid, draw_noise
 from .denoiser import Cond, SampleStats, call_model, row_calls
 from .picard import TAA, Jump, Update, paradigms_update, picard_loop
 
-__all__ = ["SPACES", "Switch", "linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm", "with_space"]
+__all__ = ["SPACES", "Switch", "linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm"]
 
 Schedule = Callable[[int], float]
 _MAX_K = 100_000
 # lambda's spaces by name (``Switch.space``): a model-function wrapper giving ``lora_scale`` that space's meaning, or
 # None for the core's weight space (the model function's own lora_scale); ``pcm_policy.paper`` adds "feature"
 SPACES: dict[str, Callable | None] = {"weight": None}
-
-
-def _check_space(space: str) -> None:
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {', '.join(sorted(SPACES))}, got {space!r} (the paper's feature space "
-                         "is registered by importing pcm_policy.paper)")
-
-
-def with_space(model_fn, space: str = "weight"):
-    """``model_fn`` with lambda acting in ``space`` (``SPACES``): itself for "weight", else wrapped. Raises
-    ValueError for a space nobody registered."""
-    _check_space(space)
-    wrap = SPACES[space]
-    return model_fn if wrap is None else wrap(model_fn)
 
 
 def linear_schedule(k_on: int, k_off: int) -> Schedule:
@@ -80,7 +66,9 @@ class Switch:
 
     def __post_init__(self):
         linear_schedule(self.k_on, self.k_off)  # validates
-        _check_space(self.space)
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(sorted(SPACES))}, got {self.space!r} (the paper's "
+                             "feature space is registered by importing pcm_policy.paper)")
 
     def __call__(self, k: int) -> float:
         return linear_schedule(self.k_on, self.k_off)(k)
@@ -94,7 +82,7 @@ def hard_switch(k_switch: int) -> Schedule:
 def pcm_evaluator(model_fn, schedule: Schedule, lambdas: list | None = None):
     """``picard_loop``'s model call for PCM and the lambda it uses: (evaluate, lam_of). Iteration k calls
     ``model_fn`` with ``lora_scale`` = lambda = schedule(k) (a space other than weight: wrap ``model_fn``,
-    ``with_space``; its cost per row is ``denoiser.row_calls``). ``lambdas``, if given, records each iteration's
+    ``SPACES``; its cost per row is ``denoiser.row_calls``). ``lambdas``, if given, records each iteration's
     lambda. No ``no_grad`` here: the caller decides (``sample_pcm`` runs without gradients)."""
     if not callable(schedule):
         raise ValueError("schedule must be a callable k -> lambda, e.g. linear_schedule(k_on, k_off)")
@@ -134,7 +122,7 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
         model_fn: ``model_fn(x, t, cond, lora_scale=...)``; it must accept a float and, with a ``jump`` at
             lambdas other than the iterations', a per-row tensor ``(N,)`` (``pcm_policy.lora.LoraScale`` does both).
         schedule: k -> lambda, e.g. ``Switch(k_on, k_off)`` or ``linear_schedule``; must reach 0 unless
-            ``max_iters`` is given. A ``Switch``'s space wraps ``model_fn`` (``with_space``); other schedules act in
+            ``max_iters`` is given. A ``Switch``'s space wraps ``model_fn`` (``SPACES``); other schedules act in
             weight space.
         taa: TAA on the base (lambda = 0) iterations; None: plain Picard updates.
         jump: the anytime estimate (``picard.Jump``): one more row per call at the jump's own lambdas (1:
@@ -146,7 +134,8 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
         ValueError: a schedule that never reaches 0 without ``max_iters``, a non-finite lambda,
             and everything ``sample_picard`` raises.
     """
-    model_fn = with_space(model_fn, getattr(schedule, "space", "weight"))
+    wrap = SPACES[getattr(schedule, "space", "weight")]  # lambda's space: the model function's own, or a wrapper
+    model_fn = model_fn if wrap is None else wrap(model_fn)
     lambdas: list[float] = []
     evaluate, lam_of = pcm_evaluator(model_fn, schedule, lambdas)
     if max_iters is None and all(float(schedule(k)) != 0.0 for k in range(_MAX_K)):

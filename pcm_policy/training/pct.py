@@ -41,13 +41,12 @@ from ..sampling import (
     Switch,
     ddim_step,
     index_cond,
-    paradigms_update,
     predicted_x0,
     repeat_cond,
     sample_pcm,
     sample_sequential,
 )
-from ..sampling.picard import Update
+from ..sampling.picard import Update, paradigms_update
 
 __all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidates", "choose_schedule", "jump_loss",
            "jump_draws_from_config", "make_val_fn", "objective", "pcm_distances", "pct_loss", "phi", "run_config",
