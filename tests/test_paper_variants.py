@@ -75,8 +75,7 @@ def test_chain_update_is_x_next_equals_F_of_x():
 
 @torch.no_grad()
 def test_chain_finite_inputs_never_give_non_finite_outputs():
-    core.test_finite_inputs_never_give_non_finite_outputs(
-        updates=lambda pick: {"update": pick([paradigms_update, chain_update])})
+    core.test_finite_inputs_never_give_non_finite_outputs(updates=lambda pick: {"update": chain_update}, settings=10)
 
 
 def test_pct_phi_by_update_rule():
