@@ -8,7 +8,12 @@ An adapter folder holds two files:
     adapter.json         ``{"sampler": SamplerSpec.to_dict(), **meta}``: the spec the adapter was tuned for,
                          then whatever its trainer recorded (metrics, command, config, ...)
 
-This module sits above ``sampling`` (the spec) and ``lora`` (peft); neither imports it. A task picks the
+Spec keys of the paper's variants (one rule): a spec's ``form`` and ``switch.space`` are names the sampler core
+looks up in ``sampling.FORMS`` / ``sampling.SPACES``; the core's own are "paradigms" and "weight", and this module
+imports ``pcm_policy.paper``, which registers the paper's "chain" (``paper.chain_update``) and "feature"
+(``paper.FeatureMix``), so every shipped ``adapter.json`` loads unchanged, whichever it names.
+
+This module sits above ``sampling`` (the spec), ``lora`` (peft) and ``paper``; none of them imports it. A task picks the
 module that carries the adapter (PushT: the policy's UNet; images: the diffusers UNet) and passes it in.
 """
 
@@ -20,6 +25,7 @@ from pathlib import Path
 
 from torch import nn
 
+from . import paper  # noqa: F401  (registers the paper's spec names "chain" and "feature": module doc)
 from .io import atomic_path, read_json, read_safetensors, write_json
 from .sampling import SAMPLERS, Sampler, SamplerSpec, make_sampler, spec_with
 from .solvers import SOLVERS

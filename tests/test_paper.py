@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_pct import env  # noqa: F401  (fixture: a tiny base checkpoint and demonstration store)
+from vision_helpers import ldm_dir  # noqa: F401  (fixture: a tiny saved LDM)
 
 from pcm_policy.lora import add_lora
 from pcm_policy.paper import FullCopy, add_full_copy, full_copy_of
@@ -105,3 +107,62 @@ def test_the_shipped_paper_adapter_loads_as_a_full_copy():
     spec, meta = load_adapter_folder(p, folder)
     assert meta["finetune"] == "full" and full_copy_of(p) is not None and spec.switch == Switch(1, 1)
     assert meta["config"]["pct"]["objective"] == "picard" and meta["config"]["pct"]["name"] == "paper_full"
+
+
+# ---------------------------------------------------------------- the paper's configs still run (smoke budgets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pct,more", [("paper_cpu", []), ("paper", []), ("paper_full", []),
+                                      ("paper_cpu", ["pct.form=chain"])])
+def test_the_paper_configs_train_an_exact_adapter_on_a_smoke_budget(env, tmp_path, pct, more):  # noqa: F811
+    """``train_pct.py task=pusht pct=paper_cpu|paper|paper_full`` (and the chain form) through the one driver on
+    a smoke budget: the adapter folder records the paper's objective and its spec is exact (tol 0 == DDIM)."""
+    from test_pct import SMOKE, compose
+
+    from pcm_policy.pusht.task import pct_task
+    from pcm_policy.sampling import make_sampler
+    from pcm_policy.training.pct import run_pct
+
+    cfg = compose(["task=pusht", f"pct={pct}", f"base={env / 'base'}", f"task.dataset={env / 'demos.zarr'}",
+                   f"work_dir={tmp_path / 'w'}", f"out={tmp_path / 'out'}", *SMOKE, "pct.k_max=2", *more])
+    task, data, extra = pct_task(cfg, ROOT)
+    run_pct(task, cfg["pct"], data, out=tmp_path / "out", run_dir=tmp_path / "w/train", data_path=tmp_path / "w/d",
+            config=cfg, extra=extra)
+    policy = load_policy(env / "base")
+    spec, meta = load_adapter_folder(policy, tmp_path / "out")
+    assert meta["tuned"] and meta["config"]["pct"]["objective"] == "picard" and meta["config"]["pct"]["name"] == pct
+    assert spec.form == cfg["pct"]["form"] and (full_copy_of(policy) is not None) == (pct == "paper_full")
+    spaces = {c["spec"]["switch"]["space"] for c in meta["metrics"]["candidates"]}
+    assert spaces == {"weight", *cfg["pct"]["tune"]["spaces"]}  # the paper's feature-space ramps were tuned
+    x_T, _, c = _inputs(3)
+    ref, _ = make_sampler("ddim", policy.noise_scheduler, num_steps=spec.num_steps)(policy.model_fn, x_T, c)
+    x, st = make_sampler(spec.replace(tol=0.0, k=None), policy.noise_scheduler)(policy.model_fn, x_T, c)
+    assert st.converged and torch.allclose(x, ref, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_image_paper_config_trains_an_exact_adapter_on_a_smoke_budget(ldm_dir, tmp_path):  # noqa: F811
+    """``train_pct.py task=celeba pct=image_paper`` (the paper's objective and feature-space ramps on images) on a
+    tiny LDM and a smoke budget: a tuned adapter whose spec is exact (tol 0 == DDIM)."""
+    from test_vision_pct import compose, make_data, run_pct
+
+    from pcm_policy.adapters import load_adapter_folder as load_folder
+    from pcm_policy.sampling import make_sampler
+    from pcm_policy.vision import load_model, model_function
+
+    out = tmp_path / "out"
+    cfg = compose(["task=celeba", "pct=image_paper", f"task.model={ldm_dir}", "task.n=6", "task.num_steps=6",
+                   "task.iterates=4", f"work_dir={tmp_path / 'w'}", f"out={out}", "pct.training.steps=2",
+                   "pct.training.warmup_steps=1", "pct.training.val_every=1", "pct.training.log_every=1",
+                   "pct.val.n=2", "pct.val.k_max=1", "pct.tune.k_max=2", "pct.tune.anderson=[0]"])
+    run_pct(cfg, "test", ROOT)
+    model = load_model(ldm_dir)
+    spec, meta = load_folder(model.unet, out)
+    assert meta["tuned"] and meta["config"]["pct"]["name"] == "image_paper"
+    assert {c["spec"]["switch"]["space"] for c in meta["metrics"]["candidates"]} == {"weight", "feature"}
+    fn, grid = model_function(model, 7.5), step_grid(model.scheduler, 6, solver="ddim")
+    data = make_data(model, fn, grid, 2, 6, seed_base=7, path=tmp_path / "check")
+    ref, _ = sample_sequential(fn, data["x_T"], data["cond"], grid=grid)
+    x, st = make_sampler(spec.replace(tol=0.0, k=None), model.scheduler)(fn, data["x_T"], data["cond"])
+    assert st.converged and torch.allclose(x, ref, atol=1e-4)

@@ -20,6 +20,7 @@ from pcm_policy.sampling import (
     TAA,
     Jump,
     SamplerSpec,
+    Switch,
     ddim_step,
     hard_switch,
     initial_trajectory,
@@ -198,14 +199,14 @@ def denoisers():
     ]
 
 
-@pytest.mark.parametrize("form", ["paradigms", "chain"])
 @pytest.mark.parametrize("case", range(3))
-def test_picard_full_window_tol0_equals_sequential(form, case):
+def test_picard_full_window_tol0_equals_sequential(case, update=None):
+    """(``update``: another Picard update rule with the same fixed point, ``test_paper_variants.py``.)"""
     _, model, s, wrap = denoisers()[case]
     x_T, cond = inputs()
     seq, _ = sample_sequential(model, x_T, wrap(cond), grid=step_grid(s, T), return_trajectory=True)
-    x, stats = sample_picard(model, x_T, wrap(cond), grid=step_grid(s, T), window=T, tol=0.0, form=form,
-                             return_iterates=True)
+    x, stats = sample_picard(model, x_T, wrap(cond), grid=step_grid(s, T), window=T, tol=0.0,
+                             return_iterates=True, **({} if update is None else {"update": update}))
     assert close(x, seq, 1e-5)
     assert stats.iterations <= T and len(stats.residuals) == stats.iterations
     assert stats.nfe <= T * (T + 1) // 2
@@ -280,12 +281,11 @@ def test_anderson_weight_and_mixing_change_the_path_not_the_fixed_point():
         assert (a.iterates[4] - b.iterates[4]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("space", ["weight", "feature"])
-def test_pcm_with_anderson_equals_sequential(space):
+def test_pcm_with_anderson_equals_sequential(space="weight"):
     model, (x_T, cond) = MLPDenoiser(seed=7), inputs()
     seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
-    x, _ = sample_pcm(model, x_T, cond, grid=step_grid(ddim(), T), schedule=linear_schedule(1, 3), tol=0.0,
-                      space=space, taa=TAA(memory=3))
+    x, _ = sample_pcm(model, x_T, cond, grid=step_grid(ddim(), T), schedule=Switch(1, 3, space), tol=0.0,
+                      taa=TAA(memory=3))
     assert close(x, seq, 1e-5)
 
 
@@ -408,9 +408,8 @@ def _jump_chain(model, grid, x_T, cond, positions, lambdas):
     return outs
 
 
-@pytest.mark.parametrize("space", ["weight", "feature"])
 @pytest.mark.parametrize("taa", [None, TAA()])
-def test_jump_is_the_output_until_picard_takes_over_and_keeps_the_fixed_point(space, taa):
+def test_jump_is_the_output_until_picard_takes_over_and_keeps_the_fixed_point(taa, space="weight"):
     """A Jump rides on PCM's calls (one more row per running sample): its x0 estimates are the output for
     k < len(positions) + 1, Picard's X[T] from then on; the trajectory is untouched (same iterates as without it),
     so with tol 0 the output is sequential's; each jump row counts one model evaluation, and a budget the jump
@@ -419,7 +418,7 @@ def test_jump_is_the_output_until_picard_takes_over_and_keeps_the_fixed_point(sp
     grid = step_grid(ddim(), T)
     jump = Jump(positions=(0, 5, 9), lambdas=(1.0, 0.0, 0.5))
     want = _jump_chain(model, grid, x_T, cond, jump.positions, jump.lambdas)
-    kw = dict(grid=grid, schedule=linear_schedule(0, 2), space=space, taa=taa, init="prior", tol=0.0)
+    kw = dict(grid=grid, schedule=Switch(0, 2, space), taa=taa, init="prior", tol=0.0)
     for k in (1, 2, 3, 4, 6):
         x, st = sample_pcm(model, x_T, cond, max_iters=k, jump=jump, **kw)
         plain, st0 = sample_pcm(model, x_T, cond, max_iters=k, **kw)
@@ -474,31 +473,42 @@ def test_jump_checks_and_spec():
         SamplerSpec.named("taa", jump=Jump())
 
 
-def test_spec_form_chain_runs_the_chain_update_and_keeps_old_keys():
-    """SamplerSpec.form: "chain" reaches the samplers (the chain's iterates differ from the cumulative sum's,
-    the fixed point is the same); the default is left out of to_dict, so keys written before it stay valid."""
-    from pcm_policy.sampling import Switch, make_sampler
+def test_spec_form_names_the_update_rule_and_keeps_old_keys(monkeypatch):
+    """SamplerSpec.form names Picard's update rule in ``FORMS`` (the core's own: "paradigms", left out of to_dict so
+    keys written before it stay valid); a name nobody registered is refused, saying where the paper's come from; a
+    registered one reaches the samplers (the paper's "chain": ``test_paper_variants.py``)."""
+    from pcm_policy.sampling import FORMS, Switch, make_sampler
+    from pcm_policy.sampling.picard import paradigms_update
 
+    spec = SamplerSpec.named("pcm", switch=Switch(1, 1), num_steps=T, tol=0.0)
+    assert "form" not in spec.to_dict() and SamplerSpec.from_dict(spec.to_dict()) == spec
+    monkeypatch.delitem(FORMS, "chain", raising=False)
+    with pytest.raises(ValueError, match="pcm_policy.paper"):
+        SamplerSpec.named("pcm", form="chain")
+    calls = []
+
+    def counted(*a):
+        calls.append(1)
+        return paradigms_update(*a)
+
+    monkeypatch.setitem(FORMS, "counted", counted)
     model, (x_T, cond) = MLPDenoiser(), inputs()
-    spec = SamplerSpec.named("pcm", switch=Switch(1, 1), num_steps=T, tol=0.0, form="chain")
-    assert SamplerSpec.from_dict(spec.to_dict()) == spec and "form" not in spec.replace(form="paradigms").to_dict()
-    seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
-    chain, st = make_sampler(spec, ddim())(model, x_T, cond, return_iterates=True)
-    _, st0 = make_sampler(spec.replace(form="paradigms"), ddim())(model, x_T, cond, return_iterates=True)
-    assert close(chain, seq) and not close(st.iterates[2], st0.iterates[2])
+    x, st = make_sampler(spec.replace(form="counted"), ddim())(model, x_T, cond)
+    ref, _ = make_sampler(spec, ddim())(model, x_T, cond)
+    assert torch.equal(x, ref) and len(calls) == st.iterations > 0 and spec.replace(form="counted").to_dict()["form"]
     with pytest.raises(ValueError, match="form"):
-        SamplerSpec.named("ddim", form="chain")
+        SamplerSpec.named("ddim", form="counted")
 
 
 @pytest.mark.parametrize("make,eta", [(ddpm, 0.0), (ddim, 0.8)])
-def test_stochastic_picard_with_presampled_noise_equals_sequential(make, eta):
+def test_stochastic_picard_with_presampled_noise_equals_sequential(make, eta, update=None):
     model, (x_T, cond) = MLPDenoiser(), inputs()
     noise = torch.randn(T, *x_T.shape, generator=torch.Generator().manual_seed(3))
     grid = step_grid(make(), T, eta=eta)
     seq, _ = sample_sequential(model, x_T, cond, grid=grid, noise=noise)
-    for form in ("paradigms", "chain"):
-        x, stats = sample_picard(model, x_T, cond, grid=grid, window=5, tol=0.0, noise=noise, form=form)
-        assert close(x, seq, 1e-5) and stats.iterations <= T
+    x, stats = sample_picard(model, x_T, cond, grid=grid, window=5, tol=0.0, noise=noise,
+                             **({} if update is None else {"update": update}))
+    assert close(x, seq, 1e-5) and stats.iterations <= T
 
 
 def test_safeguard_keeps_the_fixed_point():
@@ -529,14 +539,13 @@ def test_safeguard_without_clip_sample_does_nothing():
 # ---------------------------------------------------------------- PCM and Newton
 
 
-@pytest.mark.parametrize("space", ["weight", "feature"])
-@pytest.mark.parametrize("schedule", [linear_schedule(2, 5), hard_switch(3)])
+@pytest.mark.parametrize("schedule", [(2, 5), (3, 3)])
 @pytest.mark.parametrize("window", [None, 4])
-def test_pcm_reaching_lambda_0_equals_sequential(space, schedule, window):
+def test_pcm_reaching_lambda_0_equals_sequential(schedule, window, space="weight"):
     model, (x_T, cond) = MLPDenoiser(seed=7), inputs()
+    schedule = Switch(*schedule, space)
     seq, _ = sample_sequential(model, x_T, cond, grid=step_grid(ddim(), T))
-    x, stats = sample_pcm(model, x_T, cond, grid=step_grid(ddim(), T), schedule=schedule, window=window,
-                          tol=0.0, space=space)
+    x, stats = sample_pcm(model, x_T, cond, grid=step_grid(ddim(), T), schedule=schedule, window=window, tol=0.0)
     assert close(x, seq, 1e-5)
     assert stats.lambdas[:3] == [schedule(k) for k in range(3)] and stats.lambdas[-1] == 0.0
     if space == "feature" and schedule(3) not in (0.0, 1.0):  # the mix was batched into one call
@@ -608,8 +617,8 @@ def test_bad_arguments_raise_clear_errors():
         sample_picard(model, x_T, cond, init=torch.zeros(T, *x_T.shape), **kw)
     with pytest.raises(ValueError, match="rows"):
         sample_picard(model, x_T, cond[:2], **kw)
-    with pytest.raises(ValueError, match="form"):
-        sample_picard(model, x_T, cond, form="jacobi", **kw)
+    with pytest.raises(ValueError, match="update"):
+        sample_picard(model, x_T, cond, update="jacobi", **kw)
     with pytest.raises(ValueError, match="shaped like x"):
         sample_sequential(lambda x, t, c: x[:, :1], x_T, cond, **kw)
     with pytest.raises(ValueError, match="noise"):
@@ -617,7 +626,7 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="num_steps"):
         sample_sequential(model, x_T, cond, grid=step_grid(ddim(), 101))
     with pytest.raises(ValueError, match="space"):
-        sample_pcm(model, x_T, cond, schedule=hard_switch(1), space="both", **kw)
+        Switch(1, 1, "both")
     with pytest.raises(ValueError, match="solver"):
         step_grid(DPMSolverMultistepScheduler(), T)
 
@@ -677,12 +686,12 @@ class Overflowing(nn.Module):
 
 
 @torch.no_grad()
-def test_finite_inputs_never_give_non_finite_outputs():
+def test_finite_inputs_never_give_non_finite_outputs(updates=lambda pick: {}, settings=24):
     """Random samplers, k, tol, window, first iterates and warm starts (the previous chunk's output, at times
     blown up the way an unconverged iterate carried forward grows) over many chunks: every output is finite."""
     model, rng = Overflowing(), torch.Generator().manual_seed(0)
     restarts = 0
-    for setting in range(24):
+    for setting in range(settings):
         def pick(options):
             return options[int(torch.randint(len(options), (1,), generator=rng))]
 
@@ -690,7 +699,7 @@ def test_finite_inputs_never_give_non_finite_outputs():
         name = pick(["picard", "taa", "pcm"])
         k = pick([None, 1, 2, 3, T // 2, T])
         kw = dict(grid=step_grid(sched, T), tol=pick([0.0, 1e-3, 0.1, 1.0]), max_iters=k,
-                  window=pick([None, 1, 3, T]), form=pick(["paradigms", "chain"]))
+                  window=pick([None, 1, 3, T]), **updates(pick))
         if name == "taa":
             kw.update(taa=TAA(), safeguard=pick([None, 1.0]))
 

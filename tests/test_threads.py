@@ -4,11 +4,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from pcm_policy import paper  # noqa: F401  (registers the feature space one test mixes in)
 from pcm_policy.lora import add_lora
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
 from pcm_policy.sampling import (
+    Switch,
     ThreadPolicy,
-    linear_schedule,
     num_threads,
     sample_pcm,
     sample_picard,

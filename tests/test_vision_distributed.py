@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from vision_helpers import assert_close, sd_dir, with_random_lora  # noqa: F401 (fixtures)
 
+from pcm_policy import paper  # noqa: F401  (registers the feature space the test mixes in)
 from pcm_policy.sampling import Sharded, Switch, sample_pcm, sample_picard, step_grid
 from pcm_policy.vision import encode_prompts, initial_latents, load_model, model_function
 

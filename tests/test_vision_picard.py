@@ -7,6 +7,7 @@ import pytest
 import torch
 from vision_helpers import assert_close, dirs, ldm_dir, sd_dir, with_random_lora  # noqa: F401 (fixtures)
 
+from pcm_policy import paper  # noqa: F401  (registers the feature space of one switch)
 from pcm_policy.lora import has_lora
 from pcm_policy.sampling import TAA, Switch, sample_pcm, sample_picard, sample_sequential, step_grid
 from pcm_policy.vision import ATTENTION_TARGETS, encode_prompts, initial_latents, load_model, model_function

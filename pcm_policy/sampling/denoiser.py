@@ -25,7 +25,7 @@ import torch
 
 Cond = torch.Tensor | dict[str, 'Cond'] | None
 
-__all__ = ["Cond", "ModelFn", "SampleStats", "call_model", "check_cond", "index_cond", "repeat_cond"]
+__all__ = ["Cond", "ModelFn", "SampleStats", "call_model", "check_cond", "index_cond", "repeat_cond", "row_calls"]
 
 
 class ModelFn(Protocol):
@@ -39,7 +39,8 @@ class SampleStats:
     iterations: sequential steps of the batch (one batched model call each, whatever its width); for
         an iterative sampler, the iterations of its slowest sample.
     nfe: model evaluations per sample (rows passed to the denoiser / batch size, so only the rows
-        actually evaluated); a feature-space PCM position costs 2, a Newton JVP counts 1.
+        actually evaluated, times ``row_calls``: 2 for a row the paper's feature-space mixing evaluates twice); a
+        Newton JVP counts 1.
     sample_iterations, sample_nfe, sample_converged: iterative samplers, per sample (row of x_T): the
         batched calls it took part in, its rows evaluated (x calls per row), whether it converged
         (Picard/PCM samples leave the batch as they converge, ``picard.py``).
@@ -112,3 +113,11 @@ def call_model(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: Cond, 
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise ValueError(f"the model function must return a tensor shaped like x {tuple(x.shape)}, got {got}")
     return out.to(x.dtype)
+
+
+def row_calls(model_fn: ModelFn, lora_scale=None) -> int:
+    """Network evaluations one row of a call at ``lora_scale`` costs (``SampleStats.nfe``): 1, or the model
+    function's own ``row_calls(lora_scale)`` where it has one (a wrapper that evaluates more than one network per
+    row, e.g. ``pcm_policy.paper.FeatureMix``)."""
+    count = getattr(model_fn, "row_calls", None)
+    return 1 if count is None else int(count(lora_scale))

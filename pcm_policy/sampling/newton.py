@@ -45,7 +45,7 @@ def sample_newton(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
         raise ValueError(f"budget_s must be >= 0 seconds or None, got {budget_s}")
     grid = grid.like(x_T)
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
-    check_args(x_T, None, tol, max_iters, "paradigms", init, T)
+    check_args(x_T, None, tol, max_iters, init, T)
     check_cond(cond, B)
     noise_terms = draw_noise(grid, x_T, noise, generator)
     scale = d * tol_scale(grid)

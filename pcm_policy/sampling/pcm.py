@@ -3,8 +3,9 @@
 Glossary (PCM paper, model switching; supplement Table 3, weight mixing):
   lambda(k)      mixing weight used by iteration k (0-based: iteration k maps X^k to X^{k+1}).
   weight space   W = W_0 + lambda dW: one call per position, ``lora_scale=lambda``.
-  feature space  eps = lambda eps_pcm + (1 - lambda) eps_base: both calls batched into ONE call
-                 with a per-row ``lora_scale`` tensor (1 for the first half, 0 for the second).
+  space          where lambda acts: "weight" is the core's; another space is a model-function wrapper that
+                 gives ``lora_scale=lambda`` its meaning, named in ``SPACES`` (``pcm_policy.paper`` adds the
+                 paper's "feature" space, mixed model outputs) and applied by ``sample_pcm`` from ``Switch.space``.
   k_on, k_off    linear ramp: lambda = 1 up to k_on, linear down to exactly 0 at k_off;
                  k_on = k_off is a hard switch (1 before, 0 from k_off on).
 
@@ -26,13 +27,16 @@ from dataclasses import dataclass
 import torch
 
 from .ddim import Grid, draw_noise
-from .denoiser import Cond, SampleStats, call_model, repeat_cond
-from .picard import TAA, Jump, picard_loop
+from .denoiser import Cond, SampleStats, call_model, row_calls
+from .picard import TAA, Jump, Update, paradigms_update, picard_loop
 
-__all__ = ["Switch", "linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm"]
+__all__ = ["SPACES", "Switch", "linear_schedule", "hard_switch", "pcm_evaluator", "sample_pcm"]
 
 Schedule = Callable[[int], float]
 _MAX_K = 100_000
+# lambda's spaces by name (``Switch.space``): a model-function wrapper giving ``lora_scale`` that space's meaning, or
+# None for the core's weight space (the model function's own lora_scale); ``pcm_policy.paper`` adds "feature"
+SPACES: dict[str, Callable | None] = {"weight": None}
 
 
 def linear_schedule(k_on: int, k_off: int) -> Schedule:
@@ -54,7 +58,7 @@ def linear_schedule(k_on: int, k_off: int) -> Schedule:
 @dataclass(frozen=True)
 class Switch:
     """A PCM model-switching schedule as a value: lambda(k) = ``linear_schedule(k_on, k_off)`` in
-    ``space`` ("weight": W_0 + lambda dW; "feature": mixed model outputs)."""
+    ``space`` (``SPACES``; "weight": W_0 + lambda dW)."""
 
     k_on: int = 1
     k_off: int = 1
@@ -62,8 +66,9 @@ class Switch:
 
     def __post_init__(self):
         linear_schedule(self.k_on, self.k_off)  # validates
-        if self.space not in ("weight", "feature"):
-            raise ValueError(f"space must be 'weight' or 'feature', got {self.space!r}")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(sorted(SPACES))}, got {self.space!r} (the paper's "
+                             "feature space is registered by importing pcm_policy.paper)")
 
     def __call__(self, k: int) -> float:
         return linear_schedule(self.k_on, self.k_off)(k)
@@ -74,13 +79,11 @@ def hard_switch(k_switch: int) -> Schedule:
     return linear_schedule(k_switch, k_switch)
 
 
-def pcm_evaluator(model_fn, schedule: Schedule, space: str = "weight", lambdas: list | None = None):
+def pcm_evaluator(model_fn, schedule: Schedule, lambdas: list | None = None):
     """``picard_loop``'s model call for PCM and the lambda it uses: (evaluate, lam_of). Iteration k calls
-    ``model_fn`` at lambda = schedule(k), in weight space (``lora_scale=lambda``) or feature space (both
-    calls batched, outputs mixed). ``lambdas``, if given, records each iteration's lambda. No
-    ``no_grad`` here: the caller decides (``sample_pcm`` runs without gradients)."""
-    if space not in ("weight", "feature"):
-        raise ValueError(f"space must be 'weight' or 'feature', got {space!r}")
+    ``model_fn`` with ``lora_scale`` = lambda = schedule(k) (a space other than weight: wrap ``model_fn``,
+    ``SPACES``; its cost per row is ``denoiser.row_calls``). ``lambdas``, if given, records each iteration's
+    lambda. No ``no_grad`` here: the caller decides (``sample_pcm`` runs without gradients)."""
     if not callable(schedule):
         raise ValueError("schedule must be a callable k -> lambda, e.g. linear_schedule(k_on, k_off)")
 
@@ -99,35 +102,28 @@ def pcm_evaluator(model_fn, schedule: Schedule, space: str = "weight", lambdas: 
             lam_rows = torch.cat([x.new_full((n - len(lam_rows),), lam), lam_rows.to(x)])
             if bool((lam_rows == lam_rows[0]).all()):  # one lambda for every row (the jump's rows alone, too)
                 lam, lam_rows = float(lam_rows[0]), None
-        if lam_rows is None and (space == "weight" or lam in (0.0, 1.0)):  # W_0 + lambda dW, one call per position
-            return call_model(model_fn, x, t, c, lora_scale=lam), 1
-        if lam_rows is not None and (space == "weight" or bool(((lam_rows == 0) | (lam_rows == 1)).all())):
-            return call_model(model_fn, x, t, c, lora_scale=lam_rows), 1  # per-row W_0 + lambda_r dW
-        mix = lam_rows.view(-1, *([1] * (x.ndim - 1))) if lam_rows is not None else lam
-        scale = torch.cat([x.new_ones(n), x.new_zeros(n)])  # feature space: [adapted rows; base rows] in one call
-        xx, tt, cc = torch.cat([x, x]), torch.cat([t, t]), repeat_cond(c, 2)
-        out = call_model(model_fn, xx, tt, cc, lora_scale=scale)
-        return mix * out[:n] + (1 - mix) * out[n:], 2  # eps = lambda eps_pcm + (1 - lambda) eps_base
+        scale = lam if lam_rows is None else lam_rows  # W_0 + lambda dW (per row: lambda_r), one call per position
+        return call_model(model_fn, x, t, c, lora_scale=scale), row_calls(model_fn, scale)
 
     return evaluate, lam_of
 
 
 @torch.no_grad()
 def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, schedule: Schedule,
-               space: str | None = None, window: int | None = None, tol: float = 0.1,
+               window: int | None = None, tol: float = 0.1,
                max_iters: int | None = None, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
-               form: str = "paradigms", safeguard: float | None = None, taa: TAA | None = None,
+               update: Update = paradigms_update, safeguard: float | None = None, taa: TAA | None = None,
                return_iterates: bool = False, return_trajectory: bool = False,
                budget_s: float | None = None, jump: Jump | None = None) -> tuple[torch.Tensor, SampleStats]:
     """PCM: ``sample_picard`` whose model function is called with ``lora_scale`` = lambda(k).
 
     Args:
-        model_fn: ``model_fn(x, t, cond, lora_scale=...)``; it must accept a float and, for
-            ``space="feature"``, a per-row tensor ``(N,)`` (``pcm_policy.lora.LoraScale`` does both).
-        schedule: k -> lambda, e.g. ``Switch(k_on, k_off, space)`` or ``linear_schedule``; must reach 0
-            unless ``max_iters`` is given.
-        space: "weight" or "feature"; default: the schedule's own (a ``Switch``), else "weight".
+        model_fn: ``model_fn(x, t, cond, lora_scale=...)``; it must accept a float and, with a ``jump`` at
+            lambdas other than the iterations', a per-row tensor ``(N,)`` (``pcm_policy.lora.LoraScale`` does both).
+        schedule: k -> lambda, e.g. ``Switch(k_on, k_off)`` or ``linear_schedule``; must reach 0 unless
+            ``max_iters`` is given. A ``Switch``'s space wraps ``model_fn`` (``SPACES``); other schedules act in
+            weight space.
         taa: TAA on the base (lambda = 0) iterations; None: plain Picard updates.
         jump: the anytime estimate (``picard.Jump``): one more row per call at the jump's own lambdas (1:
             the adapter as a consistency-style jump), returned until ``jump.until`` iterations have run.
@@ -135,18 +131,19 @@ def sample_pcm(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, sc
     Returns:
         ``(x, stats)`` as ``sample_picard``; ``stats.lambdas`` holds each iteration's lambda.
     Raises:
-        ValueError: a schedule that never reaches 0 without ``max_iters``, a non-finite lambda, bad space,
+        ValueError: a schedule that never reaches 0 without ``max_iters``, a non-finite lambda,
             and everything ``sample_picard`` raises.
     """
-    space = space or getattr(schedule, "space", "weight")
+    wrap = SPACES[getattr(schedule, "space", "weight")]  # lambda's space: the model function's own, or a wrapper
+    model_fn = model_fn if wrap is None else wrap(model_fn)
     lambdas: list[float] = []
-    evaluate, lam_of = pcm_evaluator(model_fn, schedule, space, lambdas)
+    evaluate, lam_of = pcm_evaluator(model_fn, schedule, lambdas)
     if max_iters is None and all(float(schedule(k)) != 0.0 for k in range(_MAX_K)):
         raise ValueError("schedule never reaches lambda = 0, so the base fixed point is never reached; "
                          "use a schedule that ends at 0 or pass max_iters")
     grid = grid.like(x_T)
     x, stats = picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
-                           noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
+                           noise_terms=draw_noise(grid, x_T, noise, generator), init=init, update=update,
                            return_iterates=return_iterates, return_trajectory=return_trajectory,
                            safeguard=safeguard, may_slide=lambda k: lam_of(k) == 0.0, taa=taa,
                            budget_s=budget_s, jump=jump)

@@ -17,8 +17,9 @@ Glossary (ParaDiGMS, Shih et al. 2023, Alg. 1; PCM supplement eq. 1):
   sigma_j^2  DDPM posterior variance of step j (the step leaving position j; X[T] uses the last
              step's), a scale only. Zero variances (t = 0 steps) are floored at the smallest positive
              one so the rule stays finite.
-  forms      "paradigms": x_j^{k+1} = x_b + sum_{i=b}^{j-1} d_i(x_i^k);
-             "chain":     x_j^{k+1} = F_{j-1}(x_{j-1}^k)  (supplement eq. 1, Phi). Same fixed point.
+  update     Picard's update rule, x_j^{k+1} = x_b + sum_{i=b}^{j-1} d_i(x_i^k) (ParaDiGMS, ``paradigms_update``);
+             a rule with the same fixed point may be passed in (``update=``; the PCM paper's chain form,
+             supplement eq. 1, is ``pcm_policy.paper.chain_update``), and ``FORMS`` names them for ``SamplerSpec.form``.
 
 Each sample's window slides to its first position that has not converged (its new value was computed
 from a converged prefix, so it is exact); it always advances by >= 1, so at most T iterations are needed.
@@ -79,8 +80,8 @@ import torch
 from .ddim import Grid, ddim_step, draw_noise, predicted_x0
 from .denoiser import Cond, SampleStats, call_model, check_cond, index_cond
 
-__all__ = ["INITS", "TAA", "Jump", "check_args", "initial_trajectory", "picard_loop", "picard_update", "sample_picard",
-           "slide", "tol_scale"]
+__all__ = ["FORMS", "INITS", "TAA", "Jump", "Update", "check_args", "initial_trajectory", "paradigms_update",
+           "picard_loop", "picard_update", "sample_picard", "slide", "tol_scale"]
 
 INITS = ("noise", "prior")
 
@@ -147,14 +148,30 @@ class Jump:
         return len(self.positions) + 1 + self.hold
 
 
+# update(X, b, jj, ss, fx) -> new values of positions 1..T, (T, B, ...): Picard's update from the trajectory X
+# (T+1, B, ...), the anchors b (B,) and F_j(x_j) ``fx`` of the window rows (jj: positions, ss: samples; position-major,
+# noise terms included); only the window rows of the result are read (positions jj + 1 of samples ss)
+Update = Callable[..., torch.Tensor]
+
+
+def paradigms_update(X: torch.Tensor, b: torch.Tensor, jj: torch.Tensor, ss: torch.Tensor,
+                     fx: torch.Tensor) -> torch.Tensor:
+    """``Update`` of ParaDiGMS (Alg. 1): x_j = x_b + sum_{i=b}^{j-1} (F_i(x_i) - x_i) per sample."""
+    cols = torch.arange(X.shape[1], device=X.device)
+    return X[b, cols] + torch.zeros_like(X[1:]).index_put((jj, ss), fx - X[jj, ss]).cumsum(0)  # zero before b
+
+
+# Picard's update rules by name (``SamplerSpec.form``): the core's own; ``pcm_policy.paper`` adds its "chain"
+FORMS: dict[str, Update] = {"paradigms": paradigms_update}
+
 # evaluate(x_rows, t_rows, cond_rows, k, lam_rows) -> (model output, model calls per row); lam_rows: None, or the
 # lora scale of the LAST len(lam_rows) rows (the jump's), the others take iteration k's own
 Evaluate = Callable[..., tuple[torch.Tensor, int]]
 
 
 def picard_update(grid: Grid, xs: torch.Tensor, out: torch.Tensor, b: int, anchor: torch.Tensor,
-                  noise_terms: torch.Tensor | None = None, form: str = "paradigms") -> torch.Tensor:
-    """New values of positions b+1..b+L from the window ``xs = X[b:b+L]`` and its model outputs.
+                  noise_terms: torch.Tensor | None = None) -> torch.Tensor:
+    """New values of positions b+1..b+L from the window ``xs = X[b:b+L]`` and its model outputs (ParaDiGMS).
 
     Differentiable (PCT trains through it); ``out`` is ``(L*B, ...)``, rows position-major.
     """
@@ -163,12 +180,10 @@ def picard_update(grid: Grid, xs: torch.Tensor, out: torch.Tensor, b: int, ancho
     fx = ddim_step(grid, xs.flatten(0, 1), out, idx).view_as(xs)  # F_i(x_i)
     if noise_terms is not None:
         fx = fx + noise_terms[b:b + L]
-    if form == "chain":
-        return fx  # chain: x_{j+1} = F_j(x_j)
     return anchor + torch.cumsum(fx - xs, dim=0)  # Picard: x_j = x_b + cumsum of drifts
 
 
-def check_args(x_T, window, tol, max_iters, form, init, T):
+def check_args(x_T, window, tol, max_iters, init, T):
     if x_T.ndim < 1:
         raise ValueError("x_T must be batched: shape (B, ...)")
     if window is not None and window < 1:
@@ -181,8 +196,6 @@ def check_args(x_T, window, tol, max_iters, form, init, T):
         raise ValueError("init (a first iterate or warm start) holds non-finite values; pass a finite one or None")
     if max_iters is not None and max_iters < 0:
         raise ValueError(f"max_iters must be >= 0 or None, got {max_iters}")
-    if form not in ("paradigms", "chain"):
-        raise ValueError(f"form must be 'paradigms' or 'chain', got {form!r}")
     if isinstance(init, str):
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, an x0 guess or a trajectory, got {init!r}")
@@ -267,7 +280,7 @@ def slide(err: torch.Tensor, tol: float) -> int:
 
 
 def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
-                init=None, form="paradigms", return_iterates=False, return_trajectory=False,
+                init=None, update=paradigms_update, return_iterates=False, return_trajectory=False,
                 safeguard=None, may_slide: Callable[[int], bool] = lambda k: True, taa: TAA | None = None,
                 budget_s: float | None = None, jump: Jump | None = None):
     """The windowed Picard loop shared by ``sample_picard`` and ``sample_pcm``, one window per sample.
@@ -279,6 +292,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     every call from the first until it leaves, so k is its own iteration count too. ``taa``: triangular
     Anderson acceleration (module doc); None: plain Picard. ``budget_s``: seconds from the call after
     which no further iteration starts (module doc). ``jump``: the anytime estimate (``Jump``, module doc).
+    ``update``: Picard's update rule (``Update``; default ParaDiGMS').
     Differentiable when grad is enabled (the samplers run it under ``no_grad``).
 
     Divergence (module doc): a sample whose iterate turns non-finite leaves the batched call at once and is
@@ -286,7 +300,7 @@ def picard_loop(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_i
     ``stats.cold_restarts``; finite inputs never give a non-finite output. Raises ValueError when a sample that
     started cold turns non-finite (the model returned non-finite values for finite inputs).
     """
-    kw = dict(window=window, tol=tol, max_iters=max_iters, form=form, return_iterates=return_iterates,
+    kw = dict(window=window, tol=tol, max_iters=max_iters, update=update, return_iterates=return_iterates,
               return_trajectory=return_trajectory, safeguard=safeguard, may_slide=may_slide, taa=taa, jump=jump)
     t0 = time.perf_counter()
     x, stats, diverged = _picard_pass(evaluate, x_T, cond, grid, noise_terms=noise_terms, init=init, budget_s=budget_s,
@@ -331,7 +345,7 @@ def _colder(init, x_T):
 
 
 def _picard_pass(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_iters=None, noise_terms=None,
-                 init=None, form="paradigms", return_iterates=False, return_trajectory=False, safeguard=None,
+                 init=None, update=paradigms_update, return_iterates=False, return_trajectory=False, safeguard=None,
                  may_slide: Callable[[int], bool] = lambda k: True, taa: TAA | None = None,
                  budget_s: float | None = None, jump: Jump | None = None):
     """One run of the loop (``picard_loop``); also returns which samples diverged (B,) bool."""
@@ -345,7 +359,9 @@ def _picard_pass(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_
     if budget_s is not None and not (math.isfinite(budget_s) and budget_s >= 0):
         raise ValueError(f"budget_s must be a finite number of seconds >= 0, or None for no budget, got {budget_s}")
     T, B, d = len(grid), x_T.shape[0], x_T[0].numel()
-    check_args(x_T, window, tol, max_iters, form, init, T)
+    check_args(x_T, window, tol, max_iters, init, T)
+    if not callable(update):
+        raise ValueError(f"update must be Picard's update rule, a callable (X, b, jj, ss, fx) -> X[1:], got {update!r}")
     check_cond(cond, B)
     p, dev = T if window is None else min(window, T), x_T.device
     X = initial_trajectory(grid, x_T, init)  # never changed in place: iterates and TAA history share it
@@ -400,10 +416,7 @@ def _picard_pass(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_
         fx = ddim_step(grid, xs, out, jj)  # F_j(x_j)
         if noise_terms is not None:
             fx = fx + noise_terms[jj, ss]
-        if form == "chain":
-            new = X[1:].index_put((jj, ss), fx)  # chain: x_{j+1} = F_j(x_j)
-        else:  # Picard: x_j = x_b + cumsum of drifts (zero before each sample's anchor)
-            new = X[b, cols] + torch.zeros_like(X[1:]).index_put((jj, ss), fx - xs).cumsum(0)
+        new = update(X, b, jj, ss, fx)  # Picard: x_j = x_b + cumsum of drifts (``paradigms_update``)
         err = torch.where(win, (new - X[1:]).flatten(2).pow(2).sum(-1) / scale, 0)  # (T, B)
         gone = live & ~torch.isfinite(err).all(0)  # diverged this iteration
         diverged = diverged | gone
@@ -452,7 +465,7 @@ def _picard_pass(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_
 def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid, window: int | None = None,
                   tol: float = 0.1, max_iters: int | None = None, noise: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, init: str | torch.Tensor | None = None,
-                  form: str = "paradigms", safeguard: float | None = None, taa: TAA | None = None,
+                  update: Update = paradigms_update, safeguard: float | None = None, taa: TAA | None = None,
                   return_iterates: bool = False, return_trajectory: bool = False,
                   budget_s: float | None = None, jump: Jump | None = None) -> tuple[torch.Tensor, SampleStats]:
     """Parallel sampling by windowed Picard iteration (ParaDiGMS Alg. 1); converges to ``sample_sequential``'s
@@ -472,14 +485,14 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
             ``(T+1, *x_T.shape)`` (module doc); position 0 is always x_T. Except with "noise" (where they
             start from the last window value) later positions are kept as they are when the window
             exposes them.
-        form: "paradigms" (cumulative sum) or "chain" (supplement eq. 1); same fixed point.
+        update: Picard's update rule (``Update``, module doc); default ParaDiGMS' cumulative sum of drifts.
         jump: the anytime estimate (``Jump``, module doc); here with the base model only (lambdas 0).
         return_iterates, return_trajectory: keep every iterate / the final trajectory in ``stats``.
     Returns:
         ``(x, stats)``: X[T] (or the jump's estimate, module doc) shaped like ``x_T`` and ``SampleStats``
         (per-sample iterations and NFE too).
     Raises:
-        ValueError: bad window, tol, max_iters, form, init, taa, safeguard or budget_s, or a mis-shaped condition.
+        ValueError: bad window, tol, max_iters, update, init, taa, safeguard or budget_s, or a mis-shaped condition.
     """
     grid = grid.like(x_T)
 
@@ -489,6 +502,6 @@ def sample_picard(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: Grid,
         return call_model(model_fn, x, t, c), 1
 
     return picard_loop(evaluate, x_T, cond, grid, window=window, tol=tol, max_iters=max_iters,
-                       noise_terms=draw_noise(grid, x_T, noise, generator), init=init, form=form,
+                       noise_terms=draw_noise(grid, x_T, noise, generator), init=init, update=update,
                        return_iterates=return_iterates, return_trajectory=return_trajectory,
                        safeguard=safeguard, taa=taa, budget_s=budget_s, jump=jump)

@@ -34,7 +34,7 @@ from .ddim import Grid, sample_sequential, step_grid
 from .denoiser import Cond, SampleStats
 from .newton import sample_newton
 from .pcm import Switch, sample_pcm
-from .picard import INITS, TAA, Jump, sample_picard
+from .picard import FORMS, INITS, TAA, Jump, sample_picard
 from .scheduler_loop import sample_with_scheduler
 from .srds import sample_srds
 
@@ -70,8 +70,9 @@ class SamplerSpec:
         switch: PCM's lambda schedule (pcm only).
         jump: the anytime estimate riding on the iterations (``picard.Jump``; iterative samplers but newton;
             lambdas > 0 need pcm's adapter).
-        form: Picard's update, "paradigms" (cumulative sum of drifts) or "chain" (x_{j+1} = F_j(x_j),
-            supplement eq. 1); picard, taa and pcm; the same fixed point.
+        form: the name of Picard's update rule (``picard.FORMS``): "paradigms", the core's cumulative sum of
+            drifts; "chain" (x_{j+1} = F_j(x_j), supplement eq. 1) is the paper's, registered by
+            ``pcm_policy.paper``; picard, taa and pcm; the same fixed point.
     """
 
     name: str
@@ -120,8 +121,9 @@ class SamplerSpec:
                                       or self.name != "pcm" and any(self.jump.lambdas)):
             raise ValueError(f"a jump rides on picard, taa or pcm, and only pcm has an adapter for lambdas > 0; "
                              f"got {self.name} with {self.jump}")
-        if self.form not in ("paradigms", "chain") or self.form == "chain" and self.name not in PICARDS:
-            raise ValueError(f"form must be 'paradigms' or 'chain' (picard, taa, pcm), got {self.form!r} for "
+        if self.form not in FORMS or self.form != "paradigms" and self.name not in PICARDS:
+            raise ValueError(f"form must be one of {', '.join(sorted(FORMS))} (other than paradigms: picard, taa, pcm; "
+                             f"the paper's chain is registered by importing pcm_policy.paper), got {self.form!r} for "
                              f"{self.name}")
         if self.name == "pcm" and self.switch is None:
             raise ValueError("pcm needs a switch (lambda schedule); use SamplerSpec.named('pcm', ...)")
@@ -274,9 +276,9 @@ class Sampler:
             return sample_newton(model_fn, x_T, cond, **common)
         if s.name == "pcm":
             return sample_pcm(model_fn, x_T, cond, schedule=s.switch, window=s.window, safeguard=s.safeguard,
-                              taa=s.taa, jump=s.jump, form=s.form, **common)
+                              taa=s.taa, jump=s.jump, update=FORMS[s.form], **common)
         return sample_picard(model_fn, x_T, cond, window=s.window, safeguard=s.safeguard, taa=s.taa, jump=s.jump,
-                             form=s.form, **common)
+                             update=FORMS[s.form], **common)
 
     def __repr__(self) -> str:
         return f"Sampler({self.spec})"

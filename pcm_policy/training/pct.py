@@ -6,8 +6,9 @@ distance in pixels; images: latent RMSE); nothing here knows a task.
 
 Glossary (PCM paper, PCT objective and model switching; ``docs/method.md``):
   Phi_theta(X)  one full-window Picard update with the adapted model (LoRA scale 1):
-                x_j <- x_0 + sum_{i<j} d_i(x_i), all T drifts in ONE batched call (``picard_update``
-                of the sampler core; ``form="chain"``: x_j <- F_{j-1}(x_{j-1}), supplement eq. 1).
+                x_j <- x_0 + sum_{i<j} d_i(x_i), all T drifts in ONE batched call (``update``: the sampler
+                core's ``paradigms_update``; ``pct.form`` names another in ``sampling.FORMS``, e.g. the paper's
+                chain x_j <- F_{j-1}(x_{j-1}), supplement eq. 1, ``paper.chain_update``).
                 Gradients flow through every drift; only the LoRA parameters require grad.
   L_PCT         alpha_k ||Phi_theta(X_n^k; cond_n) - X*_n||^2, (n, k) ~ U(train) x U{0..K-1}; the squared
                 norm is a mean over positions 1..T and elements; alpha_k = 1 / sqrt(Var_k).
@@ -30,19 +31,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import paper  # noqa: F401  (registers the paper's form "chain" and space "feature" that pct configs name)
 from ..io import atomic_path
 from ..sampling import (
+    FORMS,
     TAA,
     Jump,
     SamplerSpec,
     Switch,
+    ddim_step,
     index_cond,
-    picard_update,
     predicted_x0,
     repeat_cond,
     sample_pcm,
     sample_sequential,
 )
+from ..sampling.picard import Update, paradigms_update
 from . import distributed as dist
 
 __all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidates", "choose_schedule", "jump_loss",
@@ -52,12 +56,15 @@ __all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidat
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (out, ref) -> (B,)
 
 
-def phi(model_fn, X: torch.Tensor, cond, grid, lora_scale: float = 1.0, form: str = "paradigms") -> torch.Tensor:
-    """Phi_theta: trajectory X (T+1, B, ...) -> one full-window Picard update (T+1, B, ...)."""
+def phi(model_fn, X: torch.Tensor, cond, grid, lora_scale: float = 1.0,
+        update: Update = paradigms_update) -> torch.Tensor:
+    """Phi_theta: trajectory X (T+1, B, ...) -> one full-window Picard update (T+1, B, ...) by ``update``."""
     T, B = len(grid), X.shape[1]
     xs = X[:T]
     out = model_fn(xs.flatten(0, 1), grid.timesteps.repeat_interleave(B), repeat_cond(cond, T), lora_scale=lora_scale)
-    return torch.cat([X[:1], picard_update(grid, xs, out, 0, X[0], form=form)])
+    jj, ss = torch.arange(T, device=X.device).repeat_interleave(B), torch.arange(B, device=X.device).repeat(T)
+    fx = ddim_step(grid, xs.flatten(0, 1), out, jj)  # F_j(x_j), rows position-major
+    return torch.cat([X[:1], update(X, jj.new_zeros(B), jj, ss, fx)])
 
 
 def alpha_from_var(var_k: torch.Tensor, floor: float = 1e-12) -> torch.Tensor:
@@ -66,10 +73,18 @@ def alpha_from_var(var_k: torch.Tensor, floor: float = 1e-12) -> torch.Tensor:
 
 
 def pct_loss(model_fn, batch: dict, grid, alpha: torch.Tensor, form: str = "paradigms") -> torch.Tensor:
-    """L_PCT on a batch {"x_k": (n, T+1, ...), "x_star": same, "cond": (n, ...), "k": (n,)}."""
+    """L_PCT on a batch {"x_k": (n, T+1, ...), "x_star": same, "cond": (n, ...), "k": (n,)}; Phi by the update
+    rule ``form`` names (``sampling.FORMS``)."""
     X, target = batch["x_k"].transpose(0, 1), batch["x_star"].transpose(0, 1)
-    err = (phi(model_fn, X, batch["cond"], grid, form=form)[1:] - target[1:]).pow(2).transpose(0, 1).flatten(1).mean(1)
+    new = phi(model_fn, X, batch["cond"], grid, update=_update(form))
+    err = (new[1:] - target[1:]).pow(2).transpose(0, 1).flatten(1).mean(1)
     return (alpha.to(err)[batch["k"]] * err).mean()
+
+
+def _update(form: str) -> Update:
+    if form not in FORMS:
+        raise ValueError(f"pct.form must be one of {', '.join(sorted(FORMS))}, got {form!r}")
+    return FORMS[form]
 
 
 class PCTBatches:
@@ -241,7 +256,7 @@ def pcm_distances(model_fn, grid, cond, x_T, target, spec: SamplerSpec | None, k
         sl = slice(i0, i0 + batch)
         _, st = sample_pcm(model_fn, x_T[sl], index_cond(cond, sl), grid=grid, schedule=spec.switch, tol=0.0,
                            max_iters=k_max, return_iterates=True, safeguard=spec.safeguard, init=spec.init,
-                           taa=spec.taa, window=spec.window, jump=spec.jump, form=spec.form)
+                           taa=spec.taa, window=spec.window, jump=spec.jump, update=FORMS[spec.form])
         for k in range(1, k_max + 1):  # outputs: X^k[T], or the jump's estimate while it is the output
             total[k - 1] += distance(st.outputs[min(k, len(st.outputs) - 1)], target[sl]).double().sum()
     return (total / len(x_T)).tolist()
