@@ -93,9 +93,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def plots(out: Path, res: dict, ref_score: float | None, ref_label: str, unit: str, dist_tol: float,
+def plots(out: Path, res: dict, ref_score: float | None, ref_label: str, unit: str, dist_tol: float | None,
           score_tol: float, score_label: str = "mean score") -> None:
-    """score_vs_k.png, distance_vs_k.png and pareto.png in ``out`` from ``res`` = {sampler: rows}."""
+    """score_vs_k.png, distance_vs_k.png and pareto.png in ``out`` from ``res`` = {sampler: rows} (``dist_tol``
+    None: no tolerance line on the distance axis)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -126,7 +127,7 @@ def plots(out: Path, res: dict, ref_score: float | None, ref_label: str, unit: s
                     front, best = front + [(d, v)], v
             if front:
                 ax.step(*zip(*front, strict=True), "k--", where="post", lw=1, label="Pareto front")
-        if name != "score_vs_k":
+        if name != "score_vs_k" and dist_tol is not None:
             (ax.axhline if name == "distance_vs_k" else ax.axvline)(dist_tol, color="r", ls="--", lw=1,
                                                                     label=f"{dist_tol:g} {unit}")
         if name != "distance_vs_k" and ref_score is not None:

@@ -103,17 +103,20 @@ def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAM
 
 
 def write_report(out: str | Path, result: dict, *, score_label: str = "score", task=None, samplers=None,
-                 print_table: bool = True) -> None:
+                 print_table: bool = True, extra: str = "") -> None:
     """sweep.csv, table.md and the figures of ``result`` (``run_sweep``'s) in ``out``; with ``task`` (and its
-    ``samplers``), grid.png where the task has images."""
+    ``samplers``), grid.png where the task has images. ``extra``: a task's own markdown, appended to table.md."""
     out = Path(out)
     rows = [r for rs in result["results"].values() for r in rs]
     write_csv(out / "sweep.csv", rows)
-    text = table(result)
+    text = table(result) + (f"\n{extra}" if extra else "")
     write_text(out / "table.md", text)
     st, ref = result["settings"], result.get("reference", {})
-    plots(out, result["results"], ref.get("score", ref.get("mean_score")), f"DDIM-{ref.get('k')}",
-          result["distance_unit"], st["dist_tol"], st["score_tol"], score_label)
+    ref_score = ref.get("score", ref.get("mean_score"))
+    score_tol = st["score_tol"] * (abs(ref_score) if st.get("score_tol_rel") and ref_score is not None else 1.0)
+    dist_tol = st["dist_tol"] if st.get("match_field", "distance") == "distance" else None  # else not this axis
+    plots(out, result["results"], ref_score, f"DDIM-{ref.get('k')}", result["distance_unit"], dist_tol, score_tol,
+          score_label)
     if task is not None and samplers:
         image_grid(task, samplers, st["ks"], out)
     if print_table:
