@@ -85,7 +85,7 @@ def test_eval_celeba_end_to_end_and_cached_rerun(ldm_dir, reference, tmp_path, c
     # a rerun computes nothing
     assert celeba.main(argv) == 0
     again = capsys.readouterr().out
-    assert "done in" not in again and again.count("cached") == 2 + 6 + 1 + 12
+    assert "done in" not in again and again.count("cached") == 2 + 6 + 1 + 12 + 7  # + the grid's 3 x 2 + 1 cells
     assert json.loads((out / "sweep.json").read_text())["results"] == res["results"]
 
 
@@ -217,3 +217,27 @@ def test_the_generic_sweep_and_report_run_the_image_task(ldm_dir, tmp_path):  # 
     assert res["k_match"] == {"sequential": 4, "picard": 4}
     write_report(tmp_path / "s", res, task=task, samplers=specs, print_table=False)
     assert all((tmp_path / "s" / f).stat().st_size > 0 for f in ("sweep.csv", "table.md", "grid.png"))
+
+
+def test_the_grid_shows_the_scored_images_byte_for_byte(ldm_dir, tmp_path):  # noqa: F811
+    """The image Task's ``score_images`` (what the report's grid draws) are the first images the score decoded:
+    iterate k of one Picard run over the score's first batch, not a fresh k-call run on a smaller batch."""
+    from pcm_policy.evaluation.sweep import SweepConfig, limited, run_sweep
+    from pcm_policy.sampling import make_sampler
+    from pcm_policy.vision import decode_latents, initial_latents
+    from pcm_policy.vision.task import sweep_task
+
+    model = load_model(ldm_dir)
+    one = np.zeros((1, 16, 16, 3), np.uint8)  # one reference image: the Inception metrics are skipped (fast)
+    task, specs, st = sweep_task(model, out=tmp_path, samplers=["sequential", "picard"], ks=[1, 2], num_samples=5,
+                                 steps=4, reference=one, batch_size=4, progress=False)
+    assert {"fid", "precision"} <= set(st["skipped"]) and st["T"] == 4
+    res = run_sweep(task, SweepConfig(samplers=specs, ks=[1, 2], out=tmp_path, conditions=5, batch=4, score_tol=0.01,
+                                      score_tol_rel=True, match_field="uint8_diff"))
+    assert res["reference"]["uint8_diff"] == 0 and res["reference"]["fid"] is None
+    run = make_sampler(specs["picard"].replace(k=2), model.scheduler)
+    its = run(task.model_fn, initial_latents(model, range(4)), None, return_iterates=True)[1].iterates
+    for k in (1, 2):
+        expect = decode_latents(model, its[k][-1])
+        assert np.array_equal(task.score_images(limited(task, specs["picard"], k), k), expect)
+    assert task.score_images(None, None).shape == (4, 16, 16, 3)

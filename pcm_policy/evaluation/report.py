@@ -75,8 +75,8 @@ def save_image_grid(path: Path, rows: list[str], cols: list, cell, T: int, n: in
 @torch.no_grad()
 def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAMPLES) -> Path | None:
     """grid.png: the first ``n`` eval conditions sampled by each of ``GRID_ROWS`` (where in ``samplers``, a
-    {name: SamplerSpec}) at every k, and by DDIM-T; decoded by ``task.images``. None without images or
-    matplotlib."""
+    {name: SamplerSpec}) at every k, and by DDIM-T; decoded by ``task.images``, or the score's own images
+    (``task.score_images``) where the task keeps them. None without images or matplotlib."""
     from ..sampling import SamplerSpec, make_sampler
     from .sweep import limited
 
@@ -88,6 +88,14 @@ def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAM
     except ImportError:
         print("note: matplotlib is not installed; grid skipped")
         return None
+    if task.score_images is not None:
+        n = len(task.score_images(None, None)[:n])
+
+        def cell(s, k):
+            return task.score_images(None if k is None else limited(task, samplers[s], k), k)[:n]
+
+        save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, n, "Rows: sampler, columns: k")
+        return out / "grid.png"
     cond, x_T = task.split("eval", n)
     ref = make_sampler(SamplerSpec.named("ddim", num_steps=task.num_steps), task.scheduler)(task.model_fn, x_T, cond)[0]
 

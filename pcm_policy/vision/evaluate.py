@@ -224,7 +224,9 @@ class Quality:
              "psnr": float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse)),
              "uint8_diff": float(d.mean())}
         r |= dict.fromkeys(self.FIELDS[3:])
-        f, ref = self.feats(list(imgs)), self._reference
+        ref = self._reference
+        if "fid" not in self.skipped or "precision" not in self.skipped:
+            f = self.feats(list(imgs))
         if "fid" not in self.skipped:
             r["fid"], r["sfid"] = M.fid(f["pool"], ref("feats")["pool"]), M.fid(f["spatial"], ref("feats")["spatial"])
             r["kid"] = M.kid(f["pool"], ref("feats")["pool"])

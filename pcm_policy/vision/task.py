@@ -27,10 +27,12 @@ with a hard switch has no mixing variant to derive (reported as skipped).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..sampling import SamplerSpec, Switch, make_sampler
@@ -175,10 +177,13 @@ def eval_samplers(names, T: int, adapter_spec: SamplerSpec | None = None) -> tup
 
 def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks, batch_size: int, cache, key,
                    progress: bool):
-    """The image Task's ``score(spec, k)``: ``quality`` of the N samples of ``spec`` held to k calls, decoded;
-    ``score(None, None)``: of the converged output (DDIM-T). A sampler runs once for every k of ``ks`` (its
-    iterates kept; ddim-k once per k) and is kept until the next sampler is asked for."""
+    """The image Task's ``(score, score_images)``: ``score(spec, k)`` is ``quality`` of the N samples of ``spec``
+    held to k calls, decoded; ``score(None, None)``: of the converged output (DDIM-T). A sampler runs once for
+    every k of ``ks`` (its iterates kept; ddim-k once per k) and is kept until the next sampler is asked for.
+    ``score_images(spec, k)``: the first images the score decoded (for the report's grid), cached in ``cache``."""
     from tqdm.auto import tqdm
+
+    from ..evaluation.report import GRID_SAMPLES
 
     memo = {}
 
@@ -216,19 +221,29 @@ def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks
             memo["conv"] = c["latents"], c["images"].numpy()
         return memo["conv"]
 
+    def decoded(spec: SamplerSpec | None, k: int | None) -> tuple[torch.Tensor, np.ndarray]:
+        if spec is None:
+            return converged()
+        base = json.dumps({**spec.to_dict(), "k": None}, sort_keys=True)
+        if memo.get("spec") != base or k not in memo["lats"]:
+            memo["spec"], memo["lats"] = base, sample(spec.name, spec, sorted(set(ks) | {k}))
+        return memo["lats"][k], decode_latents(model, memo["lats"][k], batch_size=batch_size)
+
+    def score_images(spec: SamplerSpec | None, k: int | None, imgs: np.ndarray | None = None) -> np.ndarray:
+        """The first ``GRID_SAMPLES`` images of ``spec`` at k (as the score decoded them), kept in the cache."""
+        d = None if spec is None else spec.to_dict()
+        name = "images_" + hashlib.sha256(json.dumps([d, k], sort_keys=True).encode()).hexdigest()[:16]
+        return cache.tensors(name, {**key(), "spec": d, "k": k}, lambda: torch.from_numpy(np.ascontiguousarray(
+            (decoded(spec, k)[1] if imgs is None else imgs)[:GRID_SAMPLES])), f"grid images k={k}").numpy()
+
     def score(spec: SamplerSpec | None, k: int | None) -> dict:
         conv_lat, conv_img = converged()
-        if spec is None:
-            row = quality(conv_lat, conv_img, conv_lat, conv_img)
-        else:
-            base = json.dumps({**spec.to_dict(), "k": None}, sort_keys=True)
-            if memo.get("spec") != base or k not in memo["lats"]:
-                memo["spec"], memo["lats"] = base, sample(spec.name, spec, sorted(set(ks) | {k}))
-            lat = memo["lats"][k]
-            row = quality(lat, decode_latents(model, lat, batch_size=batch_size), conv_lat, conv_img)
+        lat, imgs = decoded(spec, k)
+        score_images(spec, k, imgs)
+        row = quality(lat, imgs, conv_lat, conv_img)
         return {"score": row["fid"], **row}
 
-    return score
+    return score, score_images
 
 
 def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), num_samples: int = 200,
@@ -292,9 +307,9 @@ def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), 
                      eval_prompts=prompts, name=Path(model.path).name)
     task.key |= {"files": folder_hash(Path(model.path), LAYOUTS[model.family].components), "n": num_samples,
                  "quality": quality.key}
-    task.score = _quality_score(model, task.model_fn, quality, T=T, seeds=seeds, prompts=prompts, ks=ks,
-                                batch_size=batch_size, cache=Cache(Path(out) / "runs"), progress=progress,
-                                key=lambda: {"task": task.fingerprint()})
+    task.score, task.score_images = _quality_score(
+        model, task.model_fn, quality, T=T, seeds=seeds, prompts=prompts, ks=ks, batch_size=batch_size,
+        cache=Cache(Path(out) / "runs"), progress=progress, key=lambda: {"task": task.fingerprint()})
     settings = {"model_path": str(model.path), "adapter_path": str(adapter) if adapter else None, "T": T,
                 "n": num_samples, "seed": seed, "guidance": guidance, "image_size": list(hw),
                 "latent_size": list(model.latent_shape[1:]), "batch_size": batch_size,
