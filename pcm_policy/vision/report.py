@@ -46,7 +46,7 @@ def paper_tables(result: dict) -> str:
             lines.append(f"| {s} | " + " | ".join(_fmt(r.get(c)) for c in TABLE4) + " |")
     lines += ["", "class_accuracy: prompt-class accuracy of a digit classifier, a stand-in for the CLIP score.", "",
               "## k_match and speed-up", "",
-              f"Rule: the smallest k with |FID - FID(DDIM-{T})| <= {st['score_tol']:.0%} of it and mean |image - "
+              f"Rule: smallest k with |FID - FID(DDIM-{T})| <= {st['score_tol']:.0%} of it and mean |image - "
               f"DDIM-{T} image| < {st['dist_tol']:g} uint8 level" +
               ("" if conv.get("fid") is not None else " (FID not computed: the image distance alone)") + ".", "",
               "| sampler | k_match | speed-up T / k_match |", "|---|---|---|"]

@@ -316,5 +316,6 @@ def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), 
                 "clip": str(clip) if clip else None,
                 "reference": {"n": quality.n_reference, "resized_to_generated_size": quality.resized,
                               "key": quality.ref_key},
-                "skipped": {**quality.skipped, **skipped}, "notes": notes}
+                "skipped": {"inception_score": quality.skipped["inception_score"], **skipped, **quality.skipped},
+                "notes": notes}
     return task, specs, settings
