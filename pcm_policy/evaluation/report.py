@@ -73,14 +73,17 @@ def save_image_grid(path: Path, rows: list[str], cols: list, cell, T: int, n: in
 
 
 @torch.no_grad()
-def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAMPLES) -> Path | None:
+def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAMPLES, note: str | None = None
+               ) -> Path | None:
     """grid.png: the first ``n`` eval conditions sampled by each of ``GRID_ROWS`` (where in ``samplers``, a
     {name: SamplerSpec}) at every k, and by DDIM-T; decoded by ``task.images``, or the score's own images
-    (``task.score_images``) where the task keeps them. None without images or matplotlib."""
+    (``task.score_images``) where the task keeps them; ``note`` goes under the title. None without images or
+    matplotlib."""
     from ..sampling import SamplerSpec, make_sampler
     from .sweep import limited
 
     rows = [s for s in GRID_ROWS if s in samplers]
+    title = "Rows: sampler, columns: k" + (f"\n{note}" if note else "")
     if task.images is None or not rows:
         return None
     try:
@@ -94,7 +97,7 @@ def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAM
         def cell(s, k):
             return task.score_images(None if k is None else limited(task, samplers[s], k), k)[:n]
 
-        save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, n, "Rows: sampler, columns: k")
+        save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, n, title)
         return out / "grid.png"
     cond, x_T = task.split("eval", n)
     ref = make_sampler(SamplerSpec.named("ddim", num_steps=task.num_steps), task.scheduler)(task.model_fn, x_T, cond)[0]
@@ -106,14 +109,15 @@ def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAM
             x = make_sampler(limited(task, samplers[s], k), task.scheduler)(task.model_fn, x_T, cond)[0]
         return task.images(x)
 
-    save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, len(x_T), "Rows: sampler, columns: k")
+    save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, len(x_T), title)
     return out / "grid.png"
 
 
 def write_report(out: str | Path, result: dict, *, score_label: str = "score", task=None, samplers=None,
                  print_table: bool = True, extra: str = "") -> None:
     """sweep.csv, table.md and the figures of ``result`` (``run_sweep``'s) in ``out``; with ``task`` (and its
-    ``samplers``), grid.png where the task has images. ``extra``: a task's own markdown, appended to table.md."""
+    ``samplers``), grid.png where the task has images (``settings["stand_in"]``, where given, under its title).
+    ``extra``: a task's own markdown, appended to table.md."""
     out = Path(out)
     rows = [r for rs in result["results"].values() for r in rs]
     write_csv(out / "sweep.csv", rows)
@@ -126,6 +130,6 @@ def write_report(out: str | Path, result: dict, *, score_label: str = "score", t
     plots(out, result["results"], ref_score, f"DDIM-{ref.get('k')}", result["distance_unit"], dist_tol, score_tol,
           score_label)
     if task is not None and samplers:
-        image_grid(task, samplers, st["ks"], out)
+        image_grid(task, samplers, st["ks"], out, note=st.get("stand_in"))
     if print_table:
         print(text)
