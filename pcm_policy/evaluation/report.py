@@ -83,7 +83,9 @@ def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAM
     from .sweep import limited
 
     rows = [s for s in GRID_ROWS if s in samplers]
-    title = "Rows: sampler, columns: k" + (f"\n{note}" if note else "")
+    import textwrap
+
+    title = "\n".join(["Rows: sampler, columns: k", *textwrap.wrap(note or "", 18 * (len(ks) + 1))])  # fits the width
     if task.images is None or not rows:
         return None
     try:
