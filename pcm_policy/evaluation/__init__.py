@@ -10,40 +10,16 @@ images latent RMSE) and, where measured, ``score``.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import atomic_path, write_json
+from ..io import atomic_path
 from ..sampling import K_STEPS
 
-__all__ = ["cached", "distances_vs_k", "file_hash", "k_match", "plots", "write_csv"]
-
-
-def file_hash(folder: Path, names) -> str:
-    h = hashlib.sha256()
-    for n in names:
-        h.update((folder / n).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cached(path: Path, key: dict, compute, label: str, t_start: float):
-    """``compute()`` once per key: its JSON result is kept in ``path`` and reused while the key matches."""
-    old = json.loads(path.read_text()) if path.exists() else {}
-    if old.get("key") == key:
-        print(f"{label}: cached ({path.name})", flush=True)
-        return old["value"]
-    t0 = time.perf_counter()
-    value = compute()
-    write_json(path, {"key": key, "value": value})
-    print(f"{label}: done in {time.perf_counter() - t0:.1f} s ({time.perf_counter() - t_start:.0f} s elapsed)",
-          flush=True)
-    return value
+__all__ = ["distances_vs_k", "k_match", "plots", "write_csv"]
 
 
 @torch.no_grad()
