@@ -187,6 +187,10 @@ def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks
 
     memo = {}
 
+    def cache_key() -> dict:  # key() once (a task fingerprint hashes the UNet's weights)
+        memo["key"] = memo.get("key") or key()
+        return memo["key"]
+
     def sample(name: str, spec: SamplerSpec, kk: list[int]) -> dict[int, torch.Tensor]:
         """Latents at every k of kk: one run per batch (iterates / trajectory kept), ddim-k one run per k."""
         res = {k: [] for k in kk}
@@ -217,7 +221,7 @@ def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks
                 lat = sample("converged (DDIM-T)", SamplerSpec.named("ddim", num_steps=T), [T])[T]
                 return {"latents": lat, "images": torch.from_numpy(decode_latents(model, lat, batch_size=batch_size))}
 
-            c = cache.tensors("converged", {**key(), "T": T}, compute, f"converged DDIM-{T}")
+            c = cache.tensors("converged", {**cache_key(), "T": T}, compute, f"converged DDIM-{T}")
             memo["conv"] = c["latents"], c["images"].numpy()
         return memo["conv"]
 
@@ -233,7 +237,7 @@ def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks
         """The first ``GRID_SAMPLES`` images of ``spec`` at k (as the score decoded them), kept in the cache."""
         d = None if spec is None else spec.to_dict()
         name = "images_" + hashlib.sha256(json.dumps([d, k], sort_keys=True).encode()).hexdigest()[:16]
-        return cache.tensors(name, {**key(), "spec": d, "k": k}, lambda: torch.from_numpy(np.ascontiguousarray(
+        return cache.tensors(name, {**cache_key(), "spec": d, "k": k}, lambda: torch.from_numpy(np.ascontiguousarray(
             (decoded(spec, k)[1] if imgs is None else imgs)[:GRID_SAMPLES])), f"grid images k={k}").numpy()
 
     def score(spec: SamplerSpec | None, k: int | None) -> dict:
