@@ -30,6 +30,9 @@ package. Everything a driver needs is here:
   full_copy    optional ``full_copy() -> nn.Module``: a fully fine-tuned copy for the paper's feature-space
                PCM (``pct.finetune: full``); ``save_adapter(folder, spec, extra)`` then writes it.
   images       optional ``images(x) -> uint8 (B, H, W, 3)``: decoded samples for the report's grids.
+  score_images optional ``score_images(spec, k) -> uint8 (n, H, W, 3)``: the first images ``score(spec, k)``
+               decoded (``(None, None)``: the reference's), so the report's grid shows the scored samples
+               byte for byte; without it the grid samples its own with ``images``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class Task:
     full_copy: Callable[[], torch.nn.Module] | None = None
     save_adapter: Callable | None = None
     images: Callable[[torch.Tensor], Any] | None = None
+    score_images: Callable[..., Any] | None = None
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):

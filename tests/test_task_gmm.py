@@ -127,3 +127,25 @@ def test_pct_sweep_and_report_run_on_a_toy_task_through_the_generic_drivers(tmp_
     assert all((tmp_path / "sweep" / f).stat().st_size > 0 for f in ("table.md", "distance_vs_k.png", "pareto.png"))
     again = run_sweep(fresh, cfg)  # every row from the cache
     assert again["results"] == res["results"]
+
+
+def test_k_match_can_hold_a_score_field_and_a_relative_score_tolerance(tmp_path):
+    """``SweepConfig.match_field`` / ``score_tol_rel`` (the images' rule: FID within 1% of the reference's and the
+    scored samples' uint8 difference < 1): k_match reads that field of the scored rows, the tolerance scales
+    with |reference score|, and the settings record both."""
+    task = gmm_task()
+    base = task.score
+    task.score = lambda spec, k: {**base(spec, k), "gap": 0.0 if k is None or k >= 3 else 1.0}
+    specs = {"picard": SamplerSpec.named("picard", num_steps=T, tol=0.0)}
+
+    def sweep(**kw):
+        return run_sweep(task, SweepConfig(samplers=specs, ks=[1, 2, 3, T], out=tmp_path / "s", conditions=4,
+                                           dist_tol=0.5, **kw))
+
+    wide = sweep(score_tol=10.0, score_tol_rel=True, match_field="gap")
+    assert wide["k_match"] == {"picard": 3}  # the gap rule alone decides (every score within 10x |ref|)
+    assert wide["settings"]["match_field"] == "gap" and wide["settings"]["score_tol_rel"] is True
+    ref, rows = wide["reference"]["score"], wide["results"]["picard"]
+    tight = sweep(score_tol=0.0, score_tol_rel=True, match_field="gap")
+    assert tight["k_match"]["picard"] == next(r["k"] for r in rows if r["k"] >= 3 and abs(r["score"] - ref) <= 1e-12)
+    assert sweep(score_tol=10.0)["k_match"] == {"picard": next(r["k"] for r in rows if r["distance"] < 0.5)}

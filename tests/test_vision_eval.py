@@ -1,5 +1,6 @@
-"""scripts/vision/eval_celeba.py and eval_sd.py end to end on tiny saved models (in-process ``main(argv)``), the
-cached rerun, the skipped-metric report, and one-line errors."""
+"""scripts/vision/eval_celeba.py and eval_sd.py (the generic sweep over the image Task, ``vision.task.sweep_task``)
+end to end on tiny saved models (in-process ``main(argv)``), the cached rerun, the skipped-metric report, and
+one-line errors."""
 
 from __future__ import annotations
 
@@ -53,36 +54,40 @@ def test_eval_celeba_end_to_end_and_cached_rerun(ldm_dir, reference, tmp_path, c
     argv = ["--model", str(ldm_dir), "--adapter", str(adapter), "--ks", "1,2", "--num-samples", "2", "--seed", "3",
             "--steps", "4", "--reference", str(reference), "--out", str(out)]
     assert celeba.main(argv) == 0
-    res = json.loads((out / "metrics.json").read_text())
-    assert res["n"] == 2 and res["stand_in"] is None and res["reference"] == {"n": 5, "resized_to_generated_size": True}
+    res = json.loads((out / "sweep.json").read_text())
+    st = res["settings"]
+    assert st["n"] == 2 and st["stand_in"] is None and st["reference"]["n"] == 5
+    assert st["reference"]["resized_to_generated_size"] and st["match_field"] == "uint8_diff" and st["score_tol_rel"]
     names = ["sequential", "ddim-k", "picard", "taa", "pcm", "pcm-nomix"]
-    assert [(r["sampler"], r["k"]) for r in res["results"]] == [(s, k) for s in names for k in (1, 2)]
-    for r in res["results"]:
-        assert set(METRICS) <= set(r)
-        assert r["fid"] >= 0 and r["sfid"] >= 0 and r["kid"] is not None and r["latent_rmse"] >= 0
-        assert r["precision"] is None and r["clip_score"] is None and r["class_accuracy"] is None
-    conv = res["converged"]
+    assert list(res["results"]) == names
+    assert [(r["sampler"], r["k"]) for s in names for r in res["results"][s]] == [(s, k) for s in names for k in (1, 2)]
+    for rows in res["results"].values():
+        for r in rows:
+            assert set(METRICS) <= set(r) and r["score"] == r["fid"]
+            assert r["fid"] >= 0 and r["sfid"] >= 0 and r["kid"] is not None and r["latent_rmse"] >= 0
+            assert r["precision"] is None and r["clip_score"] is None and r["class_accuracy"] is None
+            assert abs(r["distance"] - r["latent_rmse"]) <= 1e-4 * max(1.0, r["latent_rmse"])  # the same seeds
+    conv = res["reference"]
     assert conv["k"] == 4 and conv["latent_rmse"] == 0 and conv["psnr"] == float("inf") and conv["uint8_diff"] == 0
-    assert set(res["skipped"]) == {"inception_score", "precision", "recall", "clip_score", "cmmd", "class_accuracy"}
-    assert "no logits" in res["skipped"]["inception_score"] and "--clip" in res["skipped"]["cmmd"]
-    assert "unconditional" in res["skipped"]["class_accuracy"]
-    assert res["settings"]["specs"]["pcm-nomix"]["switch"] == {"k_on": 2, "k_off": 2, "space": "weight"}
+    assert set(st["skipped"]) == {"inception_score", "precision", "recall", "clip_score", "cmmd", "class_accuracy"}
+    assert "no logits" in st["skipped"]["inception_score"] and "--clip" in st["skipped"]["cmmd"]
+    assert "unconditional" in st["skipped"]["class_accuracy"]
+    assert st["samplers"]["pcm-nomix"]["switch"] == {"k_on": 2, "k_off": 2, "space": "weight"}
     assert set(res["k_match"]) == set(names) and all(k is None or k in (1, 2) for k in res["k_match"].values())
-    assert all(res["speedup"][s] == (4 / k if k else None) for s, k in res["k_match"].items())
-    t = res["inception_throughput"]
-    assert t["images_per_s"] > 0 and t["floor_images_per_s"] > 0
-    for f in ("metrics.csv", "table.md", "grid.png", "pareto.png", "fid_vs_k.png"):
+    for f in ("sweep.csv", "table.md", "grid.png", "pareto.png", "score_vs_k.png", "distance_vs_k.png"):
         assert (out / f).is_file(), f
     table = (out / "table.md").read_text()
     assert "| pcm-nomix |" in table and "inception_score: Inception Score not available" in table
-    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("sampler,k,latent_rmse,psnr")
+    assert "FID vs k (Table 3 in shape)" in table and "speed-up T / k_match" in table
+    assert (out / "sweep.csv").read_text().splitlines()[0].startswith("sampler,k,score,latent_rmse,psnr")
     first = capsys.readouterr().out
-    assert first.count("done in") == 1 + 12  # the converged output's metrics + every cell
+    assert first.count("done in") == 6 + 1 + 12  # every sampler's distances, the converged output, every row
     # a rerun computes nothing
     assert celeba.main(argv) == 0
     again = capsys.readouterr().out
-    assert "done in" not in again and again.count("cached") == 2 + 12
-    assert json.loads((out / "metrics.json").read_text())["results"] == res["results"]
+    assert "done" not in again and all(f"{s} k={k}: cached" in again for s in names for k in (1, 2))
+    assert "grid images k=None: cached" in again  # the grid's images too
+    assert json.loads((out / "sweep.json").read_text())["results"] == res["results"]
 
 
 @pytest.mark.slow
@@ -98,11 +103,13 @@ def test_eval_sd_end_to_end_with_a_classifier(sd_dir, reference, tmp_path, monke
     assert sd.main(["--model", str(sd_dir), "--adapter", str(adapter), "--samplers", "sequential,picard,pcm",
                     "--ks", "1,2", "--num-samples", "2", "--guidance", "3", "--prompts", str(prompts),
                     "--reference", str(reference), "--out", str(out)]) == 0
-    res = json.loads((out / "metrics.json").read_text())
-    assert [r["sampler"] for r in res["results"]] == ["sequential"] * 2 + ["picard"] * 2 + ["pcm"] * 2
-    assert all(r["class_accuracy"] == 0.5 for r in res["results"])  # "seven" right, "two" wrong
-    assert "hard" in res["skipped"]["pcm_mixing"] and "class_accuracy" not in res["skipped"]
-    assert res["settings"]["guidance"] == 3.0 and res["converged"]["k"] == 4  # T: the adapter's
+    res = json.loads((out / "sweep.json").read_text())
+    assert [r["sampler"] for rows in res["results"].values() for r in rows] == ["sequential"] * 2 + ["picard"] * 2 + [
+        "pcm"] * 2
+    assert all(r["class_accuracy"] == 0.5 for rows in res["results"].values() for r in rows)  # "seven" right, "two" not
+    st = res["settings"]
+    assert "hard" in st["skipped"]["pcm_mixing"] and "class_accuracy" not in st["skipped"]
+    assert st["guidance"] == 3.0 and res["reference"]["k"] == 4  # T: the adapter's
 
 
 def test_stand_in_defaults_say_so(ldm_dir, tmp_path, monkeypatch):  # noqa: F811
@@ -120,8 +127,9 @@ def test_stand_in_defaults_say_so(ldm_dir, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "out"
     assert ev.main(["--family", "ldm", "--samplers", "sequential", "--ks", "1", "--num-samples", "2", "--out",
                     str(out)]) == 0
-    res = json.loads((out / "metrics.json").read_text())
-    assert "NOT CelebA-HQ" in res["stand_in"] and res["converged"]["k"] == 4 and res["reference"]["n"] == 4
+    res = json.loads((out / "sweep.json").read_text())
+    st = res["settings"]
+    assert "NOT CelebA-HQ" in st["stand_in"] and res["reference"]["k"] == 4 and st["reference"]["n"] == 4
     table = (out / "table.md").read_text()
     assert table.count("NOT CelebA-HQ") == 2 and "stand-in model" in table
 
@@ -151,7 +159,7 @@ def test_bad_input_is_one_line_and_exit_2(ldm_dir, sd_dir, reference, tmp_path, 
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")
            or "Traceback" in line]
     assert rc == 2 and len(err) == 1 and message in err[0], err
-    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert not (tmp_path / "out" / "sweep.json").exists()
 
 
 @pytest.mark.parametrize("family", ["ldm", "sd"])
@@ -187,7 +195,7 @@ def test_reference_features_are_computed_once_per_reference_set_and_extractor(tm
     assert "reference Inception features (4 images): cached" in capsys.readouterr().out
     reference_features(feats, ref[:3], "set_b")
     assert calls[-1] == (3, True)
-    (cached,) = (tmp_path / "reference_features").glob("set_a_*.npz")
+    (cached,) = (tmp_path / "reference_features").glob("set_a_*.pt")
     cached.write_bytes(cached.read_bytes()[:50])
     reference_features(feats, ref, "set_a")
     assert len(calls) == 3
@@ -210,3 +218,27 @@ def test_the_generic_sweep_and_report_run_the_image_task(ldm_dir, tmp_path):  # 
     assert res["k_match"] == {"sequential": 4, "picard": 4}
     write_report(tmp_path / "s", res, task=task, samplers=specs, print_table=False)
     assert all((tmp_path / "s" / f).stat().st_size > 0 for f in ("sweep.csv", "table.md", "grid.png"))
+
+
+def test_the_grid_shows_the_scored_images_byte_for_byte(ldm_dir, tmp_path):  # noqa: F811
+    """The image Task's ``score_images`` (what the report's grid draws) are the first images the score decoded:
+    iterate k of one Picard run over the score's first batch, not a fresh k-call run on a smaller batch."""
+    from pcm_policy.evaluation.sweep import SweepConfig, limited, run_sweep
+    from pcm_policy.sampling import make_sampler
+    from pcm_policy.vision import decode_latents, initial_latents
+    from pcm_policy.vision.task import sweep_task
+
+    model = load_model(ldm_dir)
+    one = np.zeros((1, 16, 16, 3), np.uint8)  # one reference image: the Inception metrics are skipped (fast)
+    task, specs, st = sweep_task(model, out=tmp_path, samplers=["sequential", "picard"], ks=[1, 2], num_samples=5,
+                                 steps=4, reference=one, batch_size=4, progress=False)
+    assert {"fid", "precision"} <= set(st["skipped"]) and st["T"] == 4
+    res = run_sweep(task, SweepConfig(samplers=specs, ks=[1, 2], out=tmp_path, conditions=5, batch=4, score_tol=0.01,
+                                      score_tol_rel=True, match_field="uint8_diff"))
+    assert res["reference"]["uint8_diff"] == 0 and res["reference"]["fid"] is None
+    run = make_sampler(specs["picard"].replace(k=2), model.scheduler)
+    its = run(task.model_fn, initial_latents(model, range(4)), None, return_iterates=True)[1].iterates
+    for k in (1, 2):
+        expect = decode_latents(model, its[k][-1])
+        assert np.array_equal(task.score_images(limited(task, specs["picard"], k), k), expect)
+    assert task.score_images(None, None).shape == (4, 16, 16, 3)

@@ -10,40 +10,16 @@ images latent RMSE) and, where measured, ``score``.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import atomic_path, write_json
+from ..io import atomic_path
 from ..sampling import K_STEPS
 
-__all__ = ["cached", "distances_vs_k", "file_hash", "k_match", "plots", "write_csv"]
-
-
-def file_hash(folder: Path, names) -> str:
-    h = hashlib.sha256()
-    for n in names:
-        h.update((folder / n).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cached(path: Path, key: dict, compute, label: str, t_start: float):
-    """``compute()`` once per key: its JSON result is kept in ``path`` and reused while the key matches."""
-    old = json.loads(path.read_text()) if path.exists() else {}
-    if old.get("key") == key:
-        print(f"{label}: cached ({path.name})", flush=True)
-        return old["value"]
-    t0 = time.perf_counter()
-    value = compute()
-    write_json(path, {"key": key, "value": value})
-    print(f"{label}: done in {time.perf_counter() - t0:.1f} s ({time.perf_counter() - t_start:.0f} s elapsed)",
-          flush=True)
-    return value
+__all__ = ["distances_vs_k", "k_match", "plots", "write_csv"]
 
 
 @torch.no_grad()
@@ -93,9 +69,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def plots(out: Path, res: dict, ref_score: float | None, ref_label: str, unit: str, dist_tol: float,
+def plots(out: Path, res: dict, ref_score: float | None, ref_label: str, unit: str, dist_tol: float | None,
           score_tol: float, score_label: str = "mean score") -> None:
-    """score_vs_k.png, distance_vs_k.png and pareto.png in ``out`` from ``res`` = {sampler: rows}."""
+    """score_vs_k.png, distance_vs_k.png and pareto.png in ``out`` from ``res`` = {sampler: rows} (``dist_tol``
+    None: no tolerance line on the distance axis)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -126,7 +103,7 @@ def plots(out: Path, res: dict, ref_score: float | None, ref_label: str, unit: s
                     front, best = front + [(d, v)], v
             if front:
                 ax.step(*zip(*front, strict=True), "k--", where="post", lw=1, label="Pareto front")
-        if name != "score_vs_k":
+        if name != "score_vs_k" and dist_tol is not None:
             (ax.axhline if name == "distance_vs_k" else ax.axvline)(dist_tol, color="r", ls="--", lw=1,
                                                                     label=f"{dist_tol:g} {unit}")
         if name != "distance_vs_k" and ref_score is not None:

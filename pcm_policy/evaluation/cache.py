@@ -3,7 +3,7 @@
 ``Cache(folder).json(name, key, compute)`` keeps ``{"key", "value"}`` in ``folder/name.json``;
 ``.tensors(name, key, compute)`` keeps ``{"key", "value"}`` (tensors, dicts of them or None, tuples) in
 ``folder/name.pt``. A stored value is reused while its key (JSON-able, compared after a JSON round trip)
-is the same; otherwise it is recomputed and replaced (written atomically).
+is the same; otherwise (or when the file is damaged) it is recomputed and replaced (written atomically).
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ class Cache:
         """``compute()`` (tensors, dicts/tuples of them, None) once per key, kept in ``name.pt``."""
         path, key = self.folder / f"{name}.pt", _norm(key)
         if path.is_file():
-            stored = torch.load(path, weights_only=True)
-            if stored.get("key") == key:
+            try:
+                stored = torch.load(path, weights_only=True)
+            except Exception:  # noqa: BLE001 (a damaged or foreign file: recomputed and replaced)
+                stored = {}
+            if isinstance(stored, dict) and stored.get("key") == key:
                 print(f"{label}: cached ({path.name})", flush=True)
                 return stored["value"]
         value = compute()

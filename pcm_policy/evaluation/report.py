@@ -73,14 +73,19 @@ def save_image_grid(path: Path, rows: list[str], cols: list, cell, T: int, n: in
 
 
 @torch.no_grad()
-def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAMPLES) -> Path | None:
+def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAMPLES, note: str | None = None
+               ) -> Path | None:
     """grid.png: the first ``n`` eval conditions sampled by each of ``GRID_ROWS`` (where in ``samplers``, a
-    {name: SamplerSpec}) at every k, and by DDIM-T; decoded by ``task.images``. None without images or
+    {name: SamplerSpec}) at every k, and by DDIM-T; decoded by ``task.images``, or the score's own images
+    (``task.score_images``) where the task keeps them; ``note`` goes under the title. None without images or
     matplotlib."""
     from ..sampling import SamplerSpec, make_sampler
     from .sweep import limited
 
     rows = [s for s in GRID_ROWS if s in samplers]
+    import textwrap
+
+    title = "\n".join(["Rows: sampler, columns: k", *textwrap.wrap(note or "", 18 * (len(ks) + 1))])  # fits the width
     if task.images is None or not rows:
         return None
     try:
@@ -88,6 +93,14 @@ def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAM
     except ImportError:
         print("note: matplotlib is not installed; grid skipped")
         return None
+    if task.score_images is not None:
+        n = len(task.score_images(None, None)[:n])
+
+        def cell(s, k):
+            return task.score_images(None if k is None else limited(task, samplers[s], k), k)[:n]
+
+        save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, n, title)
+        return out / "grid.png"
     cond, x_T = task.split("eval", n)
     ref = make_sampler(SamplerSpec.named("ddim", num_steps=task.num_steps), task.scheduler)(task.model_fn, x_T, cond)[0]
 
@@ -98,23 +111,27 @@ def image_grid(task, samplers: dict, ks: list[int], out: Path, n: int = GRID_SAM
             x = make_sampler(limited(task, samplers[s], k), task.scheduler)(task.model_fn, x_T, cond)[0]
         return task.images(x)
 
-    save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, len(x_T), "Rows: sampler, columns: k")
+    save_image_grid(out / "grid.png", rows, [*ks, None], cell, task.num_steps, len(x_T), title)
     return out / "grid.png"
 
 
 def write_report(out: str | Path, result: dict, *, score_label: str = "score", task=None, samplers=None,
-                 print_table: bool = True) -> None:
+                 print_table: bool = True, extra: str = "") -> None:
     """sweep.csv, table.md and the figures of ``result`` (``run_sweep``'s) in ``out``; with ``task`` (and its
-    ``samplers``), grid.png where the task has images."""
+    ``samplers``), grid.png where the task has images (``settings["stand_in"]``, where given, under its title).
+    ``extra``: a task's own markdown, appended to table.md."""
     out = Path(out)
     rows = [r for rs in result["results"].values() for r in rs]
     write_csv(out / "sweep.csv", rows)
-    text = table(result)
+    text = table(result) + (f"\n{extra}" if extra else "")
     write_text(out / "table.md", text)
     st, ref = result["settings"], result.get("reference", {})
-    plots(out, result["results"], ref.get("score", ref.get("mean_score")), f"DDIM-{ref.get('k')}",
-          result["distance_unit"], st["dist_tol"], st["score_tol"], score_label)
+    ref_score = ref.get("score", ref.get("mean_score"))
+    score_tol = st["score_tol"] * (abs(ref_score) if st.get("score_tol_rel") and ref_score is not None else 1.0)
+    dist_tol = st["dist_tol"] if st.get("match_field", "distance") == "distance" else None  # else not this axis
+    plots(out, result["results"], ref_score, f"DDIM-{ref.get('k')}", result["distance_unit"], dist_tol, score_tol,
+          score_label)
     if task is not None and samplers:
-        image_grid(task, samplers, st["ks"], out)
+        image_grid(task, samplers, st["ks"], out, note=st.get("stand_in"))
     if print_table:
         print(text)

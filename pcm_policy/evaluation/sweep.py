@@ -10,7 +10,9 @@
    a PCM jump's own) is its converged output; ddim and ddim-k at k >= T are the reference itself.
 
 k_match (``evaluation.k_match``): the smallest k whose distance is under ``dist_tol`` and (with a score)
-whose score is within ``score_tol`` of the reference's. Every cached value is keyed by the settings that
+whose score is within ``score_tol`` of the reference's (``score_tol_rel``: ``score_tol`` x |reference score|;
+``match_field``: the row field held under ``dist_tol`` instead of the distance, e.g. the images' uint8
+difference of the scored samples). Every cached value is keyed by the settings that
 decide it (the task's fingerprint and key, the full ``SamplerSpec``, the adapter tensors for adapted
 samplers, the conditions), so a changed setting recomputes exactly what it affects.
 """
@@ -56,6 +58,8 @@ class SweepConfig:
     jobs: int = 1
     force: bool = False
     settings: dict = field(default_factory=dict)  # recorded in sweep.json (the caller's flags)
+    score_tol_rel: bool = False  # score_tol is a fraction of |reference score| (images: FID within 1%)
+    match_field: str = "distance"  # the row field k_match holds under dist_tol (images: "uint8_diff" of the score)
 
     def __post_init__(self):
         self.ks, self.out = sorted(set(int(k) for k in self.ks)), Path(self.out)
@@ -155,12 +159,17 @@ def run_sweep(task, cfg: SweepConfig, *, factory=None) -> dict:
                 rows[i] = {**{f: r.get(f) for f in fields if f != "distance"}, "distance": r["distance"]}
 
     ref_score = ref["score"] if ref else None
-    km = {s: k_match(rows, ref_score, cfg.score_tol, cfg.dist_tol) for s, rows in res.items()}
+    tol = cfg.score_tol * abs(ref_score) if cfg.score_tol_rel and ref_score is not None else cfg.score_tol
+    km = {s: k_match(rows if cfg.match_field == "distance" else
+                     [{**r, "distance": r[cfg.match_field]} for r in rows if r.get(cfg.match_field) is not None],
+                     ref_score, tol, cfg.dist_tol) for s, rows in res.items()}
     kp, kq = km.get("pcm"), km.get("picard")
     result = {"settings": {**cfg.settings, "samplers": {s: v.to_dict() for s, v in cfg.samplers.items()},
                            "ks": cfg.ks, "score_ks": cfg.score_ks, "task": task.name, "task_fingerprint": base["task"],
                            "conditions_used": len(x_T), "tol": 0.0, "score_tol": cfg.score_tol,
-                           "dist_tol": cfg.dist_tol},
+                           "dist_tol": cfg.dist_tol,
+                           **({"score_tol_rel": True} if cfg.score_tol_rel else {}),
+                           **({"match_field": cfg.match_field} if cfg.match_field != "distance" else {})},
               "reference": {"sampler": "ddim", "k": T, **(ref.get("detail", ref) if ref else {})},
               "distance_unit": task.unit, "results": res, "k_match": km,
               "speedups": {"sequential_over_pcm": T / kp if kp else None,

