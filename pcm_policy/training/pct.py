@@ -372,6 +372,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     for name, path in (("out", out), ("run_dir", run_dir), ("data_path", data_path)):
         check_not_shipped(path, force, "force=true", name)
     dist.check_divisible(pc["batch_size"], "pct.batch_size")
+    obj = get_objective(pc["objective"])  # before any work
     finetune = pc.get("finetune", "lora")
     if finetune not in ("lora", "full") or finetune == "full" and task.full_copy is None:
         raise ValueError(f"pct.finetune must be lora{' or full' if task.full_copy else ''} for task {task.name}, "
@@ -388,7 +389,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
           f"{tm['chunks_s'] / max(1, tm['conditions']):.3f} s/condition + {tm['conditions_s']:.0f} s for conditions")
 
     # 2. PCT
-    grid, fn, obj = task.grid(data_cfg.num_steps), task.model_fn, get_objective(pc["objective"])
+    grid, fn = task.grid(data_cfg.num_steps), task.model_fn
     batches = obj.batches(pc, data, data_cfg, fn, grid, run_dir)  # before the adapter: from the base model
     if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the network
         module = task.full_copy()
