@@ -52,11 +52,14 @@ TASKS = {"pusht": "pcm_policy.pusht.task", "celeba": "pcm_policy.vision.task", "
 
 
 def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
-    """The task's ``pct_task(cfg, root)`` then the one driver, ``training.pct.run_pct``; returns its metrics."""
+    """The task's ``pct_task(cfg, root)`` then the one driver, ``training.pct.run_pct``; returns its metrics. A
+    ``pct.objective`` the core does not know (the paper's ``picard``) is looked up in ``pcm_policy.paper.pct``."""
     import importlib
 
-    from pcm_policy.training.pct import run_pct
+    from pcm_policy.training.pct import OBJECTIVES, run_pct
 
+    if cfg["pct"].get("objective") not in OBJECTIVES:  # the paper's one-update objective, "picard", registers itself
+        importlib.import_module("pcm_policy.paper.pct")
     if cfg["task"]["name"] not in TASKS:
         raise ValueError(f"task must be {', '.join(TASKS)}, got {cfg['task']['name']!r}")
     check_divisible(cfg["pct"]["batch_size"], "pct.batch_size", env_world_size())  # before any work

@@ -1,18 +1,24 @@
 """The paper's recipe (``pcm_policy.paper``): the full copy as a model-function wrapper, its frozen graphs,
-its adapter folder, and PCM over it (feature-space ramps) keeping exactness; the shipped paper adapter loads."""
+its adapter folder, and PCM over it (feature-space ramps) keeping exactness; the shipped paper adapter loads; the
+one-update objective (``pcm_policy.paper.pct``) trains the adapter alone and registers itself in the PCT driver."""
 
 from pathlib import Path
 
 import pytest
 import torch
-from test_pct import env  # noqa: F401  (fixture: a tiny base checkpoint and demonstration store)
+from test_imports import PKG, imports
+from test_pct import TINY, _randomise_lora, ddim_grid, env  # noqa: F401  (env, fixture: a tiny base checkpoint ...)
 from vision_helpers import ldm_dir  # noqa: F401  (fixture: a tiny saved LDM)
 
-from pcm_policy.lora import add_lora
+from pcm_policy.lora import add_lora, lora_parameters
 from pcm_policy.paper import FullCopy, add_full_copy, full_copy_of
+from pcm_policy.paper.pct import PCTBatches
 from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, save_adapter_folder, save_policy
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
 from pcm_policy.sampling import SamplerSpec, Switch, sample_pcm, sample_sequential, step_grid
+from pcm_policy.training import LoopConfig, train
+from pcm_policy.training.pct import OBJECTIVES, Objective, alpha_from_var, get_objective, pct_loss
+from pcm_policy.training.pct_data import load as load_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,3 +172,38 @@ def test_the_image_paper_config_trains_an_exact_adapter_on_a_smoke_budget(ldm_di
     ref, _ = sample_sequential(fn, data["x_T"], data["cond"], grid=grid)
     x, st = make_sampler(spec.replace(tol=0.0, k=None), model.scheduler)(fn, data["x_T"], data["cond"])
     assert st.converged and torch.allclose(x, ref, atol=1e-4)
+
+
+def test_pct_loss_trains_only_lora(env, tmp_path):  # noqa: F811
+    d, policy = load_trajectories(env / "traj"), load_policy(env / "base")
+    add_lora(policy.model, rank=4, alpha=8)
+    _randomise_lora(policy.model)  # B != 0, so A gets gradients too
+    grid, alpha = ddim_grid(policy, TINY.num_steps), alpha_from_var(d["var_k"])
+    batch = next(PCTBatches(d, 3))
+    pct_loss(policy.model_fn, batch, grid, alpha).backward()
+    lora = {id(p) for p in lora_parameters(policy.model)}
+    for name, p in policy.named_parameters():
+        if id(p) in lora:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None and not p.requires_grad, name
+    policy.zero_grad(set_to_none=True)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    loop = LoopConfig(steps=1, warmup_steps=0, optimizer="adam", log_every=1, ckpt_every=1)
+    train(policy, lambda b: pct_loss(policy.model_fn, b, grid, alpha), PCTBatches(d, 2), loop, tmp_path,
+          lambda m, s: None,
+          params=lora_parameters(policy.model))
+    after = policy.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]) != ("lora_" in k), k  # base bit-identical, every adapter tensor moved
+
+
+def test_the_paper_objective_registers_itself_and_the_core_does_not_import_it():
+    """``objective: picard`` reaches the driver through ``training.pct.OBJECTIVES`` alone: importing
+    ``pcm_policy.paper.pct`` registers it; the core's driver imports nothing of the paper (ast, also inside
+    functions); an unknown name is a ValueError that says what to import."""
+    assert isinstance(OBJECTIVES["picard"], Objective) and get_objective("jump") is OBJECTIVES["jump"]
+    with pytest.raises(ValueError, match="jump, picard.*pcm_policy.paper.pct.*'unrolled'"):
+        get_objective("unrolled")
+    core = imports(PKG / "training/pct.py", "pcm_policy.training.pct")
+    assert not {m for m in core if m.startswith("pcm_policy.paper")}, core

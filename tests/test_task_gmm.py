@@ -15,6 +15,7 @@ from pcm_policy.adapters import load_adapter_folder
 from pcm_policy.evaluation.report import write_report
 from pcm_policy.evaluation.sweep import SweepConfig, run_sweep
 from pcm_policy.lora import LoraScale
+from pcm_policy.paper import pct as _paper_pct  # noqa: F401  (registers the objective "picard" PCT names)
 from pcm_policy.sampling import SamplerSpec, Switch, make_sampler, sample_pcm, sample_sequential
 from pcm_policy.task import Task
 from pcm_policy.training.pct import run_pct

@@ -41,9 +41,10 @@ def _pct_fit(run_dir, stop_after=None, die_at=None, seed=0, steps=STEPS, batch=B
     were drawn (counting the resumed ones); ``die_at``: this process exits (code 3) while drawing that batch.
     Returns (initial adapter, final adapter (EMA), the whole batches read: (k, row id) per step)."""
     from pcm_policy.lora import add_lora, lora_state_dict
+    from pcm_policy.paper.pct import PCTBatches
     from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
     from pcm_policy.sampling import step_grid
-    from pcm_policy.training.pct import PCTBatches, pct_loss
+    from pcm_policy.training.pct import pct_loss
 
     torch.manual_seed(0)
     policy = DiffusionPolicy(PolicyConfig(unet={"down_dims": [8, 16, 32]}))

@@ -11,9 +11,9 @@ import torch
 from vision_helpers import assert_close, dirs, ldm_dir, sd_dir  # noqa: F401
 
 from pcm_policy.adapters import load_adapter_folder
+from pcm_policy.paper.pct import PCTBatches  # (importing it registers the objective image_smoke names)
 from pcm_policy.sampling import index_cond, sample_pcm, sample_picard, sample_sequential, step_grid
 from pcm_policy.training import pct_data
-from pcm_policy.training.pct import PCTBatches
 from pcm_policy.training.pct import run_pct as run_driver
 from pcm_policy.training.pct_data import PCTData, base_iterates
 from pcm_policy.vision import load_model, model_function

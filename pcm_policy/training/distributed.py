@@ -11,7 +11,7 @@ holds no world size, so a run resumes with any number of processes at the same s
 A loss that draws randomness per row (noise, timesteps) must draw it with the batch, for all the batch's
 rows, so that a rank's share carries the rows' own draws (``pusht.train`` does; PCT's batches do already).
 Draws made inside the loss use a per-rank stream (``rank_rng``): independent across ranks, not equal to one
-process's. A batch stream whose ``sharded`` attribute is true hands each rank its rows itself (``PCTBatches``
+process's. A batch stream whose ``sharded`` attribute is true hands each rank its rows itself (``paper.pct.PCTBatches``
 making the base iterates per batch: each rank makes only its rows'); the loop then takes its batches as they are.
 
 Failures: ``all_ok`` runs a rank's part of a setup step and raises on every rank when any rank failed

@@ -1,4 +1,5 @@
-"""Picard Consistency Training: the losses, their batches and the schedule tuning, for any task.
+"""Picard Consistency Training for any task: the one driver (``run_pct``), the shipped objective (the anytime PCM's
+jump) and what every objective shares (L_PCT as the validation loss, PCM's distances vs k, the schedule rule).
 
 Everything here takes a model function (``model_fn(x, t, cond, lora_scale=...)``, the sampler
 protocol), a step grid, tensors, and a task's ``distance(out, ref) -> (B,)`` (PushT: mean action
@@ -20,6 +21,9 @@ Glossary (PCM paper, PCT objective and model switching; ``docs/method.md``):
                 style one-step distillation of the DDIM-T map x_T -> X*[T]); extra seeded x_T per training
                 condition (``add_draws``) give it more pairs than the store has. PCM then runs Picard + TAA
                 on the base model and returns the jump's estimate for the first iterations (``tune_jump``).
+  objective     ``pct.objective`` names an ``Objective`` (its batches, loss and schedule tuning) in ``OBJECTIVES``:
+                the core's "jump"; the paper's one-update "picard" (L_PCT as the loss, switching schedules) is
+                registered by ``pcm_policy.paper.pct`` on import, and nothing here imports it.
 """
 
 from __future__ import annotations
@@ -31,11 +35,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import paper  # noqa: F401  (registers the paper's form "chain" and space "feature" that pct configs name)
 from ..io import atomic_path
 from ..sampling import (
     FORMS,
-    TAA,
     Jump,
     SamplerSpec,
     Switch,
@@ -49,9 +51,9 @@ from ..sampling import (
 from ..sampling.picard import Update, paradigms_update
 from . import distributed as dist
 
-__all__ = ["JumpBatches", "PCTBatches", "add_draws", "alpha_from_var", "candidates", "choose_schedule", "jump_loss",
-           "jump_draws_from_config", "make_val_fn", "objective", "pcm_distances", "pct_loss", "phi", "run_config",
-           "run_pct", "tune_after_training", "tune_from_config", "tune_jump", "tune_schedule"]
+__all__ = ["OBJECTIVES", "JumpBatches", "Objective", "add_draws", "alpha_from_var", "choose_schedule", "get_objective",
+           "jump_draws_from_config", "jump_loss", "make_val_fn", "pcm_distances", "pct_loss", "phi", "run_config",
+           "run_pct", "tune_jump"]
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (out, ref) -> (B,)
 
@@ -85,50 +87,6 @@ def _update(form: str) -> Update:
     if form not in FORMS:
         raise ValueError(f"pct.form must be one of {', '.join(sorted(FORMS))}, got {form!r}")
     return FORMS[form]
-
-
-class PCTBatches:
-    """Batches of (n, k) for ``pct_loss``: n over the training split (``data["split"] == 0``), k ~ U{0..K-1}
-    (``k_max`` narrows it to U{0..k_max-1}), drawn with torch's global RNG (the loop saves and restores
-    it, so a resumed run continues the same stream). ``data`` (``training.pct_data.load``): ``cond``,
-    ``x_T``, ``x_star`` (N, T+1, ...), ``iterates`` (N, K, T+1, ...) or None, ``split`` (N,), ``var_k`` (K,).
-    Without stored iterates, X^k is made per batch by base Picard (``model_fn``, ``grid``, ``safeguard``,
-    ``init``: as the store's); the same values either way. ``iterates=False``: batches without X^k.
-    ``sharded`` (several processes, ``distributed``): every rank draws the whole batch's (n, k), keeps its share
-    of the rows and makes only their X^k (the loop then takes the batch as it is: ``self.sharded``)."""
-
-    def __init__(self, data: dict, batch_size: int, *, k_max: int | None = None, model_fn=None, grid=None,
-                 safeguard: float | None = None, init: str | None = None, iterates: bool = True,
-                 sharded: bool = False):
-        self.idx = (data["split"] == 0).nonzero().flatten()
-        self.data, self.batch_size, self.with_iterates, self.sharded = data, batch_size, iterates, sharded
-        K = data["iterates"].shape[1] if data.get("iterates") is not None else len(data["var_k"])
-        self.K = min(k_max or K, K)
-        if iterates and data.get("iterates") is None and (model_fn is None or grid is None):
-            raise ValueError("PCTBatches: without stored iterates, pass model_fn and grid to make them per batch")
-        self.model_fn, self.grid, self.safeguard, self.init = model_fn, grid, safeguard, init
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        from .pct_data import base_iterates
-
-        n = self.idx[torch.randint(0, len(self.idx), (self.batch_size,))]
-        k = torch.randint(0, self.K, (self.batch_size,))
-        if self.sharded:  # this rank's rows of the whole batch's draws
-            n, k = dist.shard_batch((n, k))
-        d = self.data
-        b = {"x_star": d["x_star"][n], "cond": index_cond(d["cond"], n), "k": k, "x_T": d["x_T"][n]}
-        if not self.with_iterates:
-            return b
-        if d.get("iterates") is not None:
-            b["x_k"] = d["iterates"][n, k]
-        else:
-            its = base_iterates(self.model_fn, self.grid, b["x_T"], b["cond"], int(k.max()), safeguard=self.safeguard,
-                                init=self.init)
-            b["x_k"] = torch.stack([its[int(kk)][:, i] for i, kk in enumerate(k)])  # (B, T+1, ...)
-        return b
 
 
 def jump_loss(model_fn, batch: dict, grid, position: int = 0) -> torch.Tensor:
@@ -286,33 +244,6 @@ def choose_schedule(results: list[dict], threshold: float = 1.0, resolution: flo
     return min(results, key=lambda r: (round(r["distance"][-1] / resolution), *simpler(r)))
 
 
-def candidates(hard: list[int], ramps: list[list[int]], spaces: list[str], taas=(None,),
-               **settings) -> list[SamplerSpec]:
-    """PCM specs: hard switches (weight space: feature space is identical at lambda in {0, 1}) and linear
-    ramps, each with every TAA in ``taas`` (None: plain Picard updates; an int m: ``TAA(memory=m)``);
-    ``settings`` (safeguard, init, window) go into every spec."""
-    sw = [Switch(k, k, "weight") for k in hard] + [Switch(a, b, sp) for sp in spaces for a, b in ramps]
-    taas = [TAA(memory=t) if isinstance(t, int) and t >= 2 else (None if isinstance(t, int) else t) for t in taas]
-    return [SamplerSpec.named("pcm", switch=s, taa=t, **settings) for t in taas for s in sw]
-
-
-def tune_schedule(model_fn, grid, cond, x_T, target, cands: list[SamplerSpec], k_max: int, distance: Distance,
-                  threshold: float = 1.0) -> tuple[SamplerSpec, dict]:
-    """Distances of every candidate (and plain Picard, for reference) on held-out conditions; returns
-    (the chosen spec, metrics with every candidate's distances, Picard's and the speed-up over it)."""
-    results = [{"spec": c, "distance": pcm_distances(model_fn, grid, cond, x_T, target, c, k_max, distance)}
-               for c in cands]
-    chosen = choose_schedule(results, threshold)
-    base = cands[0].replace(switch=Switch(0, 0), taa=None) if cands else None
-    picard = {"distance": pcm_distances(model_fn, grid, cond, x_T, target, base, k_max, distance)}
-    picard["k_match"] = _first_below(picard["distance"], threshold)
-    speedup = picard["k_match"] / chosen["k_match"] if picard["k_match"] and chosen["k_match"] else None
-    rows = [{**r, "spec": r["spec"].to_dict()} for r in results]
-    return chosen["spec"], {"candidates": rows, "picard": picard,
-                            "chosen": {**chosen, "spec": chosen["spec"].to_dict()}, "conditions": len(x_T),
-                            "k_max": k_max, "threshold": threshold, "speedup_vs_picard": speedup}
-
-
 def make_val_fn(model_fn, grid, alpha: torch.Tensor, data: dict, distance: Distance, spec: SamplerSpec,
                 n_val: int = 64, k_max: int = 3, form: str = "paradigms"):
     """Validation for the training loop: L_PCT on fixed held-out (n, k) pairs (where the store keeps the
@@ -337,24 +268,58 @@ def make_val_fn(model_fn, grid, alpha: torch.Tensor, data: dict, distance: Dista
     return val_fn
 
 
-# ------------------------------------------------------------------------ from a task's pct config
-def objective(pc: dict, model_fn, grid, alpha: torch.Tensor, settings: dict,
-              distance: Distance) -> tuple[SamplerSpec, Callable]:
-    """The PCM spec validated during training and the loss of a ``pct`` config (``configs/pct/*.yaml``):
-    ``objective: jump`` (``jump_loss``; spec from ``pct.jump.schedule``, its Jump chosen after training by
-    ``tune_jump``: the shipped recipe) or ``picard`` (``pct_loss``, the paper's one-update objective, form
-    ``pct.form``; spec from ``pct.val.schedule``).
-    ``settings`` (num_steps, safeguard, init) go into the spec. Raises ValueError for another objective."""
-    if pc["objective"] == "jump":  # its spec keeps its own first iterate (the store's only shapes the val loss)
-        spec = SamplerSpec.from_dict(pc["jump"]["schedule"]).replace(**{k: v for k, v in settings.items()
-                                                                          if k != "init"})
-        first = spec.jump.positions[0] if spec.jump is not None else 0
-        return spec, lambda b: jump_loss(model_fn, b, grid, first)
-    if pc["objective"] == "picard":
-        form = pc.get("form", "paradigms")
-        spec = SamplerSpec.from_dict(pc["val"]["schedule"]).replace(**settings)
-        return spec, lambda b: pct_loss(model_fn, b, grid, alpha, form)
-    raise ValueError(f"pct.objective must be jump or picard, got {pc['objective']!r}")
+# ------------------------------------------------------------------------ the objectives, by name
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What ``run_pct`` needs of a PCT objective (``pct.objective``, a name in ``OBJECTIVES``); every callable
+    takes the ``pct`` config ``pc`` first.
+
+    batches(pc, data, data_cfg, model_fn, grid, run_dir) -> the training batch stream (an iterator of dicts);
+        called before the adapter is added, so whatever it computes comes from the base model.
+    build(pc, model_fn, grid, alpha, settings, distance) -> (the PCM spec validated during training, with
+        ``settings``; loss(batch) -> scalar tensor).
+    tune(pc, spec, model_fn, grid, cond, x_T, target, settings, distance) -> (the chosen spec, metrics with at
+        least ``chosen`` and ``picard``, each with ``k_match``, and ``chosen.distance``): the schedule tuning
+        after training on held-out ``cond``, ``x_T`` and ``target`` = X*[T]."""
+
+    batches: Callable
+    build: Callable
+    tune: Callable
+
+
+def _jump_batches(pc: dict, data: dict, data_cfg, model_fn, grid, run_dir) -> JumpBatches:
+    # more (condition, x_T) pairs for the one-step jump, from the base model first
+    draws = jump_draws_from_config(pc, model_fn, grid, data, Path(run_dir).parent, chunk=data_cfg.draw_chunk)
+    return JumpBatches(data, int(pc["batch_size"]), draws)
+
+
+def _jump_build(pc: dict, model_fn, grid, alpha, settings: dict, distance: Distance):
+    # its spec keeps its own first iterate (the store's only shapes the val loss)
+    spec = SamplerSpec.from_dict(pc["jump"]["schedule"]).replace(**{k: v for k, v in settings.items() if k != "init"})
+    first = spec.jump.positions[0] if spec.jump is not None else 0
+    return spec, lambda b: jump_loss(model_fn, b, grid, first)
+
+
+def _jump_tune(pc: dict, spec: SamplerSpec, model_fn, grid, cond, x_T, target, settings: dict, distance: Distance):
+    # the anytime PCM: the jump's estimates first while they are closer than Picard
+    tune = pc["tune"]
+    return tune_jump(model_fn, grid, cond, x_T, target, spec, list(tune["jump_positions"]), int(tune["k_max"]),
+                     distance, threshold=float(tune.get("threshold", 1.0)))
+
+
+# PCT objectives by name (``pct.objective``): the core's "jump" (``jump_loss``, spec from ``pct.jump.schedule``, its
+# Jump chosen after training by ``tune_jump``: the shipped anytime PCM). ``pcm_policy.paper.pct`` adds the paper's
+# one-update objective "picard" on import (``scripts/train_pct.py`` imports it when a config names it).
+OBJECTIVES: dict[str, Objective] = {"jump": Objective(batches=_jump_batches, build=_jump_build, tune=_jump_tune)}
+
+
+def get_objective(name: str) -> Objective:
+    """``OBJECTIVES[name]``. Raises ValueError for a name not registered (the paper's "picard" is registered by
+    importing ``pcm_policy.paper.pct``)."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"pct.objective must be one of {', '.join(sorted(OBJECTIVES))} (the paper's one-update "
+                         f"objective picard is registered by importing pcm_policy.paper.pct), got {name!r}")
+    return OBJECTIVES[name]
 
 
 def run_config(cfg: dict) -> dict:
@@ -370,29 +335,6 @@ def jump_draws_from_config(pc: dict, model_fn, grid, data: dict, folder: str | P
     ``jump_draws_{draws}_{seed}.pt`` (a task's PCT runs share it)."""
     draws, seed = int(pc["jump"]["draws"]), int(pc["jump"]["seed"])
     return add_draws(model_fn, grid, data, draws, seed, Path(folder) / f"jump_draws_{draws}_{seed}.pt", chunk=chunk)
-
-
-def tune_after_training(pc: dict, spec: SamplerSpec, model_fn, grid, cond, x_T, target, settings: dict,
-                        distance: Distance) -> tuple[SamplerSpec, dict]:
-    """The schedule tuning of a ``pct`` config on held-out ``cond``, ``x_T`` and ``target`` = X*[T]:
-    ``objective: jump`` -> ``tune_jump`` from the trained objective's ``spec`` over ``pct.tune.jump_positions``,
-    otherwise ``tune_from_config``; threshold ``pct.tune.threshold`` (default 1.0)."""
-    tune = pc["tune"]
-    if pc["objective"] == "jump":  # the anytime PCM: the jump's estimates first while they are closer than Picard
-        return tune_jump(model_fn, grid, cond, x_T, target, spec, list(tune["jump_positions"]), int(tune["k_max"]),
-                         distance, threshold=float(tune.get("threshold", 1.0)))
-    return tune_from_config(model_fn, grid, cond, x_T, target, tune, settings, distance)
-
-
-def tune_from_config(model_fn, grid, cond, x_T, target, tune: dict, settings: dict,
-                     distance: Distance) -> tuple[SamplerSpec, dict]:
-    """``tune_schedule`` over the candidates of a ``pct.tune`` config (hard, ramps, spaces, anderson, k_max,
-    threshold: default 1.0) on held-out ``cond``, ``x_T`` and ``target`` = X*[T]; ``settings`` go into
-    every candidate."""
-    cands = candidates(list(tune["hard"]), [list(r) for r in tune["ramps"]], list(tune["spaces"]),
-                       list(tune.get("anderson", [0])), **settings)
-    return tune_schedule(model_fn, grid, cond, x_T, target, cands, int(tune["k_max"]), distance,
-                         threshold=float(tune.get("threshold", 1.0)))
 
 
 # ------------------------------------------------------------------------ the one PCT driver
@@ -430,6 +372,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     for name, path in (("out", out), ("run_dir", run_dir), ("data_path", data_path)):
         check_not_shipped(path, force, "force=true", name)
     dist.check_divisible(pc["batch_size"], "pct.batch_size")
+    obj = get_objective(pc["objective"])  # before any work
     finetune = pc.get("finetune", "lora")
     if finetune not in ("lora", "full") or finetune == "full" and task.full_copy is None:
         raise ValueError(f"pct.finetune must be lora{' or full' if task.full_copy else ''} for task {task.name}, "
@@ -447,9 +390,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
 
     # 2. PCT
     grid, fn = task.grid(data_cfg.num_steps), task.model_fn
-    objective_name = pc["objective"]
-    if objective_name == "jump":  # more (condition, x_T) pairs for the one-step jump, from the base model first
-        draws = jump_draws_from_config(pc, fn, grid, data, run_dir.parent, chunk=data_cfg.draw_chunk)
+    batches = obj.batches(pc, data, data_cfg, fn, grid, run_dir)  # before the adapter: from the base model
     if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the network
         module = task.full_copy()
         params = list(module.parameters())
@@ -462,11 +403,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     alpha = alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
     settings = dict(num_steps=data_cfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=data_cfg.init,
                     form=pc.get("form", "paradigms"))  # the sampler uses the form PCT trained with
-    spec, loss_fn = objective(pc, fn, grid, alpha, settings, task.distance)
-    batches = (JumpBatches(data, int(pc["batch_size"]), draws) if objective_name == "jump" else
-               PCTBatches(data, int(pc["batch_size"]), k_max=pc.get("k_max"), model_fn=fn, grid=grid,
-                          safeguard=data_cfg.safeguard, init=data_cfg.init, iterates=objective_name == "picard",
-                          sharded=dist.world_size() > 1))
+    spec, loss_fn = obj.build(pc, fn, grid, alpha, settings, task.distance)
     val_fn = make_val_fn(fn, grid, alpha, data, task.distance, spec, int(pc["val"]["n"]), int(pc["val"]["k_max"]),
                          pc.get("form", "paradigms"))
     save = task.save_adapter or (lambda folder, s, extra: save_adapter_folder(task.module, folder, s, extra))
@@ -486,7 +423,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     t0 = time.perf_counter()
     held = (data["split"] == 1).nonzero().flatten()[: pc["tune"].get("n")]
     held_out = (fn, grid, index_cond(data["cond"], held), data["x_T"][held], data["x_star"][held, -1])
-    chosen, metrics = tune_after_training(pc, spec, *held_out, settings, task.distance)
+    chosen, metrics = obj.tune(pc, spec, *held_out, settings, task.distance)
     log = run_dir / "log.jsonl"
     rows = [json.loads(r) for r in log.read_text().splitlines() if r.strip()] if log.exists() else []
     steps = [r["s_per_step"] for r in rows]

@@ -7,7 +7,7 @@ Glossary (PCM paper; supplement Table 2, PushT: N = 2000, T = 50, K = 30; Table 
                base model's output.
   X^k          the base model's full-window Picard iterates k = 0..K-1 (tol 0, plain updates, first
                iterate ``init``, iterate safeguard ``safeguard``); kept for every row when N K (T+1)
-               samples fit in ``cache_bytes``, else made per batch by ``PCTBatches`` (SD-sized latents).
+               samples fit in ``cache_bytes``, else made per batch by ``paper.pct.PCTBatches`` (SD-sized).
   Var_k        mean over (the first ``var_n``) training conditions of mean((X^k - X*)^2); alpha_k =
                1 / sqrt(Var_k).
 

@@ -16,8 +16,9 @@ Glossary (PCM paper; supplement Table 3 and eq. 1):
                  "feature")``; the sampler core applies it from ``sampling.SPACES["feature"]`` (registered here).
   one update     the PCT objective alpha_k ||Phi_theta(X^k) - X*||^2 through ONE full-window Picard update
                  (``training.pct.pct_loss``; ``objective: picard`` in the configs), k ~ U{0..K-1}, alpha_k =
-                 1/sqrt(Var_k), then a switching schedule tuned on held-out conditions
-                 (``training.pct.tune_from_config``).
+                 1/sqrt(Var_k), then a switching schedule tuned on held-out conditions: ``paper.pct``
+                 (``PCTBatches``, ``tune_from_config``), which registers "picard" in ``training.pct.OBJECTIVES`` on
+                 import (``scripts/train_pct.py`` imports it when a config names it; this module does not).
   chain form     Phi as x_j <- F_{j-1}(x_{j-1}) (supplement eq. 1) instead of the cumulative sum of drifts; same
                  fixed point. ``chain_update`` is a Picard update rule (``sampling.picard.Update``); a spec and a
                  PCT config name it ``form: chain`` (``SamplerSpec.form``, ``pct.form``), the core finds it in
@@ -40,7 +41,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .sampling import FORMS, SPACES, call_model, repeat_cond
+from ..sampling import FORMS, SPACES, call_model, repeat_cond
 
 __all__ = ["FeatureMix", "FullCopy", "add_full_copy", "chain_update", "full_copy_of", "register"]
 
@@ -146,7 +147,7 @@ def add_full_copy(policy) -> nn.Module:
     Raises:
         ValueError: the policy already has a LoRA adapter or a model wrapper (a copy is used instead of one).
     """
-    from .lora import has_lora
+    from ..lora import has_lora
 
     if has_lora(policy.model) or policy.model_wrapper is not None:
         raise ValueError("this policy already has an adapter; a full copy is used instead of one, not beside it")
