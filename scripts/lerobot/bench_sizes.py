@@ -18,12 +18,14 @@ What it measures, in one process (``torch.set_num_threads(1)``):
    schedule re-spaced to 10 steps, what users pick with ``num_inference_steps=10``).
 3. Picard / Picard + TAA latency per size is a PROJECTION: the sum, over the recorded calls of the trained policy,
    of that size's measured cost of a call of that many rows (linear between measured widths), averaged over the
-   conditions; the per-chunk sampler overhead is left out. For the trained size (4.5M) the same samplers are also
-   timed directly on the trained policy, which checks the projection. PCM needs an adapter trained for this
-   policy (``--adapter``, item 6); without one its row is not printed.
+   conditions: model calls only, set against DDIM-T's model calls alone (T x a 1-row call) and against DDIM-T
+   measured (which includes the sequential loop's own per-step cost). For the trained size (4.5M) the same
+   samplers are also timed directly on the trained policy (their per-iteration overhead included). PCM needs an
+   adapter trained for this policy (``--adapter``, item 6); without one its row is not printed.
 
-Timings are wall clock on a shared machine: medians of interleaved repeats, read as ratios. Output: a table on
-stdout and ``--out`` (JSON, written atomically).
+Timings are wall clock on a shared machine: per size, every width and sampler is timed in ONE block of interleaved
+rounds (round robin), and the best round is kept (the least disturbed; medians are in the JSON), read as ratios.
+Output: a table on stdout and ``--out`` (JSON, written atomically).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def parse(argv=None):
     p.add_argument("--few-steps", type=int, default=10, help="the few-step DDIM users pick")
     p.add_argument("--sizes", default=",".join(SIZES), help=f"comma list of {', '.join(SIZES)}")
     p.add_argument("--widths", default="1,2,4,8,16,24,32,40,50")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (the best is kept)")
     p.add_argument("--out", default=None, help="JSON path (written atomically)")
     a = p.parse_args(argv)
     a.sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
@@ -160,44 +162,48 @@ def main(argv=None) -> int:
         pol = build(trained.config, SIZES[size])
         ad = LerobotDiffusion(pol)
         params = sum(p.numel() for p in pol.parameters())
-        curve_calls = {}
+        calls = {}  # ONE interleaved block per size: curve widths and samplers share every round's load
         for w in a.widths:
             x = torch.randn(w, *ad.sample_shape, generator=g)
             t = torch.randint(0, 100, (w,), generator=g)
             c = conds[torch.arange(w) % len(conds)]
-            curve_calls[w] = (lambda x=x, t=t, c=c, f=ad.model_fn: f(x, t, c))
-        with torch.no_grad():
-            ct = time_interleaved(curve_calls, repeats=max(a.repeats, 3), warmup=1)
-        curve = {w: statistics.median(v) for w, v in ct.items()}
-        seq = {f"DDIM-{T}": ad.sampler(SamplerSpec.named("ddim", num_steps=T)),
-               f"DDIM-{k}": ad.sampler(SamplerSpec.named("ddim", num_steps=k))}
-        runs = {n: (lambda s=s, f=ad.model_fn: s(f, x_T[:1], conds[:1])) for n, s in seq.items()}
-        if size == "4.5M":  # the trained size: the samplers timed directly on the trained policy too
+            calls[f"call {w}"] = (lambda x=x, t=t, c=c, f=ad.model_fn: f(x, t, c))
+        for n, steps in ((f"DDIM-{T}", T), (f"DDIM-{k}", k)):
+            s = ad.sampler(SamplerSpec.named("ddim", num_steps=steps))
+            calls[n] = (lambda s=s, f=ad.model_fn: s(f, x_T[:1], conds[:1]))
+        if tuple(SIZES[size]) == tuple(trained.config.down_dims):  # the trained size: its samplers timed directly
             for n, spec in specs.items():
-                if n == f"DDIM-{T}":
-                    continue
                 s = trained.sampler(spec, solver="ddim")
-                runs[f"{n} (trained, measured)"] = (
+                calls[f"{n} (trained, measured)"] = (
                     lambda s=s: [s(trained.model_fn, x_T[i:i + 1], conds[i:i + 1]) for i in range(len(conds))])
         with torch.no_grad():
-            st = time_interleaved(runs, repeats=a.repeats, warmup=1)
-        lat = {n: statistics.median(v) / (len(conds) if "(trained" in n else 1) for n, v in st.items()}
-        proj = {}
-        for n, r in its.items():
-            if n.startswith("DDIM"):
-                continue
-            proj[f"{n} (projected)"] = statistics.mean(sum(interp(curve, w) for w in ws) for ws in r["widths"])
+            times = time_interleaved(calls, repeats=a.repeats, warmup=1)
+        per = {n: len(conds) if "(trained" in n else 1 for n in times}
+        best = {n: min(v) / per[n] for n, v in times.items()}  # best of the rounds: the least disturbed (shared CPU)
+        med = {n: statistics.median(v) / per[n] for n, v in times.items()}
+        curve = {w: best[f"call {w}"] for w in a.widths}
+        calls_only = T * curve[1]  # DDIM-T's model calls alone
+        proj = {f"{n} (projected)": statistics.mean(sum(interp(curve, w) for w in ws) for ws in r["widths"])
+                for n, r in its.items() if not n.startswith("DDIM")}
+        lat = {n: v for n, v in best.items() if not n.startswith("call ")}
         base = lat[f"DDIM-{T}"]
-        report["sizes"][size] = {"down_dims": SIZES[size], "parameters": params,
-                                 "curve_ms": curve, "curve_ratio": {w: curve[w] / curve[1] for w in curve},
-                                 "latency_ms": lat, "projected_ms": proj,
-                                 "x_ddim": {n: v / base for n, v in {**lat, **proj}.items()}}
+        report["sizes"][size] = {
+            "down_dims": SIZES[size], "parameters": params, "repeats": a.repeats,
+            "curve_ms_best": curve, "curve_ms_median": {w: med[f"call {w}"] for w in a.widths},
+            "curve_ratio": {w: curve[w] / curve[1] for w in curve},
+            "latency_ms_best": lat, "latency_ms_median": {n: med[n] for n in lat}, "projected_ms": proj,
+            "x_ddim_measured": {n: v / base for n, v in lat.items()},
+            "x_ddim_calls_only": {n: v / calls_only for n, v in proj.items()}}
         del pol, ad
-        print(f"\n## {size}: down_dims {SIZES[size]}, {params / 1e6:.2f}M parameters")
-        print("  batch-cost curve (ms / call, x a 1-row call): " + ", ".join(
+        print(f"\n## {size}: down_dims {SIZES[size]}, {params / 1e6:.2f}M parameters (best of {a.repeats} rounds)")
+        print("  batch-cost curve, ms per UNet call (x a 1-row call): " + ", ".join(
             f"{w}: {curve[w]:.1f} ({curve[w] / curve[1]:.2f}x)" for w in a.widths))
-        for n, v in {**lat, **proj}.items():
-            print(f"  {n:44s} {v:9.1f} ms/chunk  {v / base:5.2f}x DDIM-{T}")
+        for n, v in lat.items():
+            print(f"  {n:40s} {v:9.1f} ms/chunk  {v / base:5.2f}x DDIM-{T} measured (median {med[n]:.1f} ms)")
+        print(f"  {'DDIM-' + str(T) + ' model calls alone':40s} {calls_only:9.1f} ms/chunk  ({T} x a 1-row call)")
+        for n, v in proj.items():
+            print(f"  {n:40s} {v:9.1f} ms/chunk  {v / calls_only:5.2f}x DDIM-{T}'s model calls, "
+                  f"{v / base:5.2f}x DDIM-{T} measured")
     report["load_after"] = load_average()
     if a.out:
         write_json(a.out, json.loads(json.dumps(report, default=str)))
