@@ -153,7 +153,8 @@ def main(argv=None) -> int:
               f"{max(r['calls'])}), rows/chunk {statistics.mean(r['rows']):6.1f}, max distance to DDIM-{T} "
               f"{r['max_distance']:.3g} px")
 
-    report = {"policy": str(folder), "step": step, "T": T, "tol": a.tol, "conds": len(conds),
+    report = {"command": "python scripts/lerobot/bench_sizes.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "policy": str(folder), "step": step, "T": T, "tol": a.tol, "conds": len(conds),
               "load_before": load_average(), "iterations": {n: {k2: v for k2, v in r.items() if k2 != "widths"}
                                                             | {"widths": r["widths"]} for n, r in its.items()},
               "sizes": {}}
@@ -193,7 +194,8 @@ def main(argv=None) -> int:
             "curve_ratio": {w: curve[w] / curve[1] for w in curve},
             "latency_ms_best": lat, "latency_ms_median": {n: med[n] for n in lat}, "projected_ms": proj,
             "x_ddim_measured": {n: v / base for n, v in lat.items()},
-            "x_ddim_calls_only": {n: v / calls_only for n, v in proj.items()}}
+            "x_ddim_calls_only": {n: v / calls_only for n, v in proj.items()},
+            "x_ddim_2row_calls": {n: v / (T * curve[2]) for n, v in proj.items()} if 2 in curve else None}
         del pol, ad
         print(f"\n## {size}: down_dims {SIZES[size]}, {params / 1e6:.2f}M parameters (best of {a.repeats} rounds)")
         print("  batch-cost curve, ms per UNet call (x a 1-row call): " + ", ".join(
@@ -201,6 +203,9 @@ def main(argv=None) -> int:
         for n, v in lat.items():
             print(f"  {n:40s} {v:9.1f} ms/chunk  {v / base:5.2f}x DDIM-{T} measured (median {med[n]:.1f} ms)")
         print(f"  {'DDIM-' + str(T) + ' model calls alone':40s} {calls_only:9.1f} ms/chunk  ({T} x a 1-row call)")
+        if 2 in curve:  # torch's CPU convolutions take oneDNN from 2 rows on: a 1-row call can cost more than 2 rows
+            print(f"  {'DDIM-' + str(T) + ' at 2-row calls':40s} {T * curve[2]:9.1f} ms/chunk  ({T} x a 2-row call: "
+                  f"the 1-row path sidestepped by a duplicated row)")
         for n, v in proj.items():
             print(f"  {n:40s} {v:9.1f} ms/chunk  {v / calls_only:5.2f}x DDIM-{T}'s model calls, "
                   f"{v / base:5.2f}x DDIM-{T} measured")
