@@ -129,9 +129,10 @@ def load_policy(folder: str | os.PathLike, device: str = "cpu"):
         raise PolicyFolderError(f"{path / 'model.safetensors'} does not fit its config.json ({e})") from e
     raw = unnormalised_inputs(config)
     if raw:
-        warnings.warn(f"{path}: {', '.join(raw)} reach the network unnormalised (its normalization_mapping has no mode "
-                      f"for their type); a policy trained so can ignore its other inputs (docs/lerobot.md); train with "
-                      f"'--policy.normalization_mapping=...' adding \"ENV\": \"MIN_MAX\" (scripts/lerobot/train.sh)",
+        warnings.warn(f"{path}: input(s) {', '.join(raw)} are fed to the network unnormalised (its "
+                      f"normalization_mapping has no mode for their type); a policy trained so can ignore its other "
+                      f"inputs (docs/lerobot.md); train with '--policy.normalization_mapping=...' adding "
+                      f"\"ENV\": \"MIN_MAX\" (scripts/lerobot/train.sh)",
                       stacklevel=2)
     pre, post = make_pre_post_processors(config, pretrained_path=str(path),
                                          preprocessor_overrides={"device_processor": {"device": device}})
