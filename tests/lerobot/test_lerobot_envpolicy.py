@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name.replace('/', '_')}_script", ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -151,3 +151,27 @@ def test_bad_input_is_one_line(folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lerobot.policies.diffusion.modeling_diffusion", None)
     rc, cap = _run(ro, ["--checkpoint", str(folder), "--sampler", "ddim"], capsys)
     assert rc == 2 and cap.err.count("\n") == 1 and "lerobot is not installed" in cap.err and ".venv-lerobot" in cap.err
+
+
+@pytest.mark.slow
+def test_bench_sizes_smoke(folder, tmp_path, capsys):
+    """scripts/lerobot/bench_sizes.py end to end on a tiny policy and dataset (numbers mean nothing): DDIM-T makes
+    T one-row calls and is its own reference, Picard's calls are recorded and priced from the curve."""
+    from test_lerobot_task import write_dataset
+
+    bench = _script("lerobot/bench_sizes")
+    out = tmp_path / "bench.json"
+    rc, cap = _run(bench, ["--policy", str(folder), "--dataset", str(write_dataset(tmp_path / "data")), "--conds", "2",
+                           "--steps", "10", "--few-steps", "2", "--sizes", "4.5M", "--widths", "1,2,10", "--repeats",
+                           "1", "--out", str(out)], capsys)
+    assert rc == 0, cap.err
+    r = json.loads(out.read_text())
+    it = r["iterations"]
+    assert it["DDIM-10"]["calls"] == [10, 10] and it["DDIM-10"]["rows"] == [10, 10]
+    assert it["DDIM-10"]["max_distance"] == 0.0
+    picard = it["Picard tol 0.1"]
+    assert all(1 <= c <= 10 for c in picard["calls"]) and [len(w) for w in picard["widths"]] == picard["calls"]
+    size = r["sizes"]["4.5M"]
+    assert size["curve_ratio"]["1"] == 1.0 and set(size["projected_ms"]) == {"Picard tol 0.1 (projected)",
+                                                                          "Picard+TAA tol 0.1 (projected)"}
+    assert "DDIM-10 at 2-row calls" in cap.out
