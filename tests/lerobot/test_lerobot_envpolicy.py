@@ -175,3 +175,40 @@ def test_bench_sizes_smoke(folder, tmp_path, capsys):
     assert size["curve_ratio"]["1"] == 1.0 and set(size["projected_ms"]) == {"Picard tol 0.1 (projected)",
                                                                           "Picard+TAA tol 0.1 (projected)"}
     assert "DDIM-10 at 2-row calls" in cap.out
+
+
+@pytest.mark.slow
+def test_probe_script(folder, tmp_path, capsys):
+    """scripts/lerobot/probe.py: the figures per checkpoint, the raw environment state visible in the input ranges
+    (build_policy's config leaves it unnormalised, as lerobot 0.6.1 does); a bad folder is one line, exit 2."""
+    from test_lerobot_task import write_dataset
+
+    probe = _script("lerobot/probe")
+    data = write_dataset(tmp_path / "data")
+    rc, cap = _run(probe, [str(folder), "--dataset", str(data), "--frames", "4"], capsys)
+    assert rc == 0, cap.err
+    for what in ("error", "hold still", "swap observation.state", "swap observation.environment_state"):
+        assert what in cap.out
+    raw, noise = _probe_inputs(data, folder)
+    r = probe.probe(folder, raw, noise)
+    env, state = raw["observation.environment_state"], raw["observation.state"]
+    assert r["ranges"]["observation.environment_state"] == (float(env.min()), float(env.max()))  # passed through
+    assert r["ranges"]["observation.state"] != (float(state.min()), float(state.max()))  # normalised
+    assert r["swap observation.state"] >= 0 and r["error"] > 0
+    rc, cap = _run(probe, [str(tmp_path), "--dataset", str(data)], capsys)
+    assert rc == 2 and cap.err.count("\n") == 1 and "config.json" in cap.err
+
+
+def _probe_inputs(data, folder):
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+    from pcm_policy.lerobot.adapter import load_policy
+
+    policy, _, _ = load_policy(folder)
+    meta = LeRobotDatasetMetadata("local/tiny", root=data)
+    ds = LeRobotDataset("local/tiny", root=data, delta_timestamps=resolve_delta_timestamps(policy.config, meta))
+    items = [ds[i] for i in range(3)]
+    raw = {k: torch.stack([it[k] for it in items]) for k in ("observation.state", "observation.environment_state",
+                                                              "action")}
+    return raw, torch.randn(3, policy.config.horizon, 2, generator=torch.Generator().manual_seed(0))
