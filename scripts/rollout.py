@@ -11,6 +11,11 @@ acceleration, training-free), pcm (Picard + the shipped adapter's model switchin
 settings), newton, srds (Parareal over the DDIM grid; --k caps its batched calls), dpmsolver++ and unipc
 (diffusers' DPM-Solver++ 2M / UniPC in --k steps on the policy's schedule, x0 clipped to its range:
 ``pcm_policy.solvers``). Flags left unset take the sampler's defaults (for pcm: the adapter's spec).
+A lerobot policy folder as --checkpoint (``pretrained_model/``, a ``checkpoints/<step>`` folder or a
+lerobot-train output folder; state-only PushT: ``observation.state`` + ``observation.environment_state``) runs
+in the same env and protocol through ``pcm_policy.lerobot.envpolicy`` (its own pre/post-processors), in the
+lerobot environment: ``HF_HUB_OFFLINE=1 PYTHONPATH=. .venv-lerobot/bin/python scripts/rollout.py --checkpoint
+DIR --sampler taa``; --sampler pcm then needs its own --adapter.
 The iterative samplers warm-start each chunk from the previous chunk's prediction (--no-warm-start:
 from their first iterate) and converge per sample; --budget-ms stops a chunk's iterations when its
 time budget is spent (checked between iterations, the first always runs) and acts on what they reached.
@@ -145,18 +150,30 @@ def main(argv=None) -> int:
     from pcm_policy.pusht.rollout import run_rollouts, summarize
 
     torch.set_num_threads(args.threads)
+    from pcm_policy.lerobot import is_policy_folder
+
+    lerobot = is_policy_folder(args.checkpoint)  # a lerobot policy folder: its own processors, our env's protocol
     try:
-        policy = load_policy(args.checkpoint, pick_device(args.device))
+        if lerobot:
+            if args.sampler == "pcm" and args.adapter is None:
+                raise ValueError("--sampler pcm on a lerobot policy needs --adapter FOLDER (its PCM adapter, trained "
+                                 "with scripts/train_pct.py task=lerobot); or pick taa, picard, ddim")
+            from pcm_policy.lerobot.envpolicy import EnvPolicy
+
+            policy = EnvPolicy.from_folder(args.checkpoint, str(pick_device(args.device)))
+        else:
+            policy = load_policy(args.checkpoint, pick_device(args.device))
         given = dict(num_steps=args.num_steps, k=args.k, tol=args.tol, window=args.window, init=args.init,
                      safeguard=args.safeguard, taa_memory=args.taa_memory, taa_mixing=args.taa_mixing)
         if args.sampler == "pcm":  # the adapter's spec, where the command line does not override it
             given.update(switch_k_on=args.k_on, switch_k_off=args.k_off, switch_space=args.space)
         sampler = load_sampler(args.adapter or ADAPTER if args.sampler == "pcm" else args.sampler,
                                policy.noise_scheduler, module=policy.model,
-                               full_copy=lambda: paper.add_full_copy(policy), **given)
+                               full_copy=None if lerobot else lambda: paper.add_full_copy(policy), **given)
         spec = sampler.spec
-        policy.freeze(not args.eager)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        if not lerobot:
+            policy.freeze(not args.eager)
+    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as e:  # ImportError: lerobot missing
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@
     task.py      the Task for the generic drivers (PCT, sweep, report): conditions from a LeRobotDataset
     dataset.py   this package's PushT demonstrations written as a LeRobotDataset (gym-pusht's keypoints)
     replay.py    the written episodes replayed in gym-pusht, compared frame by frame
+    envpolicy.py ``EnvPolicy``: a state-only lerobot PushT policy driven by this package's PushT env (rollouts, sweep)
 
 Nothing of lerobot is imported here, so ``import pcm_policy.lerobot`` works without it; ``require`` raises an
 ImportError (``LerobotMissingError``) that says what to install when lerobot is missing.
@@ -16,6 +17,9 @@ ImportError (``LerobotMissingError``) that says what to install when lerobot is 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+from pathlib import Path
 
 INSTALL_HINT = ("run it in the lerobot environment: `make lerobot` creates .venv-lerobot (lerobot 0.6.1, "
                 "Python >= 3.12); then use .venv-lerobot/bin/python")
@@ -32,3 +36,18 @@ def require(module: str, name: str):
         return getattr(importlib.import_module(module), name)
     except ImportError as e:
         raise LerobotMissingError(f"lerobot is not installed in this Python ({e}); {INSTALL_HINT}") from None
+
+
+def is_policy_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is meant as a lerobot policy (no lerobot import): it, its ``pretrained_model/`` or its
+    ``checkpoints/last/pretrained_model/`` holds a ``config.json`` with lerobot's top-level ``"type"`` key (any
+    policy type: ``adapter.resolve_policy_folder`` then refuses other types with a message). This package's own
+    PushT checkpoints (``"policy"`` key) are not."""
+    root = Path(folder)
+    for cand in (root, root / "pretrained_model", root / "checkpoints" / "last" / "pretrained_model"):
+        try:
+            cfg = json.loads((cand / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return isinstance(cfg, dict) and "type" in cfg
+    return False

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from ..sampling import Grid, Sampler, SamplerSpec, SampleStats, make_sampler, st
 from . import LerobotMissingError, require  # noqa: F401 (LerobotMissingError: what a missing lerobot raises)
 
 __all__ = ["LORA_TYPES", "LerobotDiffusion", "PolicyFolderError", "load_policy", "require_lerobot",
-           "resolve_policy_folder"]
+           "resolve_policy_folder", "unnormalised_inputs"]
 
 LORA_TYPES = (nn.Conv1d, nn.Linear)  # lerobot's UNet has no attention: LoRA on its convolutions and FiLM layers
 TRAJECTORY_SAMPLERS = ("ddim", "picard", "taa", "pcm", "newton")  # solved on the grid ``solver`` chooses
@@ -82,6 +83,17 @@ def resolve_policy_folder(folder: str | os.PathLike) -> Path:
     return cand
 
 
+def unnormalised_inputs(config) -> list[str]:
+    """Input features of a lerobot policy config that its normaliser passes through RAW: their feature type has no
+    mode (or IDENTITY) in ``config.normalization_mapping`` (lerobot's ``NormalizerProcessorStep`` skips them).
+    lerobot 0.6.1's ``DiffusionConfig`` maps VISUAL, STATE and ACTION only, so ``observation.environment_state``
+    (type ENV) stays in its raw units unless the training added ``"ENV": "MIN_MAX"`` (``scripts/lerobot/train.sh``)."""
+    mapping = {str(getattr(k, "value", k)): str(getattr(v, "value", v))
+               for k, v in config.normalization_mapping.items()}
+    return sorted(key for key, ft in config.input_features.items()
+                  if mapping.get(str(getattr(ft.type, "value", ft.type)), "IDENTITY") == "IDENTITY")
+
+
 def load_policy(folder: str | os.PathLike, device: str = "cpu"):
     """Load a lerobot diffusion policy folder offline: ``(policy, preprocessor, postprocessor)``.
 
@@ -115,6 +127,13 @@ def load_policy(folder: str | os.PathLike, device: str = "cpu"):
         policy = DiffusionPolicy.from_pretrained(path, config=config, strict=True)
     except RuntimeError as e:
         raise PolicyFolderError(f"{path / 'model.safetensors'} does not fit its config.json ({e})") from e
+    raw = unnormalised_inputs(config)
+    if raw:
+        warnings.warn(f"{path}: input(s) {', '.join(raw)} are fed to the network unnormalised (its "
+                      f"normalization_mapping has no mode for their type); a policy trained so can ignore its other "
+                      f"inputs (docs/lerobot.md); train with '--policy.normalization_mapping=...' adding "
+                      f"\"ENV\": \"MIN_MAX\" (scripts/lerobot/train.sh)",
+                      stacklevel=2)
     pre, post = make_pre_post_processors(config, pretrained_path=str(path),
                                          preprocessor_overrides={"device_processor": {"device": device}})
     return policy, pre, post

@@ -14,6 +14,10 @@
 # observation.state (agent x, y) + observation.environment_state (gym-pusht's 16 T corners), DDIM with
 # 50 inference steps: training is the same as with DDPM (same betas, same add_noise); DDIM makes the
 # policy's own sampler the deterministic trajectory that pcm-policy's exact samplers reproduce at tol 0.
+# normalization_mapping adds "ENV": MIN_MAX. lerobot 0.6.1's DiffusionConfig maps only VISUAL, STATE and
+# ACTION, so without it observation.environment_state (FeatureType.ENV) reaches the UNet in raw pixels
+# (12..489) beside a [-1, 1] state: the run of 2026-12-02/03 (steps 500-4,000) trained that way and its
+# actions ignore where the T is (docs/lerobot.md, "Why the first run scored flat").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -51,6 +55,7 @@ else
           --policy.type=diffusion '--policy.down_dims=[64,128,256]'
           --policy.horizon=16 --policy.n_action_steps=8 --policy.n_obs_steps=2
           --policy.noise_scheduler_type=DDIM --policy.num_inference_steps=50
+          '--policy.normalization_mapping={"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ENV": "MIN_MAX", "ACTION": "MIN_MAX"}'
           --policy.device=cpu --policy.push_to_hub=false --wandb.enable=false
           --num_workers=0 "--steps=$STEPS" "--batch_size=$BATCH" "--save_freq=$SAVE_FREQ" --log_freq=100
           --seed=1000 "--output_dir=$OUT")

@@ -71,3 +71,32 @@ def test_missing_lerobot_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lerobot.policies.diffusion.modeling_diffusion", None)
     with pytest.raises(ImportError, match="make lerobot"):
         load_policy(tmp_path)
+
+
+@pytest.mark.parametrize("env_mode", [None, "MIN_MAX"])
+def test_unnormalised_inputs_are_what_lerobot_leaves_raw(tmp_path, env_mode):
+    """``unnormalised_inputs`` names exactly the inputs lerobot's own preprocessor passes through unchanged
+    (lerobot 0.6.1's DiffusionConfig maps no ENV mode: observation.environment_state stays raw), and loading such a
+    policy warns; with "ENV": "MIN_MAX" in its normalization_mapping nothing is raw and nothing is said."""
+    import warnings
+
+    from lerobot.configs.types import NormalizationMode
+
+    from pcm_policy.lerobot.adapter import unnormalised_inputs
+
+    policy = build_policy("DDIM", 16, 10)
+    if env_mode:
+        policy.config.normalization_mapping = {**policy.config.normalization_mapping,
+                                               "ENV": NormalizationMode(env_mode)}
+    save_policy(policy, tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded, pre, _ = load_policy(tmp_path)
+    raw = unnormalised_inputs(loaded.config)
+    said = [str(w.message) for w in caught if "unnormalised" in str(w.message)]
+    assert raw == ([] if env_mode else ["observation.environment_state"])
+    assert bool(said) == bool(raw) and all("observation.environment_state" in m for m in said)
+    batch = obs_batch(loaded, 2)
+    out = pre({k: v.clone() for k, v in batch.items()})
+    for key in batch:
+        assert torch.equal(out[key], batch[key]) == (key in raw), key
