@@ -75,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
     p.add_argument("--eager", action="store_true",
                    help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the UNet's CUDA calls from captured CUDA graphs (sampling.CudaGraphs; with --device "
+                        "cuda, best with --eager); a no-op on a CPU")
     a = p.parse_args(argv)
     iterative = a.sampler in ITERATIVE
     errors = [
@@ -156,6 +159,8 @@ def main(argv=None) -> int:
                                full_copy=lambda: paper.add_full_copy(policy), **given)
         spec = sampler.spec
         policy.freeze(not args.eager)
+        if args.cuda_graphs:
+            policy.cuda_graphs()
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

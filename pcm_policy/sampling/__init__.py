@@ -9,6 +9,7 @@ it returns ``(x_0, SampleStats)``. ``spec.py`` turns a ``SamplerSpec`` into a re
 
 from .ddim import Grid, ddim_step, draw_noise, predicted_x0, sample_sequential, step_grid
 from .denoiser import Cond, ModelFn, SampleStats, call_model, index_cond, repeat_cond
+from .graphs import CudaGraphs
 from .newton import sample_newton
 from .pcm import Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
 from .picard import INITS, TAA, Jump, initial_trajectory, picard_loop, picard_update, sample_picard
@@ -23,5 +24,5 @@ __all__ = [
     "draw_noise", "hard_switch", "index_cond", "initial_trajectory", "linear_schedule", "make_sampler", "num_threads",
     "pcm_evaluator", "picard_loop", "picard_update", "predicted_x0", "repeat_cond", "sample_newton", "sample_pcm",
     "sample_picard", "sample_sequential", "sample_srds", "sample_with_scheduler", "spec_with", "step_grid",
-    "switch_cost_us",
+    "switch_cost_us", "CudaGraphs",
 ]
