@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ks", default="1,2,3,4,5,6,8", help="open-loop budgets k")
     p.add_argument("--score-ks", default="4,5", help="closed-loop budgets k (tol 0); '' for none")
     p.add_argument("--restart-from", type=int, default=None,
-                   help="grid position (default: the adapter's spec, else 30)")
+                   help="grid position (default: the adapter's spec, else 25)")
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints/pusht_base"))
     p.add_argument("--adapter", default=str(ROOT / "checkpoints/pusht_pcm"))
     p.add_argument("--threads", type=int, default=1)
@@ -71,7 +71,7 @@ def specs(shipped, restart_from):
     jump = shipped.jump
     if jump.restart and restart_from is None:  # the adapter already restarts: "old" drops it
         return {"old": shipped.replace(jump=dataclasses.replace(jump, restart=())), "new": shipped}
-    rf = 30 if restart_from is None else restart_from
+    rf = 25 if restart_from is None else restart_from
     return {"old": shipped.replace(jump=dataclasses.replace(jump, restart=())),
             "new": shipped.replace(jump=dataclasses.replace(jump, restart=(0,), restart_from=rf))}
 

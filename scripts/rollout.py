@@ -30,7 +30,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
 MAX_SEED = 2**32 - 1  # the env's legacy reset draws from np.random.RandomState(seed)
-PCM_ONLY = ("adapter", "k_on", "k_off", "space")  # options only the pcm sampler reads
+PCM_ONLY = ("adapter", "k_on", "k_off", "space", "jump_restart_from")  # options only the pcm sampler reads
 MAX_EPISODES, MAX_STEPS = 10_000, 100_000  # one batched lockstep run: every env is made up front
 
 
@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--k-on", type=int, default=None, help="override the adapter's schedule")
     p.add_argument("--k-off", type=int, default=None, help="override the adapter's schedule")
     p.add_argument("--space", choices=("weight", "feature"), default=None, help="override the switching space")
+    p.add_argument("--jump-restart-from", type=int, default=None,
+                   help="pcm: after call 1 restart Picard's guesses after this grid position from the jump's estimate "
+                        "(sampling.Jump.restart; 25 was chosen on training seeds; exactness kept, docs/pusht.md)")
     p.add_argument("--safeguard", type=float, default=None,
                    help="Picard/PCM iterate safeguard kappa (clamps unconverged positions; exactness kept); "
                         "PCM default: the adapter's")
@@ -102,6 +105,8 @@ def parse_args(argv=None):
         (a.window is not None and not 1 <= a.window <= a.num_steps,
          f"--window must be in 1..--num-steps={a.num_steps}, got {a.window}"),
         (a.window is not None and not iterative, f"--window is for picard, taa, pcm and newton, not {a.sampler}"),
+        (a.jump_restart_from is not None and not 0 <= a.jump_restart_from < a.num_steps,
+         f"--jump-restart-from must be a grid position in 0..{a.num_steps - 1}, got {a.jump_restart_from}"),
         (a.safeguard is not None and not (math.isfinite(a.safeguard) and a.safeguard > 0),
          f"--safeguard must be a finite number > 0, got {a.safeguard}"),
         (a.taa_memory is not None and a.taa_memory < 2, f"--taa-memory must be >= 2, got {a.taa_memory}"),
@@ -154,6 +159,8 @@ def main(argv=None) -> int:
                      safeguard=args.safeguard, taa_memory=args.taa_memory, taa_mixing=args.taa_mixing)
         if args.sampler == "pcm":  # the adapter's spec, where the command line does not override it
             given.update(switch_k_on=args.k_on, switch_k_off=args.k_off, switch_space=args.space)
+            if args.jump_restart_from is not None:
+                given.update(jump_restart=(0,), jump_restart_from=args.jump_restart_from)
         sampler = load_sampler(args.adapter or ADAPTER if args.sampler == "pcm" else args.sampler,
                                policy.noise_scheduler, module=policy.model,
                                full_copy=lambda: paper.add_full_copy(policy), **given)

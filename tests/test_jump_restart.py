@@ -103,3 +103,17 @@ def test_shipped_policy_with_the_restart_at_tol0_is_ddim50():
         want, _ = make_sampler("ddim", policy.noise_scheduler)(policy.model_fn, x_T, cond)
         got, st = make_sampler(spec, policy.noise_scheduler)(policy.model_fn, x_T, cond)
     assert st.converged and (got - want).abs().max().item() < 1e-4
+
+
+def test_rollout_flag_sets_the_restart_and_refuses_bad_positions(capsys):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("rollout_cli", ROOT / "scripts/rollout.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["rollout_cli"] = mod
+    spec.loader.exec_module(mod)
+    assert mod.parse_args(["--sampler", "pcm", "--jump-restart-from", "25"]).jump_restart_from == 25
+    with pytest.raises(SystemExit) as e:
+        mod.parse_args(["--sampler", "pcm", "--jump-restart-from", "50"])
+    assert e.value.code == 2 and "--jump-restart-from" in capsys.readouterr().err

@@ -56,7 +56,7 @@ chain never touches the trajectory, so the fixed point and exactness are Picard'
 Jump restart (``Jump(..., restart=(n,), restart_from=m)``, issue 23): after call n + 1 the guesses after grid
 position max(anchor, m) are replaced by the DDIM path through that position's current value with x0 fixed at the
 chain's latest estimate (``restart_path``), and TAA's memory starts afresh. Picard's own first iterate is closer at
-the noisy positions, the jump's estimate at the clean end, so the path starts part-way (m = 30 of 50 on PushT,
+the noisy positions, the jump's estimate at the clean end, so the path starts part-way (m = 25 of 50 on PushT,
 chosen on training seeds). Only guesses change: the fixed point and tol-0 exactness stay (tested).
 Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
 may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| without changing
