@@ -206,7 +206,7 @@ def report(res: dict) -> str:
                          f"{g['ms']:>10.2f} {g['ms'] / base['graphs']['ms']:>7.3f} {g['ms'] / e['ms']:>12.3f} "
                          f"{row['max_diff_graphs_vs_eager']:>10.2e}")
         lines.append(f"  graphs: {r['graphs']['captures']} captured, {r['graphs']['replays']} replayed calls, "
-                     f"{r['graphs']['eager']} eager calls")
+                     f"{r['graphs']['eager']} eager calls, {r['graphs']['failed']} failed captures")
     return "\n".join(lines)
 
 

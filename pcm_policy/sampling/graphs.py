@@ -17,7 +17,8 @@ window and the sequential baseline alike:
            distinct values, one graph call per value.
   eager    CPU tensors, gradients enabled, keywords that are not plain scalars, a condition that is not a tensor,
            a dict of tensors or None, or ``enabled=False``: the call goes to ``model_fn`` as it is. So on a CPU the
-           wrapper is a no-op (tested: the same outputs, bit for bit).
+           wrapper is a no-op (tested: the same outputs, bit for bit). A call whose capture raises (a host sync
+           inside the model) warns and runs eager from then on (``stats.failed``).
 
 Capture (``torch.cuda.graph``) runs the call ``warmup`` times on a side stream first (cuDNN autotuning and lazy
 initialisation happen outside the graph), then records it; each graph keeps its own memory pool. The model's
@@ -28,6 +29,7 @@ equal the eager model's up to the kernels' own nondeterminism (the same kernels 
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -39,12 +41,13 @@ __all__ = ["CudaGraphs", "GraphStats"]
 
 @dataclass
 class GraphStats:
-    """What a ``CudaGraphs`` did: ``captures`` (graphs recorded), ``replays`` (calls served by a graph) and
-    ``eager`` (calls passed to the model function unchanged), and the buckets captured."""
+    """What a ``CudaGraphs`` did: ``captures`` (graphs recorded), ``replays`` (calls served by a graph),
+    ``eager`` (calls passed to the model function unchanged), ``failed`` captures, and the buckets captured."""
 
     captures: int = 0
     replays: int = 0
     eager: int = 0
+    failed: int = 0  # captures that raised (then eager, with a warning)
     buckets: list = field(default_factory=list)
 
 
@@ -142,6 +145,7 @@ class CudaGraphs:
         if self._eager(x, t, cond, kw):
             self.stats.eager += 1
             return self.model_fn(x, t, cond, **kw)
+        t = t.expand(len(x))  # one timestep per row (a 0-d t is every row's)
         if torch.is_tensor(lam):  # per row: one graph call per distinct value
             values = lam.unique().tolist()
             if len(values) > 1:
@@ -156,12 +160,23 @@ class CudaGraphs:
         key = (width, x.shape[1:], x.dtype, x.device, t.dtype, tuple((p, v.shape[1:], v.dtype) for p, v in flat),
                tuple(sorted(kw.items())))
         graph = self._graphs.get(key)
+        if graph is False:  # this call could not be captured: eager from then on
+            self.stats.eager += 1
+            return self.model_fn(x, t, cond, **kw)
         if graph is None:
-            graph = self._graphs[key] = _Graph(self.model_fn, x, t.expand(len(x)), cond, kw, width, self.warmup)
+            try:
+                graph = self._graphs[key] = _Graph(self.model_fn, x, t, cond, kw, width, self.warmup)
+            except RuntimeError as e:  # e.g. a host sync inside the model: not capturable
+                warnings.warn(f"CudaGraphs: a call of width {width} could not be captured ({str(e).splitlines()[0]});"
+                              " it runs eager", RuntimeWarning, stacklevel=2)
+                self._graphs[key] = False
+                self.stats.failed += 1
+                self.stats.eager += 1
+                return self.model_fn(x, t, cond, **kw)
             self.stats.captures += 1
             self.stats.buckets.append(width)
         self.stats.replays += 1
-        return graph(x, t.expand(len(x)), cond)
+        return graph(x, t, cond)
 
     def _eager(self, x, t, cond, kw) -> bool:
         if not self.enabled or not torch.is_tensor(x) or x.device.type != "cuda" or torch.is_grad_enabled():
