@@ -118,7 +118,10 @@ class Jump:
     without a new estimate in which the last one is still closer than Picard's X[T]). Call 1 evaluates x_T
     itself at ``positions[0]``: 0 is its own noise level; a later position reads x_T as a sample there, which a trained
     jump may use (an eps-model's x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) amplifies eps errors by
-    1 / sqrt(abar): 70x at position 0 of the ldm_mnist grid, 4x at position 20)."""
+    1 / sqrt(abar): 70x at position 0 of the ldm_mnist grid, 4x at position 20). ``restart`` (calls, 0-based) and
+    ``restart_from`` (a grid position): restart Picard's guesses from the estimate after those calls (module doc,
+    "Jump restart"); empty by default (the shipped adapters do not restart). Raises ValueError for positions that do
+    not increase, a lambda outside [0, 1], hold < 0, restart calls outside 0..len(positions)-1 or restart_from < 0."""
 
     positions: tuple[int, ...] = (0,)
     lambdas: tuple[float, ...] = (1.0,)
