@@ -47,7 +47,7 @@ echo "== 2. rollouts, eager and --cuda-graphs"
 for s in ddim pcm; do
     for g in "" --cuda-graphs; do
         timeout 45 $py scripts/rollout.py --device "$device" --eager $g --sampler "$s" --seed 100000 "${roll[@]}" \
-            --json "$out/rollout_$s${g:+_graphs}.json" | tail -n 1 || echo "rollout $s $g: exit $?"
+            --json "$out/rollout_$s${g:+_graphs}.json" | tail -n 2 || echo "rollout $s $g: exit $?"
     done
 done
 
