@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sampling import T, MLPDenoiser, close, ddim, inputs
+from test_sampling import MLPDenoiser, T, close, ddim, inputs
 
 from pcm_policy.sampling import TAA, Jump, SamplerSpec, linear_schedule, sample_pcm, sample_sequential, step_grid
 from pcm_policy.sampling.picard import restart_path
