@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# GPU checks, prepared to run in one go on a borrowed accelerator machine (a few minutes):
+# GPU checks, prepared to run in one go on a borrowed accelerator machine (at most 8 minutes; each step has its
+# own time limit):
 #
 #   bash scripts/device_check.sh OUTDIR
 #
-# 1. sharding (multi_gpu_check.py): nccl with one process per visible GPU, and gloo with 2 processes
-#    (on a 1-GPU machine both share the GPU: a correctness check on real GPU tensors, not a speed-up);
-# 2. with SWEEP=1, the evaluation sweep (eval_sweep.py --device) at k = 10 only; with FULL_SWEEP=1 the
-#    README's four sweeps (up to 8 rollout processes each sharing the GPU, JOBS=N), packed in sweeps.tgz;
-# 3. sampler latency on the GPU (bench_samplers.py --device cuda) with the shipped policy and adapter;
-# 4. lockstep rollouts of the 50 evaluation episodes with DDIM-50 and PCM on the GPU.
+# 1. side by side, eager and with CUDA graphs (scripts/bench_graphs.py, sampling.CudaGraphs): sequential DDIM-T vs
+#    Picard / Picard + TAA / PCM for the shipped PushT policy (T = 50, tol 0.1), a 63.6M lerobot-size 1-D UNet
+#    (random, fixed iteration counts) and a random UNet with SD v1.4's config at 4x64x64 latents in fp16 (CFG,
+#    T = 30, window 30); ms per chunk, x DDIM-T, and the max |graphs - eager| difference (limit 270 s);
+# 2. lockstep rollouts of the 50 evaluation episodes with DDIM-50 and PCM (tol 0.1), eager and --cuda-graphs
+#    (limit 45 s each);
+# 3. with SHARD=1, sharding (multi_gpu_check.py): nccl with one process per visible GPU, and gloo with 2 processes;
+#    with SWEEP=1 the evaluation sweep at k = 10; with FULL_SWEEP=1 the README's four sweeps (not within 8 minutes).
 #
 # The machine needs python3 with a CUDA torch. Offline machines get the other packages from wheels in
 # .devwheels/ (made here with: pip download --no-deps --only-binary=:all: --python-version 3.12
 # --platform manylinux2014_x86_64 -d .devwheels diffusers peft zarr numcodecs donfig google-crc32c
 # gymnasium farama-notifications pymunk cffi pygame shapely), installed into a scratch folder.
-# DEVICE=cpu QUICK=1 runs the same commands on a CPU, small, to check the script itself.
+# DEVICE=cpu QUICK=1 runs the same commands on a CPU, small, to check the script itself (graphs: a no-op there).
 set -euo pipefail
 out=${1:-outputs/device_check}
 device=${DEVICE:-cuda}
@@ -26,31 +29,44 @@ if ! $py -c "import diffusers, peft, zarr, pymunk, gymnasium, pygame, shapely" 2
 fi
 export PYTHONPATH=${PYTHONPATH:-$PWD} SDL_VIDEODRIVER=dummy
 if [ -n "${QUICK:-}" ]; then
+    graphs=(--models pusht --repeats 1 --conds 1) roll=(--episodes 2 --max-steps 16) repeats=1
     bench=(--conds 1 --repeats 1 --windows 50 --tols 0.1 --safeguards none --curve 1,50 --curve-repeats 2)
-    roll=(--episodes 2 --max-steps 16) repeats=1
 else
-    bench=(--conds 4 --repeats 3 --curve-threads 1) roll=(--episodes 50) repeats=5
+    graphs=(--repeats 5 --conds 2) roll=(--episodes 50) repeats=5
+    bench=(--conds 4 --repeats 3 --curve-threads 1)
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/nvidia_smi.csv" 2>&1 || true
 $py -c "import torch, diffusers, peft, zarr, pymunk, gymnasium; print('torch', torch.__version__, \
 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'diffusers', diffusers.__version__, 'peft', peft.__version__)"
 
-echo "== 1. sharding"
-if [ -n "${NO_SHARD:-}" ]; then
-    echo "skipped (NO_SHARD)"
-elif [ "$device" = cpu ]; then
-    $py -m torch.distributed.run --standalone --nproc_per_node=2 scripts/multi_gpu_check.py --cpu --size small \
-        --repeats "$repeats" --out "$out/multi_gpu_gloo2.json"
-else
-    n=$($py -c "import torch; print(torch.cuda.device_count())")
-    $py -m torch.distributed.run --standalone --nproc_per_node="$n" scripts/multi_gpu_check.py --size small \
-        --repeats "$repeats" --out "$out/multi_gpu_nccl.json"
-    $py -m torch.distributed.run --standalone --nproc_per_node=2 scripts/multi_gpu_check.py --size small \
-        --backend gloo --repeats "$repeats" --out "$out/multi_gpu_gloo2.json"
+echo "== 1. DDIM-T vs Picard / TAA / PCM, eager and CUDA graphs"
+timeout 270 $py scripts/bench_graphs.py --device "$device" "${graphs[@]}" --out "$out/bench_graphs.json" \
+    || echo "bench_graphs: exit $? (124: over its 270 s)"
+
+echo "== 2. rollouts, eager and --cuda-graphs"
+for s in ddim pcm; do
+    for g in "" --cuda-graphs; do
+        timeout 45 $py scripts/rollout.py --device "$device" --eager $g --sampler "$s" --seed 100000 "${roll[@]}" \
+            --json "$out/rollout_$s${g:+_graphs}.json" | tail -n 2 || echo "rollout $s $g: exit $?"
+    done
+done
+
+if [ -n "${SHARD:-}" ]; then
+    echo "== 3. sharding"
+    if [ "$device" = cpu ]; then
+        $py -m torch.distributed.run --standalone --nproc_per_node=2 scripts/multi_gpu_check.py --cpu --size small \
+            --repeats "$repeats" --out "$out/multi_gpu_gloo2.json"
+    else
+        n=$($py -c "import torch; print(torch.cuda.device_count())")
+        $py -m torch.distributed.run --standalone --nproc_per_node="$n" scripts/multi_gpu_check.py --size small \
+            --repeats "$repeats" --out "$out/multi_gpu_nccl.json"
+        $py -m torch.distributed.run --standalone --nproc_per_node=2 scripts/multi_gpu_check.py --size small \
+            --backend gloo --repeats "$repeats" --out "$out/multi_gpu_gloo2.json"
+    fi
 fi
 
 if [ -n "${FULL_SWEEP:-}" ]; then  # the README's four sweeps side by side, packed into one file
-    echo "== 2. evaluation sweeps"
+    echo "== 4. evaluation sweeps"
     jobs=${JOBS:-8} sw=/tmp/pcm_sweeps ks=1,2,3,4,5,6,8,10,12,15,20
     mkdir -p "$sw"
     $py scripts/eval_sweep.py --device "$device" --jobs "$jobs" --samplers ddim,ddim-k,picard,pcm --score-ks "$ks" \
@@ -66,21 +82,12 @@ if [ -n "${FULL_SWEEP:-}" ]; then  # the README's four sweeps side by side, pack
     tar czf "$out/sweeps.tgz" -C "$sw" sweep sweep_prior sweep_newton sweep_taa \
         sweep.log sweep_prior.log sweep_newton.log sweep_taa.log
 elif [ -n "${SWEEP:-}" ]; then  # the evaluation sweep's GPU path at one k (its files stay in /tmp)
-    echo "== 2. sweep at k = 10"
+    echo "== 4. sweep at k = 10"
     time $py scripts/eval_sweep.py --device "$device" --samplers ddim,picard,pcm --ks 1,10 --score-ks 10 \
         "${roll[@]}" --out /tmp/pcm_sweep_check | tail -n 12
 fi
 
-echo "== 3. sampler latency"
-$py scripts/bench_samplers.py --device "$device" "${bench[@]}" --out "$out/bench_samplers.json"
-
-echo "== 4. rollouts"
-for s in ddim pcm; do
-    $py scripts/rollout.py --device "$device" --sampler "$s" --seed 100000 "${roll[@]}" --json "$out/rollout_$s.json" \
-        | tail -n 3
-done
-
-
-echo "== 5. image case: a random UNet with SD v1.4's real config (860M parameters), fp16, batch 1, windows 1..T=30"
-$py scripts/vision/bench_window.py --sd14 --device "$device" --dtype float16 --windows 1,2,4,8,16,30 --repeats 5 \
-    --out "$out/vision_sd14_window.json" | tail -n 12
+if [ -n "${LATENCY:-}" ]; then  # the older CPU-style latency table on the device (bench_samplers.py)
+    echo "== 5. sampler latency"
+    $py scripts/bench_samplers.py --device "$device" "${bench[@]}" --out "$out/bench_samplers.json"
+fi

@@ -35,7 +35,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 BASE, ADAPTER = ROOT / "checkpoints/pusht_base", ROOT / "checkpoints/pusht_pcm"
 MAX_SEED = 2**32 - 1  # the env's legacy reset draws from np.random.RandomState(seed)
-PCM_ONLY = ("adapter", "k_on", "k_off", "space")  # options only the pcm sampler reads
+PCM_ONLY = ("adapter", "k_on", "k_off", "space", "jump_restart_from")  # options only the pcm sampler reads
 MAX_EPISODES, MAX_STEPS = 10_000, 100_000  # one batched lockstep run: every env is made up front
 
 
@@ -56,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--k-on", type=int, default=None, help="override the adapter's schedule")
     p.add_argument("--k-off", type=int, default=None, help="override the adapter's schedule")
     p.add_argument("--space", choices=("weight", "feature"), default=None, help="override the switching space")
+    p.add_argument("--jump-restart-from", type=int, default=None,
+                   help="pcm: after call 1 restart Picard's guesses after this grid position from the jump's estimate "
+                        "(sampling.Jump.restart; 25 was chosen on training seeds; exactness kept, docs/pusht.md)")
     p.add_argument("--safeguard", type=float, default=None,
                    help="Picard/PCM iterate safeguard kappa (clamps unconverged positions; exactness kept); "
                         "PCM default: the adapter's")
@@ -80,6 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="torch device of the policy: cpu (default), cuda or cuda:N")
     p.add_argument("--eager", action="store_true",
                    help="run the UNet eagerly instead of as frozen TorchScript graphs (same outputs, slower)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the UNet's CUDA calls from captured CUDA graphs (sampling.CudaGraphs; with --device "
+                        "cuda, best with --eager); a no-op on a CPU")
     a = p.parse_args(argv)
     iterative = a.sampler in ITERATIVE
     errors = [
@@ -104,6 +110,8 @@ def parse_args(argv=None):
         (a.window is not None and not 1 <= a.window <= a.num_steps,
          f"--window must be in 1..--num-steps={a.num_steps}, got {a.window}"),
         (a.window is not None and not iterative, f"--window is for picard, taa, pcm and newton, not {a.sampler}"),
+        (a.jump_restart_from is not None and not 0 <= a.jump_restart_from < a.num_steps,
+         f"--jump-restart-from must be a grid position in 0..{a.num_steps - 1}, got {a.jump_restart_from}"),
         (a.safeguard is not None and not (math.isfinite(a.safeguard) and a.safeguard > 0),
          f"--safeguard must be a finite number > 0, got {a.safeguard}"),
         (a.taa_memory is not None and a.taa_memory < 2, f"--taa-memory must be >= 2, got {a.taa_memory}"),
@@ -167,12 +175,18 @@ def main(argv=None) -> int:
                      safeguard=args.safeguard, taa_memory=args.taa_memory, taa_mixing=args.taa_mixing)
         if args.sampler == "pcm":  # the adapter's spec, where the command line does not override it
             given.update(switch_k_on=args.k_on, switch_k_off=args.k_off, switch_space=args.space)
+            if args.jump_restart_from is not None:
+                given.update(jump_restart=(0,), jump_restart_from=args.jump_restart_from)
         sampler = load_sampler(args.adapter or ADAPTER if args.sampler == "pcm" else args.sampler,
                                policy.noise_scheduler, module=policy.model,
                                full_copy=None if lerobot else lambda: paper.add_full_copy(policy), **given)
         spec = sampler.spec
         if not lerobot:
             policy.freeze(not args.eager)
+        if args.cuda_graphs:
+            if lerobot:
+                raise ValueError("--cuda-graphs captures this package's own policies; drop it for a lerobot folder")
+            policy.cuda_graphs()
     except (CheckpointError, ValueError, FileNotFoundError, ImportError) as e:  # ImportError: lerobot missing
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -68,6 +68,7 @@ class DiffusionPolicy(nn.Module):
 
         self.cfg = cfg
         self._frozen: FrozenGraphs | None = None  # see freeze()
+        self._cuda_graphs = None  # see cuda_graphs()
         self.model = ConditionalUnet1D(**cfg.unet_kwargs())
         self.model_wrapper: nn.Module | None = None  # sees every model_fn call first (set_model_wrapper)
         self._lora_fn = LoraScale(self.model, self.model)  # lora_scale -> W_0 + lambda dW (or the base model)
@@ -82,8 +83,14 @@ class DiffusionPolicy(nn.Module):
         actions, t (N,) training timesteps, cond (N, n_obs_steps * obs_dim) from ``condition``.
         ``lora_scale`` (float or (N,) per row; ``lora.LoraScale``) sets W = W_0 + lora_scale * dW
         when an adapter is attached; None is the base model. A model wrapper (``set_model_wrapper``) sees
-        the call first. After ``freeze()`` the calls a frozen graph computes exactly go to it (``frozen.py``).
+        the call first. After ``freeze()`` the calls a frozen graph computes exactly go to it (``frozen.py``);
+        after ``cuda_graphs()`` CUDA calls replay captured graphs (``sampling.graphs``).
         """
+        if self._cuda_graphs is not None:
+            return self._cuda_graphs(x, t, cond, lora_scale=lora_scale)
+        return self._inner_fn(x, t, cond, lora_scale=lora_scale)
+
+    def _inner_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, lora_scale=None) -> torch.Tensor:
         if self.model_wrapper is not None:
             return self.model_wrapper(self._base_fn, x, t, cond, lora_scale=lora_scale)
         return self._base_fn(x, t, cond, lora_scale=lora_scale)
@@ -107,6 +114,8 @@ class DiffusionPolicy(nn.Module):
         its weights move, train and average with the policy's; e.g. ``paper.FullCopy``); None removes it.
         Drops the frozen graphs (call ``freeze`` again)."""
         self.model_wrapper, self._frozen = wrapper, None
+        if self._cuda_graphs is not None:  # they recorded the old path
+            self._cuda_graphs.reset()
         return self
 
     def freeze(self, enabled: bool = True) -> DiffusionPolicy:
@@ -117,8 +126,21 @@ class DiffusionPolicy(nn.Module):
         self.eval()
         shape, cond_dim = (self.cfg.horizon, self.cfg.action_dim), self.cfg.obs_dim * self.cfg.n_obs_steps
         self._frozen = FrozenGraphs(self.model, shape, cond_dim) if enabled else None
+        if self._cuda_graphs is not None:  # they recorded the old path
+            self._cuda_graphs.reset()
         if hasattr(self.model_wrapper, "freeze"):
             self.model_wrapper.freeze((lambda net: FrozenGraphs(net, shape, cond_dim)) if enabled else None)
+        return self
+
+    def cuda_graphs(self, enabled: bool = True, buckets: list[int] | None = None) -> DiffusionPolicy:
+        """Replay ``model_fn``'s CUDA calls from captured CUDA graphs (``sampling.CudaGraphs``: the Picard window
+        and sequential calls alike, widths padded to ``buckets``); a no-op on a CPU. Call it after loading the
+        adapter, moving the policy and ``freeze`` (the graphs record what ``model_fn`` then runs; the eager UNet,
+        ``freeze(False)``, is the tested path). ``enabled=False`` drops the graphs."""
+        from ..sampling import CudaGraphs
+
+        self.eval()
+        self._cuda_graphs = CudaGraphs(self._inner_fn, buckets=buckets) if enabled else None
         return self
 
     def condition(self, obs: torch.Tensor) -> torch.Tensor:

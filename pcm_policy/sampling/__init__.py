@@ -9,6 +9,7 @@ it returns ``(x_0, SampleStats)``. ``spec.py`` turns a ``SamplerSpec`` into a re
 
 from .ddim import Grid, ddim_step, draw_noise, predicted_x0, sample_sequential, step_grid
 from .denoiser import Cond, ModelFn, SampleStats, call_model, index_cond, repeat_cond
+from .graphs import CudaGraphs
 from .newton import sample_newton
 from .pcm import SPACES, Switch, hard_switch, linear_schedule, pcm_evaluator, sample_pcm
 from .picard import FORMS, INITS, TAA, Jump, initial_trajectory, picard_loop, picard_update, sample_picard
@@ -18,10 +19,10 @@ from .srds import sample_srds
 from .wrappers import ClassifierFreeGuidance, Sharded, ThreadPolicy, num_threads, switch_cost_us
 
 __all__ = [
-    "DEFAULTS", "FORMS", "INITS", "ITERATIVE", "K_STEPS", "SAMPLERS", "TAA", "ClassifierFreeGuidance", "Jump", "Cond",
-    "Grid", "ModelFn", "SPACES", "SampleStats", "Sampler", "SamplerSpec", "Sharded", "Switch", "ThreadPolicy",
-    "call_model", "ddim_step", "draw_noise", "hard_switch", "index_cond", "initial_trajectory", "linear_schedule",
-    "make_sampler", "num_threads", "pcm_evaluator", "picard_loop", "picard_update", "predicted_x0", "repeat_cond",
-    "sample_newton", "sample_pcm", "sample_picard", "sample_sequential", "sample_srds", "sample_with_scheduler",
-    "spec_with", "step_grid", "switch_cost_us",
+    "DEFAULTS", "FORMS", "INITS", "ITERATIVE", "K_STEPS", "SAMPLERS", "SPACES", "TAA", "call_model",
+    "ClassifierFreeGuidance", "Cond", "CudaGraphs", "ddim_step", "draw_noise", "Grid", "hard_switch", "index_cond",
+    "initial_trajectory", "Jump", "linear_schedule", "make_sampler", "ModelFn", "num_threads", "pcm_evaluator",
+    "picard_loop", "picard_update", "predicted_x0", "repeat_cond", "sample_newton", "sample_pcm", "sample_picard",
+    "sample_sequential", "sample_srds", "sample_with_scheduler", "Sampler", "SamplerSpec", "SampleStats", "Sharded",
+    "spec_with", "step_grid", "Switch", "switch_cost_us", "ThreadPolicy",
 ]

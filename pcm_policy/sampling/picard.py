@@ -54,6 +54,11 @@ call n + 1 moves that estimate along its own DDIM path (x0 and the implied eps) 
 iterates are poor guesses (triangular: X[j] is exact after j iterations only); from then on, X[T]. The
 chain never touches the trajectory, so the fixed point and exactness are Picard's. With ``max_iters`` below
 ``len(positions) + 1`` the output is the jump's whatever Picard does, so only the jump's rows are evaluated.
+Jump restart (``Jump(..., restart=(n,), restart_from=m)``, issue 23): after call n + 1 the guesses after grid
+position max(anchor, m) are replaced by the DDIM path through that position's current value with x0 fixed at the
+chain's latest estimate (``restart_path``), and TAA's memory starts afresh. Picard's own first iterate is closer at
+the noisy positions, the jump's estimate at the clean end, so the path starts part-way (m = 25 of 50 on PushT,
+chosen on training seeds). Only guesses change: the fixed point and tol-0 exactness stay (tested).
 Iterate safeguard (``safeguard=kappa``): positions after the new anchor are only guesses, so they
 may be clamped elementwise to |x_j| <= sqrt(abar_j) c + sqrt(1 - abar_j) kappa max|x_T| without changing
 the fixed point; the anchor and the prefix are never touched. c bounds x0: the scheduler's clip range
@@ -70,6 +75,7 @@ and non-finite x_T or init are refused (ValueError naming the setting).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -81,7 +87,7 @@ from .ddim import Grid, ddim_step, draw_noise, predicted_x0
 from .denoiser import Cond, SampleStats, call_model, check_cond, index_cond
 
 __all__ = ["FORMS", "INITS", "TAA", "Jump", "Update", "check_args", "initial_trajectory", "paradigms_update",
-           "picard_loop", "picard_update", "sample_picard", "slide", "tol_scale"]
+           "picard_loop", "picard_update", "restart_path", "sample_picard", "slide", "tol_scale"]
 
 INITS = ("noise", "prior")
 
@@ -113,19 +119,31 @@ class Jump:
     without a new estimate in which the last one is still closer than Picard's X[T]). Call 1 evaluates x_T
     itself at ``positions[0]``: 0 is its own noise level; a later position reads x_T as a sample there, which a trained
     jump may use (an eps-model's x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) amplifies eps errors by
-    1 / sqrt(abar): 70x at position 0 of the ldm_mnist grid, 4x at position 20)."""
+    1 / sqrt(abar): 70x at position 0 of the ldm_mnist grid, 4x at position 20). ``restart`` (calls, 0-based) and
+    ``restart_from`` (a grid position): restart Picard's guesses from the estimate after those calls (module doc,
+    "Jump restart"); empty by default (the shipped adapters do not restart). Raises ValueError for positions that do
+    not increase, a lambda outside [0, 1], hold < 0, restart calls outside 0..len(positions)-1 or restart_from < 0."""
 
     positions: tuple[int, ...] = (0,)
     lambdas: tuple[float, ...] = (1.0,)
     hold: int = 0  # iterations after its last call that the chain's last estimate stays the output
+    restart: tuple[int, ...] = ()  # calls (0-based) after which Picard restarts from the estimate (``restart_path``)
+    restart_from: int = 0  # the restarted path goes through X[max(anchor, restart_from)]; earlier guesses are kept
 
     def __post_init__(self):
         pos, lam = tuple(int(p) for p in self.positions), tuple(float(v) for v in self.lambdas)
         object.__setattr__(self, "positions", pos)
         object.__setattr__(self, "lambdas", lam)
         object.__setattr__(self, "hold", int(self.hold))
+        object.__setattr__(self, "restart", tuple(int(r) for r in self.restart))
+        object.__setattr__(self, "restart_from", int(self.restart_from))
         if self.hold < 0:
             raise ValueError(f"Jump hold must be >= 0, got {self.hold}")
+        if any(not 0 <= r < len(pos) for r in self.restart) or list(self.restart) != sorted(set(self.restart)):
+            raise ValueError(f"Jump restart must list increasing calls in 0..{len(pos) - 1} (one per position), "
+                             f"got {self.restart}")
+        if self.restart_from < 0:
+            raise ValueError(f"Jump restart_from must be a grid position >= 0, got {self.restart_from}")
         if not pos or pos[0] < 0 or any(b <= a for a, b in zip(pos, pos[1:], strict=False)):
             raise ValueError(f"Jump positions must be >= 0 and increase, got {pos}")
         if len(lam) != len(pos) or any(not 0 <= v <= 1 for v in lam):
@@ -140,7 +158,9 @@ class Jump:
             if q < T_to:
                 pos.append(q)
                 lam.append(v)
-        return Jump(tuple(pos), tuple(lam), self.hold)
+        return dataclasses.replace(self, positions=tuple(pos), lambdas=tuple(lam),
+                                   restart=tuple(r for r in self.restart if r < len(pos)),
+                                   restart_from=round(self.restart_from * T_to / T_from))
 
     @property
     def until(self) -> int:
@@ -163,6 +183,22 @@ def paradigms_update(X: torch.Tensor, b: torch.Tensor, jj: torch.Tensor, ss: tor
 
 # Picard's update rules by name (``SamplerSpec.form``): the core's own; ``pcm_policy.paper`` adds its "chain"
 FORMS: dict[str, Update] = {"paradigms": paradigms_update}
+
+
+def restart_path(grid: Grid, X: torch.Tensor, x0: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Positions 1..T ``(T, B, ...)`` of the deterministic DDIM path through each sample's X[b] (b: (B,) positions)
+    with x0 fixed at the estimate ``x0`` (B, ...): x_j = sqrt(abar_j) x0 + sqrt(1 - abar_j) eps, eps = (X[b] -
+    sqrt(abar_b) x0) / sqrt(1 - abar_b) (DDIM eq. 12 with a model that predicts this x0 and eps everywhere; b = 0
+    goes through x_T, b = j keeps x_j). Only positions after the anchor take it (``Jump.restart``), so the fixed
+    point is unchanged."""
+    abar = torch.cat([grid.alpha, grid.alpha_prev[-1:]]).to(X)  # (T+1,) position j's abar
+    view = (-1,) + (1,) * (X.ndim - 2)  # per sample
+    cols = torch.arange(X.shape[1], device=X.device)
+    ab = abar[b].view(view)
+    eps = (X[b, cols] - ab.sqrt() * x0) / (1 - ab).sqrt()
+    a = abar[1:].view(-1, *([1] * (X.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
 
 # evaluate(x_rows, t_rows, cond_rows, k, lam_rows) -> (model output, model calls per row); lam_rows: None, or the
 # lora scale of the LAST len(lam_rows) rows (the jump's), the others take iteration k's own
@@ -440,6 +476,11 @@ def _picard_pass(evaluate: Evaluate, x_T, cond, grid: Grid, *, window, tol, max_
                 X = put(X, win & (pos >= new_b), X[1:] - corr)
         new_b = torch.where(gone, T, new_b)  # a diverged sample leaves the call (picard_loop re-solves it)
         new_e = (new_b + p).clamp(max=T)
+        if jump is not None and k in jump.restart and not only_jump:  # guesses after the anchor from the estimate
+            again = live & (new_b < T)
+            at = new_b.clamp(min=min(jump.restart_from, T - 1))
+            X = put(X, (pos >= at) & again, restart_path(grid, X, est, at))
+            hist, count, copy_exposed = [], torch.where(again, 0, count), False  # TAA starts afresh
         if copy_exposed:  # newly exposed positions start from the last window value
             X = put(X, (pos >= e) & (pos < new_e), X[e, cols])
         if bound is not None:  # safeguard: positions after the anchor only

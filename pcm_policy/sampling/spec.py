@@ -169,8 +169,9 @@ class SamplerSpec:
             del d["jump"]
         else:  # lists, as JSON gives them back (a cache compares keys read from JSON with fresh ones)
             d["jump"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["jump"].items()}
-            if not d["jump"]["hold"]:  # added later: left out when 0, so older keys stay valid
-                del d["jump"]["hold"]
+            for f, unset in (("hold", 0), ("restart", []), ("restart_from", 0)):  # added later: left out
+                if d["jump"][f] == unset:  # when unset, so older keys stay valid
+                    del d["jump"][f]
         return d
 
     @classmethod
