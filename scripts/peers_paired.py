@@ -1,0 +1,101 @@
+"""Paired closed-loop comparison of the sweep's score rows (PushT): every row against DDIM-50 and, at each k,
+against PCM, per episode (same seeds, same x_T per (seed, chunk)), with bootstrap 95% intervals.
+
+    python scripts/peers_paired.py --sweep-out runs/peers_eval200_ddimk --sweeps runs/s10d_sweeps/sweep*.json \
+        --out results/peers/paired_eval200.json
+
+Reads the sweep's per-row cache (OUT/runs/<sampler>_k<k>.json and reference_score.json: each episode's score,
+kept by ``pusht.task``'s score) and the distances to DDIM-50 from the given sweep.json files (a later file wins
+for the same sampler and k). Differences: ``peer_stats.paired_difference`` (percentile bootstrap over episodes,
+10,000 resamples; sign-flip p-value). Success rate: the row's own (coverage > 0.95); the paired success
+difference counts an episode as a success when its score is 1 (coverage >= 0.95), which the script checks
+against the row's success rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def load_rows(folder: Path) -> tuple[dict, dict]:
+    """(reference detail, {(sampler, k): detail}) from a sweep's cache folder ``folder``/runs."""
+    runs = folder / "runs"
+    ref_path = runs / "reference_score.json"
+    if not ref_path.is_file():
+        raise FileNotFoundError(f"{ref_path} not found: run scripts/eval_sweep.py with --out {folder} first")
+    ref = json.loads(ref_path.read_text())["value"]
+    rows = {}
+    for f in sorted(runs.glob("*_k*.json")):
+        m = re.fullmatch(r"(.+)_k(\d+)", f.stem)
+        if m and not f.stem.startswith("distance_"):
+            rows[(m[1], int(m[2]))] = json.loads(f.read_text())["value"]["detail"]
+    return ref.get("detail", ref), rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep-out", type=Path, required=True, help="the sweep's --out folder (its runs/ cache)")
+    p.add_argument("--sweeps", type=Path, nargs="*", default=[], help="sweep.json files with the distances")
+    p.add_argument("--against", default="pcm", help="the sampler every row is also compared with at its k")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--force", action="store_true", help="allow --out to replace a file git tracks")
+    a = p.parse_args(argv)
+    import numpy as np
+
+    from pcm_policy.io import check_not_shipped, write_json
+    from pcm_policy.pusht.peer_stats import paired_difference
+
+    try:
+        if a.out is not None:
+            check_not_shipped(a.out, a.force, "--force", "--out")
+        ref, rows = load_rows(a.sweep_out)
+        dist = {}
+        for s in a.sweeps:
+            for name, rs in json.loads(s.read_text())["results"].items():
+                dist.update({(name, r["k"]): r["distance"] for r in rs})
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ref_scores = np.asarray(ref["scores"])
+    out = {"reference": {"sampler": "ddim", "k": 50, "episodes": len(ref_scores), "mean_score": ref["mean_score"],
+                         "success_rate": ref["success_rate"]}, "rows": []}
+    print(f"DDIM-50: {ref['mean_score']:.3f} / {100 * ref['success_rate']:.1f}% over {len(ref_scores)} episodes")
+    print(f"{'sampler':12s} {'k':>3s} {'n':>4s} {'score':>6s} {'succ%':>6s} {'px':>7s}  {'- DDIM-50 [95% CI] p':31s}"
+          f"  - {a.against} [95% CI] p")
+    for (name, k), d in sorted(rows.items(), key=lambda x: (x[0][1], x[0][0])):
+        sc = np.asarray(d["scores"])
+        if len(sc) != len(ref_scores):
+            print(f"note: {name} k={k} has {len(sc)} episodes, the reference {len(ref_scores)}: skipped")
+            continue
+        succ1 = float((sc >= 1.0).mean())
+        vs_ref = paired_difference(sc, ref_scores)
+        vs_ref["success_diff"] = succ1 - float((ref_scores >= 1.0).mean())
+        row = {"sampler": name, "k": k, "episodes": len(sc), "mean_score": d["mean_score"],
+               "success_rate": d["success_rate"], "score_one_rate": succ1, "distance_px": dist.get((name, k)),
+               "mean_iterations": d.get("mean_iterations"), "mean_nfe": d.get("mean_nfe"), "vs_ddim50": vs_ref}
+        other = rows.get((a.against, k))
+        if name != a.against and other is not None and len(other["scores"]) == len(sc):
+            row[f"vs_{a.against}"] = paired_difference(sc, other["scores"])
+        out["rows"].append(row)
+
+        def fmt(r):
+            return f"{r['diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] {r['p_value']:.4f}"
+
+        px = "-" if row["distance_px"] is None else f"{row['distance_px']:.2f}"
+        print(f"{name:12s} {k:3d} {len(sc):4d} {d['mean_score']:6.3f} {100 * d['success_rate']:6.1f} {px:>7s}  "
+              f"{fmt(vs_ref):31s}  " + (fmt(row[f'vs_{a.against}']) if f"vs_{a.against}" in row else "-"))
+        if abs(succ1 - d["success_rate"]) > 1e-9:
+            print(f"note: {name} k={k}: score-1 rate {succ1:.3f} differs from the success rate {d['success_rate']:.3f}")
+    if a.out is not None:
+        out["command"] = "python scripts/peers_paired.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_json(a.out, out)
+        print(f"json: {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
