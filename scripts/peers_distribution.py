@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs=2, default=(400_000, 400_023), metavar=("FIRST", "LAST"),
                    help="training seeds whose start states are screened (inclusive)")
     p.add_argument("--screen-draws", type=int, default=64)
-    p.add_argument("--observations", type=int, default=3, help="states kept (most separated modes)")
+    p.add_argument("--observations", type=int, default=3, help="states kept (most bimodal)")
     p.add_argument("--min-share", type=float, default=0.2, help="smallest share of the smaller mode to keep a state")
     p.add_argument("--draws", type=int, default=256, help="x_T per state and sampler")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     from pcm_policy.io import check_not_shipped, write_json
     from pcm_policy.pusht.checkpoint import CheckpointError
-    from pcm_policy.pusht.peer_stats import assign_modes, mmd_test, mode_split
+    from pcm_policy.pusht.peer_stats import assign_modes, bimodality, mmd_test, mode_split
     from pcm_policy.pusht.peers import check_seeds, load_peer_policies, reset_conditions
     from pcm_policy.sampling import make_sampler
 
@@ -95,11 +95,13 @@ def main(argv=None) -> int:
         screen = []
         for i, s in enumerate(seeds):
             c = conds[i:i + 1].expand(a.screen_draws, -1)
-            m = mode_split(px(ddim50(base.model_fn, draws(a.screen_draws, 1), c)[0]))
-            screen.append({"seed": s, "share": m["share"], "separation": m["separation"]})
-            print(f"screen seed {s}: mode-0 share {m['share']:.2f}, separation {m['separation']:.2f}", flush=True)
+            x = px(ddim50(base.model_fn, draws(a.screen_draws, 1), c)[0])
+            m, b = mode_split(x), bimodality(x)
+            screen.append({"seed": s, "share": m["share"], "separation": m["separation"], "bimodality": b})
+            print(f"screen seed {s}: bimodality {b:.2f}, mode-0 share {m['share']:.2f}, separation "
+                  f"{m['separation']:.2f}", flush=True)
         ok = [r for r in screen if a.min_share <= r["share"] <= 1 - a.min_share]
-        kept = sorted(ok, key=lambda r: -r["separation"])[:a.observations]
+        kept = sorted(ok, key=lambda r: -r["bimodality"])[:a.observations]
         print(f"kept seeds {[r['seed'] for r in kept]} ({time.perf_counter() - t0:.0f} s)", flush=True)
         states = []
         for r in kept:
@@ -119,11 +121,12 @@ def main(argv=None) -> int:
                         "distance_px": float(np.linalg.norm(x - floor, axis=-1).mean())}
 
             res = {"seed": r["seed"], "ref_share_mode0": modes["share"], "separation": modes["separation"],
+                   "bimodality": bimodality(ref),
                    "bandwidth_px": bw, "centres_first_last_px": [[c_[:2].tolist(), c_[-2:].tolist()]
                                                                  for c_ in modes["centres"]],
                    "floor": row(floor), "samplers": {}}
-            print(f"seed {r['seed']}: reference mode-0 share {modes['share']:.2f}, floor MMD^2 "
-                  f"{res['floor']['mmd2']:.4f} (p {res['floor']['p_value']:.2f})", flush=True)
+            print(f"seed {r['seed']}: bimodality {res['bimodality']:.2f}, reference mode-0 share {modes['share']:.2f}, "
+                  f"floor MMD^2 {res['floor']['mmd2']:.4f} (p {res['floor']['p_value']:.2f})", flush=True)
             for name in a.samplers:
                 outs = outputs_vs_k(name, base, pcm, spec, a.ks, c, x_new)
                 res["samplers"][name] = [{"k": k, **row(px(outs[k]))} for k in a.ks]

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from pcm_policy.pusht.peer_stats import assign_modes, mmd2_unbiased, mmd_test, mode_split, paired_difference, two_means
+from pcm_policy.pusht.peer_stats import (
+    assign_modes,
+    bimodality,
+    mmd2_unbiased,
+    mmd_test,
+    mode_split,
+    paired_difference,
+    two_means,
+)
 
 
 def test_paired_difference_sees_a_shift_the_unpaired_spread_hides():
@@ -58,3 +66,11 @@ def test_mode_split_finds_two_blobs_and_their_shares():
     assert sorted([m["share"], 1 - m["share"]]) == pytest.approx([0.3, 0.7])
     assert len(set(lab[:30])) == 1 and len(set(lab[30:])) == 1 and lab[0] != lab[-1]
     assert m["separation"] > 3 * mode_split(rng.normal(size=(100, 8)))["separation"]
+
+
+def test_bimodality_is_a_third_for_a_normal_and_near_one_for_two_modes():
+    rng = np.random.default_rng(4)
+    assert bimodality(rng.normal(size=(4000, 3))) == pytest.approx(1 / 3, abs=0.03)
+    assert bimodality(rng.uniform(size=(4000, 1))) == pytest.approx(5 / 9, abs=0.03)
+    two = np.concatenate([rng.normal(size=(500, 3)) + [8, 0, 0], rng.normal(size=(500, 3)) - [8, 0, 0]])
+    assert bimodality(two) > 0.85

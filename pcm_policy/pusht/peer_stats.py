@@ -6,6 +6,11 @@ interval, ch. 15 for the permutation test): episodes are paired by seed (same st
 so the difference of two samplers' scores is taken per episode; its mean gets a percentile-bootstrap 95%
 interval over episodes and a two-sided sign-flip (randomisation) p-value for "mean difference 0".
 
+Bimodality (SAS Institute, "SAS/STAT User's Guide", 1990, PROC CLUSTER; Pfister et al., "Good things peak in
+pairs", Front. Psychol. 2013): Sarle's coefficient b = (g^2 + 1) / (k + 3 (n - 1)^2 / ((n - 2)(n - 3))) of the
+samples' projection on their first principal axis (g: sample skewness, k: sample excess kurtosis); 1/3 for a
+normal, 5/9 for a uniform, towards 1 for two separated modes; b > 5/9 suggests two modes.
+
 MMD (Gretton, Borgwardt, Rasch, Schoelkopf, Smola, "A Kernel Two-Sample Test", JMLR 2012, eq. 3 (unbiased
 MMD^2_u) and sec. 8 (median heuristic)): k(x, y) = exp(-||x - y||^2 / (2 s^2)) with s the median pairwise
 distance of the pooled samples; the p-value permutes the pooled labels.
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mmd2_unbiased", "mmd_test", "mode_split", "paired_difference", "two_means"]
+__all__ = ["assign_modes", "bimodality", "mmd2_unbiased", "mmd_test", "mode_split", "paired_difference", "two_means"]
 
 
 def paired_difference(a, b, *, n_boot: int = 10_000, seed: int = 0) -> dict:
@@ -118,6 +123,22 @@ def mode_split(ref, *, iters: int = 50, seed: int = 0) -> dict:
     within = float(np.mean(np.linalg.norm(r - c[lab], axis=1)))
     return {"centres": c, "share": float((lab == 0).mean()),
             "separation": float(np.linalg.norm(c[0] - c[1]) / max(within, 1e-12))}
+
+
+def bimodality(x) -> float:
+    """Sarle's bimodality coefficient (module doc) of samples ``x`` (n >= 4, ...) on their first principal axis."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    n = len(x)
+    if n < 4:
+        raise ValueError(f"need at least 4 samples, got {n}")
+    c = x - x.mean(0)
+    p = c @ np.linalg.svd(c, full_matrices=False)[2][0]
+    m2, m3, m4 = (p ** 2).mean(), (p ** 3).mean(), (p ** 4).mean()
+    if m2 <= 0:
+        raise ValueError("all samples are equal")
+    g = np.sqrt(n * (n - 1)) / (n - 2) * m3 / m2 ** 1.5  # adjusted skewness G1
+    k = (n - 1) / ((n - 2) * (n - 3)) * ((n + 1) * (m4 / m2 ** 2 - 3) + 6)  # adjusted excess kurtosis G2
+    return float((g ** 2 + 1) / (k + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
 
 
 def assign_modes(x, centres) -> np.ndarray:
