@@ -11,8 +11,10 @@ states where DDIM-50's actions are multimodal (PushT, training seeds only).
    --draws FRESH x_T' (independent of the reference's, so a two-sample test applies). Per sampler and k: the
    unbiased MMD^2 against the reference (RBF kernel on the chunk in env pixels, median-heuristic bandwidth of
    the reference vs DDIM-50 on x_T', fixed for the state), its permutation p-value, the share of draws in the
-   reference's mode 0, and the mean per-sample distance (px) to DDIM-50 on the same x_T'. DDIM-50 on x_T' is
-   the noise floor: two finite samples of the same distribution.
+   reference's mode 0, the mode agreement (the share of draws x_T' whose chunk falls in the same mode as
+   DDIM-50's from the same x_T') and the mean per-sample distance (px) to DDIM-50 on the same x_T'. DDIM-50 on
+   x_T' is the noise floor: two finite samples of the same distribution.
+   --states S1 S2 ... skips the screen and uses those seeds' start states.
 
 Evaluation seeds (100000-100049) are refused.
 """
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--screen-draws", type=int, default=64)
     p.add_argument("--observations", type=int, default=3, help="states kept (most bimodal)")
     p.add_argument("--min-share", type=float, default=0.2, help="smallest share of the smaller mode to keep a state")
+    p.add_argument("--states", type=int, nargs="*", default=None, help="use these seeds' states (no screen)")
     p.add_argument("--draws", type=int, default=256, help="x_T per state and sampler")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help=f"among {', '.join(SAMPLERS)}")
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     try:
-        seeds = list(range(a.seeds[0], a.seeds[1] + 1))
+        seeds = list(range(a.seeds[0], a.seeds[1] + 1)) if not a.states else list(a.states)
         check_seeds(seeds)
         bad = [s for s in a.samplers if s not in SAMPLERS]
         if bad or not seeds or min(a.ks + [a.draws, a.screen_draws, a.observations]) < 1 or not 0 < a.min_share < 0.5:
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         conds = reset_conditions(base, seeds)
         screen = []
-        for i, s in enumerate(seeds):
+        for i, s in enumerate([] if a.states else seeds):
             c = conds[i:i + 1].expand(a.screen_draws, -1)
             x = px(ddim50(base.model_fn, draws(a.screen_draws, 1), c)[0])
             m, b = mode_split(x), bimodality(x)
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
             print(f"screen seed {s}: bimodality {b:.2f}, mode-0 share {m['share']:.2f}, separation "
                   f"{m['separation']:.2f}", flush=True)
         ok = [r for r in screen if a.min_share <= r["share"] <= 1 - a.min_share]
-        kept = sorted(ok, key=lambda r: -r["bimodality"])[:a.observations]
+        kept = sorted(ok, key=lambda r: -r["bimodality"])[:a.observations] if not a.states else \
+            [{"seed": s} for s in a.states]
         print(f"kept seeds {[r['seed'] for r in kept]} ({time.perf_counter() - t0:.0f} s)", flush=True)
         states = []
         for r in kept:
@@ -116,8 +120,9 @@ def main(argv=None) -> int:
 
             def row(x, modes=modes, ref=ref, floor=floor, bw=bw):
                 t = mmd_test(ref, x, permutations=a.permutations, bandwidth=bw)
-                return {"mmd2": t["mmd2"], "p_value": t["p_value"],
-                        "share_mode0": float((assign_modes(x, modes["centres"]) == 0).mean()),
+                lab = assign_modes(x, modes["centres"])
+                return {"mmd2": t["mmd2"], "p_value": t["p_value"], "share_mode0": float((lab == 0).mean()),
+                        "mode_agreement": float((lab == assign_modes(floor, modes["centres"])).mean()),
                         "distance_px": float(np.linalg.norm(x - floor, axis=-1).mean())}
 
             res = {"seed": r["seed"], "ref_share_mode0": modes["share"], "separation": modes["separation"],
@@ -130,7 +135,8 @@ def main(argv=None) -> int:
             for name in a.samplers:
                 outs = outputs_vs_k(name, base, pcm, spec, a.ks, c, x_new)
                 res["samplers"][name] = [{"k": k, **row(px(outs[k]))} for k in a.ks]
-                print(f"  {name:12s} " + " ".join(f"k={q['k']}: {q['mmd2']:.4f}/{q['share_mode0']:.2f}"
+                print(f"  {name:12s} " + " ".join(f"k={q['k']}: {q['mmd2']:.4f}/{q['share_mode0']:.2f}/"
+                                                    f"{q['mode_agreement']:.2f}"
                                                     for q in res["samplers"][name]), flush=True)
             states.append(res)
     out = {"command": "python scripts/peers_distribution.py " + " ".join(sys.argv[1:] if argv is None else argv),

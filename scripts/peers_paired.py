@@ -4,6 +4,10 @@ against PCM, per episode (same seeds, same x_T per (seed, chunk)), with bootstra
     python scripts/peers_paired.py --sweep-out runs/peers_eval200_ddimk --sweeps runs/s10d_sweeps/sweep*.json \
         --out results/peers/paired_eval200.json
 
+--rollouts adds rows of ``scripts/rollout.py --json`` files (fewer episodes, seeds from the sweep's first): each is
+paired with the same seeds' episodes of the sweep's rows (episodes do not depend on which others share the batch,
+``pusht.rollout``).
+
 Reads the sweep's per-row cache (OUT/runs/<sampler>_k<k>.json and reference_score.json: each episode's score,
 kept by ``pusht.task``'s score) and the distances to DDIM-50 from the given sweep.json files (a later file wins
 for the same sampler and k). Differences: ``peer_stats.paired_difference`` (percentile bootstrap over episodes,
@@ -40,6 +44,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep-out", type=Path, required=True, help="the sweep's --out folder (its runs/ cache)")
     p.add_argument("--sweeps", type=Path, nargs="*", default=[], help="sweep.json files with the distances")
+    p.add_argument("--rollouts", type=Path, nargs="*", default=[], help="rollout.py JSON files (rows on fewer seeds)")
+    p.add_argument("--seed", type=int, default=100000, help="the sweep's first episode seed")
     p.add_argument("--against", default="pcm", help="the sampler every row is also compared with at its k")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--force", action="store_true", help="allow --out to replace a file git tracks")
@@ -53,6 +59,16 @@ def main(argv=None) -> int:
         if a.out is not None:
             check_not_shipped(a.out, a.force, "--force", "--out")
         ref, rows = load_rows(a.sweep_out)
+        extra = {}
+        for f in a.rollouts:
+            r = json.loads(f.read_text())
+            idx = [e["seed"] - a.seed for e in r["episodes"]]
+            if min(idx) < 0 or max(idx) >= len(ref["scores"]):
+                raise ValueError(f"{f}: seeds outside the sweep's {a.seed}..{a.seed + len(ref['scores']) - 1}")
+            extra[(r["sampler"]["name"], int(r["sampler"]["k"]))] = {
+                "scores": [e["score"] for e in r["episodes"]], "index": idx, "file": str(f),
+                "mean_score": r["summary"]["mean_score"], "success_rate": r["summary"]["success_rate"],
+                "mean_iterations": r["summary"]["mean_iterations"], "mean_nfe": r["summary"]["mean_nfe"]}
         dist = {}
         for s in a.sweeps:
             for name, rs in json.loads(s.read_text())["results"].items():
@@ -62,24 +78,28 @@ def main(argv=None) -> int:
         return 2
     ref_scores = np.asarray(ref["scores"])
     out = {"reference": {"sampler": "ddim", "k": 50, "episodes": len(ref_scores), "mean_score": ref["mean_score"],
-                         "success_rate": ref["success_rate"]}, "rows": []}
+                         "success_rate": ref["success_rate"], "first_seed": a.seed,
+                         "scores": [float(v) for v in ref_scores]}, "rows": []}
     print(f"DDIM-50: {ref['mean_score']:.3f} / {100 * ref['success_rate']:.1f}% over {len(ref_scores)} episodes")
     print(f"{'sampler':12s} {'k':>3s} {'n':>4s} {'score':>6s} {'succ%':>6s} {'px':>7s}  {'- DDIM-50 [95% CI] p':31s}"
           f"  - {a.against} [95% CI] p")
-    for (name, k), d in sorted(rows.items(), key=lambda x: (x[0][1], x[0][0])):
-        sc = np.asarray(d["scores"])
-        if len(sc) != len(ref_scores):
+    every = {**{c: {**d, "index": list(range(len(ref_scores)))} for c, d in rows.items()}, **extra}
+    for (name, k), d in sorted(every.items(), key=lambda x: (x[0][1], x[0][0], len(x[1]["scores"]))):
+        sc, idx = np.asarray(d["scores"]), d["index"]
+        if len(sc) != len(idx):
             print(f"note: {name} k={k} has {len(sc)} episodes, the reference {len(ref_scores)}: skipped")
             continue
         succ1 = float((sc >= 1.0).mean())
-        vs_ref = paired_difference(sc, ref_scores)
-        vs_ref["success_diff"] = succ1 - float((ref_scores >= 1.0).mean())
+        vs_ref = paired_difference(sc, ref_scores[idx])
+        vs_ref["success_diff"] = succ1 - float((ref_scores[idx] >= 1.0).mean())
         row = {"sampler": name, "k": k, "episodes": len(sc), "mean_score": d["mean_score"],
                "success_rate": d["success_rate"], "score_one_rate": succ1, "distance_px": dist.get((name, k)),
-               "mean_iterations": d.get("mean_iterations"), "mean_nfe": d.get("mean_nfe"), "vs_ddim50": vs_ref}
+               "mean_iterations": d.get("mean_iterations"), "mean_nfe": d.get("mean_nfe"),
+               "source": d.get("file", str(a.sweep_out / "runs")), "vs_ddim50": vs_ref}
         other = rows.get((a.against, k))
-        if name != a.against and other is not None and len(other["scores"]) == len(sc):
-            row[f"vs_{a.against}"] = paired_difference(sc, other["scores"])
+        if name != a.against and other is not None and len(other["scores"]) == len(ref_scores):
+            row[f"vs_{a.against}"] = paired_difference(sc, np.asarray(other["scores"])[idx])
+        row["scores"] = [float(v) for v in sc]
         out["rows"].append(row)
 
         def fmt(r):
