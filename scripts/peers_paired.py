@@ -40,6 +40,39 @@ def load_rows(folder: Path) -> tuple[dict, dict]:
     return ref.get("detail", ref), rows
 
 
+def markdown(out: dict, against: str) -> str:
+    """Two markdown tables: every row against DDIM-50; the rows of k <= 5 against ``against``, one column per k."""
+    def ci(r):
+        return f"{r['diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
+
+    def vs(r):
+        d = r.get(f"vs_{against}")
+        return "" if d is None else f"; {ci(d)}" + (f" (n={d['n']})" if d["n"] != r["episodes"] else "")
+
+    ref = out["reference"]
+    lines = [f"DDIM-50: {ref['mean_score']:.3f} / {100 * ref['success_rate']:.1f}% ({ref['episodes']} episodes)", "",
+             "| sampler | k | episodes | score / success | px to DDIM-50 | - DDIM-50 [95% CI] | p |",
+             "|---|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        px = "-" if r["distance_px"] is None else f"{r['distance_px']:.2f}"
+        lines.append(f"| {r['sampler']} | {r['k']} | {r['episodes']} | {r['mean_score']:.3f} / "
+                     f"{100 * r['success_rate']:.1f}% | {px} | {ci(r['vs_ddim50'])} | "
+                     f"{r['vs_ddim50']['p_value']:.4f} |")
+    ks = sorted({r["k"] for r in out["rows"] if r["k"] <= 5})
+    names = list(dict.fromkeys(r["sampler"] for r in out["rows"] if r["k"] <= 5))
+    names = [n for n in names if n != against] + [against]
+    lines += ["", f"| sampler (score / success, episodes; - {against} [95% CI]) | "
+              + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for n in names:
+        cells = []
+        for k in ks:
+            rs = [r for r in out["rows"] if r["sampler"] == n and r["k"] == k]
+            cells.append(" <br> ".join(f"{r['mean_score']:.3f} / {100 * r['success_rate']:.0f}% ({r['episodes']})"
+                                       + vs(r) for r in rs) or "-")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep-out", type=Path, required=True, help="the sweep's --out folder (its runs/ cache)")
@@ -47,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--rollouts", type=Path, nargs="*", default=[], help="rollout.py JSON files (rows on fewer seeds)")
     p.add_argument("--seed", type=int, default=100000, help="the sweep's first episode seed")
     p.add_argument("--against", default="pcm", help="the sampler every row is also compared with at its k")
+    p.add_argument("--markdown", action="store_true", help="also print the two tables as markdown")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--force", action="store_true", help="allow --out to replace a file git tracks")
     a = p.parse_args(argv)
@@ -96,9 +130,11 @@ def main(argv=None) -> int:
                "success_rate": d["success_rate"], "score_one_rate": succ1, "distance_px": dist.get((name, k)),
                "mean_iterations": d.get("mean_iterations"), "mean_nfe": d.get("mean_nfe"),
                "source": d.get("file", str(a.sweep_out / "runs")), "vs_ddim50": vs_ref}
-        other = rows.get((a.against, k))
-        if name != a.against and other is not None and len(other["scores"]) == len(ref_scores):
-            row[f"vs_{a.against}"] = paired_difference(sc, np.asarray(other["scores"])[idx])
+        other = every.get((a.against, k))
+        if name != a.against and other is not None:  # paired on the seeds both rows ran
+            mine, theirs = dict(zip(idx, sc, strict=True)), dict(zip(other["index"], other["scores"], strict=True))
+            both = sorted(set(mine) & set(theirs))
+            row[f"vs_{a.against}"] = paired_difference([mine[i] for i in both], [theirs[i] for i in both])
         row["scores"] = [float(v) for v in sc]
         out["rows"].append(row)
 
@@ -110,6 +146,8 @@ def main(argv=None) -> int:
               f"{fmt(vs_ref):31s}  " + (fmt(row[f'vs_{a.against}']) if f"vs_{a.against}" in row else "-"))
         if abs(succ1 - d["success_rate"]) > 1e-9:
             print(f"note: {name} k={k}: score-1 rate {succ1:.3f} differs from the success rate {d['success_rate']:.3f}")
+    if a.markdown:
+        print(markdown(out, a.against))
     if a.out is not None:
         out["command"] = "python scripts/peers_paired.py " + " ".join(sys.argv[1:] if argv is None else argv)
         write_json(a.out, out)
