@@ -8,7 +8,8 @@
    FIRST..LAST, --repeats rounds; rounds are interleaved over the cells (round r of every cell before round r + 1
    of any), so a shared machine's load falls on all of them alike. Per cell: median and minimum ms per chunk.
 2. Figure: two panels, mean closed-loop score against the sequential (batched) calls k and against the median
-   latency, one marker series per sampler, DDIM-50 as a line, the front of points no other point beats in both.
+   latency, one marker series per sampler (hollow: a row on fewer episodes than DDIM-50's), DDIM-50 as a line,
+   the front of points no other point beats in both.
    Calls are what a GPU pays (a call of a 50-row window costs about what a 1-row call does there); on this CPU a
    call's cost grows with its rows, which the latency panel shows.
 """
@@ -86,7 +87,11 @@ def plot(paired: dict, lat: dict, path: Path) -> None:
             keep = [(x, r) for x, r in zip(xs, rows, strict=True) if x is not None]
             if not keep:
                 continue
-            ax.plot([x for x, _ in keep], [r["mean_score"] for _, r in keep], "o-", label=n, ms=4)
+            line, = ax.plot([x for x, _ in keep], [r["mean_score"] for _, r in keep], "-", label=n)
+            for x, r in keep:  # rows on fewer episodes than the reference: hollow markers
+                full = r.get("episodes", ref["episodes"]) >= ref["episodes"]
+                ax.plot([x], [r["mean_score"]], "o", ms=5, color=line.get_color(),
+                        mfc=line.get_color() if full else "none")
             for x, r in keep:
                 ax.annotate(str(r["k"]), (x, r["mean_score"]), fontsize=7, xytext=(2, 2), textcoords="offset points")
             pts += [(x, r["mean_score"]) for x, r in keep]
@@ -99,7 +104,7 @@ def plot(paired: dict, lat: dict, path: Path) -> None:
         ax.step(*zip(*f, strict=True), "k--", where="post", lw=1, label="front")
         ax.set(xscale="log", xlabel=xlabel, ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"mean score ({ref['episodes']} evaluation episodes; labels: k)")
+    axes[0].set_ylabel(f"mean score ({ref['episodes']} evaluation episodes; hollow: fewer; labels: k)")
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle("PushT: score vs calls and vs CPU latency, every peer")
     fig.tight_layout()
