@@ -156,6 +156,26 @@ def test_the_k_step_peers_are_swept_as_solvers_of_k_steps(ckpt, tmp_path):
                 assert abs(task.distance(x, ref).mean().item() - row["distance"]) < 1e-4, (s, row)
     assert res["results"]["dpmsolver++"][0]["score"] is not None and res["results"]["unipc"][0]["score"] is None
 
+def test_srds_is_swept_as_a_sampler_of_k_batched_calls(ckpt, tmp_path):
+    """srds: the sweep's distance at each k is that of SRDS held to k batched calls (tol 0) on the sweep's eval
+    conditions, read off one run's iterates; k >= T is the exact sequential output; its score cells roll out."""
+    from pcm_policy.sampling import make_sampler
+
+    out = tmp_path / "srds"
+    _sweep(ckpt, out, ["srds"], score_samplers=["srds"], score_ks=[1])
+    res = json.loads((out / "sweep.json").read_text())
+    task, _ = _factory(ckpt, ["srds"])()
+    cond, x_T = task.split("eval", 4)
+    with torch.no_grad():
+        ref = make_sampler(SamplerSpec.named("ddim", num_steps=T), task.scheduler)(task.model_fn, x_T, cond)[0]
+        for row in res["results"]["srds"]:
+            spec = SamplerSpec.named("srds", num_steps=T, tol=0.0, k=row["k"])
+            x = make_sampler(spec, task.scheduler)(task.model_fn, x_T, cond)[0]
+            assert abs(task.distance(x, ref).mean().item() - row["distance"]) < 1e-4, row
+    assert max(r["distance"] for r in res["results"]["srds"] if r["k"] >= T) < 1e-4
+    assert res["results"]["srds"][0]["score"] is not None
+
+
 @pytest.mark.slow
 def test_parallel_jobs_give_the_serial_results(ckpt, tmp_path):
     """jobs=2 runs the rollouts in spawned worker processes (``sweep._score_cell``) with the same results."""

@@ -138,7 +138,8 @@ def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
 
 
 SWEEP_SAMPLERS = ("ddim", "ddim-k", "picard", "taa", "pcm", "newton")  # what a PushT sweep compares by default
-SWEEP_PEERS = ("dpmsolver++", "unipc")  # diffusers' k-step solvers (pcm_policy/solvers.py), on request
+# on request: diffusers' k-step solvers (pcm_policy/solvers.py) and SRDS (sampling/srds.py, k batched calls)
+SWEEP_PEERS = ("dpmsolver++", "unipc", "srds")
 
 
 def sweep_task(checkpoint, adapter, samplers, *, num_steps: int = 50, init: str | None = None, device: str = "cpu",
