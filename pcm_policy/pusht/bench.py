@@ -261,7 +261,7 @@ def bench_samplers(cfg: BenchConfig, command: str, keep_times: bool = False) -> 
 def run_bench(cfg: BenchConfig, command: str, out: str | Path | None = None) -> dict:
     """``bench_samplers``, then print its table and write its JSON to ``out`` (atomically), or print the
     JSON when ``out`` is None. With ``cfg.batches``: one run per batch size, each run's table, then the
-    side by side table of ``bench_batches`` (JSON ``{"machine", "settings", "by_batch": [{batch_rows...,
+    side by side table of ``bench_batches`` (JSON ``{"command", "machine", "settings", "by_batch": [{batch_rows...,
     "run": the run's result}]}``). Returns the result; raises as ``bench_samplers``."""
     if cfg.batches:
         result = _run_batches(cfg, command)
@@ -288,4 +288,4 @@ def _run_batches(cfg: BenchConfig, command: str) -> dict:
     machine = machine_info(torch.device(entries[0]["run"]["machine"]["device"]), load_start, load_average())
     settings = {"command": command, "batches": list(cfg.batches), "reference": SEQ,
                 "best_ms": "per condition the fastest of the repeats, averaged over the conditions"}
-    return {"machine": machine, "settings": settings, "by_batch": entries}
+    return {"command": f"python scripts/{command}", "machine": machine, "settings": settings, "by_batch": entries}
