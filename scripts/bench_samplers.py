@@ -144,9 +144,12 @@ def parse(argv=None) -> tuple[BenchConfig, str | None]:
         sys.exit(f"error: no policy: {DEFAULT_BASE} does not exist; pass --checkpoint DIR (a folder from "
                  "scripts/train_policy.py) or --size small|medium for a random policy (timing only)")
     try:
-        batches = ints(a.batch)
+        try:
+            batches = ints(a.batch)
+        except ValueError:
+            batches = []
         if not batches:
-            raise ValueError(f"--batch needs at least one size, got {a.batch!r}")
+            raise ValueError(f"--batch takes a size or sizes like 1,8,32, got {a.batch!r}")
         cfg = BenchConfig(
             checkpoint=None if a.size else a.checkpoint or str(DEFAULT_BASE), size=a.size,
             adapter=a.adapter or (str(DEFAULT_ADAPTER) if DEFAULT_ADAPTER.is_dir() else "random"),
