@@ -11,6 +11,13 @@ once per thread setting, from the repository root:
         --adapter checkpoints/pusht_pcm --threads 1 --window-threads 2 --switch-rows 4 \\
         --out results/bench_samplers_2thread.json
 
+Several batch sizes side by side (B episodes in lockstep: B conditions sampled together; the Exact rows of
+docs/peers.md, ``results/peers/latency_batches.json``):
+
+    OMP_NUM_THREADS=1 python scripts/bench_samplers.py --batch 1,8,32 --threads 1 --window-threads 1 \
+        --windows 50 --tols 0.1 --safeguards 1 --inits prior --anderson 3 --ddim-ks 10,16 --curve 1 \
+        --curve-threads 1 --curve-repeats 3 --out results/peers/latency_batches.json
+
 Each takes a few minutes. Compare the two JSONs: ``derived`` (full-window call / batch-1 call,
 target <= 3x; batch-1 path through the ThreadPolicy vs fixed 1 thread, should be ~1.00x) and the
 per-sampler medians. Only the 2-thread run's windows use the second core; its batch-1 path is the
@@ -93,7 +100,8 @@ def parse(argv=None) -> tuple[BenchConfig, str | None]:
                                      "if present, else random)")
     p.add_argument("--dataset", default=str(ROOT / D.dataset), help="demonstrations the conditions are drawn from")
     p.add_argument("--conds", type=int, default=D.conds, help="observation windows (one action chunk each)")
-    p.add_argument("--batch", type=int, default=D.batch, help="samples per action chunk")
+    p.add_argument("--batch", default=str(D.batch), help="samples per action chunk (episodes in lockstep); several "
+                                                          "(1,8,32): one run each, then a side-by-side table")
     p.add_argument("--num-steps", type=int, default=D.num_steps)
     p.add_argument("--windows", default=join(D.windows), help="Picard windows")
     p.add_argument("--tols", default=join(D.tols), help="Picard and PCM tolerances")
@@ -136,16 +144,23 @@ def parse(argv=None) -> tuple[BenchConfig, str | None]:
         sys.exit(f"error: no policy: {DEFAULT_BASE} does not exist; pass --checkpoint DIR (a folder from "
                  "scripts/train_policy.py) or --size small|medium for a random policy (timing only)")
     try:
+        try:
+            batches = ints(a.batch)
+        except ValueError:
+            batches = []
+        if not batches:
+            raise ValueError(f"--batch takes a size or sizes like 1,8,32, got {a.batch!r}")
         cfg = BenchConfig(
             checkpoint=None if a.size else a.checkpoint or str(DEFAULT_BASE), size=a.size,
             adapter=a.adapter or (str(DEFAULT_ADAPTER) if DEFAULT_ADAPTER.is_dir() else "random"),
-            dataset=a.dataset, conds=a.conds, batch=a.batch, num_steps=a.num_steps, windows=ints(a.windows),
+            dataset=a.dataset, conds=a.conds, batch=batches[0], num_steps=a.num_steps, windows=ints(a.windows),
             tols=floats(a.tols), safeguards=kappas(a.safeguards), pcm_windows=ints(a.pcm_windows),
             inits=a.inits.split(","), anderson=ints(a.anderson), ddim_ks=ints(a.ddim_ks), pcm_ks=ints(a.pcm_ks),
             pcm_spaces=a.pcm_spaces.split(",") if a.pcm_spaces else None, k_on=a.k_on, k_off=a.k_off,
             repeats=a.repeats, curve=ints(a.curve), curve_threads=ints(a.curve_threads),
             curve_repeats=a.curve_repeats, threads=a.threads, window_threads=a.window_threads,
-            switch_rows=a.switch_rows, seed=a.seed, device=a.device, eager=a.eager)
+            switch_rows=a.switch_rows, seed=a.seed, device=a.device, eager=a.eager,
+            batches=tuple(batches) if len(batches) > 1 else ())
     except ValueError as e:
         p.error(str(e))
     return cfg, a.out

@@ -90,3 +90,46 @@ def test_script_cli_errors():
     assert r.returncode == 2 and "--conds must be >= 1" in r.stderr
     r = subprocess.run([sys.executable, script, "--checkpoint", "/nonexistent"], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_batches_side_by_side_rows_and_cli():
+    """--batch 1,8,32: one config per size (B in the curve), best-of per condition, NFE per chunk = x B."""
+    from pcm_policy.pusht.bench_batches import batch_rows, best_of, format_batches, per_batch
+
+    assert best_of([5.0, 9.0, 4.0, 7.0, 6.0, 8.0], 2) == pytest.approx((4.0 + 7.0) / 2)  # rounds of 2 conditions
+    with pytest.raises(ValueError, match="whole rounds"):
+        best_of([1.0, 2.0, 3.0], 2)
+    cfgs = per_batch(BenchConfig(curve=(1,), batches=(1, 8)), [1, 8])
+    assert [(c.batch, c.batches, c.curve) for c in cfgs] == [(1, (), (1,)), (8, (), (1, 8))]
+
+    def sampler(med, its, nfe, px):
+        return {"median_ms": med, "iterations": {"median": its}, "nfe": {"median": nfe}, "max_abs_delta_px": px}
+
+    curve = {1: {"median_ms": 2.0}, 8: {"median_ms": 4.0}, 400: {"median_ms": 50.0}}
+    result = {"settings": {"batch": 8, "conds": 2, "num_steps": 50}, "batch_cost_curve": {"thread_policy": curve},
+              "samplers": {"seq": sampler(200.0, 50, 50, 0.0), "pcm": sampler(120.0, 5, 130.5, 0.4)}}
+    times = {"seq": [210.0, 190.0, 200.0, 180.0], "pcm": [100.0, 130.0, 120.0, 110.0]}
+    e = batch_rows(result, times, "seq")
+    p = e["samplers"]["pcm"]
+    assert p["best_ms"] == 105.0 and p["best_vs_reference"] == round(105 / 190, 3)
+    assert p["median_vs_reference"] == 0.6 and p["calls"] == 5 and p["nfe_per_chunk"] == 1044.0
+    assert e["curve_ms"] == {"1": 2.0, "B": 4.0, "T*B": 50.0} and e["picard_break_even_iterations"] == 4.0
+    text = format_batches([e])
+    assert "    8 pcm " in text and "B =   8: 2.00 / 4.00 / 50.00 ms" in text
+
+    cli = _bench_script()
+    cfg, _ = cli.parse(["--size", "small", "--batch", "1,8,32"])
+    assert cfg.batch == 1 and cfg.batches == (1, 8, 32)
+    cfg, _ = cli.parse(["--size", "small", "--batch", "4"])
+    assert cfg.batch == 4 and cfg.batches == ()  # one size: the single run, as before
+    with pytest.raises(SystemExit):
+        cli.parse(["--size", "small", "--batch", "1,0"])
+
+
+def _bench_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_samplers_cli", ROOT / "scripts/bench_samplers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

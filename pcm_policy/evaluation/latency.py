@@ -331,7 +331,7 @@ def format_report(result: dict) -> str:
 def benchmark(runs: dict, noises: torch.Tensor, conds: torch.Tensor, *, reference: str, curve_rows: dict,
               widths: Sequence[int], full_rows: int, sample_shape: Sequence[int], n_train: int,
               floor_model: Callable, threads: int, window_threads: int, switch_rows: int, repeats: int,
-              curve_repeats: int, seed: int, units: dict[str, torch.Tensor | float]) -> dict:
+              curve_repeats: int, seed: int, units: dict[str, torch.Tensor | float], keep_times: bool = False) -> dict:
     """The whole latency benchmark of a set of samplers of one model, in this order: the batch-cost curve,
     the thread-switch and ThreadPolicy costs, the compute floor of a full-window call, the samplers.
 
@@ -346,9 +346,10 @@ def benchmark(runs: dict, noises: torch.Tensor, conds: torch.Tensor, *, referenc
         threads, window_threads, switch_rows: the ThreadPolicy's settings.
         repeats, curve_repeats, seed: timed rounds of the samplers and of the curve; the curve's seed.
         units: ``sampler_table``'s units.
+        keep_times: also return every timed run, ``"times_ms": {name: [ms, ...]}`` (``time_samplers``' order).
     Returns:
         ``{"batch_cost_curve", "derived", "samplers"}`` (see ``batch_cost_curve``, ``derived_ratios``,
-        ``sampler_table``).
+        ``sampler_table``), and ``"times_ms"`` with ``keep_times``.
     """
     flat = conds.flatten(0, 1)
     curve = batch_cost_curve(curve_rows, widths, flat, sample_shape, n_train, curve_repeats, seed)
@@ -362,4 +363,4 @@ def benchmark(runs: dict, noises: torch.Tensor, conds: torch.Tensor, *, referenc
     return {"batch_cost_curve": curve,
             "derived": derived_ratios(curve, full_rows, threads, window_threads, seq_ms, switch_us, overhead_us,
                                       floor),
-            "samplers": samplers}
+            "samplers": samplers, **({"times_ms": times} if keep_times else {})}

@@ -42,6 +42,8 @@ class BenchConfig:
     adapter's PCM with exactly k iterations (tol 0; the anytime comparison with DDIM-k).
     ``pcm_spaces``: None for the adapter's own. ``k_on``/``k_off``: override the adapter's switch.
     ``threads``/``window_threads``/``switch_rows``: the ThreadPolicy. ``device``: ``cpu`` or ``cuda[:N]``.
+    ``batches``: several batch sizes (episodes in lockstep), one run each, side by side (``run_bench``;
+    ``bench_batches``); empty: one run at ``batch``.
     """
 
     checkpoint: str | None = None
@@ -72,6 +74,7 @@ class BenchConfig:
     seed: int = 0
     device: str = "cpu"
     eager: bool = False
+    batches: tuple[int, ...] = ()
 
     def __post_init__(self):
         for name in ("conds", "batch", "num_steps", "repeats", "curve_repeats", "threads", "window_threads",
@@ -80,6 +83,8 @@ class BenchConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.checkpoint is not None and self.size is not None:
             raise ValueError("give a checkpoint folder or a UNet preset (size), not both")
+        if any(b < 1 for b in self.batches):
+            raise ValueError(f"--batch sizes must be >= 1, got {list(self.batches)}")
 
 
 def load_base(cfg: BenchConfig, dataset) -> tuple:
@@ -183,11 +188,12 @@ def build_samplers(cfg: BenchConfig, spec: SamplerSpec, sched, base_d, pcm_d) ->
     return runs
 
 
-def bench_samplers(cfg: BenchConfig, command: str) -> dict:
+def bench_samplers(cfg: BenchConfig, command: str, keep_times: bool = False) -> dict:
     """The benchmark: load, draw conditions, then ``evaluation.latency.benchmark``.
 
     Args:
-        cfg: the settings; command: recorded in ``settings.command``.
+        cfg: the settings; command: recorded in ``settings.command``; keep_times: also return every timed
+            run (``times_ms``).
     Returns:
         ``{"machine", "settings", "batch_cost_curve", "derived", "samplers"}`` (the JSON of
         ``scripts/bench_samplers.py``; times in ms, overheads in us, distances as in the module doc).
@@ -237,7 +243,7 @@ def bench_samplers(cfg: BenchConfig, command: str) -> dict:
                     sample_shape=(pc.horizon, pc.action_dim), n_train=pc.num_train_timesteps,
                     floor_model=(eager or policy).model, threads=cfg.threads, window_threads=cfg.window_threads,
                     switch_rows=cfg.switch_rows, repeats=cfg.repeats, curve_repeats=cfg.curve_repeats,
-                    seed=cfg.seed, units={"norm": 1.0, "px": px_scale})
+                    seed=cfg.seed, units={"norm": 1.0, "px": px_scale}, keep_times=keep_times)
     settings = {
         "command": command,
         "policy": {**base_info, "unet_size": pc.unet_size, "unet": pc.unet, "parameters": count_parameters(
@@ -254,12 +260,32 @@ def bench_samplers(cfg: BenchConfig, command: str) -> dict:
 
 def run_bench(cfg: BenchConfig, command: str, out: str | Path | None = None) -> dict:
     """``bench_samplers``, then print its table and write its JSON to ``out`` (atomically), or print the
-    JSON when ``out`` is None. Returns the result; raises as ``bench_samplers``."""
-    result = bench_samplers(cfg, command)
-    print(format_report(result))
+    JSON when ``out`` is None. With ``cfg.batches``: one run per batch size, each run's table, then the
+    side by side table of ``bench_batches`` (JSON ``{"command", "machine", "settings", "by_batch": [{batch_rows...,
+    "run": the run's result}]}``). Returns the result; raises as ``bench_samplers``."""
+    if cfg.batches:
+        result = _run_batches(cfg, command)
+    else:
+        result = bench_samplers(cfg, command)
+        print(format_report(result))
     text = json.dumps(result, indent=1)
     if out:
         print(f"\nwrote {write_text(out, text)}")
     else:
         print(text)
     return result
+
+
+def _run_batches(cfg: BenchConfig, command: str) -> dict:
+    from .bench_batches import batch_rows, format_batches, per_batch
+
+    load_start, entries = load_average(), []
+    for c in per_batch(cfg, list(cfg.batches)):
+        run = bench_samplers(c, command, keep_times=True)
+        print(f"== batch {c.batch} ==\n{format_report(run)}\n", flush=True)
+        entries.append({**batch_rows(run, run["times_ms"], SEQ), "run": run})
+    print(format_batches(entries))
+    machine = machine_info(torch.device(entries[0]["run"]["machine"]["device"]), load_start, load_average())
+    settings = {"command": command, "batches": list(cfg.batches), "reference": SEQ,
+                "best_ms": "per condition the fastest of the repeats, averaged over the conditions"}
+    return {"command": f"python scripts/{command}", "machine": machine, "settings": settings, "by_batch": entries}
