@@ -53,8 +53,13 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
                         f"{SHIPPED['ldm'][0]} or {SHIPPED['sd'][0]})")
     p.add_argument("--adapter", type=Path, default=None,
                    help="PCM adapter folder (default with the stand-in: its shipped adapter)")
-    p.add_argument("--samplers", default="sequential,ddim-k,picard,taa,pcm", help="comma list")
+    p.add_argument("--samplers", default="sequential,ddim-k,picard,taa,pcm",
+                   help="comma list; also dpmsolver++, unipc (k steps, built from the model's scheduler config) "
+                        "and srds (Parareal over the DDIM-T grid, k batched calls)")
     p.add_argument("--ks", default="1,2,3,4,5", help="comma list of budgets k (sequential model calls)")
+    p.add_argument("--score-ks", default=None,
+                   help="comma list, a subset of --ks: the budgets whose image metrics (FID ...) run (default: all); "
+                        "the latent RMSE runs at every k")
     p.add_argument("--num-samples", type=int, default=200, help="N; sample i uses seed S + i")
     p.add_argument("--seed", type=int, default=0, help="S")
     p.add_argument("--steps", type=int, default=None, help="T of the converged output (default: the adapter's, "
@@ -96,17 +101,18 @@ def _run(family: str, a) -> int:
     from pcm_policy.vision.evaluate import DIGIT_PROMPTS, default_reference
     from pcm_policy.vision.loaders import check_folder
     from pcm_policy.vision.report import paper_tables
-    from pcm_policy.vision.task import NAMES, sweep_task
+    from pcm_policy.vision.task import NAMES, PEERS, sweep_task
 
     repo, name, data = REAL[family]
     try:
         samplers = [s for s in a.samplers.split(",") if s]
         ks = [int(k) for k in a.ks.split(",") if k]
+        score_ks = None if a.score_ks is None else [int(k) for k in a.score_ks.split(",") if k]
     except ValueError as e:
-        raise ValueError(f"--ks must be a comma list of integers ({e})") from e
-    bad = [s for s in samplers if s not in NAMES]
+        raise ValueError(f"--ks and --score-ks must be comma lists of integers ({e})") from e
+    bad = [s for s in samplers if s not in NAMES + PEERS]
     if bad:
-        raise ValueError(f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES)}")
+        raise ValueError(f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES + PEERS)}")
     if a.num_samples < 1 or a.seed < 0 or a.batch_size < 1 or (a.threads is not None and a.threads < 1):
         raise ValueError("--num-samples, --batch-size and --threads must be >= 1 and --seed >= 0")
     stand_in = a.model is None
@@ -154,7 +160,7 @@ def _run(family: str, a) -> int:
                                        num_samples=a.num_samples, seed=a.seed, steps=a.steps, prompts=prompts,
                                        guidance=a.guidance, reference=reference, clip=a.clip,
                                        batch_size=a.batch_size)
-    cfg = SweepConfig(samplers=specs, ks=ks, out=a.out, conditions=a.num_samples, batch=a.batch_size,
+    cfg = SweepConfig(samplers=specs, ks=ks, score_ks=score_ks, out=a.out, conditions=a.num_samples, batch=a.batch_size,
                       score_tol=FID_TOL, score_tol_rel=True, match_field="uint8_diff", dist_tol=UINT8_TOL,
                       force=a.force, settings={**settings, "stand_in": note, "family": family})
     result = run_sweep(task, cfg)
