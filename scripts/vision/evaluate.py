@@ -109,7 +109,7 @@ def _run(family: str, a) -> int:
         ks = [int(k) for k in a.ks.split(",") if k]
         score_ks = None if a.score_ks is None else [int(k) for k in a.score_ks.split(",") if k]
     except ValueError as e:
-        raise ValueError(f"--ks and --score-ks must be comma lists of integers ({e})") from e
+        raise ValueError(f"--ks / --score-ks: each must be a comma list of integers ({e})") from e
     bad = [s for s in samplers if s not in NAMES + PEERS]
     if bad:
         raise ValueError(f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES + PEERS)}")
