@@ -64,6 +64,7 @@ def main(argv=None) -> int:
                                       f"tol {o['tol']:g}: {o['distance']:.4f}, {o['iterations']} / "
                                       f"{o['mean_sample_iterations']:.1f} / {o['nfe']:.1f} / {o['wall_s']:.2f}"))
     if a.out:
+        res["command"] = " ".join(["python scripts/vision/paradigms_sd.py", *(sys.argv[1:] if argv is None else argv)])
         write_json(a.out, res)
         print(f"wrote {a.out}")
     return 0
