@@ -142,6 +142,8 @@ def test_prompt_labels():
 @pytest.mark.parametrize("script,argv,message", [
     ("celeba", ["--model", "{ldm}", "--samplers", "ddim,picard"], "unknown sampler"),
     ("celeba", ["--model", "{ldm}", "--ks", "1,x"], "comma list of integers"),
+    ("celeba", ["--model", "{ldm}", "--score-ks", "1,x"], "comma list of integers"),
+    ("celeba", ["--model", "{ldm}", "--samplers", "dpmsolver,srds"], "unknown sampler(s) dpmsolver;"),
     ("celeba", ["--model", "{ldm}", "--num-samples", "0"], ">= 1"),
     ("celeba", ["--model", "{sd}", "--reference", "{ref}"], "use --family sd"),
     ("sd", ["--model", "{ldm}", "--reference", "{ref}"], "use --family ldm"),

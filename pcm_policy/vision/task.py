@@ -18,6 +18,12 @@ The image evaluation (``sweep_task``; ``scripts/vision/evaluate.py --family ldm|
     taa         Picard + triangular Anderson acceleration, k iterations (tol 0)
     pcm         Picard with the adapter's own switching schedule (its ``adapter.json`` spec), k iterations
     pcm-nomix   (only when the adapter's schedule ramps) the same adapter with lambda rounded to a hard switch
+  and on request (``PEERS``, issue 23's peers):
+    dpmsolver++, unipc  diffusers' DPM-Solver++ (2M) / UniPC (bh2) in k steps, built from the model's own
+                scheduler config as a pipeline user builds them (``solvers.solver_scheduler``: the same betas,
+                spacing and steps_offset; x0 thresholding only where the scheduler clips x0, which neither
+                LDM-CelebA's nor SD v1.4's does, so none: dynamic thresholding is meant for pixel-space models)
+    srds        SRDS, Parareal over the DDIM-T grid (``sampling.srds``), k batched calls, tol 0
 "Mixing" (the paper's Table 3 ablation, spec ``pcm.md`` §5): with mixing, lambda(k) takes values strictly
 between 0 and 1 on a ramp (k_on < k_off): the adapted and the base model are mixed, in weight or feature
 space as the adapter names; without mixing, lambda jumps from 1 to 0 (a hard switch). The no-mixing variant
@@ -35,17 +41,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..sampling import SamplerSpec, Switch, make_sampler
+from ..sampling import K_STEPS, SamplerSpec, Switch, make_sampler
 from ..task import Task
 from ..training.pct_data import PCTData
 from .loaders import ImageModel
 from .models import ATTENTION_TARGETS, model_function
 from .processor import decode_latents, encode_prompts, initial_latents, seeds_for
 
-__all__ = ["DEFAULT_STEPS", "NAMES", "ImageData", "eval_samplers", "latent_rmse", "make_task", "pct_task",
+__all__ = ["DEFAULT_STEPS", "NAMES", "PEERS", "ImageData", "eval_samplers", "latent_rmse", "make_task", "pct_task",
            "sweep_task"]
 
-NAMES = ("sequential", "ddim-k", "picard", "taa", "pcm")  # the image evaluation's samplers
+NAMES = ("sequential", "ddim-k", "picard", "taa", "pcm")  # the image evaluation's samplers (default)
+PEERS = ("dpmsolver++", "unipc", "srds")  # on request (issue 23's peers)
 DEFAULT_STEPS = {"ldm": 50, "sd": 30}  # supplement Table 1: LDM-CelebA T = 50, SD v1.4 T = 30
 
 
@@ -151,9 +158,9 @@ def eval_samplers(names, T: int, adapter_spec: SamplerSpec | None = None) -> tup
     """``({name: SamplerSpec}, notes, skipped)`` of the image evaluation's samplers (module doc) at T, tol 0 for
     the iterative ones; pcm is ``adapter_spec`` at T (needed when "pcm" is in ``names``), plus pcm-nomix when its
     switch ramps. Raises ValueError for an unknown name or pcm without an adapter spec."""
-    bad = [s for s in names if s not in NAMES]
+    bad = [s for s in names if s not in NAMES + PEERS]
     if bad or not names:
-        raise ValueError(f"unknown sampler(s) {', '.join(bad) or '(none)'}; choose from {', '.join(NAMES)}")
+        raise ValueError(f"unknown sampler(s) {', '.join(bad) or '(none)'}; choose from {', '.join(NAMES + PEERS)}")
     if "pcm" in names and adapter_spec is None:
         raise ValueError("the pcm sampler needs --adapter DIR (a folder with adapter.safetensors and adapter.json)")
     specs, notes, skipped = {}, [], {}
@@ -171,7 +178,8 @@ def eval_samplers(names, T: int, adapter_spec: SamplerSpec | None = None) -> tup
                                          "mixing ramp, so pcm is the no-mixing variant; no mixing variant is defined")
         else:
             specs[s] = SamplerSpec.named({"sequential": "ddim"}.get(s, s), num_steps=T,
-                                         tol=0.0 if s in ("picard", "taa") else None, k=1 if s == "ddim-k" else None)
+                                         tol=0.0 if s in ("picard", "taa", "srds") else None,
+                                         k=1 if s in K_STEPS else None)
     return specs, notes, skipped
 
 
@@ -183,6 +191,7 @@ def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks
     ``score_images(spec, k)``: the first images the score decoded (for the report's grid), cached in ``cache``."""
     from tqdm.auto import tqdm
 
+    from ..adapters import load_sampler
     from ..evaluation.report import GRID_SAMPLES
 
     memo = {}
@@ -198,9 +207,9 @@ def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks
             sl = slice(lo, lo + batch_size)
             x_T = initial_latents(model, seeds[sl])
             cond = encode_prompts(model, prompts[sl]) if prompts else None
-            if spec.name == "ddim-k":
+            if spec.name in K_STEPS:  # a new solver per k (dpmsolver++ / unipc: built from the model's scheduler)
                 for k in kk:
-                    res[k].append(make_sampler(spec.replace(k=k), model.scheduler)(fn, x_T, cond)[0])
+                    res[k].append(load_sampler(spec.replace(k=k), model.scheduler)(fn, x_T, cond)[0])
             elif spec.name == "ddim":
                 kmax = min(max(kk), T)
                 traj = make_sampler(spec.replace(k=kmax), model.scheduler)(fn, x_T, cond,
@@ -208,7 +217,7 @@ def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks
                 for k in kk:
                     res[k].append(traj[min(k, kmax)])
             else:
-                kmax = min(max(kk), spec.max_iterations())
+                kmax = min(max(kk), spec.max_iterations() or T)  # srds: exact after T calls
                 st = make_sampler(spec.replace(k=kmax), model.scheduler)(fn, x_T, cond, return_iterates=True)[1]
                 its = st.outputs or [X[-1] for X in st.iterates]  # a Jump's estimates where it is the output
                 for k in kk:
@@ -259,7 +268,7 @@ def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), 
     Args:
         model: a model folder (``loaders.LAYOUTS``) or a loaded ``ImageModel``.
         adapter: a PCM adapter folder (needed for pcm; its T and guidance are the defaults whichever samplers run).
-        samplers: names from ``NAMES``; ks: budgets k >= 1; num_samples N; seed S (sample i: seed S + i).
+        samplers: names from ``NAMES`` and ``PEERS``; ks: budgets k >= 1; num_samples N; seed S (sample i: seed S + i).
         steps: T of the converged output (default: the adapter's, else 50 for ldm and 30 for sd).
         prompts: sd only, cycled over the samples; guidance: CFG scale (default: adapter.json's, else 7.5).
         reference: uint8 images ``(M, H, W, 3)``, a list of ``(H, W, 3)`` or a folder (default: the shipped

