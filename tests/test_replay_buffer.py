@@ -182,6 +182,19 @@ def test_interrupted_commit_of_episode_ends(tmp_path, episodes):
     assert_episode_equal(again.get_episode(2), episodes[2])
 
 
+def test_a_commit_in_progress_that_opens_a_new_chunk_of_episode_ends_is_not_a_missing_chunk(tmp_path, episodes):
+    """A writer between growing meta/episode_ends and writing its new value, where that value starts a new chunk
+    (the first episode, or every META_CHUNK-th): another handle opens the store with the committed episodes."""
+    path = tmp_path / "demo.zarr"
+    ReplayBuffer.create(path)
+    zarr.open_group(str(path), mode="r+")["meta/episode_ends"].resize((1,))  # chunk 0 not written yet
+    for mode in ("r", "a"):
+        assert ReplayBuffer.open(path, mode=mode).n_episodes == 0
+    buf = ReplayBuffer.open(path, mode="a")
+    buf.add_episode(episodes[0], meta={"seed": 0})
+    np.testing.assert_array_equal(ReplayBuffer.open(path).episode_ends, [len(episodes[0]["action"])])
+
+
 def test_missing_path(tmp_path):
     path = tmp_path / "nope.zarr"
     with pytest.raises(StoreNotFoundError, match="nope.zarr") as info:
