@@ -27,7 +27,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as tdist
@@ -225,18 +224,13 @@ def _initial_adapter(env: Path) -> dict:
 @pytest.fixture(scope="module")
 def pct_env(tmp_path_factory):
     """A tiny base policy, a 4-episode demonstration store, and the one-process reference run."""
-    from test_pct import _policy
+    from test_pct import _policy, tiny_demos
 
-    from pcm_policy.data import ReplayBuffer
     from pcm_policy.pusht.checkpoint import save_policy
 
     tmp = tmp_path_factory.mktemp("dist_pct")
     save_policy(_policy(), tmp / "base")
-    buf, rng = ReplayBuffer.create(tmp / "demos.zarr"), np.random.default_rng(0)
-    for _ in range(4):
-        buf.add_episode({"state": rng.uniform(50, 450, (12, 5)).astype(np.float32),
-                         "keypoint": rng.uniform(50, 450, (12, 9, 2)).astype(np.float32),
-                         "action": rng.uniform(50, 450, (12, 2)).astype(np.float32)})
+    tiny_demos(tmp / "demos.zarr")
     _run([sys.executable, *_pct_args(tmp, tmp / "one")])
     return tmp
 

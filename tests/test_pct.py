@@ -73,16 +73,21 @@ def _randomise_lora(model, scale=0.05, seed=1):
             p.copy_(scale * torch.randn(p.shape, generator=g))
 
 
+def tiny_demos(path) -> None:
+    """A 4-episode demonstration store of random PushT-shaped rows (12 steps each) at ``path``."""
+    buf, rng = ReplayBuffer.create(path), np.random.default_rng(0)
+    for _ in range(4):
+        buf.add_episode({"state": rng.uniform(50, 450, (12, 5)).astype(np.float32),
+                         "keypoint": rng.uniform(50, 450, (12, 9, 2)).astype(np.float32),
+                         "action": rng.uniform(50, 450, (12, 2)).astype(np.float32)})
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A tiny random policy checkpoint, a 4-episode demonstration store and a trajectory store."""
     tmp = tmp_path_factory.mktemp("pct")
     save_policy(_policy(), tmp / "base")
-    buf, rng = ReplayBuffer.create(tmp / "demos.zarr"), np.random.default_rng(0)
-    for _ in range(4):
-        buf.add_episode({"state": rng.uniform(50, 450, (12, 5)).astype(np.float32),
-                         "keypoint": rng.uniform(50, 450, (12, 9, 2)).astype(np.float32),
-                         "action": rng.uniform(50, 450, (12, 2)).astype(np.float32)})
+    tiny_demos(tmp / "demos.zarr")
     generate(load_policy(tmp / "base"), tmp / "traj", TINY, tmp / "demos.zarr")
     return tmp
 
