@@ -30,6 +30,9 @@ def main(argv=None) -> int:
                         "the x0 clip, at these k")
     p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/pusht_base"))
     p.add_argument("--adapter", type=Path, default=Path("checkpoints/pusht_pcm"))
+    p.add_argument("--student", type=Path, default=None,
+                   help="a consistency-distilled student's adapter folder (scripts/train_consistency.py): with "
+                        "--peers ... consistency, measured at k calls")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     p.add_argument("--force", action="store_true", help="allow --out to replace a file git tracks")
@@ -48,7 +51,8 @@ def main(argv=None) -> int:
             check_not_shipped(a.out, a.force, "--force", "--out")
         res = bench_peers(seeds=range(a.seeds[0], a.seeds[1] + 1), max_steps=a.max_steps, conditions=a.conditions,
                           ks=tuple(a.ks), peers=tuple(a.peers), paradigms_tols=tuple(a.paradigms_tols),
-                          checkpoint=a.checkpoint, adapter=a.adapter, solver_ks=a.solver_ks)
+                          checkpoint=a.checkpoint, adapter=a.adapter, solver_ks=a.solver_ks,
+                          student=a.student)
         res = {"command": "python scripts/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv), **res}
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

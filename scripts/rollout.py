@@ -177,7 +177,12 @@ def main(argv=None) -> int:
             given.update(switch_k_on=args.k_on, switch_k_off=args.k_off, switch_space=args.space)
             if args.jump_restart_from is not None:
                 given.update(jump_restart=(0,), jump_restart_from=args.jump_restart_from)
-        sampler = load_sampler(args.adapter or ADAPTER if args.sampler == "pcm" else args.sampler,
+        if args.sampler == "consistency" and args.adapter is None:
+            raise ValueError("--sampler consistency needs --adapter FOLDER (a consistency-distilled student, trained "
+                             "with scripts/train_consistency.py)")
+        source = args.adapter or ADAPTER if args.sampler == "pcm" else args.adapter if args.sampler == "consistency" \
+            else args.sampler
+        sampler = load_sampler(source,
                                policy.noise_scheduler, module=policy.model,
                                full_copy=None if lerobot else lambda: paper.add_full_copy(policy), **given)
         spec = sampler.spec

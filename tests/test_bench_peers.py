@@ -58,3 +58,21 @@ def test_rollout_script_wants_k_for_the_solvers(capsys):
 def test_rollout_script_runs_the_peers(name, capsys):
     assert script("rollout")(["--sampler", name, "--k", "3", "--seed", "400000", "--max-steps", "8"]) == 0
     assert f"{name} k=3: mean score" in capsys.readouterr().out
+
+
+def test_the_consistency_peer_needs_its_student(capsys):
+    assert script("rollout")(["--sampler", "consistency", "--k", "1"]) == 2
+    assert "--sampler consistency needs --adapter" in capsys.readouterr().err
+    assert script("bench_peers")(["--peers", "pcm", "consistency"]) == 2  # no --student
+    assert "peers must be among" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_peers_measures_a_student_at_k_calls(tmp_path):
+    out = tmp_path / "peers.json"  # any LoRA adapter folder of the policy stands in for a student here
+    rc = script("bench_peers")(["--seeds", "400000", "400000", "--max-steps", "8", "--conditions", "2", "--ks", "1",
+                                "3", "--peers", "consistency", "--student", "checkpoints/pusht_pcm",
+                                "--paradigms-tols", "0.1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["settings"]["student"] == "checkpoints/pusht_pcm"
+    assert [(r["k"], r["iterations"], r["nfe"]) for r in res["anytime"]["consistency"]] == [(1, 1, 1), (3, 3, 3)]

@@ -70,6 +70,9 @@ def peer_sampler(name: str, base, pcm_spec, k: int | None, tol: float = 0.0, num
     from ..sampling import SamplerSpec
     from ..solvers import make_any_sampler
 
+    if name == "consistency":  # the consistency-distilled student (its adapter on the policy it runs) in k calls
+        return make_any_sampler(SamplerSpec.named(name, num_steps=num_steps, k=k), base.noise_scheduler)
+
     if name == "pcm":
         return make_any_sampler(pcm_spec.replace(num_steps=num_steps, tol=tol, k=k), base.noise_scheduler)
     if name in ("ddim-k", "dpmsolver++", "unipc"):
@@ -103,12 +106,14 @@ def solver_configs(base, cond, x_T, ref, ks, distance) -> dict:
 def bench_peers(*, seeds=range(400_000, 400_002), max_steps: int = 48, conditions: int = 12, ks=(1, 2, 3, 4, 5),
                 peers=PEERS, num_steps: int = 50, paradigms_tols=(0.4, 0.2, 0.1, 0.05, 0.02, 0.01),
                 checkpoint="checkpoints/pusht_base", adapter="checkpoints/pusht_pcm", x_seed: int = 0,
-                solver_ks=None, progress=print) -> dict:
+                solver_ks=None, student=None, progress=print) -> dict:
     """Every peer on the same conditions and x_T: mean pixel distance to DDIM-``num_steps`` at each budget k
     (k steps or k batched calls), and diffusers' ParaDiGMS against Picard / TAA / PCM at a matched distance.
 
     Conditions: the chunks of DDIM-10 rollouts on training ``seeds`` (never evaluation seeds), at most
-    ``conditions`` of them, evenly spaced. Returns the JSON-ready result (``settings``, ``anytime``: {peer: rows},
+    ``conditions`` of them, evenly spaced. ``student``: the adapter folder of a consistency-distilled student
+    (``training.consistency``), measured as the peer "consistency" (k calls) when ``peers`` names it. Returns the
+    JSON-ready result (``settings``, ``anytime``: {peer: rows},
     ``paradigms``: runs per method and the cheapest within ParaDiGMS's distance at tol 0.1; with ``solver_ks``,
     ``solver_configs``: ``solver_configs`` at those k).
     """
@@ -119,12 +124,14 @@ def bench_peers(*, seeds=range(400_000, 400_002), max_steps: int = 48, condition
     from .pct_data import pixel_distance
 
     check_seeds(seeds)
-    bad = [p for p in peers if p not in PEERS]
+    bad = [p for p in peers if p not in PEERS and not (p == "consistency" and student is not None)]
     if bad or min(ks) < 1 or conditions < 1:
-        raise ValueError(f"peers must be among {', '.join(PEERS)} and ks, conditions >= 1; got {bad}, {ks}, "
+        raise ValueError(f"peers must be among {', '.join(PEERS)} (and consistency with a student adapter) and ks, "
+                         f"conditions >= 1; got {bad}, {ks}, "
                          f"{conditions}")
     t0 = time.perf_counter()
     base, pcm, pcm_spec = load_peer_policies(checkpoint, adapter)
+    cd = load_peer_policies(checkpoint, student)[1] if student is not None else None
     cond = rollout_conditions(base, seeds, max_steps=max_steps)
     cond = cond[np.unique(np.linspace(0, len(cond) - 1, min(conditions, len(cond))).round().astype(int))]
     shape = (len(cond), base.cfg.horizon, base.cfg.action_dim)
@@ -143,7 +150,7 @@ def bench_peers(*, seeds=range(400_000, 400_002), max_steps: int = 48, condition
 
     anytime = {}
     for name in peers:
-        pol = pcm if name == "pcm" else base
+        pol = pcm if name == "pcm" else cd if name == "consistency" else base
         anytime[name] = [{"k": k, **run(peer_sampler(name, base, pcm_spec, k, num_steps=num_steps), pol)} for k in ks]
         progress(f"{name:12s} " + " ".join(f"{r['distance']:8.2f}" for r in anytime[name]))
     runs = {"paradigms": []}
@@ -161,7 +168,8 @@ def bench_peers(*, seeds=range(400_000, 400_002), max_steps: int = 48, condition
     return {"settings": {"seeds": [seeds[0], seeds[-1]], "max_steps": max_steps, "conditions": len(cond),
                          "ks": list(ks), "num_steps": num_steps, "x_seed": x_seed, "checkpoint": str(checkpoint),
                          "adapter": str(adapter), "pcm_spec": pcm_spec.to_dict(), "distance_unit": "px",
-                         "paradigms_tols": list(paradigms_tols), "seconds": time.perf_counter() - t0},
+                         "paradigms_tols": list(paradigms_tols), "seconds": time.perf_counter() - t0,
+                         **({"student": str(student)} if student is not None else {})},
             "anytime": anytime, "paradigms": {"target_distance": target, "runs": runs, "matched": matched},
             **({"solver_configs": {"ks": list(solver_ks), "distance": configs}} if configs else {})}
 

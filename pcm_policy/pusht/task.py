@@ -31,7 +31,7 @@ from .checkpoint import save_adapter_folder
 from .pct_data import TrajDataConfig, collect_conditions, pixel_distance
 from .rollout import run_rollouts, summarize
 
-__all__ = ["SWEEP_PEERS", "SWEEP_SAMPLERS", "PushTEval", "make_task", "pct_task", "sweep_task"]
+__all__ = ["SWEEP_PEERS", "SWEEP_SAMPLERS", "PushTEval", "cd_task", "make_task", "pct_task", "sweep_task"]
 
 
 @dataclass
@@ -135,6 +135,44 @@ def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
     task = make_task(load_policy(base), data=data, demos=demos, num_steps=data.num_steps,
                      rollout_cache=store.with_name(f".{store.name}.rollouts-{digest}"))
     return task, data.pct_data(), {"base": str(base)}
+
+
+def cd_task(cfg: dict, root) -> tuple[Task, dict, tuple]:
+    """(Task, data, val) for consistency distillation (``training.consistency``) of a resolved
+    ``train_consistency`` config (``base``, ``task``, ``cd.val.n``, ``cd.data_seed``): data = every training
+    window of the demonstration store the base policy was trained on ({"cond": normalised condition rows, "x0":
+    normalised action chunks}); val = the first ``cd.val.n`` windows of its held-out episodes with seeded x_T.
+    Raises ValueError for a missing base checkpoint or store."""
+    from pathlib import Path
+
+    from .checkpoint import load_policy
+    from .dataset import PushTLowdimDataset
+
+    def resolve(p):
+        return Path(p) if Path(p).is_absolute() else Path(root) / p
+
+    base, store, t = resolve(cfg["base"]), resolve(cfg["task"]["dataset"]), cfg["task"]
+    if not (base / "config.json").is_file():
+        raise ValueError(f"base checkpoint {base} not found; pass base=FOLDER")
+    if not store.exists():
+        raise ValueError(f"demonstration store {store} not found; pass task.dataset=PATH")
+    policy = load_policy(base)
+    kw = dict(horizon=t["horizon"], pad_before=t["n_obs_steps"] - 1, pad_after=t["n_action_steps"] - 1,
+              obs_type=t["obs_type"], val_ratio=t["val_ratio"], seed=t["split_seed"],
+              max_train_episodes=t["max_train_episodes"])
+    train_set = PushTLowdimDataset(str(store), split="train", **kw)
+
+    def windows(ds, n=None):
+        rows = [ds[i] for i in range(len(ds) if n is None else min(n, len(ds)))]
+        obs, act = torch.stack([r["obs"] for r in rows]), torch.stack([r["action"] for r in rows])
+        with torch.no_grad():
+            return policy.condition(obs), policy.normalizer.normalize("action", act)
+
+    cond, x0 = windows(train_set)
+    n_val = int(cfg["cd"]["val"]["n"])
+    vcond, vx0 = windows(train_set.get_validation_dataset(), n_val)
+    x_T = torch.randn(vx0.shape, generator=torch.Generator().manual_seed(int(cfg["cd"]["data_seed"])))
+    return make_task(policy, num_steps=int(cfg["cd"]["num_steps"])), {"cond": cond, "x0": x0}, (vcond, x_T)
 
 
 SWEEP_SAMPLERS = ("ddim", "ddim-k", "picard", "taa", "pcm", "newton")  # what a PushT sweep compares by default

@@ -14,6 +14,8 @@
                iterate safeguard kappa = 1: training-free
     pcm        Picard with model switching: lambda(k) from ``switch`` (an adapter's own spec in practice)
     newton     Newton emulation with JVPs (a reference curve, not a fast sampler)
+    consistency  a consistency-distilled student (``consistency.py``; its adapter on the model) in exactly ``k``
+               calls (None: 1), multistep consistency sampling over the T-step grid
 
 For the iterative samplers ``k`` caps the iterations and ``tol`` stops them earlier. The CLI, an
 adapter's ``adapter.json`` (key ``sampler``), the evaluation cache key and the benchmarks all read and
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .consistency import sample_consistency
 from .ddim import Grid, sample_sequential, step_grid
 from .denoiser import Cond, SampleStats
 from .newton import sample_newton
@@ -40,7 +43,8 @@ from .srds import sample_srds
 
 __all__ = ["DEFAULTS", "ITERATIVE", "SAMPLERS", "Sampler", "SamplerSpec", "make_sampler", "spec_with"]
 
-SAMPLERS = ("ddim", "ddim-k", "ddpm", "dpmsolver", "picard", "taa", "pcm", "newton", "dpmsolver++", "unipc", "srds")
+SAMPLERS = ("ddim", "ddim-k", "ddpm", "dpmsolver", "picard", "taa", "pcm", "newton", "dpmsolver++", "unipc", "srds",
+            "consistency")
 SCHEDULER_LOOPS = ("dpmsolver", "dpmsolver++", "unipc")  # step with a diffusers solver scheduler passed in
 ITERATIVE = ("picard", "taa", "pcm", "newton")  # take tol, init, k as an iteration budget
 K_STEPS = ("ddim-k", "dpmsolver++", "unipc")  # k is their number of steps (a new solver per k)
@@ -130,6 +134,9 @@ class SamplerSpec:
         if self.name in ITERATIVE and self.k is not None and self.k > self.max_iterations():
             raise ValueError(f"k = {self.k} iterations is more than {self.name} can use: it converges exactly "
                              f"within {self.max_iterations()} (T = {self.num_steps}); use k <= {self.max_iterations()}")
+        if self.name == "consistency" and self.k is not None and self.num_steps is not None \
+                and self.k > self.num_steps:
+            raise ValueError(f"k = {self.k} consistency calls is more than the grid's T = {self.num_steps} positions")
         if self.name in ("ddim", "ddpm") and self.k is not None and self.num_steps is not None \
                 and self.k > self.num_steps:
             raise ValueError(f"k = {self.k} truncates {self.name} after more than its T = {self.num_steps} steps; "
@@ -266,6 +273,8 @@ class Sampler:
             return sample_with_scheduler(model_fn, x_T, cond, scheduler=self.solver_scheduler,
                                          num_steps=s.k or s.num_steps, **kw)
         grid = self._grid(x_T)
+        if s.name == "consistency":
+            return sample_consistency(model_fn, x_T, cond, grid=grid, k=s.k or 1, **kw)
         if s.name == "srds":
             return sample_srds(model_fn, x_T, cond, grid=grid, tol=s.tol, max_iters=s.k, **kw)
         if s.name in ("ddim", "ddim-k", "ddpm"):
