@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,8 @@ _FORMAT = "pcm_policy.lora/1"
 
 
 def _lora_layers(model: nn.Module) -> list[nn.Module]:
+    if "peft" not in sys.modules:  # no layer can be peft's before peft is imported: skip its ~3 s import
+        return []
     from peft.tuners.lora import LoraLayer
 
     return [m for m in model.modules() if isinstance(m, LoraLayer)]

@@ -189,3 +189,19 @@ def test_jvp_with_lora(lam):
     set_lora_scale(model, lam)
     x, t, c = inputs()
     assert_jvp_matches_finite_difference(model, x.double(), t, c.double())
+
+
+@pytest.mark.slow
+def test_a_policy_without_adapters_never_imports_peft():
+    """has_lora on a model with no adapters answers without importing peft (about 3 s of every plain rollout's
+    start-up): no layer can be peft's before peft is imported."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pcm_policy.pusht.checkpoint import load_policy; from pcm_policy.lora import has_lora; "
+            "p = load_policy('checkpoints/pusht_base'); p.freeze(True); "
+            "print(has_lora(p.model), 'peft' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
