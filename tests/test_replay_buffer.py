@@ -1,5 +1,6 @@
 """ReplayBuffer: reference-schema stores written with zarr 3, round trips, crash safety, bad input."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -193,6 +194,32 @@ def test_a_commit_in_progress_that_opens_a_new_chunk_of_episode_ends_is_not_a_mi
     buf = ReplayBuffer.open(path, mode="a")
     buf.add_episode(episodes[0], meta={"seed": 0})
     np.testing.assert_array_equal(ReplayBuffer.open(path).episode_ends, [len(episodes[0]["action"])])
+
+
+def test_a_chunk_replaced_by_an_append_between_its_size_and_header_reads_is_not_damage(tmp_path, monkeypatch):
+    """A reader checks a chunk with two reads (size, then header); another handle's append rewrites that chunk
+    (an atomic rename) in between, as in the slow concurrent-writer test that failed in CI: the reader opens the
+    store with the episodes it saw committed instead of refusing it as damaged."""
+    path = tmp_path / "demo.zarr"
+    writer = ReplayBuffer.create(path)
+    writer.add_episode({"action": np.arange(6.0).reshape(3, 2)}, meta={"seed": 0})
+    chunk = path / "data" / "action" / "0.0"
+    getsize, appended = zarr.storage.LocalStore.getsize, []
+
+    async def append_after_reading_the_size(self, key):
+        size = await getsize(self, key)
+        if key == "data/action/0.0" and not appended:
+            before = chunk.read_bytes()  # the writer runs beside zarr's event loop, as another process would
+            await asyncio.to_thread(writer.add_episode, {"action": np.full((4, 2), 7.0)}, meta={"seed": 1})
+            appended.append(chunk.read_bytes() != before)
+        return size
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "getsize", append_after_reading_the_size)
+    seen = ReplayBuffer.open(path)
+    assert appended == [True]  # the chunk really changed size between the two reads
+    np.testing.assert_array_equal(seen.get_episode(0)["action"], np.arange(6.0).reshape(3, 2))
+    monkeypatch.undo()
+    assert ReplayBuffer.open(path).episode_meta("seed").tolist() == [0, 1]
 
 
 def test_missing_path(tmp_path):

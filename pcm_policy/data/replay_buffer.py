@@ -26,7 +26,8 @@ A committed episode is never lost.
 Damage: `open` checks every chunk that holds committed rows before anything is decoded: a chunk file that
 is absent (zarr would read it as the fill value, zeros) or whose stored size does not match what its codec
 needs (a truncated Blosc chunk can crash the decoder) is refused with a `CorruptStoreError` naming the
-store, the array and the chunks. Stores written here store every chunk, fill-value ones included; for a
+store, the array and the chunks (a chunk that another writer replaces between the check's two reads is read
+again, not refused). Stores written here store every chunk, fill-value ones included; for a
 store written elsewhere with zarr's `write_empty_chunks=False`, `open(..., allow_missing_chunks=True)`
 reads absent chunks as the fill value.
 

@@ -17,6 +17,9 @@ META_CHUNK = 1024
 # chunk file that is absent means a damaged store: `check_chunks` refuses it instead of reading zeros.
 ARRAY_CONFIG = {"write_empty_chunks": True}
 BLOSC_HEADER = struct.Struct("<BBBBIII")  # version, versionlz, flags, typesize, nbytes, blocksize, cbytes
+# A chunk's size and header are two reads; a writer appending to the store may atomically replace the file
+# between them. A chunk is called damaged only when two reads in a row agree (or after this many reads).
+CHECK_READS = 4
 
 
 def disk_compressor(zarr_format: int = 2):
@@ -86,7 +89,9 @@ def check_chunks(arr, rows: int | None = None) -> tuple[list[str], list[str]]:
     file's length) and its decompressed size (the chunk's bytes, without filters); an uncompressed chunk
     is the chunk's bytes. The Blosc decoder trusts that header and can crash the process (segmentation
     fault) on a truncated chunk, so this runs before any chunk reaches it. ``damaged`` entries read
-    ``"key (reason)"``. Sharded arrays and other codecs are only checked for presence.
+    ``"key (reason)"``. Sharded arrays and other codecs are only checked for presence. A chunk that a
+    concurrent writer replaces (atomically) between its size and its header read is read again, not
+    reported (`CHECK_READS`).
     """
     from zarr.abc.store import RangeByteRequest
     from zarr.core.buffer import default_buffer_prototype
@@ -110,19 +115,30 @@ def check_chunks(arr, rows: int | None = None) -> tuple[list[str], list[str]]:
             continue
         if arr.shards is not None or not (blosc or raw):
             continue
-        size = sync(store.getsize(key))
-        if raw:
-            if size != chunk_bytes:
-                damaged.append(f"{name} ({size} bytes stored, an uncompressed chunk has {chunk_bytes})")
-            continue
-        head = sync(store.get(key, prototype=default_buffer_prototype(), byte_range=RangeByteRequest(0, 16)))
-        head = b"" if head is None else head.to_bytes()
-        if len(head) < BLOSC_HEADER.size:
-            damaged.append(f"{name} ({size} bytes stored, shorter than a Blosc header)")
-            continue
-        _, _, _, _, nbytes, _, cbytes = BLOSC_HEADER.unpack(head)
-        if cbytes != size:
-            damaged.append(f"{name} ({size} bytes stored, its Blosc header says {cbytes}: truncated or overwritten)")
-        elif not filters and nbytes != chunk_bytes:
-            damaged.append(f"{name} (its Blosc header says {nbytes} bytes decompressed, a chunk has {chunk_bytes})")
+        problem, seen = None, None
+        for _ in range(CHECK_READS):  # a writer may replace the file between the two reads (CHECK_READS)
+            size = sync(store.getsize(key))
+            head = b"" if raw else sync(store.get(key, prototype=default_buffer_prototype(),
+                                                  byte_range=RangeByteRequest(0, BLOSC_HEADER.size)))
+            head = head if isinstance(head, bytes) else (b"" if head is None else head.to_bytes())
+            problem = _chunk_problem(size, head, chunk_bytes, raw, bool(filters))
+            if problem is None or (size, head) == seen:
+                break
+            seen = (size, head)
+        if problem is not None:
+            damaged.append(f"{name} ({problem})")
     return missing, damaged
+
+
+def _chunk_problem(size: int, head: bytes, chunk_bytes: int, raw: bool, filtered: bool) -> str | None:
+    """Why a chunk file of `size` bytes starting with `head` cannot be the chunk (None when it can)."""
+    if raw:
+        return None if size == chunk_bytes else f"{size} bytes stored, an uncompressed chunk has {chunk_bytes}"
+    if len(head) < BLOSC_HEADER.size:
+        return f"{size} bytes stored, shorter than a Blosc header"
+    _, _, _, _, nbytes, _, cbytes = BLOSC_HEADER.unpack(head)
+    if cbytes != size:
+        return f"{size} bytes stored, its Blosc header says {cbytes}: truncated or overwritten"
+    if not filtered and nbytes != chunk_bytes:
+        return f"its Blosc header says {nbytes} bytes decompressed, a chunk has {chunk_bytes}"
+    return None
