@@ -4,9 +4,10 @@ against PCM, per episode (same seeds, same x_T per (seed, chunk)), with bootstra
     python scripts/peers_paired.py --sweep-out runs/peers_eval200_ddimk --sweeps runs/s10d_sweeps/sweep*.json \
         --out results/peers/paired_eval200.json
 
---rollouts adds rows of ``scripts/rollout.py --json`` files (fewer episodes, seeds from the sweep's first): each is
-paired with the same seeds' episodes of the sweep's rows (episodes do not depend on which others share the batch,
-``pusht.rollout``).
+``--paired`` reads an earlier output of this script instead of the sweep's cache (its reference and full rows), to
+pair new rows with it. --rollouts adds rows of ``scripts/rollout.py --json`` files (fewer episodes, seeds from the
+sweep's first): each is paired with the same seeds' episodes of the sweep's rows (episodes do not depend on which
+others share the batch, ``pusht.rollout``).
 
 Reads the sweep's per-row cache (OUT/runs/<sampler>_k<k>.json and reference_score.json: each episode's score,
 kept by ``pusht.task``'s score) and the distances to DDIM-50 from the given sweep.json files (a later file wins
@@ -38,6 +39,17 @@ def load_rows(folder: Path) -> tuple[dict, dict]:
         if m and not f.stem.startswith("distance_"):
             rows[(m[1], int(m[2]))] = json.loads(f.read_text())["value"]["detail"]
     return ref.get("detail", ref), rows
+
+
+def load_paired(path: Path) -> tuple[dict, dict, dict]:
+    """(reference detail, {(sampler, k): detail}, {(sampler, k): distance px}) from a JSON this script wrote: its
+    reference and the rows that ran every reference episode (rows on fewer seeds do not record which seeds)."""
+    d = json.loads(path.read_text())
+    ref = {key: d["reference"][key] for key in ("scores", "mean_score", "success_rate")}
+    full = [r for r in d["rows"] if len(r["scores"]) == len(ref["scores"])]
+    rows = {(r["sampler"], r["k"]): {key: r[key] for key in ("scores", "mean_score", "success_rate", "mean_iterations",
+                                                              "mean_nfe")} for r in full}
+    return ref, rows, {(r["sampler"], r["k"]): r["distance_px"] for r in full}
 
 
 def markdown(out: dict, against: str) -> str:
@@ -75,7 +87,10 @@ def markdown(out: dict, against: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep-out", type=Path, required=True, help="the sweep's --out folder (its runs/ cache)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sweep-out", type=Path, help="the sweep's --out folder (its runs/ cache)")
+    src.add_argument("--paired", type=Path, help="instead: a JSON this script wrote earlier (its reference and its "
+                                                  "rows over every reference episode), to pair new --rollouts with")
     p.add_argument("--sweeps", type=Path, nargs="*", default=[], help="sweep.json files with the distances")
     p.add_argument("--rollouts", type=Path, nargs="*", default=[], help="rollout.py JSON files (rows on fewer seeds)")
     p.add_argument("--seed", type=int, default=100000, help="the sweep's first episode seed")
@@ -92,7 +107,7 @@ def main(argv=None) -> int:
     try:
         if a.out is not None:
             check_not_shipped(a.out, a.force, "--force", "--out")
-        ref, rows = load_rows(a.sweep_out)
+        ref, rows, dist = load_rows(a.sweep_out) + ({},) if a.paired is None else load_paired(a.paired)
         extra = {}
         for f in a.rollouts:
             r = json.loads(f.read_text())
@@ -103,7 +118,6 @@ def main(argv=None) -> int:
                 "scores": [e["score"] for e in r["episodes"]], "index": idx, "file": str(f),
                 "mean_score": r["summary"]["mean_score"], "success_rate": r["summary"]["success_rate"],
                 "mean_iterations": r["summary"]["mean_iterations"], "mean_nfe": r["summary"]["mean_nfe"]}
-        dist = {}
         for s in a.sweeps:
             for name, rs in json.loads(s.read_text())["results"].items():
                 dist.update({(name, r["k"]): r["distance"] for r in rs})
@@ -129,7 +143,7 @@ def main(argv=None) -> int:
         row = {"sampler": name, "k": k, "episodes": len(sc), "mean_score": d["mean_score"],
                "success_rate": d["success_rate"], "score_one_rate": succ1, "distance_px": dist.get((name, k)),
                "mean_iterations": d.get("mean_iterations"), "mean_nfe": d.get("mean_nfe"),
-               "source": d.get("file", str(a.sweep_out / "runs")), "vs_ddim50": vs_ref}
+               "source": d.get("file", str(a.paired or a.sweep_out / "runs")), "vs_ddim50": vs_ref}
         other = every.get((a.against, k))
         if name != a.against and other is not None:  # paired on the seeds both rows ran
             mine, theirs = dict(zip(idx, sc, strict=True)), dict(zip(other["index"], other["scores"], strict=True))

@@ -141,9 +141,11 @@ def parse_args(argv=None):
         p.exit(2, f"error: {e}\n")
     if a.warm_start is None:
         a.warm_start = iterative
-    ignored = [f"--{n.replace('_', '-')}" for n in PCM_ONLY if getattr(a, n) is not None]
+    ignored = [f"--{n.replace('_', '-')}" for n in PCM_ONLY if getattr(a, n) is not None
+               and not (n == "adapter" and a.sampler == "consistency")]  # the student's adapter
     if ignored and a.sampler != "pcm":
-        print(f"note: {', '.join(ignored)} only apply to --sampler pcm; ignored for {a.sampler}", file=sys.stderr)
+        print(f"note: --sampler {a.sampler} ignores {', '.join(ignored)} (only --sampler pcm reads them)",
+              file=sys.stderr)
     return a
 
 

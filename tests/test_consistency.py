@@ -54,6 +54,14 @@ def test_the_boundary_holds_at_the_last_position_and_k_calls_are_k_calls():
     assert not torch.allclose(fresh, x3)
     with pytest.raises(ValueError, match="noise must be"):
         sample_consistency(task.model_fn, x_T, cond, grid=grid, k=3, noise=z[:1])
+    # one generator per row (what closed-loop rollouts pass): each row's draws from its own generator
+    rows, _ = sample_consistency(task.model_fn, x_T, cond, grid=grid, k=3,
+                                 generator=[torch.Generator().manual_seed(s) for s in range(5)])
+    alone, _ = sample_consistency(task.model_fn, x_T[2:3], cond[2:3], grid=grid, k=3,
+                                  generator=[torch.Generator().manual_seed(2)])
+    assert torch.allclose(rows[2:3], alone, atol=1e-6) and not torch.allclose(rows, x3)
+    with pytest.raises(ValueError, match="one per row"):
+        sample_consistency(task.model_fn, x_T, cond, grid=grid, k=3, generator=[torch.Generator()])
     s = make_sampler(SamplerSpec.named("consistency", num_steps=T, k=3), task.scheduler)
     assert torch.equal(s(task.model_fn, x_T, cond)[0], x3)
     with pytest.raises(ValueError, match="consistency calls"):

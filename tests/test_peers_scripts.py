@@ -57,6 +57,25 @@ def test_paired_rows_against_the_reference_and_pcm(sweep, capsys):
     assert "| pcm |" in capsys.readouterr().out
 
 
+def test_paired_from_an_earlier_output_pairs_new_rollouts_with_its_rows(sweep):
+    """--paired: the full rows of an earlier output (not its rows on fewer seeds), new --rollouts paired with them."""
+    tmp, _ = sweep
+    script = _script("peers_paired")
+    assert script.main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "roll.json"),
+                        "--out", str(tmp / "first.json")]) == 0
+    first = {(r["sampler"], r["k"]): r for r in json.loads((tmp / "first.json").read_text())["rows"]}
+    roll = json.loads((tmp / "roll.json").read_text())
+    roll["sampler"]["name"] = "consistency"
+    (tmp / "cd.json").write_text(json.dumps(roll))
+    assert script.main(["--paired", str(tmp / "first.json"), "--rollouts", str(tmp / "cd.json"),
+                        "--out", str(tmp / "again.json")]) == 0
+    again = {(r["sampler"], r["k"]): r for r in json.loads((tmp / "again.json").read_text())["rows"]}
+    assert set(again) == {("pcm", 1), ("ddim-k", 1), ("consistency", 1)}  # srds (5 of 20 episodes) left out
+    for key in (("pcm", 1), ("ddim-k", 1)):
+        assert again[key]["vs_ddim50"] == first[key]["vs_ddim50"] and again[key]["scores"] == first[key]["scores"]
+    assert again[("consistency", 1)]["vs_pcm"] == first[("srds", 1)]["vs_pcm"]  # the same scores, the same seeds
+
+
 def test_paired_refuses_a_missing_cache_and_foreign_seeds(sweep, capsys):
     tmp, _ = sweep
     assert _script("peers_paired").main(["--sweep-out", str(tmp / "nothing")]) == 2

@@ -59,14 +59,17 @@ def sample_consistency(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: 
         model_fn: ``model_fn(x, t, cond, lora_scale=...)`` with the student's adapter attached.
         x_T: (B, ...) standard normal initial noise, read at grid position 0.
         noise: (k - 1, B, ...) standard normal re-noising draws of calls 2..k (Song et al.); or ``generator``
-            draws them; neither: deterministic re-noising with the implied eps (module doc).
+            draws them (a list: one generator per row, each row's draws from its own, as ``ddim.draw_noise``);
+            neither: deterministic re-noising with the implied eps (module doc).
         lora_scale: the adapter's scale (1: the student).
     Returns:
         (x (B, ...) clipped like the grid's x0, SampleStats with iterations k and nfe k).
     Raises:
-        ValueError: k outside 1..T, or ``noise`` of the wrong shape.
+        ValueError: k outside 1..T, ``noise`` of the wrong shape, or a generator list not one per row.
     """
     positions = consistency_positions(k, len(grid))
+    if isinstance(generator, (list, tuple)) and len(generator) != len(x_T):
+        raise ValueError(f"got {len(generator)} generators for {len(x_T)} rows; pass one per row")
     if noise is not None and tuple(noise.shape) != (k - 1, *x_T.shape):
         raise ValueError(f"noise must be (k - 1, *x_T.shape) = {(k - 1, *x_T.shape)}, got {tuple(noise.shape)}")
     grid = grid.like(x_T)
@@ -74,10 +77,16 @@ def sample_consistency(model_fn, x_T: torch.Tensor, cond: Cond = None, *, grid: 
     for i, j in enumerate(positions):
         idx = torch.full((B,), j, dtype=torch.long, device=x_T.device)
         if i:  # re-noise the current estimate to position j (abar_j), then one call
-            z = noise[i - 1] if noise is not None else torch.randn(x_T.shape, generator=generator, device=x_T.device) \
-                if generator is not None else eps
+            z = noise[i - 1] if noise is not None else eps if generator is None else _draw(generator, x_T)
             a = _rows(grid.alpha, idx, x)
             x = a**0.5 * x + (1 - a) ** 0.5 * z.to(x)
         out = call_model(model_fn, x, grid.timesteps[idx], cond, lora_scale=lora_scale)
         x, eps = consistency_fn(grid, x, out, idx)
     return x, SampleStats(iterations=k, nfe=float(k))
+
+
+def _draw(generator, x_T: torch.Tensor) -> torch.Tensor:
+    """A standard normal draw shaped like ``x_T`` from one generator, or row by row from a list of them."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(x_T.shape[1:], generator=g, device=g.device) for g in generator]).to(x_T)
+    return torch.randn(x_T.shape, generator=generator, device=x_T.device).to(x_T)
