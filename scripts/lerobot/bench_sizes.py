@@ -93,12 +93,16 @@ def build(config, down_dims):
 
 
 def interp(curve: dict[int, float], w: int) -> float:
-    """Cost of a ``w``-row call, linear between the measured widths of ``curve`` (ms)."""
+    """Cost of a ``w``-row call, linear between the measured widths of ``curve`` (ms), and along the last two of
+    them past the widest (PCM's calls carry the jump's row beside a full window: T + 1 rows)."""
     ws = sorted(curve)
     if w in curve:
         return curve[w]
-    hi = next(x for x in ws if x > w)
-    lo = max(x for x in ws if x < w)
+    if w > ws[-1]:
+        lo, hi = ws[-2], ws[-1]
+    else:
+        hi = next(x for x in ws if x > w)
+        lo = max(x for x in ws if x < w)
     return curve[lo] + (curve[hi] - curve[lo]) * (w - lo) / (hi - lo)
 
 

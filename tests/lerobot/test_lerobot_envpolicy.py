@@ -153,6 +153,14 @@ def test_bad_input_is_one_line(folder, tmp_path, capsys, monkeypatch):
     assert rc == 2 and cap.err.count("\n") == 1 and "lerobot is not installed" in cap.err and ".venv-lerobot" in cap.err
 
 
+def test_bench_sizes_prices_a_call_past_the_widest_width():
+    """PCM's calls carry the jump's row beside a full window (T + 1 rows, wider than any measured width): priced
+    along the last two widths, not a crash (it raised StopIteration on the step-9,000 policy's PCM adapter)."""
+    interp = _script("lerobot/bench_sizes").interp
+    curve = {1: 10.0, 40: 50.0, 50: 60.0}
+    assert interp(curve, 50) == 60.0 and interp(curve, 45) == 55.0 and interp(curve, 51) == 61.0
+
+
 @pytest.mark.slow
 def test_bench_sizes_smoke(folder, tmp_path, capsys):
     """scripts/lerobot/bench_sizes.py end to end on a tiny policy and dataset (numbers mean nothing): DDIM-T makes
