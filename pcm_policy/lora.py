@@ -40,6 +40,7 @@ __all__ = [
     "set_lora_scale",
     "get_lora_scale",
     "lora_scale",
+    "lora_bypassed",
     "lora_disabled",
     "lora_parameters",
     "lora_state_dict",
@@ -65,6 +66,40 @@ def _require_lora(model: nn.Module) -> list[nn.Module]:
     if not layers:
         raise ValueError("model has no LoRA adapters; call pcm_policy.lora.add_lora(model) first")
     return layers
+
+
+_SWAPS = "_pcm_lora_swaps"  # cached on the model by _base_swaps; dropped by add_lora / remove_lora
+
+
+def _base_swaps(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, nn.Module]]:
+    """(parent, child name, peft's LoRA wrapper, the base layer it wraps) for every adapted layer of ``model``,
+    found once and cached on it (a walk over the modules costs about 1 ms on lerobot's UNet)."""
+    swaps = model.__dict__.get(_SWAPS)
+    if swaps is None:
+        layers = {id(m) for m in _lora_layers(model)}
+        swaps = [(parent, name, child, child.get_base_layer()) for parent in model.modules()
+                 for name, child in parent._modules.items() if id(child) in layers]
+        model.__dict__[_SWAPS] = swaps
+    return swaps
+
+
+@contextmanager
+def lora_bypassed(model: nn.Module) -> Iterator[nn.Module]:
+    """Context: the base model exactly and at its own cost. Every adapted layer's base layer (the original module,
+    shared, weights untouched) is put back in its parent for the duration, so calls skip peft's wrappers, whose
+    per-layer Python cost doubled a 1-row call of lerobot's 4.5M UNet on a CPU (24.3 against 13.0 ms); the
+    wrappers are put back on exit, also after an error. Not thread-safe: the module tree is shared. Raises
+    ValueError when ``model`` has no adapters."""
+    swaps = _base_swaps(model)
+    if not swaps:
+        raise ValueError("model has no LoRA adapters; call pcm_policy.lora.add_lora(model) first")
+    for parent, name, _, base in swaps:
+        parent._modules[name] = base
+    try:
+        yield model
+    finally:
+        for parent, name, wrapper, _ in swaps:
+            parent._modules[name] = wrapper
 
 
 def _row_scale_hook(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor | None:
@@ -113,6 +148,7 @@ def add_lora(
         p.requires_grad_("lora_" in name)
     for layer in _lora_layers(model):
         layer.lora_B[ADAPTER].register_forward_hook(_row_scale_hook)
+    model.__dict__.pop(_SWAPS, None)  # _base_swaps finds the new wrappers on its next call
     model._pcm_lora_scale = 1.0
     return model
 
@@ -126,7 +162,7 @@ def remove_lora(model: nn.Module) -> nn.Module:
     for layer in layers:
         parent, _, attr = names[id(layer)].rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, layer.base_layer)
-    for attr in ("peft_config", "_pcm_lora_scale"):
+    for attr in ("peft_config", "_pcm_lora_scale", _SWAPS):
         if attr in model.__dict__:
             delattr(model, attr)
     for p in model.parameters():
@@ -269,12 +305,12 @@ class LoraScale:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, lora_scale=None, **kwargs) -> torch.Tensor:
         zero = lora_scale is None or (not torch.is_tensor(lora_scale) or lora_scale.ndim == 0) and lora_scale == 0
-        if not has_lora(self.module):
+        if not _base_swaps(self.module):
             if not zero and (torch.as_tensor(lora_scale) != 0).any():
                 raise ValueError("lora_scale != 0 needs a LoRA adapter; load one (adapters.load_adapter_folder)")
             return self.model_fn(x, t, cond, **kwargs)
         if zero:
-            with lora_disabled(self.module):  # the base model exactly, without the adapter's cost
+            with lora_bypassed(self.module):  # the base model exactly, without the adapter's cost
                 return self.model_fn(x, t, cond, **kwargs)
         set_lora_scale(self.module, lora_scale)
         return self.model_fn(x, t, cond, **kwargs)

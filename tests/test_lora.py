@@ -6,10 +6,12 @@ from helpers import assert_jvp_matches_finite_difference
 from safetensors import safe_open
 
 from pcm_policy.lora import (
+    LoraScale,
     add_lora,
     get_lora_scale,
     has_lora,
     load_adapter,
+    lora_bypassed,
     lora_disabled,
     lora_parameters,
     lora_scale,
@@ -154,6 +156,36 @@ def test_save_load_round_trip(tmp_path):
         load_adapter(add_lora(base_model(), rank=2), path)
     with pytest.raises(FileNotFoundError):
         load_adapter(fresh, tmp_path / "missing.safetensors")
+
+
+def test_lora_bypassed_runs_the_base_layers_and_puts_the_wrappers_back():
+    """The base model's own layers for the duration (no peft wrapper in the call), the wrappers back on exit, also
+    after an error; LoraScale's lambda = 0 path uses it; a removed and re-added adapter is found again."""
+    model, base_state = lora_model()
+    x = inputs()
+    base = base_model()
+    base.load_state_dict(base_state)
+    ref, adapted = base(*x), model(*x)
+    wrappers = [m for m in model.modules() if type(m).__module__.startswith("peft")]
+    with lora_bypassed(model) as m:
+        assert m is model and not has_lora(model) and torch.equal(model(*x), ref)
+    assert has_lora(model) and torch.equal(model(*x), adapted)
+    with pytest.raises(RuntimeError, match="inside"), lora_bypassed(model):
+        raise RuntimeError("inside")
+    assert [m for m in model.modules() if type(m).__module__.startswith("peft")] == wrappers
+    fn = LoraScale(lambda x, t, c: model(x, t, c), model)
+    assert torch.equal(fn(*x, lora_scale=0.0), ref) and torch.equal(fn(*x), ref)
+    assert torch.equal(fn(*x, lora_scale=1.0), adapted) and has_lora(model)
+    remove_lora(model)
+    assert torch.equal(fn(*x), ref)  # no adapter now: the plain call
+    with pytest.raises(ValueError, match="needs a LoRA adapter"):
+        fn(*x, lora_scale=1.0)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        with lora_bypassed(model):
+            pass
+    add_lora(model)  # a new adapter (B = 0: a no-op) is bypassed too
+    with lora_bypassed(model):
+        assert not has_lora(model) and torch.equal(model(*x), ref)
 
 
 def test_remove_lora_gives_back_the_base_model():
