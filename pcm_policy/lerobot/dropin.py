@@ -48,7 +48,8 @@ class Accelerated:
         policy: the lerobot DiffusionPolicy.
         adapter: ``LerobotDiffusion`` of it (model function, grid, noise as lerobot draws it).
         sampler: the core ``Sampler`` every chunk is sampled with; ``spec`` its ``SamplerSpec``.
-        last_stats: ``SampleStats`` of the latest chunk (None before the first); ``chunks``: chunks sampled.
+        last_stats: ``SampleStats`` of the latest chunk (None before the first); ``chunks``: chunks sampled;
+            ``calls``: batched model calls over those chunks (``calls / chunks``: calls a chunk).
     """
 
     def __init__(self, adapter: LerobotDiffusion, spec: SamplerSpec, solver: str, budget_s: float | None,
@@ -57,7 +58,7 @@ class Accelerated:
         self.sampler = adapter.sampler(spec, solver=solver)
         self.budget_s, self._owns_lora = budget_s, owns_lora
         self.last_stats: SampleStats | None = None
-        self.chunks = 0
+        self.chunks = self.calls = 0
 
     @torch.no_grad()
     def conditional_sample(self, batch_size: int, global_cond: torch.Tensor | None = None,
@@ -69,6 +70,7 @@ class Accelerated:
         kw = {} if self.budget_s is None else {"budget_s": self.budget_s}
         x, self.last_stats = a.sample(self.sampler, global_cond, x_T=x_T, generator=generator, **kw)
         self.chunks += 1
+        self.calls += self.last_stats.iterations
         return x
 
     @property

@@ -220,3 +220,41 @@ def _probe_inputs(data, folder):
     raw = {k: torch.stack([it[k] for it in items]) for k in ("observation.state", "observation.environment_state",
                                                               "action")}
     return raw, torch.randn(3, policy.config.horizon, 2, generator=torch.Generator().manual_seed(0))
+
+
+def test_eval_accelerated_bad_input_is_one_line(folder, tmp_path, capsys):
+    ev = _script("lerobot/eval_accelerated")
+    out = tmp_path / "eval"
+    for argv, says in ((["--sampler", "pcm"], "needs --adapter"), (["--k", "2"], "--sampler own"),
+                       (["--episodes", "0"], "--episodes must be")):
+        with pytest.raises(SystemExit) as e:
+            ev.main([str(folder), *argv, "--out", str(out)])
+        cap = capsys.readouterr()
+        assert e.value.code == 2 and cap.err.count("\n") == 1 and says in cap.err
+    act = tmp_path / "act"
+    act.mkdir()
+    (act / "config.json").write_text(json.dumps({"type": "act"}))
+    rc, cap = _run(ev, [str(act), "--out", str(out)], capsys)
+    assert rc == 2 and cap.err.count("\n") == 1 and "only diffusion policies" in cap.err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_eval_accelerated_runs_lerobots_loop(folder, tmp_path, capsys):
+    """scripts/lerobot/eval_accelerated.py: lerobot's own eval loop on gym-pusht; Picard + TAA at tol 0 gives the
+    episodes of the policy's own sampler (same seeds), exactly k calls a chunk with --k."""
+    pytest.importorskip("gym_pusht")
+    ev = _script("lerobot/eval_accelerated")
+    common = ["--episodes", "2", "--episode-length", "16", "--seed", "7"]
+    runs = {}
+    for name, extra in (("own", []), ("taa", ["--sampler", "taa", "--tol", "0"]),
+                        ("k2", ["--sampler", "taa", "--k", "2", "--tol", "0"])):
+        rc, cap = _run(ev, [str(folder), *common, *extra, "--out", str(tmp_path / name)], capsys)
+        assert rc == 0, cap.err
+        runs[name] = json.loads((tmp_path / name / "eval_info.json").read_text())
+    for key in ("max_rewards", "sum_rewards"):
+        own, taa = (runs[n]["per_task"][0]["metrics"][key] for n in ("own", "taa"))
+        assert len(own) == 2 and own == pytest.approx(taa, abs=1e-3)
+    assert runs["own"]["calls_per_chunk"] is None and runs["k2"]["calls_per_chunk"] == 2.0
+    assert 1 <= runs["taa"]["calls_per_chunk"] <= 10
+    assert runs["taa"]["spec"]["name"] == "taa" and runs["taa"]["spec"]["tol"] == 0.0 and runs["own"]["spec"] is None
