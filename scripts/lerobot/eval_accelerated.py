@@ -9,9 +9,9 @@ lerobot's ``make_env``, its processors, ``set_seed(--seed)`` and its ``eval_poli
 ``--seed + i``, per-episode max reward and success), with one change: ``pcm_policy.lerobot.dropin.accelerate``
 makes the policy's ``select_action`` sample every chunk with ``--sampler`` (``own``: lerobot's own sampler, no
 drop-in). lerobot-eval's policy loading would fetch the vision backbone's ImageNet weights; this loads the folder
-offline (``pcm_policy.lerobot.adapter.load_policy``). Writes OUT/eval_info.json (lerobot's dict, plus "sampler", its "spec"
-and "calls_per_chunk", the mean batched model calls per chunk). At ``--tol 0`` a Picard / TAA / PCM sampler gives the
-same episodes as ``own`` on the same seeds. Bad input: one line, exit 2, nothing written.
+offline (``pcm_policy.lerobot.adapter.load_policy``). Writes OUT/eval_info.json (lerobot's dict, plus "sampler",
+its "spec" and "calls_per_chunk", the mean batched model calls per chunk). At ``--tol 0`` a Picard / TAA / PCM
+sampler gives the same episodes as ``own`` on the same seeds. Bad input: one line, exit 2, nothing written.
 """
 
 from __future__ import annotations
