@@ -18,7 +18,8 @@
 k_match = the smallest k whose mean score is within 0.02 of the reference (|difference| <= 0.02) AND
 whose mean distance is < 1 px; speedups T / k_match(pcm) and k_match(picard) / k_match(pcm).
 A lerobot policy folder as --checkpoint (state-only PushT, run in .venv-lerobot) is swept in the same env and
-protocol through ``pcm_policy.lerobot.envpolicy`` (its own processors); pcm then needs its own --adapter.
+protocol through ``pcm_policy.lerobot.envpolicy`` (its own processors); pcm then needs its own --adapter (default:
+the folder's own ``pcm/``, where one is shipped beside the policy).
 Every run and every sampler's distances are cached under OUT/runs/ (keyed by their settings; rerunning
 skips them). Writes OUT/sweep.json, sweep.csv, score_vs_k.png, distance_vs_k.png and pareto.png.
 """
@@ -142,7 +143,7 @@ def lerobot_sweep_task(checkpoint, adapter, samplers, *, num_steps: int = 50, in
 def main(argv=None) -> int:
     import torch
 
-    from pcm_policy.lerobot import is_policy_folder
+    from pcm_policy.lerobot import adapter_beside, is_policy_folder
 
     a = parse_args(argv)
     lerobot = is_policy_folder(a.checkpoint)
@@ -150,6 +151,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
         evaluation = PushTEval(a.seed, a.episodes, a.max_steps)
         if lerobot:  # a lerobot policy folder: this env and protocol, the policy's own processors
+            if "pcm" in a.samplers and a.adapter == DEFAULT_ADAPTER:
+                a.adapter = adapter_beside(a.checkpoint) or DEFAULT_ADAPTER  # <folder>/pcm, shipped beside it
             if "pcm" in a.samplers and a.adapter == DEFAULT_ADAPTER:
                 if a.samplers_given:
                     raise ValueError("pcm on a lerobot policy needs --adapter FOLDER (its own PCM adapter, trained "

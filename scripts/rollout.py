@@ -15,7 +15,8 @@ A lerobot policy folder as --checkpoint (``pretrained_model/``, a ``checkpoints/
 lerobot-train output folder; state-only PushT: ``observation.state`` + ``observation.environment_state``) runs
 in the same env and protocol through ``pcm_policy.lerobot.envpolicy`` (its own pre/post-processors), in the
 lerobot environment: ``HF_HUB_OFFLINE=1 PYTHONPATH=. .venv-lerobot/bin/python scripts/rollout.py --checkpoint
-DIR --sampler taa``; --sampler pcm then needs its own --adapter.
+DIR --sampler taa``; --sampler pcm then needs its own --adapter (default: DIR/pcm, where one is shipped
+beside the policy, as in checkpoints/lerobot_pusht).
 The iterative samplers warm-start each chunk from the previous chunk's prediction (--no-warm-start:
 from their first iterate) and converge per sample; --budget-ms stops a chunk's iterations when its
 time budget is spent (checked between iterations, the first always runs) and acts on what they reached.
@@ -160,14 +161,17 @@ def main(argv=None) -> int:
     from pcm_policy.pusht.rollout import run_rollouts, summarize
 
     torch.set_num_threads(args.threads)
-    from pcm_policy.lerobot import is_policy_folder
+    from pcm_policy.lerobot import adapter_beside, is_policy_folder
 
     lerobot = is_policy_folder(args.checkpoint)  # a lerobot policy folder: its own processors, our env's protocol
     try:
         if lerobot:
             if args.sampler == "pcm" and args.adapter is None:
-                raise ValueError("--sampler pcm on a lerobot policy needs --adapter FOLDER (its PCM adapter, trained "
-                                 "with scripts/train_pct.py task=lerobot); or pick taa, picard, ddim")
+                args.adapter = adapter_beside(args.checkpoint)  # <folder>/pcm, shipped beside the policy
+                if args.adapter is None:
+                    raise ValueError("--sampler pcm on a lerobot policy needs --adapter FOLDER (its PCM adapter, "
+                                     "trained with scripts/train_pct.py task=lerobot; none in FOLDER/pcm); or pick "
+                                     "taa, picard, ddim")
             from pcm_policy.lerobot.envpolicy import EnvPolicy
 
             policy = EnvPolicy.from_folder(args.checkpoint, str(pick_device(args.device)))

@@ -51,3 +51,18 @@ def is_policy_folder(folder: str | os.PathLike) -> bool:
             continue
         return isinstance(cfg, dict) and "type" in cfg
     return False
+
+
+PCM_FOLDER = "pcm"  # a policy's own PCM adapter, shipped beside it: <folder>/pcm (checkpoints/lerobot_pusht/pcm)
+
+
+def adapter_beside(folder: str | os.PathLike) -> Path | None:
+    """The PCM adapter folder shipped beside a lerobot policy (no lerobot import): ``<folder>/pcm``, or, when
+    ``folder`` is itself the ``pretrained_model`` folder, ``<folder>/../pcm``, if it holds an ``adapter.json``;
+    else None. An adapter is tied to the weights it was trained on, so one is looked for only beside them."""
+    root = Path(folder)
+    for cand in (root / PCM_FOLDER, root.parent / PCM_FOLDER if root.name == "pretrained_model" else None):
+        if cand is not None and (cand / "adapter.json").is_file():
+            return cand
+    return None
+

@@ -1,7 +1,7 @@
 """lerobot's own evaluation loop on gym-pusht, with the policy sampling through this package's drop-in.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. .venv-lerobot/bin/python scripts/lerobot/eval_accelerated.py \\
-        checkpoints/lerobot_pusht/pretrained_model --sampler pcm --adapter checkpoints/lerobot_pusht/pcm --k 2 \\
+        checkpoints/lerobot_pusht --sampler pcm --k 2 \\
         --episodes 50 --out runs/lerobot/eval/pcm_k2
 
 What ``lerobot-eval --env.type=pusht --env.obs_type=environment_state_agent_pos`` does (``scripts/lerobot/eval.sh``):
@@ -32,7 +32,7 @@ def parse(argv=None):
     p.add_argument("checkpoint", help="lerobot diffusion policy folder (or checkpoints/<step>)")
     p.add_argument("--sampler", default="own", choices=["own", *SAMPLERS],
                    help="own: lerobot's own sampler; else a sampler of the core (pcm needs --adapter)")
-    p.add_argument("--adapter", help="PCM adapter folder (adapter.safetensors + adapter.json) for --sampler pcm")
+    p.add_argument("--adapter", help="PCM adapter folder for --sampler pcm (default: CHECKPOINT/pcm, if shipped)")
     p.add_argument("--k", type=int, help="exactly k batched calls per chunk (steps for ddim-k / dpmsolver)")
     p.add_argument("--tol", type=float, help="Picard tolerance (the spec's default when not given)")
     p.add_argument("--episodes", type=int, default=50)
@@ -42,8 +42,14 @@ def parse(argv=None):
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     a = p.parse_args(argv)
     problem = None
+    if a.sampler == "pcm" and a.adapter is None:
+        from pcm_policy.lerobot import adapter_beside
+
+        found = adapter_beside(a.checkpoint)  # CHECKPOINT/pcm, shipped beside the policy
+        a.adapter = None if found is None else str(found)
     if (a.sampler == "pcm") != (a.adapter is not None):
-        problem = "--adapter goes with --sampler pcm, and --sampler pcm needs --adapter (a PCM adapter folder)"
+        problem = ("--adapter goes with --sampler pcm, and --sampler pcm needs --adapter (a PCM adapter folder; "
+                   "none in CHECKPOINT/pcm)")
     elif a.sampler == "own" and (a.k is not None or a.tol is not None):
         problem = "--k / --tol set a sampler of the core; --sampler own is lerobot's own sampler"
     elif not 1 <= a.episodes <= 10_000 or a.episode_length < 1 or (a.batch is not None and a.batch < 1):

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from lerobot_build import build_policy, save_policy  # noqa: E402
 
-from pcm_policy.lerobot import is_policy_folder  # noqa: E402
+from pcm_policy.lerobot import adapter_beside, is_policy_folder  # noqa: E402
 from pcm_policy.lerobot.adapter import PolicyFolderError  # noqa: E402
 from pcm_policy.lerobot.envpolicy import EnvPolicy, lerobot_features  # noqa: E402
 from pcm_policy.sampling import SamplerSpec  # noqa: E402
@@ -86,6 +86,18 @@ def test_folder_detection(folder, tmp_path):
     assert is_policy_folder(folder) and is_policy_folder(folder.parent / folder.name)
     assert not is_policy_folder(ROOT / "checkpoints" / "pusht_base")  # our own PushT checkpoint
     assert not is_policy_folder(tmp_path)
+
+
+def test_adapter_beside_the_policy(tmp_path):
+    """A PCM adapter shipped beside a policy (<folder>/pcm) is found from the folder or its pretrained_model/;
+    a pcm/ without adapter.json, or none, is not an adapter."""
+    (tmp_path / "pretrained_model").mkdir()
+    assert adapter_beside(tmp_path) is None
+    (tmp_path / "pcm").mkdir()
+    assert adapter_beside(tmp_path) is None
+    (tmp_path / "pcm" / "adapter.json").write_text("{}")
+    assert adapter_beside(tmp_path) == adapter_beside(tmp_path / "pretrained_model") == tmp_path / "pcm"
+    assert adapter_beside(tmp_path / "pcm") is None
 
 
 def test_image_policy_refused(tmp_path):
