@@ -19,9 +19,8 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pcm_policy.data import ReplayBufferError  # noqa: E402
 from pcm_policy.device import check_threads  # noqa: E402
-from pcm_policy.training import ResumeError  # noqa: E402
+from pcm_policy.training.cli import run_job  # noqa: E402
 
 
 def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
@@ -46,15 +45,12 @@ def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
 @hydra.main(config_path="../configs", config_name="train_consistency", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     cfg = OmegaConf.to_container(cfg, resolve=True)
-    command = "python scripts/train_consistency.py " + " ".join(sys.argv[1:])
-    try:
+
+    def job(command):
         torch.set_num_threads(check_threads(cfg["threads"], "threads"))
-        m = run(cfg, command)
-    except (ReplayBufferError, ResumeError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt as e:
-        print(f"\n{e or 'interrupted'}; resume with the same command: {command}", file=sys.stderr)
-        raise SystemExit(130) from None
+        return run(cfg, command)
+
+    m = run_job("train_consistency.py", job)
     print(f"student: {m['val']} ({m['distance']}, {m['val_conditions']} held-out windows)")
 
 

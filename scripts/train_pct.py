@@ -36,16 +36,9 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pcm_policy.data import ReplayBufferError  # noqa: E402
 from pcm_policy.device import check_threads  # noqa: E402
-from pcm_policy.training import ResumeError  # noqa: E402
-from pcm_policy.training.distributed import (  # noqa: E402
-    DistributedError,
-    check_divisible,
-    env_world_size,
-    init_from_env,
-    shutdown,
-)
+from pcm_policy.training.cli import run_job  # noqa: E402
+from pcm_policy.training.distributed import check_divisible, env_world_size, init_from_env  # noqa: E402
 
 TASKS = {"pusht": "pcm_policy.pusht.task", "celeba": "pcm_policy.vision.task", "sd": "pcm_policy.vision.task",
          "lerobot": "pcm_policy.lerobot.task"}
@@ -77,18 +70,13 @@ def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
 @hydra.main(config_path="../configs", config_name="train_pct", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     cfg = OmegaConf.to_container(cfg, resolve=True)
-    command = "python scripts/train_pct.py " + " ".join(sys.argv[1:])
-    try:
+
+    def job(command):
         torch.set_num_threads(check_threads(cfg["threads"], "threads"))
         run(cfg, command)
-    except (ReplayBufferError, ResumeError, ValueError, DistributedError) as e:  # one line, no traceback
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt as e:  # one line: what was saved, how to resume; exit 130 (killed by SIGINT)
-        saved = str(e) or "interrupted; what each stage finished is kept (trajectory store, finished rollout batches)"
-        print(f"\n{saved}; resume with the same command: {command}", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        shutdown()
+
+    run_job("train_pct.py", job, "interrupted; what each stage finished is kept (trajectory store, finished rollout "
+                                 "batches)")
 
 
 if __name__ == "__main__":

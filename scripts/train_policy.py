@@ -29,25 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pcm_policy.data import ReplayBufferError  # noqa: E402
 from pcm_policy.pusht.train import train_policy  # noqa: E402
-from pcm_policy.training import ResumeError  # noqa: E402
-from pcm_policy.training.distributed import DistributedError, shutdown  # noqa: E402
+from pcm_policy.training.cli import run_job  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="train_policy", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    command = "python scripts/train_policy.py " + " ".join(sys.argv[1:])
-    try:
-        train_policy(OmegaConf.to_container(cfg, resolve=True), command, ROOT)
-    except (ReplayBufferError, ResumeError, ValueError, DistributedError) as e:  # one line, no traceback
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt as e:  # one line: what was saved, how to resume; exit 130 (killed by SIGINT)
-        saved = str(e) or "interrupted before training started (nothing saved)"
-        print(f"\n{saved}; resume with the same command: {command}", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        shutdown()
+    run_job("train_policy.py", lambda command: train_policy(OmegaConf.to_container(cfg, resolve=True), command, ROOT),
+            "interrupted before training started (nothing saved)")
 
 
 if __name__ == "__main__":
