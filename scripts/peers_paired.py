@@ -114,7 +114,13 @@ def main(argv=None) -> int:
             idx = [e["seed"] - a.seed for e in r["episodes"]]
             if min(idx) < 0 or max(idx) >= len(ref["scores"]):
                 raise ValueError(f"{f}: seeds outside the sweep's {a.seed}..{a.seed + len(ref['scores']) - 1}")
-            extra[(r["sampler"]["name"], int(r["sampler"]["k"]))] = {
+            k = r["sampler"]["k"]
+            if k is None:  # no --k: a sequential sampler's calls are its steps; an iterative one's vary
+                if r["sampler"]["name"] != "ddim":
+                    raise ValueError(f"{f}: a {r['sampler']['name']} rollout without --k has no fixed number of "
+                                     f"calls to pair at; rerun it with --k")
+                k = r["sampler"]["num_steps"]
+            extra[(r["sampler"]["name"], int(k))] = {
                 "scores": [e["score"] for e in r["episodes"]], "index": idx, "file": str(f),
                 "mean_score": r["summary"]["mean_score"], "success_rate": r["summary"]["success_rate"],
                 "mean_iterations": r["summary"]["mean_iterations"], "mean_nfe": r["summary"]["mean_nfe"]}

@@ -94,3 +94,21 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 def test_distribution_refuses_evaluation_seeds(capsys):
     assert _script("peers_distribution").main(["--states", "100003"]) == 2
     assert "evaluation seeds" in capsys.readouterr().err
+
+
+def test_paired_rollout_without_k(sweep, capsys):
+    """A rollout run without --k: DDIM's calls are its steps (DDIM-10 is paired at k = 10); an iterative sampler's
+    vary per chunk, so it is refused with one line."""
+    tmp, _ = sweep
+    roll = json.loads((tmp / "roll.json").read_text())
+    roll["sampler"] = {"name": "ddim", "k": None, "num_steps": 10}
+    (tmp / "ddim10.json").write_text(json.dumps(roll))
+    out = tmp / "paired.json"
+    assert _script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "ddim10.json"),
+                                         "--out", str(out)]) == 0
+    assert ("ddim", 10) in {(r["sampler"], r["k"]) for r in json.loads(out.read_text())["rows"]}
+    roll["sampler"] = {"name": "taa", "k": None, "num_steps": 50}
+    (tmp / "taa.json").write_text(json.dumps(roll))
+    assert _script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "taa.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rerun it with --k" in err
