@@ -193,3 +193,32 @@ def test_train_policy_ctrl_c_is_one_line_exit_130_and_resumes_announced(tmp_path
     p.communicate(timeout=240)
     assert any(f"resuming the run in {tmp_path / 'run'} at step {step}" in line for line in first), first
     assert p.returncode == 130
+
+
+def test_train_policy_refuses_a_folder_in_use_before_any_set_up(tmp_path, monkeypatch):
+    """A second train_policy in a running job's folder is refused before it loads data or builds a model (it used
+    to do all of that first, then learn in train() that the folder was taken: seconds of wasted set-up, and
+    ../shared/cases/run_dir_shared_by_concurrent_runs.py ran past its time). The holder here is another open file
+    description of the lock file, which flock treats as another job."""
+    import fcntl
+
+    from pcm_policy.pusht import train as pusht_train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"pid 1 (the first job)")
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def set_up(*a, **k):
+        raise AssertionError("the dataset was loaded in a folder another job holds")
+
+    monkeypatch.setattr(pusht_train, "PushTLowdimDataset", set_up)
+    cfg = {"threads": 1, "run_dir": str(run), "force": False, "training": {"steps": 10, "batch_size": 8, "seed": 0},
+           "task": {"dataset": "data/pusht_expert.zarr"}, "policy": {}}
+    try:
+        with pytest.raises(FolderInUseError, match="is in use by pid 1 \\(the first job\\)"):
+            pusht_train.train_policy(cfg, "test", ROOT)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]

@@ -19,7 +19,7 @@ import torch
 
 from ..device import check_threads, pick_device
 from ..io import check_not_shipped
-from ..training import LoopConfig, infinite_batches, train
+from ..training import LoopConfig, hold_run_folder, infinite_batches, train
 from ..training.distributed import check_divisible, env_world_size, init_from_env, world_size
 from .checkpoint import load_policy, save_policy
 from .dataset import PushTLowdimDataset
@@ -65,65 +65,66 @@ def train_policy(cfg: dict, command: str, root: Path) -> Path:
     if not dataset_path.exists():
         raise ValueError(f"dataset {dataset_path} not found; make one with "
                          "python scripts/collect_demos.py --episodes 1000 --out data/pusht_expert.zarr")
-    kw = dict(horizon=task["horizon"], pad_before=task["n_obs_steps"] - 1, pad_after=task["n_action_steps"] - 1,
-              obs_type=task["obs_type"], val_ratio=task["val_ratio"], seed=task["split_seed"],
-              max_train_episodes=task["max_train_episodes"])
-    train_set = PushTLowdimDataset(str(dataset_path), split="train", **kw)
-    val_set = train_set.get_validation_dataset()
-    parts = [train_set]
-    for extra in task.get("extra_datasets") or []:
-        if not resolve(extra).exists():
-            raise ValueError(f"task.extra_datasets entry {resolve(extra)} not found")
-        parts.append(PushTLowdimDataset(str(resolve(extra)), split="train",
-                                        **{**kw, "val_ratio": 0.0, "max_train_episodes": None}))
-    pcfg = PolicyConfig(obs_type=task["obs_type"], horizon=task["horizon"], n_obs_steps=task["n_obs_steps"],
-                        n_action_steps=task["n_action_steps"], unet_size=pol["unet_size"], unet=pol["unet"])
-    if cfg.get("init_from"):
-        try:
-            policy = load_policy(resolve(cfg["init_from"]))
-        except ValueError as e:  # CheckpointError
-            raise ValueError(f"init_from: {e}") from e
-        if policy.cfg != pcfg:
-            raise ValueError(f"init_from={cfg['init_from']} holds {policy.cfg}, but this run configures "
-                             f"{pcfg}; pick the matching policy=... or drop init_from")
-    else:
-        torch.manual_seed(int(tr["seed"]))  # the initial weights too: the same config trains the same policy
-        policy = DiffusionPolicy(pcfg)
-        # Normaliser fitted on every episode (train and validation) of every store, as the reference does.
-        policy.normalizer.load_state_dict(NormalizerDict.fit(
-            {"obs": np.concatenate([d.get_all_obs() for d in parts]),
-             "action": np.concatenate([d.get_all_actions() for d in parts])}).state_dict())
-    train_set = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    policy.to(device)
+    with hold_run_folder(run_dir):  # a second job in this run folder is refused here, before any set-up work
+        kw = dict(horizon=task["horizon"], pad_before=task["n_obs_steps"] - 1, pad_after=task["n_action_steps"] - 1,
+                  obs_type=task["obs_type"], val_ratio=task["val_ratio"], seed=task["split_seed"],
+                  max_train_episodes=task["max_train_episodes"])
+        train_set = PushTLowdimDataset(str(dataset_path), split="train", **kw)
+        val_set = train_set.get_validation_dataset()
+        parts = [train_set]
+        for extra in task.get("extra_datasets") or []:
+            if not resolve(extra).exists():
+                raise ValueError(f"task.extra_datasets entry {resolve(extra)} not found")
+            parts.append(PushTLowdimDataset(str(resolve(extra)), split="train",
+                                            **{**kw, "val_ratio": 0.0, "max_train_episodes": None}))
+        pcfg = PolicyConfig(obs_type=task["obs_type"], horizon=task["horizon"], n_obs_steps=task["n_obs_steps"],
+                            n_action_steps=task["n_action_steps"], unet_size=pol["unet_size"], unet=pol["unet"])
+        if cfg.get("init_from"):
+            try:
+                policy = load_policy(resolve(cfg["init_from"]))
+            except ValueError as e:  # CheckpointError
+                raise ValueError(f"init_from: {e}") from e
+            if policy.cfg != pcfg:
+                raise ValueError(f"init_from={cfg['init_from']} holds {policy.cfg}, but this run configures "
+                                 f"{pcfg}; pick the matching policy=... or drop init_from")
+        else:
+            torch.manual_seed(int(tr["seed"]))  # the initial weights too: the same config trains the same policy
+            policy = DiffusionPolicy(pcfg)
+            # Normaliser fitted on every episode (train and validation) of every store, as the reference does.
+            policy.normalizer.load_state_dict(NormalizerDict.fit(
+                {"obs": np.concatenate([d.get_all_obs() for d in parts]),
+                 "action": np.concatenate([d.get_all_actions() for d in parts])}).state_dict())
+        train_set = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+        policy.to(device)
 
-    g = torch.Generator().manual_seed(int(tr["seed"]))
-    loader = torch.utils.data.DataLoader(train_set, batch_size=int(tr["batch_size"]), shuffle=True, drop_last=True,
-                                         generator=g)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=256, shuffle=False)
-    n_params = sum(p.numel() for p in policy.model.parameters())
-    if world_size() == 1 or torch.distributed.get_rank() == 0:
-        print(f"policy {pol['name']}: {n_params:,} parameters; {len(train_set)} train windows "
-              f"({sum(int(d.train_mask.sum()) for d in parts)} episodes), {len(val_set)} val windows; run dir "
-              f"{run_dir}" + (f"; {world_size()} processes, {tr['batch_size'] // world_size()} rows each"
-                              if world_size() > 1 else ""))
+        g = torch.Generator().manual_seed(int(tr["seed"]))
+        loader = torch.utils.data.DataLoader(train_set, batch_size=int(tr["batch_size"]), shuffle=True, drop_last=True,
+                                             generator=g)
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=256, shuffle=False)
+        n_params = sum(p.numel() for p in policy.model.parameters())
+        if world_size() == 1 or torch.distributed.get_rank() == 0:
+            print(f"policy {pol['name']}: {n_params:,} parameters; {len(train_set)} train windows "
+                  f"({sum(int(d.train_mask.sum()) for d in parts)} episodes), {len(val_set)} val windows; run dir "
+                  f"{run_dir}" + (f"; {world_size()} processes, {tr['batch_size'] // world_size()} rows each"
+                                  if world_size() > 1 else ""))
 
-    @torch.no_grad()
-    def val_fn(model):
-        gen = torch.Generator().manual_seed(0)  # same noise every time: comparable numbers
-        losses = [model.compute_loss(b, generator=gen).item() for b in val_loader]
-        return {"val_loss": sum(losses) / max(1, len(losses))}
+        @torch.no_grad()
+        def val_fn(model):
+            gen = torch.Generator().manual_seed(0)  # same noise every time: comparable numbers
+            losses = [model.compute_loss(b, generator=gen).item() for b in val_loader]
+            return {"val_loss": sum(losses) / max(1, len(losses))}
 
-    def save_fn(model, step):
-        extra = {"step": abs(step), "parameters": n_params, "command": command, "training": tr, "task": task}
-        folder = run_dir / ("checkpoint" if step >= 0 else f"snapshots/step_{-step:07d}")
-        save_policy(model, folder, extra)
+        def save_fn(model, step):
+            extra = {"step": abs(step), "parameters": n_params, "command": command, "training": tr, "task": task}
+            folder = run_dir / ("checkpoint" if step >= 0 else f"snapshots/step_{-step:07d}")
+            save_policy(model, folder, extra)
 
-    config = {k: v for k, v in cfg.items() if k not in NOT_THE_RUN}
-    train(policy, policy.compute_loss, NoisedBatches(infinite_batches(loader), policy), loop, run_dir, save_fn, val_fn,
-          desc=f"train {pol['name']}", config=config)
-    if world_size() == 1 or torch.distributed.get_rank() == 0:
-        print(f"done: EMA checkpoint at {run_dir / 'checkpoint'}")
-    return run_dir / "checkpoint"
+        config = {k: v for k, v in cfg.items() if k not in NOT_THE_RUN}
+        train(policy, policy.compute_loss, NoisedBatches(infinite_batches(loader), policy), loop, run_dir, save_fn,
+              val_fn, desc=f"train {pol['name']}", config=config)
+        if world_size() == 1 or torch.distributed.get_rank() == 0:
+            print(f"done: EMA checkpoint at {run_dir / 'checkpoint'}")
+        return run_dir / "checkpoint"
 
 
 class NoisedBatches:

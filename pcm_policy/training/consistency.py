@@ -151,7 +151,7 @@ def run_consistency(task, cd: dict, data: dict, *, out: str | Path, run_dir: str
     from ..adapters import save_adapter_folder
     from ..io import check_not_shipped
     from ..lora import add_lora, lora_parameters
-    from . import LoopConfig, train
+    from . import LoopConfig, hold_run_folder, train
 
     out, run_dir = Path(out), Path(run_dir)
     for name, path in (("out", out), ("run_dir", run_dir)):
@@ -161,51 +161,52 @@ def run_consistency(task, cd: dict, data: dict, *, out: str | Path, run_dir: str
         raise ValueError(f"cd.mu (the target network's EMA rate) must be in [0, 1), got {mu}")
     if len(data["x0"]) < 1:
         raise ValueError("no training samples (data['x0'] is empty)")
-    grid, fn = task.grid(), task.model_fn
-    vcond, vx_T = val if val is not None else task.split("val", int(cd["val"]["n"]))
-    vref = sample_sequential(fn, vx_T, vcond, grid=grid)[0] if len(vx_T) else None
-    ks = list(range(1, int(cd["val"]["k_max"]) + 1))
-    lo = cd["lora"]
-    torch.manual_seed(int(cd["training"]["seed"]))  # lora_A's initialisation
-    add_lora(task.module, rank=int(lo["rank"]), alpha=float(lo.get("alpha") or lo["rank"]),
-             target_modules=list(lo.get("targets") or task.lora_targets))
-    params = lora_parameters(task.module)
-    target = TargetNetwork(params)
-    target_path = run_dir / "target.pt"
-    if target_path.exists() and (run_dir / "state.pt").exists():
-        target.load_state_dict(torch.load(target_path, weights_only=True))
-    spec = SamplerSpec.named("consistency", num_steps=task.num_steps, k=1)
-    save = task.save_adapter or (lambda folder, s, ex: save_adapter_folder(task.module, folder, s, ex))
+    with hold_run_folder(run_dir):  # a second job in this run folder is refused here, before any set-up work
+        grid, fn = task.grid(), task.model_fn
+        vcond, vx_T = val if val is not None else task.split("val", int(cd["val"]["n"]))
+        vref = sample_sequential(fn, vx_T, vcond, grid=grid)[0] if len(vx_T) else None
+        ks = list(range(1, int(cd["val"]["k_max"]) + 1))
+        lo = cd["lora"]
+        torch.manual_seed(int(cd["training"]["seed"]))  # lora_A's initialisation
+        add_lora(task.module, rank=int(lo["rank"]), alpha=float(lo.get("alpha") or lo["rank"]),
+                 target_modules=list(lo.get("targets") or task.lora_targets))
+        params = lora_parameters(task.module)
+        target = TargetNetwork(params)
+        target_path = run_dir / "target.pt"
+        if target_path.exists() and (run_dir / "state.pt").exists():
+            target.load_state_dict(torch.load(target_path, weights_only=True))
+        spec = SamplerSpec.named("consistency", num_steps=task.num_steps, k=1)
+        save = task.save_adapter or (lambda folder, s, ex: save_adapter_folder(task.module, folder, s, ex))
 
-    def loss_fn(batch):  # the target follows the weights the previous step left (after each optimiser step)
-        target.update(mu)
-        return cd_loss(fn, batch, grid, target)
+        def loss_fn(batch):  # the target follows the weights the previous step left (after each optimiser step)
+            target.update(mu)
+            return cd_loss(fn, batch, grid, target)
 
-    def val_fn(_module):
-        if vref is None:
-            return {}
-        d = cd_distances(fn, grid, vcond, vx_T, vref, ks, task.distance)
-        return {f"val_distance_k{k}": v for k, v in d.items()}
+        def val_fn(_module):
+            if vref is None:
+                return {}
+            d = cd_distances(fn, grid, vcond, vx_T, vref, ks, task.distance)
+            return {f"val_distance_k{k}": v for k, v in d.items()}
 
-    def save_fn(_module, step):  # the EMA adapter, and the target network beside the loop's state.pt
-        if step >= 0:
-            with atomic_path(target_path) as tmp:
-                torch.save(target.state_dict(), tmp)
-        save(run_dir / "adapter", spec, {"step": abs(step), "command": command, "config": config, "method": "cd"})
+        def save_fn(_module, step):  # the EMA adapter, and the target network beside the loop's state.pt
+            if step >= 0:
+                with atomic_path(target_path) as tmp:
+                    torch.save(target.state_dict(), tmp)
+            save(run_dir / "adapter", spec, {"step": abs(step), "command": command, "config": config, "method": "cd"})
 
-    loop = LoopConfig(**cd["training"])
-    t0 = time.perf_counter()
-    batches = batches if batches is not None else CDBatches(data, cd["batch_size"], task.num_steps)
-    train(task.module, loss_fn, batches, loop, run_dir, save_fn, val_fn,
-          params=params, desc=f"CD {task.name}", config=config or {"cd": cd})
-    metrics = {"distance": task.unit, "val": val_fn(task.module), "val_conditions": len(vx_T),
-               "train_s_this_call": time.perf_counter() - t0, "samples": len(data["x0"]),
-               "threads": torch.get_num_threads()}
-    save(out, spec, {"metrics": metrics, "command": command, "config": config, "steps": loop.steps, "method": "cd",
-                     **(extra or {})})
-    log = run_dir / "log.jsonl"
-    if log.exists():
-        import json
+        loop = LoopConfig(**cd["training"])
+        t0 = time.perf_counter()
+        batches = batches if batches is not None else CDBatches(data, cd["batch_size"], task.num_steps)
+        train(task.module, loss_fn, batches, loop, run_dir, save_fn, val_fn,
+              params=params, desc=f"CD {task.name}", config=config or {"cd": cd})
+        metrics = {"distance": task.unit, "val": val_fn(task.module), "val_conditions": len(vx_T),
+                   "train_s_this_call": time.perf_counter() - t0, "samples": len(data["x0"]),
+                   "threads": torch.get_num_threads()}
+        save(out, spec, {"metrics": metrics, "command": command, "config": config, "steps": loop.steps, "method": "cd",
+                         **(extra or {})})
+        log = run_dir / "log.jsonl"
+        if log.exists():
+            import json
 
-        write_json(out / "train_log.json", [json.loads(r) for r in log.read_text().splitlines() if r.strip()])
-    return metrics
+            write_json(out / "train_log.json", [json.loads(r) for r in log.read_text().splitlines() if r.strip()])
+        return metrics

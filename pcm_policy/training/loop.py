@@ -132,6 +132,17 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+@contextlib.contextmanager
+def hold_run_folder(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run folder's lock (``io.run_folder_lock``) for one job: rank 0 holds it, and every rank raises
+    when it cannot be taken (``FolderInUseError`` on rank 0, ``distributed.DistributedError`` on the others).
+    Re-entrant within a process: a driver takes it before its set-up (data, model, trajectory store), so a second
+    job in the folder is refused before any work, and ``train`` takes it again around the loop."""
+    with contextlib.ExitStack() as held:
+        dist.all_ok(lambda: held.enter_context(run_folder_lock(run_dir)) if dist.is_main() else None, "run folder")
+        yield Path(run_dir)
+
+
 def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: Iterator[dict], cfg: LoopConfig,
           run_dir: str | os.PathLike, save_fn: Callable[[nn.Module, int], None],
           val_fn: Callable[[nn.Module], dict] | None = None, params: list[nn.Parameter] | None = None,
@@ -153,10 +164,8 @@ def train(model: nn.Module, loss_fn: Callable[[dict], torch.Tensor], batches: It
     names = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
     dist.check_same({"config": config, "loop": dataclasses.asdict(cfg), "trained": names}, "run config")
     saved = ["none"]  # the last state written (the SIGTERM line names it)
-    with contextlib.ExitStack() as held, dist.sigterm_says(lambda: f"the last saved state is {saved[-1]}: re-run the "
-                                                           "command to resume (with any number of processes)"):
-        # rank 0 holds the lock; every rank stops when it cannot
-        dist.all_ok(lambda: held.enter_context(run_folder_lock(run_dir)) if dist.is_main() else None, "run folder")
+    with hold_run_folder(run_dir), dist.sigterm_says(lambda: f"the last saved state is {saved[-1]}: re-run the "
+                                                     "command to resume (with any number of processes)"):
         return _train(model, loss_fn, batches, cfg, Path(run_dir), save_fn, val_fn, params, desc, config, saved)
 
 

@@ -364,7 +364,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     from ..adapters import save_adapter_folder
     from ..io import check_not_shipped, write_json
     from ..lora import add_lora, lora_parameters
-    from . import LoopConfig, train
+    from . import LoopConfig, hold_run_folder, train
     from . import pct_data as D
 
     t_all = time.perf_counter()
@@ -378,66 +378,68 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
         raise ValueError(f"pct.finetune must be lora{' or full' if task.full_copy else ''} for task {task.name}, "
                          f"got {finetune!r}")
 
-    # 1. trajectories
-    t0 = time.perf_counter()
-    D.make(task, data_cfg, data_path)
-    data, data_s = D.load(data_path), time.perf_counter() - t0
-    n_val, tm = int((data["split"] == 1).sum()), data["timing"]
-    print_ = print if dist.is_main() else (lambda *a, **k: None)
-    print_(f"trajectories: {data_path} ({len(data['x_T'])} conditions, {n_val} held out, iterates "
-          f"{'stored' if data['iterates'] is not None else 'made per batch'}); "
-          f"{tm['chunks_s'] / max(1, tm['conditions']):.3f} s/condition + {tm['conditions_s']:.0f} s for conditions")
+    with hold_run_folder(run_dir):  # a second job in this run folder is refused here, before any set-up work
+        # 1. trajectories
+        t0 = time.perf_counter()
+        D.make(task, data_cfg, data_path)
+        data, data_s = D.load(data_path), time.perf_counter() - t0
+        n_val, tm = int((data["split"] == 1).sum()), data["timing"]
+        print_ = print if dist.is_main() else (lambda *a, **k: None)
+        print_(f"trajectories: {data_path} ({len(data['x_T'])} conditions, {n_val} held out, iterates "
+              f"{'stored' if data['iterates'] is not None else 'made per batch'}); "
+              f"{tm['chunks_s'] / max(1, tm['conditions']):.3f} s/condition + {tm['conditions_s']:.0f} s for "
+              "conditions")
 
-    # 2. PCT
-    grid, fn = task.grid(data_cfg.num_steps), task.model_fn
-    batches = obj.batches(pc, data, data_cfg, fn, grid, run_dir)  # before the adapter: from the base model
-    if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the network
-        module = task.full_copy()
-        params = list(module.parameters())
-    else:
-        lo, module = pc["lora"], task.module
-        torch.manual_seed(int(pc["training"]["seed"]))  # lora_A's initialisation: the same config, the same run
-        add_lora(module, rank=int(lo["rank"]), alpha=float(lo.get("alpha") or lo["rank"]),
-                 target_modules=[*(lo.get("targets") or task.lora_targets), *(lo.get("extra_targets") or [])])
-        params = lora_parameters(module)
-    alpha = alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
-    settings = dict(num_steps=data_cfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=data_cfg.init,
-                    form=pc.get("form", "paradigms"))  # the sampler uses the form PCT trained with
-    spec, loss_fn = obj.build(pc, fn, grid, alpha, settings, task.distance)
-    val_fn = make_val_fn(fn, grid, alpha, data, task.distance, spec, int(pc["val"]["n"]), int(pc["val"]["k_max"]),
-                         pc.get("form", "paradigms"))
-    save = task.save_adapter or (lambda folder, s, extra: save_adapter_folder(task.module, folder, s, extra))
+        # 2. PCT
+        grid, fn = task.grid(data_cfg.num_steps), task.model_fn
+        batches = obj.batches(pc, data, data_cfg, fn, grid, run_dir)  # before the adapter: from the base model
+        if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the network
+            module = task.full_copy()
+            params = list(module.parameters())
+        else:
+            lo, module = pc["lora"], task.module
+            torch.manual_seed(int(pc["training"]["seed"]))  # lora_A's initialisation: the same config, the same run
+            add_lora(module, rank=int(lo["rank"]), alpha=float(lo.get("alpha") or lo["rank"]),
+                     target_modules=[*(lo.get("targets") or task.lora_targets), *(lo.get("extra_targets") or [])])
+            params = lora_parameters(module)
+        alpha = alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
+        settings = dict(num_steps=data_cfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=data_cfg.init,
+                        form=pc.get("form", "paradigms"))  # the sampler uses the form PCT trained with
+        spec, loss_fn = obj.build(pc, fn, grid, alpha, settings, task.distance)
+        val_fn = make_val_fn(fn, grid, alpha, data, task.distance, spec, int(pc["val"]["n"]), int(pc["val"]["k_max"]),
+                             pc.get("form", "paradigms"))
+        save = task.save_adapter or (lambda folder, s, extra: save_adapter_folder(task.module, folder, s, extra))
 
-    def save_fn(_module, step):  # the EMA adapter, with a provisional sampler spec until tuning
-        save(run_dir / "adapter", spec, {"step": abs(step), "tuned": False, "command": command, "config": config})
+        def save_fn(_module, step):  # the EMA adapter, with a provisional sampler spec until tuning
+            save(run_dir / "adapter", spec, {"step": abs(step), "tuned": False, "command": command, "config": config})
 
-    loop = LoopConfig(**pc["training"])
-    t0 = time.perf_counter()
-    train(module, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=params, desc=f"PCT {task.name}",
-          config=run_config(config))
-    train_s = time.perf_counter() - t0
-    if not dist.is_main():  # rank 0 tunes and writes the adapter
-        return None
+        loop = LoopConfig(**pc["training"])
+        t0 = time.perf_counter()
+        train(module, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=params, desc=f"PCT {task.name}",
+              config=run_config(config))
+        train_s = time.perf_counter() - t0
+        if not dist.is_main():  # rank 0 tunes and writes the adapter
+            return None
 
-    # 3. schedule tuning on the held-out split (the EMA weights are in place)
-    t0 = time.perf_counter()
-    held = (data["split"] == 1).nonzero().flatten()[: pc["tune"].get("n")]
-    held_out = (fn, grid, index_cond(data["cond"], held), data["x_T"][held], data["x_star"][held, -1])
-    chosen, metrics = obj.tune(pc, spec, *held_out, settings, task.distance)
-    log = run_dir / "log.jsonl"
-    rows = [json.loads(r) for r in log.read_text().splitlines() if r.strip()] if log.exists() else []
-    steps = [r["s_per_step"] for r in rows]
-    metrics.update(distance=task.unit, alpha=alpha.tolist(),
-                   timing={"trajectories": tm, "data_s_this_call": data_s, "train_s_this_call": train_s,
-                           "s_per_step": sum(steps) / len(steps) if steps else None,
-                           "tune_s": time.perf_counter() - t0, "total_s_this_call": time.perf_counter() - t_all,
-                           "threads": torch.get_num_threads(), "processes": dist.world_size()},
-                   data={"path": str(data_path), "n": len(data["x_T"]), "held_out": n_val,
-                         "var_k": data["var_k"].tolist(), "task": task.key})
-    save(out, chosen, {"metrics": metrics, "command": command, "config": config, **(extra or {}), "steps": loop.steps,
-                       "tuned": True})
-    write_json(out / "train_log.json", rows)
-    c, ref = metrics["chosen"], metrics["picard"]
-    print(f"chosen {chosen.switch} taa={chosen.taa} jump={chosen.jump}: {c['distance'][0]:.3g} {task.unit} at k=1, "
-          f"under the threshold at k={c['k_match']} (Picard: k={ref['k_match']}); adapter at {out}")
-    return metrics
+        # 3. schedule tuning on the held-out split (the EMA weights are in place)
+        t0 = time.perf_counter()
+        held = (data["split"] == 1).nonzero().flatten()[: pc["tune"].get("n")]
+        held_out = (fn, grid, index_cond(data["cond"], held), data["x_T"][held], data["x_star"][held, -1])
+        chosen, metrics = obj.tune(pc, spec, *held_out, settings, task.distance)
+        log = run_dir / "log.jsonl"
+        rows = [json.loads(r) for r in log.read_text().splitlines() if r.strip()] if log.exists() else []
+        steps = [r["s_per_step"] for r in rows]
+        metrics.update(distance=task.unit, alpha=alpha.tolist(),
+                       timing={"trajectories": tm, "data_s_this_call": data_s, "train_s_this_call": train_s,
+                               "s_per_step": sum(steps) / len(steps) if steps else None,
+                               "tune_s": time.perf_counter() - t0, "total_s_this_call": time.perf_counter() - t_all,
+                               "threads": torch.get_num_threads(), "processes": dist.world_size()},
+                       data={"path": str(data_path), "n": len(data["x_T"]), "held_out": n_val,
+                             "var_k": data["var_k"].tolist(), "task": task.key})
+        save(out, chosen, {"metrics": metrics, "command": command, "config": config, **(extra or {}),
+                           "steps": loop.steps, "tuned": True})
+        write_json(out / "train_log.json", rows)
+        c, ref = metrics["chosen"], metrics["picard"]
+        print(f"chosen {chosen.switch} taa={chosen.taa} jump={chosen.jump}: {c['distance'][0]:.3g} {task.unit} at k=1, "
+              f"under the threshold at k={c['k_match']} (Picard: k={ref['k_match']}); adapter at {out}")
+        return metrics
