@@ -151,8 +151,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
         evaluation = PushTEval(a.seed, a.episodes, a.max_steps)
         if lerobot:  # a lerobot policy folder: this env and protocol, the policy's own processors
-            if "pcm" in a.samplers and a.adapter == DEFAULT_ADAPTER:
-                a.adapter = adapter_beside(a.checkpoint) or DEFAULT_ADAPTER  # <folder>/pcm, shipped beside it
+            if a.adapter == DEFAULT_ADAPTER:  # this package's adapter does not fit; the policy's own is <folder>/pcm
+                a.adapter = adapter_beside(a.checkpoint) or DEFAULT_ADAPTER
             if "pcm" in a.samplers and a.adapter == DEFAULT_ADAPTER:
                 if a.samplers_given:
                     raise ValueError("pcm on a lerobot policy needs --adapter FOLDER (its own PCM adapter, trained "
