@@ -6,6 +6,8 @@ r"""Picard Consistency Training of a LoRA adapter, then schedule tuning: PushT, 
     python scripts/train_pct.py task=pusht pct=smoke work_dir=/tmp/pct  # tiny end to end run
     python scripts/train_pct.py task=celeba     # pct=image_anytime on the LDM-CelebA layout (default: ldm_mnist)
     python scripts/train_pct.py task=sd task.model=/path/to/stable-diffusion-v1-4   # a user's real SD v1.4
+    python scripts/train_pct.py task=celeba pct=image_anytime_taa retune=checkpoints/vision/ldm_mnist_pcm \
+        out=runs/ldm_mnist_pcm_taa   # no training: the shipped adapter's schedule re-tuned with Picard + TAA rows
     torchrun --standalone --nproc_per_node=N scripts/train_pct.py task=pusht   # data-parallel, N processes (CPU)
 
 Three stages under ``work_dir`` (re-running the same command continues where it stopped):
@@ -64,7 +66,8 @@ def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
 
     return run_pct(task, cfg["pct"], data, out=resolve(cfg["out"]), data_path=resolve(cfg["data_path"]),
                    run_dir=resolve(cfg.get("run_dir") or Path(cfg["work_dir"]) / "train"), command=command,
-                   config=cfg, extra=extra, force=bool(cfg.get("force")))
+                   config=cfg, extra=extra, force=bool(cfg.get("force")),
+                   retune=resolve(cfg["retune"]) if cfg.get("retune") else None)
 
 
 @hydra.main(config_path="../configs", config_name="train_pct", version_base="1.3")

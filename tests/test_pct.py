@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pcm_policy.data import ReplayBuffer
+from pcm_policy.io import read_safetensors
 from pcm_policy.lora import add_lora, has_lora, lora_parameters
 from pcm_policy.paper import full_copy_of
 from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, save_policy
@@ -230,9 +231,10 @@ SMOKE = ["pct.data.n=6", "pct.data.num_steps=8", "pct.data.iterates=2", "pct.dat
          "++pct.tune.jump_positions=[2,5]"]
 
 
-def test_default_config_on_a_smoke_budget_is_the_shipped_recipe(env, tmp_path):
+def test_default_config_on_a_smoke_budget_is_the_shipped_recipe_and_retunes(env, tmp_path):
     """``train_pct.py task=pusht`` with its default pct config, on a smoke budget, through the one driver: the
-    adapter.json records the default config's objective and the sampler is exact (PCM at tol 0 == DDIM)."""
+    adapter.json records the default config's objective and the sampler is exact (PCM at tol 0 == DDIM). Then
+    ``retune=`` that folder: no training, the same tensors, a schedule at least as close as its base at every k."""
     from pcm_policy.pusht.task import pct_task
     from pcm_policy.training.pct import run_pct
 
@@ -248,6 +250,28 @@ def test_default_config_on_a_smoke_budget_is_the_shipped_recipe(env, tmp_path):
     policy = load_policy(env / "base")
     spec, _ = load_adapter_folder(policy, tmp_path / "out")
     assert_pcm_is_ddim(policy, spec)
+
+    # retune=: the same tensors, no training, the schedule tuned afresh with another base (plain Picard rows here)
+    plain = {**cfg["pct"], "jump": {**cfg["pct"]["jump"], "schedule": {**cfg["pct"]["jump"]["schedule"], "taa": None}}}
+    task, data, extra = pct_task(cfg, ROOT)
+    m = run_pct(task, plain, data, out=tmp_path / "re", run_dir=tmp_path / "w2/train", data_path=tmp_path / "w/d",
+                config=cfg, extra=extra, retune=tmp_path / "out")
+    b = json.loads((tmp_path / "re/adapter.json").read_text())
+    assert b["retuned_from"]["folder"] == str(tmp_path / "out") and b["steps"] == a["steps"]
+    assert a["sampler"]["taa"] is not None and b["sampler"]["taa"] is None
+    assert not [p.name for p in (tmp_path / "w2/train").iterdir() if p.name != ".lock"]  # nothing trained
+    assert all(c <= p + 1e-9 for c, p in zip(m["chosen"]["distance"], m["picard_taa"], strict=True))
+    old, new = (read_safetensors(tmp_path / f / "adapter.safetensors") for f in ("out", "re"))
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    assert json.loads((tmp_path / "re/train_log.json").read_text()) == json.loads(
+        (tmp_path / "out/train_log.json").read_text())
+    policy = load_policy(env / "base")
+    assert_pcm_is_ddim(policy, load_adapter_folder(policy, tmp_path / "re")[0])
+    for folder, out, msg in ((tmp_path / "out", tmp_path / "out", "another folder"),
+                             (tmp_path / "w", tmp_path / "x", "not an adapter folder")):
+        with pytest.raises(ValueError, match=msg):
+            run_pct(task, plain, data, out=out, run_dir=tmp_path / "w3", data_path=tmp_path / "w/d", retune=folder)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

@@ -340,12 +340,19 @@ def jump_draws_from_config(pc: dict, model_fn, grid, data: dict, folder: str | P
 # ------------------------------------------------------------------------ the one PCT driver
 def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, data_path: str | Path,
             command: str = "", config: dict | None = None, extra: dict | None = None,
-            force: bool = False) -> dict | None:
+            force: bool = False, retune: str | Path | None = None) -> dict | None:
     """One PCT run of ``task`` (a ``pcm_policy.task.Task``): the trajectory store (``pct_data.make`` at
     ``data_path``, resumable), training with the one loop (``run_dir``: state.pt, log.jsonl, the EMA adapter
     in ``adapter/``; a rerun resumes), schedule tuning on the held-out split, and the adapter folder at
     ``out`` (adapter.safetensors + adapter.json: the chosen spec, ``metrics``, ``command``, ``config``,
     ``extra``) with ``train_log.json``. Nothing is written into files git tracks unless ``force``.
+
+    ``retune``: a LoRA adapter folder of this task to re-tune instead of training one: the store is made (stage
+    1), the folder's LoRA is loaded onto ``task.module`` in place of stage 2, and its schedule is tuned afresh
+    with this config's ``pct.jump.schedule`` and ``pct.tune`` (e.g. Picard + TAA rows beside the jump); ``out``
+    (another folder) gets the same tensors, the new spec and metrics, ``retuned_from`` and the source's
+    ``train_log.json``. ValueError for ``out`` = the folder, ``finetune: full``, or a folder that is not an
+    adapter of this model.
 
     ``pc``: a ``pct`` config (``configs/pct/*.yaml`` as a plain dict: objective, lora or finetune, batch_size,
     k_max, alpha_floor, training, val, tune, jump); ``data_cfg``: a ``pct_data.PCTData``; ``config``: what
@@ -361,7 +368,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     import json
     import time
 
-    from ..adapters import save_adapter_folder
+    from ..adapters import load_adapter_folder, save_adapter_folder
     from ..io import check_not_shipped, write_json
     from ..lora import add_lora, lora_parameters
     from . import LoopConfig, hold_run_folder, train
@@ -377,6 +384,15 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     if finetune not in ("lora", "full") or finetune == "full" and task.full_copy is None:
         raise ValueError(f"pct.finetune must be lora{' or full' if task.full_copy else ''} for task {task.name}, "
                          f"got {finetune!r}")
+    if retune is not None:
+        retune = Path(retune)
+        if finetune != "lora":
+            raise ValueError("retune re-tunes a LoRA adapter folder; pct.finetune must be lora")
+        if not (retune / "adapter.json").is_file():
+            raise ValueError(f"retune={retune} is not an adapter folder (no adapter.json); name a folder written by "
+                             "train_pct.py")
+        if out.resolve() == retune.resolve():
+            raise ValueError(f"out must be another folder than retune={retune}: a re-tuned adapter is written anew")
 
     with hold_run_folder(run_dir):  # a second job in this run folder is refused here, before any set-up work
         # 1. trajectories
@@ -392,16 +408,20 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
 
         # 2. PCT
         grid, fn = task.grid(data_cfg.num_steps), task.model_fn
-        batches = obj.batches(pc, data, data_cfg, fn, grid, run_dir)  # before the adapter: from the base model
-        if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the network
-            module = task.full_copy()
-            params = list(module.parameters())
+        if retune is not None:  # stage 2 is the folder's adapter
+            source, module, params, batches = load_adapter_folder(task.module, retune)[1], task.module, None, None
         else:
-            lo, module = pc["lora"], task.module
-            torch.manual_seed(int(pc["training"]["seed"]))  # lora_A's initialisation: the same config, the same run
-            add_lora(module, rank=int(lo["rank"]), alpha=float(lo.get("alpha") or lo["rank"]),
-                     target_modules=[*(lo.get("targets") or task.lora_targets), *(lo.get("extra_targets") or [])])
-            params = lora_parameters(module)
+            source = None
+            batches = obj.batches(pc, data, data_cfg, fn, grid, run_dir)  # before the adapter: from the base model
+            if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the network
+                module = task.full_copy()
+                params = list(module.parameters())
+            else:
+                lo, module = pc["lora"], task.module
+                torch.manual_seed(int(pc["training"]["seed"]))  # lora_A's initialisation: the same config, same run
+                add_lora(module, rank=int(lo["rank"]), alpha=float(lo.get("alpha") or lo["rank"]),
+                         target_modules=[*(lo.get("targets") or task.lora_targets), *(lo.get("extra_targets") or [])])
+                params = lora_parameters(module)
         alpha = alpha_from_var(data["var_k"], float(pc["alpha_floor"]))
         settings = dict(num_steps=data_cfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=data_cfg.init,
                         form=pc.get("form", "paradigms"))  # the sampler uses the form PCT trained with
@@ -415,8 +435,9 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
 
         loop = LoopConfig(**pc["training"])
         t0 = time.perf_counter()
-        train(module, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=params, desc=f"PCT {task.name}",
-              config=run_config(config))
+        if source is None:
+            train(module, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=params, desc=f"PCT {task.name}",
+                  config=run_config(config))
         train_s = time.perf_counter() - t0
         if not dist.is_main():  # rank 0 tunes and writes the adapter
             return None
@@ -426,9 +447,15 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
         held = (data["split"] == 1).nonzero().flatten()[: pc["tune"].get("n")]
         held_out = (fn, grid, index_cond(data["cond"], held), data["x_T"][held], data["x_star"][held, -1])
         chosen, metrics = obj.tune(pc, spec, *held_out, settings, task.distance)
-        log = run_dir / "log.jsonl"
-        rows = [json.loads(r) for r in log.read_text().splitlines() if r.strip()] if log.exists() else []
-        steps = [r["s_per_step"] for r in rows]
+        if source is not None:  # the source's own training log and how it was made
+            src_log = retune / "train_log.json"
+            rows = json.loads(src_log.read_text()) if src_log.is_file() else []
+            extra = {**(extra or {}), "retuned_from": {"folder": str(retune), "command": source.get("command"),
+                                                      "steps": source.get("steps"), "sampler": source.get("sampler")}}
+        else:
+            log = run_dir / "log.jsonl"
+            rows = [json.loads(r) for r in log.read_text().splitlines() if r.strip()] if log.exists() else []
+        steps = [r["s_per_step"] for r in rows if "s_per_step" in r]
         metrics.update(distance=task.unit, alpha=alpha.tolist(),
                        timing={"trajectories": tm, "data_s_this_call": data_s, "train_s_this_call": train_s,
                                "s_per_step": sum(steps) / len(steps) if steps else None,
@@ -437,7 +464,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
                        data={"path": str(data_path), "n": len(data["x_T"]), "held_out": n_val,
                              "var_k": data["var_k"].tolist(), "task": task.key})
         save(out, chosen, {"metrics": metrics, "command": command, "config": config, **(extra or {}),
-                           "steps": loop.steps, "tuned": True})
+                           "steps": source.get("steps") if source is not None else loop.steps, "tuned": True})
         write_json(out / "train_log.json", rows)
         c, ref = metrics["chosen"], metrics["picard"]
         print(f"chosen {chosen.switch} taa={chosen.taa} jump={chosen.jump}: {c['distance'][0]:.3g} {task.unit} at k=1, "

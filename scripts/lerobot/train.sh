@@ -7,8 +7,11 @@
 #
 # Settings (environment variables, defaults below): LEROBOT_VENV, DATASET (made by
 # scripts/lerobot/make_dataset.py), OUT (run folder; checkpoints/<step>/pretrained_model is lerobot's own
-# policy folder), LOG, STEPS, BATCH, SAVE_FREQ. A resume reads everything else from the checkpoint's
-# train_config.json, so the learning-rate schedule (cosine over STEPS) is unchanged by a restart.
+# policy folder), LOG, STEPS, BATCH, SAVE_FREQ. A resume reads everything but STEPS from the checkpoint's
+# train_config.json. STEPS is passed on a resume too: the same STEPS leaves the cosine learning-rate schedule
+# unchanged by a restart; a larger one continues a finished run (the schedule is rebuilt over the new STEPS
+# and picks up at the checkpoint's step: from 24,000 to 34,000 the rate restarts at 0.21 x 1e-4 and decays
+# to 0 at 34,000).
 #
 # Policy: horizon 16, 8 actions, 2 observation steps, down_dims [64,128,256] (4.55M parameters),
 # observation.state (agent x, y) + observation.environment_state (gym-pusht's 16 T corners), DDIM with
@@ -46,7 +49,7 @@ mkdir -p "$(dirname "$OUT")" "$(dirname "$LOG")"
 LAST="$OUT/checkpoints/last/pretrained_model/train_config.json"
 if [[ -f "$LAST" ]]; then
     echo "resuming $OUT from step $(basename "$(readlink -f "$OUT/checkpoints/last")")"
-    ARGS=(--resume=true "--config_path=$LAST")
+    ARGS=(--resume=true "--config_path=$LAST" "--steps=$STEPS")
 else
     [[ -e "$OUT" ]] && die "$OUT exists without a checkpoint to resume; remove it or choose another OUT"
     "$VENV/bin/python" scripts/lerobot/make_dataset.py --check "$DATASET" >/dev/null \
