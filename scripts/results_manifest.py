@@ -49,6 +49,29 @@ def flags(d: dict) -> str:
     return " ".join(out)
 
 
+def vision_command(st: dict) -> str:
+    """``scripts/vision/evaluate.py``'s command line from the settings its sweep.json records (its own flags, not
+    the sweep's setting names)."""
+    parts = [f"--family {st['family']}"]
+    if not st.get("stand_in"):
+        parts.append(f"--model {st.get('model_path')}")
+    if st.get("adapter_path"):  # a shipped adapter run from another checkout: its path in this repository
+        a = str(st["adapter_path"])
+        parts.append(f"--adapter {a[a.index('checkpoints/'):] if a.startswith('/') and 'checkpoints/' in a else a}")
+    if isinstance(st.get("samplers"), dict):
+        parts.append("--samplers " + ",".join(st["samplers"]))
+    for key, flag in (("ks", "--ks"), ("score_ks", "--score-ks")):
+        if isinstance(st.get(key), list):
+            parts.append(f"{flag} {','.join(str(k) for k in st[key])}")
+    for key, flag in (("n", "--num-samples"), ("seed", "--seed"), ("T", "--steps"), ("guidance", "--guidance"),
+                      ("batch_size", "--batch-size")):
+        if st.get(key) is not None:
+            parts.append(f"{flag} {st[key]}")
+    if st.get("distances_only"):
+        parts.append("--distances-only")
+    return "python scripts/vision/evaluate.py " + " ".join(parts)
+
+
 def command_of(path: Path) -> str:
     if path.name == "training.png":
         return "python scripts/plot_training.py (on the run's log.jsonl)"
@@ -69,6 +92,8 @@ def command_of(path: Path) -> str:
         return d["command"]
     if isinstance(d.get("args"), dict):
         return f"python scripts/rollout.py {flags(d['args'])}"
+    if isinstance(d.get("settings"), dict) and d["settings"].get("family") and "sweep" in json_path.name:
+        return vision_command(d["settings"])
     if isinstance(d.get("settings"), dict) and script:
         return f"python {script} {flags(d['settings'])}"
     if script:

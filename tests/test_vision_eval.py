@@ -90,6 +90,32 @@ def test_eval_celeba_end_to_end_and_cached_rerun(ldm_dir, reference, tmp_path, c
     assert json.loads((out / "sweep.json").read_text())["results"] == res["results"]
 
 
+def test_distances_only_skips_the_image_metrics_and_the_manifest_names_the_command(ldm_dir, reference, tmp_path,  # noqa: F811
+                                                                                  capsys):
+    """``--distances-only``: latent RMSE rows, no score (no Inception); the manifest rebuilds
+    evaluate.py's own command line from the sweep.json it wrote."""
+    import importlib.util
+
+    adapter = _adapter(ldm_dir, tmp_path / "adapter", Switch(0, 0))
+    out = tmp_path / "out"
+    argv = ["--model", str(ldm_dir), "--adapter", str(adapter), "--samplers", "ddim-k,taa,pcm", "--ks", "1,2",
+            "--num-samples", "2", "--steps", "4", "--reference", str(reference), "--distances-only",
+            "--out", str(out)]
+    assert celeba.main(argv) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    assert res["settings"]["distances_only"] and res["reference"] == {"sampler": "ddim", "k": 4}
+    rows = [r for rows in res["results"].values() for r in rows]
+    assert len(rows) == 6 and all(r["score"] is None and r["distance"] >= 0 for r in rows)
+    assert "done in" in capsys.readouterr().out
+    spec = importlib.util.spec_from_file_location("results_manifest", ROOT / "scripts/results_manifest.py")
+    manifest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(manifest)
+    cmd = manifest.vision_command(res["settings"])
+    assert cmd.startswith("python scripts/vision/evaluate.py --family ldm --model ")
+    assert cmd.endswith("--distances-only")
+    assert f"--adapter {adapter}" in cmd and "--samplers ddim-k,taa,pcm --ks 1,2" in cmd and "--num-samples 2" in cmd
+
+
 @pytest.mark.slow
 def test_eval_sd_end_to_end_with_a_classifier(sd_dir, reference, tmp_path, monkeypatch):  # noqa: F811
     """A hard-switch adapter has no mixing variant (reported skipped); the classifier hook scores prompt classes."""

@@ -111,7 +111,8 @@ def plots(out: Path, res: dict, ref_score: float | None, ref_label: str, unit: s
             ax.axhspan(ref_score - score_tol, ref_score + score_tol, color="k", alpha=0.08)
         ax.set(xscale="log", yscale="log" if name == "distance_vs_k" else "linear", xlabel=xlabel, ylabel=ylabel,
                title=title)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a distances-only sweep has nothing on its score plots
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=120)
         plt.close(fig)

@@ -62,6 +62,9 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--score-ks", default=None,
                    help="comma list, a subset of --ks: the budgets whose image metrics (FID ...) run (default: all); "
                         "the latent RMSE runs at every k")
+    p.add_argument("--distances-only", action="store_true",
+                   help="the latent RMSE to DDIM-T alone: no image metrics, no Inception (minutes, not tens); "
+                        "--reference is still checked")
     p.add_argument("--num-samples", type=int, default=200, help="N; sample i uses seed S + i")
     p.add_argument("--seed", type=int, default=0, help="S")
     p.add_argument("--steps", type=int, default=None, help="T of the converged output (default: the adapter's, "
@@ -162,9 +165,12 @@ def _run(family: str, a) -> int:
                                        num_samples=a.num_samples, seed=a.seed, steps=a.steps, prompts=prompts,
                                        guidance=a.guidance, reference=reference, clip=a.clip,
                                        batch_size=a.batch_size)
+    if a.distances_only:
+        task.score = task.score_images = None  # Task: no score, the sweep measures distances only
     cfg = SweepConfig(samplers=specs, ks=ks, score_ks=score_ks, out=a.out, conditions=a.num_samples, batch=a.batch_size,
                       score_tol=FID_TOL, score_tol_rel=True, match_field="uint8_diff", dist_tol=UINT8_TOL,
-                      force=a.force, settings={**settings, "stand_in": note, "family": family})
+                      force=a.force, settings={**settings, "stand_in": note, "family": family,
+                                                    **({"distances_only": True} if a.distances_only else {})})
     result = run_sweep(task, cfg)
     write_report(a.out, result, score_label="FID", task=task, samplers=specs, print_table=False,
                  extra=paper_tables(result))
