@@ -408,10 +408,8 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
 
         # 2. PCT
         grid, fn = task.grid(data_cfg.num_steps), task.model_fn
-        if retune is not None:  # stage 2 is the folder's adapter
-            source, module, params, batches = load_adapter_folder(task.module, retune)[1], task.module, None, None
-        else:
-            source = None
+        source = load_adapter_folder(task.module, retune)[1] if retune is not None else None  # stage 2: its adapter
+        if source is None:
             batches = obj.batches(pc, data, data_cfg, fn, grid, run_dir)  # before the adapter: from the base model
             if finetune == "full":  # the paper's feature-space PCM: a separately fine-tuned full copy of the network
                 module = task.full_copy()
@@ -426,16 +424,17 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
         settings = dict(num_steps=data_cfg.num_steps, safeguard=pc["tune"].get("safeguard"), init=data_cfg.init,
                         form=pc.get("form", "paradigms"))  # the sampler uses the form PCT trained with
         spec, loss_fn = obj.build(pc, fn, grid, alpha, settings, task.distance)
-        val_fn = make_val_fn(fn, grid, alpha, data, task.distance, spec, int(pc["val"]["n"]), int(pc["val"]["k_max"]),
-                             pc.get("form", "paradigms"))
         save = task.save_adapter or (lambda folder, s, extra: save_adapter_folder(task.module, folder, s, extra))
-
-        def save_fn(_module, step):  # the EMA adapter, with a provisional sampler spec until tuning
-            save(run_dir / "adapter", spec, {"step": abs(step), "tuned": False, "command": command, "config": config})
-
         loop = LoopConfig(**pc["training"])
         t0 = time.perf_counter()
         if source is None:
+            val_fn = make_val_fn(fn, grid, alpha, data, task.distance, spec, int(pc["val"]["n"]),
+                                 int(pc["val"]["k_max"]), pc.get("form", "paradigms"))
+
+            def save_fn(_module, step):  # the EMA adapter, with a provisional sampler spec until tuning
+                save(run_dir / "adapter", spec, {"step": abs(step), "tuned": False, "command": command,
+                                                 "config": config})
+
             train(module, loss_fn, batches, loop, run_dir, save_fn, val_fn, params=params, desc=f"PCT {task.name}",
                   config=run_config(config))
         train_s = time.perf_counter() - t0
