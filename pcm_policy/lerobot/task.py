@@ -8,6 +8,13 @@
              are taken in a fixed shuffled order (``seed``), so the first n of a split spread over its episodes;
              x_T ~ N(0, I) (horizon, action_dim) is drawn once per split from ``seed`` and the split's index, row
              by row in that order, so a frame's x_T does not depend on n.
+             With ``RolloutStates(fraction=f > 0)`` (state-only PushT policies only), "train" / "val" of n rows are
+             the first n - round(n f) frames followed by round(n f) observation windows that the policy itself
+             visits in this package's PushT env (``pusht.pct_data``'s rollout conditions: DDIM-T rollouts of
+             200 steps, ``per_episode`` random chunks per episode) on training seeds ``seed`` + i ("train") and
+             ``seed`` + 50000 + i ("val"), disjoint from the evaluation seeds 100000-100199; as PushT's own
+             recipe does (half rollout states). Their x_T are drawn from their own seeded stream. The split is
+             then fixed by n (its first rows are not those of a smaller n).
   distance   mean over the horizon of the Euclidean distance between two action chunks after lerobot's own
              postprocessor (unnormalised: the dataset's action units; env pixels for PushT), differentiable.
   lora_targets every Conv1d and Linear of the UNet (``LerobotDiffusion.lora_targets``: no attention to adapt).
@@ -20,18 +27,40 @@ do not match the policy, ImportError without lerobot.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import adapters
 from .adapter import LerobotDiffusion
 
-__all__ = ["SPLIT_EVERY", "episode_split", "make_task", "pct_task", "task_fields"]
+__all__ = ["SPLIT_EVERY", "RolloutStates", "episode_split", "make_task", "pct_task", "task_fields"]
 
 SPLIT_EVERY = 10  # episode i (in sorted order): eval if i % 10 == 0, val if i % 10 == 5, else train
 _SPLIT_INDEX = {"train": 0, "val": 1, "eval": 2}
+VAL_SEED_OFFSET = 50_000  # "val" rollout seeds start this far after "train"'s
+
+
+@dataclass(frozen=True)
+class RolloutStates:
+    """The share of "train" / "val" conditions taken from the policy's own rollouts in this package's PushT env
+    (module doc). ``fraction`` 0 (the default): dataset frames only. ``seed``: the first training seed;
+    ``per_episode``: chunks kept per episode; ``batch``: episodes in lockstep; ``max_steps``: env steps."""
+
+    fraction: float = 0.0
+    seed: int = 400_000
+    per_episode: int = 8
+    batch: int = 64
+    max_steps: int = 200
+
+    def __post_init__(self):
+        if not 0 <= self.fraction <= 1:
+            raise ValueError(f"task.rollouts.fraction={self.fraction}: it must lie in [0, 1]")
 
 
 def episode_split(episodes: list[int]) -> dict[str, list[int]]:
@@ -58,7 +87,8 @@ def _check_features(adapter: LerobotDiffusion, features: dict, root) -> None:
 
 def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.PathLike, *,
                 num_steps: int | None = None, seed: int = 0, device: str = "cpu", repo_id: str | None = None,
-                batch_size: int = 256) -> dict:
+                batch_size: int = 256, rollouts: RolloutStates | None = None, rollout_cache=None,
+                progress: bool = True) -> dict:
     """The fields of the lerobot ``Task`` (module doc) of a policy folder (or a ``LerobotDiffusion``) and a
     LeRobotDataset folder.
 
@@ -66,6 +96,9 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
         num_steps: T of the reference DDIM trajectory; default the policy's own inference steps.
         seed: the frame order and x_T of the splits.
         batch_size: frames encoded per batch (images go through ResNet18).
+        rollouts: rollout states in "train" / "val" (module doc); None: none. Raises ValueError when the share is
+            above 0 and the policy is not a state-only PushT policy (``envpolicy.EnvPolicy``).
+        rollout_cache: a folder keeping each finished batch of rollouts, so an interrupted collection resumes.
     Returns:
         ``dict(name, module, model_fn, scheduler, num_steps, lora_targets, distance, unit, conditions, key,
         save_adapter)``.
@@ -76,6 +109,17 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
     a = policy if isinstance(policy, LerobotDiffusion) else LerobotDiffusion.from_folder(policy, device)
     if a.preprocessor is None or a.postprocessor is None:
         raise ValueError("the lerobot task needs the policy's processors; load it with LerobotDiffusion.from_folder")
+    rollouts = rollouts or RolloutStates()
+    T = int(num_steps or a.num_steps)
+    env_policy = None
+    if rollouts.fraction > 0:
+        from .envpolicy import EnvPolicy, PolicyFolderError
+
+        try:
+            env_policy = EnvPolicy(a)
+        except PolicyFolderError as e:
+            raise ValueError(f"task.rollouts.fraction={rollouts.fraction} needs a state-only PushT policy that this "
+                             f"package's env can drive ({e}); set task.rollouts.fraction=0") from None
     root = Path(dataset)
     if not (root / "meta" / "info.json").is_file():
         raise ValueError(f"{root} is not a LeRobotDataset folder (no meta/info.json); write one with "
@@ -103,7 +147,36 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
             conds.append(a.condition(a.preprocessor(batch)).cpu())
         return torch.cat(conds) if conds else torch.zeros(0, 0)
 
+    def rollout_states(split: str, n: int):  # (cond, x_T) of n windows of the policy's own rollouts
+        from ..pusht.pct_data import TrajDataConfig, _rollout_conditions
+
+        key = f"{split}_rollouts_{n}"
+        if key not in memo:
+            cfg = TrajDataConfig(num_steps=T, per_episode=rollouts.per_episode, rollout_batch=rollouts.batch,
+                                 max_steps=rollouts.max_steps)
+            first = rollouts.seed + (VAL_SEED_OFFSET if split == "val" else 0)
+            cache = None if rollout_cache is None else Path(rollout_cache) / split
+            obs = _rollout_conditions(env_policy, n, first, cfg, np.random.default_rng([seed, _SPLIT_INDEX[split]]),
+                                      progress, cache)[0]
+            cond = env_policy.condition(torch.from_numpy(np.stack(obs)).float()).cpu()
+            g = torch.Generator().manual_seed(seed * 3 + _SPLIT_INDEX[split] + 2_000_033)
+            memo[key] = (cond, torch.randn((n, *a.sample_shape), generator=g))
+            if cache is not None:  # complete: the caller's store keeps the conditions from here on
+                shutil.rmtree(cache, ignore_errors=True)
+        return memo[key]
+
     def conditions(split: str, n: int):
+        if split != "eval" and rollouts.fraction > 0:
+            n_roll = round(n * rollouts.fraction)
+            fc, fx = frame_conditions(split, n - n_roll)
+            if not n_roll:
+                return fc, fx
+            rc, rx = rollout_states(split, n_roll)
+            dev = fc.device
+            return torch.cat([fc, rc.to(dev)]), torch.cat([fx, rx.to(dev)])
+        return frame_conditions(split, n)
+
+    def frame_conditions(split: str, n: int):
         m = memo.setdefault(split, {"rows": frames(split), "cond": None})
         rows = m["rows"][:n]
         have = 0 if m["cond"] is None else len(m["cond"])
@@ -128,9 +201,10 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
     for k, v in _tensors({"pre": a.preprocessor.state_dict(), "post": a.postprocessor.state_dict()}):
         stats.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
     key = {"dataset": str(root.resolve()), "episodes": {s: len(e) for s, e in splits.items()}, "seed": seed,
-           "processors": stats.hexdigest()[:16], "policy": {"horizon": a.sample_shape[0], "solver": a.solver}}
+           "processors": stats.hexdigest()[:16], "policy": {"horizon": a.sample_shape[0], "solver": a.solver},
+           **({"rollouts": asdict(rollouts)} if rollouts.fraction > 0 else {})}
     return dict(name="lerobot", module=a.network, model_fn=a.model_fn, scheduler=a.scheduler,
-                num_steps=int(num_steps or a.num_steps), lora_targets=a.lora_targets, distance=distance,
+                num_steps=T, lora_targets=a.lora_targets, distance=distance,
                 unit="action units", conditions=conditions, key=key, save_adapter=save_adapter)
 
 
@@ -165,8 +239,12 @@ def pct_task(cfg: dict, root) -> tuple:
         paths[name] = p if p.is_absolute() else Path(root) / p
         if not paths[name].is_dir():
             raise ValueError(f"task.{name}={t[name]}: no such folder")
+    rollouts = RolloutStates(**(t.get("rollouts") or {}))
+    data_path = Path(cfg["data_path"]) if Path(cfg["data_path"]).is_absolute() else Path(root) / cfg["data_path"]
+    digest = hashlib.sha256(json.dumps(asdict(rollouts), sort_keys=True).encode()).hexdigest()[:12]
     task = make_task(paths["policy"], paths["dataset"], num_steps=t.get("num_steps"), seed=int(t["seed"]),
-                     batch_size=int(t["batch"]))
+                     batch_size=int(t["batch"]), rollouts=rollouts,
+                     rollout_cache=data_path.with_name(f".{data_path.name}.rollouts-{digest}"))
     store = PCTData(n=int(t["n"]), num_steps=task.num_steps, iterates=int(t["iterates"]),
                     val_fraction=float(t["val_fraction"]), chunk=int(t["batch"]), var_n=16,
                     cache_bytes=float(t["cache_bytes"]), draw_chunk=int(t["batch"]) * 8)

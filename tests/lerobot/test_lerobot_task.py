@@ -79,3 +79,39 @@ def test_bad_dataset(tmp_path):
     write_dataset(tmp_path / "data", env_dim=18)
     with pytest.raises(ValueError, match="has shape \\(18,\\), the policy expects \\(16,\\)"):
         task_fields(tmp_path / "policy", tmp_path / "data")
+
+
+def test_rollout_states_are_windows_of_the_policys_own_rollouts(tmp_path):
+    from pcm_policy.lerobot.envpolicy import EnvPolicy
+    from pcm_policy.lerobot.task import RolloutStates
+    from pcm_policy.pusht.rollout import run_rollouts
+
+    save_policy(build_policy("DDIM", 16, 10), tmp_path / "policy")
+    data = write_dataset(tmp_path / "data")
+    ro = RolloutStates(fraction=0.5, per_episode=2, batch=2, max_steps=16)  # 2 chunks an episode, both kept
+    f = task_fields(tmp_path / "policy", data, seed=1, rollouts=ro, progress=False)
+    cond, x_T = f["conditions"]("train", 8)
+    frames, fx = task_fields(tmp_path / "policy", data, seed=1)["conditions"]("train", 4)
+    assert cond.shape == (8, frames.shape[1]) and torch.equal(cond[:4], frames) and torch.equal(x_T[:4], fx)
+    env = EnvPolicy.from_folder(tmp_path / "policy")  # the rollouts the task ran: DDIM-T on seeds 400000, 400001
+    seen = []
+    run_rollouts(env, make_sampler("ddim", env.noise_scheduler, num_steps=10), [400000, 400001], max_steps=16,
+                 on_chunk=lambda c, obs, out: seen.append(env.condition(obs)))
+    seen = torch.cat(seen)
+    assert len(seen) == 4 and all((seen - c).abs().amax(-1).min() < 1e-6 for c in cond[4:])
+    assert not any(torch.equal(c, fr) for c in cond[4:] for fr in frames)
+    val, _ = f["conditions"]("val", 4)  # its rollout rows come from seeds 450000 on
+    assert not any((seen - c).abs().amax(-1).min() < 1e-6 for c in val[2:])
+    again = task_fields(tmp_path / "policy", data, seed=1, rollouts=ro, progress=False)
+    assert torch.equal(again["conditions"]("train", 8)[0], cond) and f["key"]["rollouts"]["fraction"] == 0.5
+    assert "rollouts" not in task_fields(tmp_path / "policy", data, seed=1)["key"]  # fraction 0: the old store key
+
+
+def test_rollout_states_need_a_pushT_state_policy(tmp_path):
+    from pcm_policy.lerobot.task import RolloutStates
+
+    save_policy(build_policy("DDIM", 16, 10, image=True), tmp_path / "policy")
+    with pytest.raises(ValueError, match="needs a state-only PushT policy.*task.rollouts.fraction=0"):
+        task_fields(tmp_path / "policy", tmp_path, rollouts=RolloutStates(fraction=0.5))
+    with pytest.raises(ValueError, match="must lie in"):
+        RolloutStates(fraction=1.5)
