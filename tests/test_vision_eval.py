@@ -90,20 +90,20 @@ def test_eval_celeba_end_to_end_and_cached_rerun(ldm_dir, reference, tmp_path, c
     assert json.loads((out / "sweep.json").read_text())["results"] == res["results"]
 
 
-def test_distances_only_skips_the_image_metrics_and_the_manifest_names_the_command(ldm_dir, reference, tmp_path,  # noqa: F811
+def test_distances_only_skips_the_image_metrics_and_the_manifest_names_the_command(ldm_dir, tmp_path,  # noqa: F811
                                                                                   capsys):
-    """``--distances-only``: latent RMSE rows, no score (no Inception); the manifest rebuilds
-    evaluate.py's own command line from the sweep.json it wrote."""
+    """``--distances-only``: latent RMSE rows, no score (no Inception, and a user's model needs no --reference);
+    the manifest rebuilds evaluate.py's own command line from the sweep.json it wrote."""
     import importlib.util
 
     adapter = _adapter(ldm_dir, tmp_path / "adapter", Switch(0, 0))
     out = tmp_path / "out"
     argv = ["--model", str(ldm_dir), "--adapter", str(adapter), "--samplers", "ddim-k,taa,pcm", "--ks", "1,2",
-            "--num-samples", "2", "--steps", "4", "--reference", str(reference), "--distances-only",
-            "--out", str(out)]
+            "--num-samples", "2", "--steps", "4", "--distances-only", "--out", str(out)]
     assert celeba.main(argv) == 0
     res = json.loads((out / "sweep.json").read_text())
     assert res["settings"]["distances_only"] and res["reference"] == {"sampler": "ddim", "k": 4}
+    assert "reference" not in res["settings"] and "image quality" in res["settings"]["skipped"]
     rows = [r for rows in res["results"].values() for r in rows]
     assert len(rows) == 6 and all(r["score"] is None and r["distance"] >= 0 for r in rows)
     assert "done in" in capsys.readouterr().out

@@ -22,13 +22,15 @@ def _fmt(v, digits=3) -> str:
 
 
 def paper_tables(result: dict) -> str:
-    """Markdown: the tables of the module doc. ``result["settings"]`` holds ``T``, ``n``, ``reference``,
+    """Markdown: the tables of the module doc. ``result["settings"]`` holds ``T``, ``n``, ``reference`` (None or
+    absent for a distances-only sweep),
     ``skipped``, ``notes`` and ``stand_in`` (``sweep_task``'s settings and the CLI's note)."""
     st, results, conv = result["settings"], result["results"], result["reference"]
     T, stand_in = conv["k"], st.get("stand_in")
     ks = sorted({r["k"] for rows in results.values() for r in rows})
     tag = " - stand-in model" if stand_in else ""
-    lines = [f"# Image quality vs k: N = {st.get('n')} samples, {st['reference']['n']} reference images, T = {T}", ""]
+    ref = f"{st['reference']['n']} reference images" if st.get("reference") else "no reference (distances only)"
+    lines = [f"# Image quality vs k: N = {st.get('n')} samples, {ref}, T = {T}", ""]
     if stand_in:
         lines += [f"**{stand_in}**", ""]
     lines += [f"Converged output = sequential DDIM-{T} on the same seeds: FID {_fmt(conv.get('fid'), 4)}.", "",

@@ -261,7 +261,8 @@ def _quality_score(model: ImageModel, fn, quality, *, T: int, seeds, prompts, ks
 
 def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), num_samples: int = 200,
                seed: int = 0, steps: int | None = None, prompts=None, guidance: float | None = None, reference=None,
-               clip=None, batch_size: int = 16, inception_batch: int = 32, progress: bool = True):
+               clip=None, batch_size: int = 16, inception_batch: int = 32, progress: bool = True,
+               distances_only: bool = False):
     """(Task with the image quality score, {name: SamplerSpec}, settings) of an image evaluation (module doc)
     for the generic sweep (``evaluation.sweep.run_sweep``, its cache in ``out``/runs) and report.
 
@@ -274,6 +275,8 @@ def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), 
         reference: uint8 images ``(M, H, W, 3)``, a list of ``(H, W, 3)`` or a folder (default: the shipped
             held-out set, ``evaluate.default_reference``); resized (bicubic) to the generated size.
         clip: a local CLIP folder for CLIP score and CMMD.
+        distances_only: no image quality at all (the Task's ``score`` is None: no Inception, no reference read;
+            ``reference`` and ``clip`` are ignored): the sweep measures latent RMSE to DDIM-T only.
     Returns ``settings``: what the sweep records (T, N, seed, guidance, the reference, the metrics skipped and
     why, notes, the specs, the paths). Raises ValueError: bad samplers, ks, counts, prompts, reference, adapter
     or model folder.
@@ -294,7 +297,7 @@ def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), 
         raise ValueError("the pcm sampler needs --adapter DIR (a folder with adapter.safetensors and adapter.json)")
     if guidance is not None and guidance < 0:
         raise ValueError(f"guidance must be >= 0, got {guidance}")
-    if isinstance(reference, str | Path):
+    if isinstance(reference, str | Path) and not distances_only:
         reference = load_images(reference)
     if not isinstance(model, ImageModel):
         model = load_model(model)
@@ -312,23 +315,26 @@ def sweep_task(model, *, out, adapter=None, samplers=NAMES, ks=(1, 2, 3, 4, 5), 
     specs, notes, skipped = eval_samplers(samplers, T, spec if "pcm" in samplers else None)
     make_sampler(SamplerSpec.named("ddim", num_steps=T), model.scheduler)  # bad T fails here
 
-    reference = list(default_reference() if reference is None else reference)
     hw = decode_latents(model, torch.zeros(1, *model.latent_shape)).shape[1:3]  # the generated image size
-    quality = Quality(reference, image_size=hw, num_samples=num_samples, conditional=model.conditional,
-                      prompts=prompts, clip=clip, inception_batch=inception_batch)
     task = make_task(model, num_steps=T, guidance=7.5 if guidance is None else guidance, eval_seed=seed,
                      eval_prompts=prompts, name=Path(model.path).name)
-    task.key |= {"files": folder_hash(Path(model.path), LAYOUTS[model.family].components), "n": num_samples,
-                 "quality": quality.key}
+    task.key |= {"files": folder_hash(Path(model.path), LAYOUTS[model.family].components), "n": num_samples}
+    settings = {"model_path": str(model.path), "adapter_path": str(adapter) if adapter else None, "T": T,
+                "n": num_samples, "seed": seed, "guidance": guidance, "image_size": list(hw),
+                "latent_size": list(model.latent_shape[1:]), "batch_size": batch_size, "notes": notes}
+    if distances_only:  # Task without a score: the sweep measures distances only
+        task.score = task.score_images = None
+        return task, specs, {**settings, "distances_only": True, "skipped": {
+            "image quality": "distances only (latent RMSE to DDIM-T; no FID, no reference)", **skipped}}
+    reference = list(default_reference() if reference is None else reference)
+    quality = Quality(reference, image_size=hw, num_samples=num_samples, conditional=model.conditional,
+                      prompts=prompts, clip=clip, inception_batch=inception_batch)
+    task.key["quality"] = quality.key
     task.score, task.score_images = _quality_score(
         model, task.model_fn, quality, T=T, seeds=seeds, prompts=prompts, ks=ks, batch_size=batch_size,
         cache=Cache(Path(out) / "runs"), progress=progress, key=lambda: {"task": task.fingerprint()})
-    settings = {"model_path": str(model.path), "adapter_path": str(adapter) if adapter else None, "T": T,
-                "n": num_samples, "seed": seed, "guidance": guidance, "image_size": list(hw),
-                "latent_size": list(model.latent_shape[1:]), "batch_size": batch_size,
-                "clip": str(clip) if clip else None,
-                "reference": {"n": quality.n_reference, "resized_to_generated_size": quality.resized,
-                              "key": quality.ref_key},
-                "skipped": {"inception_score": quality.skipped["inception_score"], **skipped, **quality.skipped},
-                "notes": notes}
+    settings |= {"clip": str(clip) if clip else None,
+                 "reference": {"n": quality.n_reference, "resized_to_generated_size": quality.resized,
+                               "key": quality.ref_key},
+                 "skipped": {"inception_score": quality.skipped["inception_score"], **skipped, **quality.skipped}}
     return task, specs, settings

@@ -64,7 +64,7 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
                         "the latent RMSE runs at every k")
     p.add_argument("--distances-only", action="store_true",
                    help="the latent RMSE to DDIM-T alone: no image metrics, no Inception (minutes, not tens); "
-                        "--reference is still checked")
+                        "--reference is not read")
     p.add_argument("--num-samples", type=int, default=200, help="N; sample i uses seed S + i")
     p.add_argument("--seed", type=int, default=0, help="S")
     p.add_argument("--steps", type=int, default=None, help="T of the converged output (default: the adapter's, "
@@ -137,7 +137,7 @@ def _run(family: str, a) -> int:
         other = "ldm" if family == "sd" else "sd"
         raise ValueError(f"{model} is a {layout.pipeline} ({layout.family}) folder; --family {family} evaluates the "
                          f"{repo} layout: use --family {other}")
-    if a.reference is None and not stand_in:
+    if a.reference is None and not stand_in and not a.distances_only:
         raise ValueError(f"pass --reference DIR (real images of the model's domain, e.g. {data} images): the "
                          "default held-out set belongs to the shipped stand-in model")
     prompts = None
@@ -164,13 +164,10 @@ def _run(family: str, a) -> int:
     task, specs, settings = sweep_task(model, out=a.out, adapter=adapter, samplers=samplers, ks=ks,
                                        num_samples=a.num_samples, seed=a.seed, steps=a.steps, prompts=prompts,
                                        guidance=a.guidance, reference=reference, clip=a.clip,
-                                       batch_size=a.batch_size)
-    if a.distances_only:
-        task.score = task.score_images = None  # Task: no score, the sweep measures distances only
+                                       batch_size=a.batch_size, distances_only=a.distances_only)
     cfg = SweepConfig(samplers=specs, ks=ks, score_ks=score_ks, out=a.out, conditions=a.num_samples, batch=a.batch_size,
                       score_tol=FID_TOL, score_tol_rel=True, match_field="uint8_diff", dist_tol=UINT8_TOL,
-                      force=a.force, settings={**settings, "stand_in": note, "family": family,
-                                                    **({"distances_only": True} if a.distances_only else {})})
+                      force=a.force, settings={**settings, "stand_in": note, "family": family})
     result = run_sweep(task, cfg)
     write_report(a.out, result, score_label="FID", task=task, samplers=specs, print_table=False,
                  extra=paper_tables(result))
