@@ -10,8 +10,9 @@
              by row in that order, so a frame's x_T does not depend on n.
              With ``RolloutStates(fraction=f > 0)`` (state-only PushT policies only), "train" / "val" of n rows are
              the first n - round(n f) frames followed by round(n f) observation windows that the policy itself
-             visits in this package's PushT env (``pusht.pct_data``'s rollout conditions: DDIM-T rollouts of
-             200 steps, ``per_episode`` random chunks per episode) on training seeds ``seed`` + i ("train") and
+             visits in this package's PushT env (a ``rollout_windows`` collector handed in by the caller, e.g.
+             ``pusht.pct_data.rollout_windows``, which ``scripts/train_pct.py`` passes: DDIM-T rollouts of 200
+             steps, ``per_episode`` random chunks per episode) on training seeds ``seed`` + i ("train") and
              ``seed`` + 50000 + i ("val"), disjoint from the evaluation seeds 100000-100199; as PushT's own
              recipe does (half rollout states). Their x_T are drawn from their own seeded stream. The split is
              then fixed by n (its first rows are not those of a smaller n).
@@ -87,8 +88,8 @@ def _check_features(adapter: LerobotDiffusion, features: dict, root) -> None:
 
 def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.PathLike, *,
                 num_steps: int | None = None, seed: int = 0, device: str = "cpu", repo_id: str | None = None,
-                batch_size: int = 256, rollouts: RolloutStates | None = None, rollout_cache=None,
-                progress: bool = True) -> dict:
+                batch_size: int = 256, rollouts: RolloutStates | None = None, rollout_windows=None,
+                rollout_cache=None, progress: bool = True) -> dict:
     """The fields of the lerobot ``Task`` (module doc) of a policy folder (or a ``LerobotDiffusion``) and a
     LeRobotDataset folder.
 
@@ -98,6 +99,9 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
         batch_size: frames encoded per batch (images go through ResNet18).
         rollouts: rollout states in "train" / "val" (module doc); None: none. Raises ValueError when the share is
             above 0 and the policy is not a state-only PushT policy (``envpolicy.EnvPolicy``).
+        rollout_windows: the collector of rollout states, ``f(policy, n, seed, *, num_steps, per_episode, batch,
+            max_steps, rng, progress, cache) -> (n, n_obs_steps, 5)`` raw windows (``pusht.pct_data.rollout_windows``;
+            needed when ``rollouts.fraction`` > 0, else ValueError).
         rollout_cache: a folder keeping each finished batch of rollouts, so an interrupted collection resumes.
     Returns:
         ``dict(name, module, model_fn, scheduler, num_steps, lora_targets, distance, unit, conditions, key,
@@ -120,6 +124,9 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
         except PolicyFolderError as e:
             raise ValueError(f"task.rollouts.fraction={rollouts.fraction} needs a state-only PushT policy that this "
                              f"package's env can drive ({e}); set task.rollouts.fraction=0") from None
+        if rollout_windows is None:
+            raise ValueError("rollout states need a collector: pass rollout_windows=pcm_policy.pusht.pct_data."
+                             "rollout_windows (scripts/train_pct.py does), or set task.rollouts.fraction=0")
     root = Path(dataset)
     if not (root / "meta" / "info.json").is_file():
         raise ValueError(f"{root} is not a LeRobotDataset folder (no meta/info.json); write one with "
@@ -148,17 +155,15 @@ def task_fields(policy: str | os.PathLike | LerobotDiffusion, dataset: str | os.
         return torch.cat(conds) if conds else torch.zeros(0, 0)
 
     def rollout_states(split: str, n: int):  # (cond, x_T) of n windows of the policy's own rollouts
-        from ..pusht.pct_data import TrajDataConfig, _rollout_conditions
-
         key = f"{split}_rollouts_{n}"
         if key not in memo:
-            cfg = TrajDataConfig(num_steps=T, per_episode=rollouts.per_episode, rollout_batch=rollouts.batch,
-                                 max_steps=rollouts.max_steps)
             first = rollouts.seed + (VAL_SEED_OFFSET if split == "val" else 0)
             cache = None if rollout_cache is None else Path(rollout_cache) / split
-            obs = _rollout_conditions(env_policy, n, first, cfg, np.random.default_rng([seed, _SPLIT_INDEX[split]]),
-                                      progress, cache)[0]
-            cond = env_policy.condition(torch.from_numpy(np.stack(obs)).float()).cpu()
+            obs = rollout_windows(env_policy, n, first, num_steps=T, per_episode=rollouts.per_episode,
+                                  batch=rollouts.batch, max_steps=rollouts.max_steps,
+                                  rng=np.random.default_rng([seed, _SPLIT_INDEX[split]]), progress=progress,
+                                  cache=cache)
+            cond = env_policy.condition(torch.as_tensor(obs).float()).cpu()
             g = torch.Generator().manual_seed(seed * 3 + _SPLIT_INDEX[split] + 2_000_033)
             memo[key] = (cond, torch.randn((n, *a.sample_shape), generator=g))
             if cache is not None:  # complete: the caller's store keeps the conditions from here on
@@ -223,11 +228,12 @@ def make_task(policy, dataset, **kw):
     return Task(**task_fields(policy, dataset, **kw))
 
 
-def pct_task(cfg: dict, root) -> tuple:
+def pct_task(cfg: dict, root, *, rollout_windows=None) -> tuple:
     """(Task, store settings, adapter.json extras) of a resolved ``train_pct`` config for ``task=lerobot`` (a plain
     dict: ``task`` = ``configs/task/lerobot.yaml``: ``policy`` and ``dataset`` folders, relative paths under
     ``root``). Raises ValueError for a missing folder (naming the key to set), ``PolicyFolderError`` for a folder
-    that is not a lerobot diffusion policy, ImportError without lerobot."""
+    that is not a lerobot diffusion policy, ImportError without lerobot. ``rollout_windows``: the rollout-state
+    collector (``task_fields``), which ``scripts/train_pct.py`` hands in from the PushT package."""
     from ..training.pct_data import PCTData
 
     t = cfg["task"]
@@ -243,7 +249,7 @@ def pct_task(cfg: dict, root) -> tuple:
     data_path = Path(cfg["data_path"]) if Path(cfg["data_path"]).is_absolute() else Path(root) / cfg["data_path"]
     digest = hashlib.sha256(json.dumps(asdict(rollouts), sort_keys=True).encode()).hexdigest()[:12]
     task = make_task(paths["policy"], paths["dataset"], num_steps=t.get("num_steps"), seed=int(t["seed"]),
-                     batch_size=int(t["batch"]), rollouts=rollouts,
+                     batch_size=int(t["batch"]), rollouts=rollouts, rollout_windows=rollout_windows,
                      rollout_cache=data_path.with_name(f".{data_path.name}.rollouts-{digest}"))
     store = PCTData(n=int(t["n"]), num_steps=task.num_steps, iterates=int(t["iterates"]),
                     val_fraction=float(t["val_fraction"]), chunk=int(t["batch"]), var_n=16,

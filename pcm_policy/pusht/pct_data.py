@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from ..training.pct_data import PCTData
 
-__all__ = ["TrajDataConfig", "TrajDataError", "action_distance", "collect_conditions", "pixel_distance"]
+__all__ = ["TrajDataConfig", "TrajDataError", "action_distance", "collect_conditions", "pixel_distance",
+           "rollout_windows"]
 
 
 class TrajDataError(ValueError):
@@ -178,6 +179,20 @@ def collect_conditions(policy, cfg: TrajDataConfig, demos=None, progress: bool =
     out["obs"] = out["obs"].astype(np.float32)
     out["rollout_seeds"] = {"train": seeds.get(0, []), "val": seeds.get(1, [])}
     return out
+
+
+def rollout_windows(policy, n: int, seed: int, *, num_steps: int = 50, per_episode: int = 8, batch: int = 64,
+                    max_steps: int = 200, rng=None, progress: bool = True, cache: Path | None = None) -> np.ndarray:
+    """``n`` raw observation windows ``(n, n_obs_steps, obs_dim)`` float32 that ``policy`` (anything
+    ``rollout.run_rollouts`` drives) visits under DDIM-``num_steps`` in this package's PushT env on seeds ``seed``,
+    ``seed`` + 1, ...: up to ``per_episode`` random chunks an episode (``rng``: a numpy Generator), ``batch``
+    episodes in lockstep, ``max_steps`` env steps; ``cache`` keeps finished batches for a resume. The lerobot
+    Task's rollout states come from here (injected by ``scripts/train_pct.py``: task packages do not import each
+    other)."""
+    cfg = TrajDataConfig(num_steps=num_steps, per_episode=per_episode, rollout_batch=batch, max_steps=max_steps)
+    rng = np.random.default_rng(0) if rng is None else rng
+    obs = _rollout_conditions(policy, n, seed, cfg, rng, progress, cache)[0]
+    return np.stack(obs).astype(np.float32)
 
 
 def action_distance(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -47,10 +47,13 @@ def test_train_pct_task_lerobot_then_sweep_and_report(tmp_path):
                    "pct.batch_size=4", "pct.training.steps=2", "pct.training.warmup_steps=1",
                    "pct.training.val_every=1", "pct.training.log_every=1", "pct.training.ckpt_every=2",
                    "pct.val.n=2", "pct.val.k_max=1", "pct.tune.k_max=2", "pct.jump.draws=1",
-                   "pct.jump.schedule.jump.positions=[2]", "pct.tune.jump_positions=[2,4]"])
+                   "pct.jump.schedule.jump.positions=[2]", "pct.tune.jump_positions=[2,4]",
+                   "task.rollouts.fraction=0.5", "task.rollouts.max_steps=16", "task.rollouts.per_episode=2",
+                   "task.rollouts.batch=2"])  # half the training rows: the policy's own rollout states (PushT env)
     assert cfg["pct"]["objective"] == "jump" and cfg["pct"]["lora"]["targets"] is None
-    metrics = _script().run(cfg, "test", ROOT)
-    assert "chosen" in metrics
+    metrics = _script().run(cfg, "test", ROOT)  # the script hands the lerobot Task pusht's rollout collector
+    assert "chosen" in metrics and metrics["data"]["task"]["rollouts"]["fraction"] == 0.5
+    assert torch.load(tmp_path / "w" / "trajectories" / "conditions.pt")["cond"].shape[0] == 8
 
     task = make_task(tmp_path / "policy", tmp_path / "data", seed=1)
     spec, meta = load_adapter_folder(task.module, tmp_path / "out")

@@ -84,12 +84,15 @@ def test_bad_dataset(tmp_path):
 def test_rollout_states_are_windows_of_the_policys_own_rollouts(tmp_path):
     from pcm_policy.lerobot.envpolicy import EnvPolicy
     from pcm_policy.lerobot.task import RolloutStates
+    from pcm_policy.pusht.pct_data import rollout_windows
     from pcm_policy.pusht.rollout import run_rollouts
 
     save_policy(build_policy("DDIM", 16, 10), tmp_path / "policy")
     data = write_dataset(tmp_path / "data")
     ro = RolloutStates(fraction=0.5, per_episode=2, batch=2, max_steps=16)  # 2 chunks an episode, both kept
-    f = task_fields(tmp_path / "policy", data, seed=1, rollouts=ro, progress=False)
+    with pytest.raises(ValueError, match="rollout states need a collector"):
+        task_fields(tmp_path / "policy", data, rollouts=ro)
+    f = task_fields(tmp_path / "policy", data, seed=1, rollouts=ro, rollout_windows=rollout_windows, progress=False)
     cond, x_T = f["conditions"]("train", 8)
     frames, fx = task_fields(tmp_path / "policy", data, seed=1)["conditions"]("train", 4)
     assert cond.shape == (8, frames.shape[1]) and torch.equal(cond[:4], frames) and torch.equal(x_T[:4], fx)
@@ -102,7 +105,8 @@ def test_rollout_states_are_windows_of_the_policys_own_rollouts(tmp_path):
     assert not any(torch.equal(c, fr) for c in cond[4:] for fr in frames)
     val, _ = f["conditions"]("val", 4)  # its rollout rows come from seeds 450000 on
     assert not any((seen - c).abs().amax(-1).min() < 1e-6 for c in val[2:])
-    again = task_fields(tmp_path / "policy", data, seed=1, rollouts=ro, progress=False)
+    again = task_fields(tmp_path / "policy", data, seed=1, rollouts=ro, rollout_windows=rollout_windows,
+                        progress=False)
     assert torch.equal(again["conditions"]("train", 8)[0], cond) and f["key"]["rollouts"]["fraction"] == 0.5
     assert "rollouts" not in task_fields(tmp_path / "policy", data, seed=1)["key"]  # fraction 0: the old store key
 
