@@ -90,6 +90,9 @@ def command_of(path: Path) -> str:
     script = next((s for key, s in SCRIPT_OF.items() if key in json_path.name), None)
     if isinstance(d.get("command"), str):
         return d["command"]
+    if isinstance(d.get("args"), dict) and "per_task" in d:  # eval_accelerated.py's eval_info.json (lerobot's loop)
+        args = dict(d["args"])
+        return f"python scripts/lerobot/eval_accelerated.py {args.pop('checkpoint', '')} {flags(args)}"
     if isinstance(d.get("args"), dict):
         return f"python scripts/rollout.py {flags(d['args'])}"
     if isinstance(d.get("settings"), dict) and d["settings"].get("family") and "sweep" in json_path.name:
