@@ -60,8 +60,8 @@ def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
     check_divisible(cfg["pct"]["batch_size"], "pct.batch_size", env_world_size())  # before any work
     init_from_env("cpu")  # torchrun: join the process group (one process: nothing)
     kw = {}
-    if cfg["task"]["name"] == "lerobot" and (cfg["task"].get("rollouts") or {}).get("fraction", 0) > 0:
-        from pcm_policy.pusht.pct_data import rollout_windows  # this package's PushT env drives the lerobot policy
+    if cfg["task"]["name"] == "lerobot":  # its rollout states (if its config asks for them) come from PushT's env
+        from pcm_policy.pusht.pct_data import rollout_windows
 
         kw["rollout_windows"] = rollout_windows
     task, data, extra = importlib.import_module(TASKS[cfg["task"]["name"]]).pct_task(cfg, root, **kw)
