@@ -28,7 +28,6 @@ do not match the policy, ImportError without lerobot.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -234,7 +233,7 @@ def pct_task(cfg: dict, root, *, rollout_windows=None) -> tuple:
     ``root``). Raises ValueError for a missing folder (naming the key to set), ``PolicyFolderError`` for a folder
     that is not a lerobot diffusion policy, ImportError without lerobot. ``rollout_windows``: the rollout-state
     collector (``task_fields``), which ``scripts/train_pct.py`` hands in from the PushT package."""
-    from ..training.pct_data import PCTData
+    from ..training.pct_data import PCTData, rollout_cache
 
     t = cfg["task"]
     paths = {}
@@ -246,11 +245,9 @@ def pct_task(cfg: dict, root, *, rollout_windows=None) -> tuple:
         if not paths[name].is_dir():
             raise ValueError(f"task.{name}={t[name]}: no such folder")
     rollouts = RolloutStates(**(t.get("rollouts") or {}))
-    data_path = Path(cfg["data_path"]) if Path(cfg["data_path"]).is_absolute() else Path(root) / cfg["data_path"]
-    digest = hashlib.sha256(json.dumps(asdict(rollouts), sort_keys=True).encode()).hexdigest()[:12]
     task = make_task(paths["policy"], paths["dataset"], num_steps=t.get("num_steps"), seed=int(t["seed"]),
                      batch_size=int(t["batch"]), rollouts=rollouts, rollout_windows=rollout_windows,
-                     rollout_cache=data_path.with_name(f".{data_path.name}.rollouts-{digest}"))
+                     rollout_cache=rollout_cache(cfg["data_path"], root, asdict(rollouts)))
     store = PCTData(n=int(t["n"]), num_steps=task.num_steps, iterates=int(t["iterates"]),
                     val_fraction=float(t["val_fraction"]), chunk=int(t["batch"]), var_n=16,
                     cache_bytes=float(t["cache_bytes"]), draw_chunk=int(t["batch"]) * 8)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import asdict, dataclass
 
@@ -121,6 +120,7 @@ def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
     missing base checkpoint (naming how to make one) and CheckpointError / TrajDataError."""
     from pathlib import Path
 
+    from ..training.pct_data import rollout_cache
     from .checkpoint import load_policy
 
     base = Path(cfg["base"]) if Path(cfg["base"]).is_absolute() else Path(root) / cfg["base"]
@@ -130,10 +130,8 @@ def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
     data = TrajDataConfig(**cfg["pct"]["data"])
     demos = Path(cfg["task"]["dataset"])
     demos = demos if demos.is_absolute() else Path(root) / demos
-    store = Path(cfg["data_path"]) if Path(cfg["data_path"]).is_absolute() else Path(root) / cfg["data_path"]
-    digest = hashlib.sha256(json.dumps([asdict(data), str(demos)], sort_keys=True).encode()).hexdigest()[:12]
     task = make_task(load_policy(base), data=data, demos=demos, num_steps=data.num_steps,
-                     rollout_cache=store.with_name(f".{store.name}.rollouts-{digest}"))
+                     rollout_cache=rollout_cache(cfg["data_path"], root, [asdict(data), str(demos)]))
     return task, data.pct_data(), {"base": str(base)}
 
 

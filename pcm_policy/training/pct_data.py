@@ -18,6 +18,7 @@ rows; each written atomically, so an interrupted run resumes at the first missin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -58,6 +59,15 @@ class PCTData:
         if min(self.n, self.num_steps, self.iterates, self.chunk) < 1 or not 0 <= self.val_fraction < 1:
             raise PCTDataError(f"bad trajectory data settings {self}: n, num_steps, iterates and chunk must be >= 1 "
                                "and val_fraction in [0, 1)")
+
+
+def rollout_cache(data_path: str | Path, root: str | Path, settings) -> Path:
+    """The folder beside the trajectory store ``data_path`` (relative paths under ``root``) where a task keeps the
+    finished rollout batches of its conditions while they are collected, so an interrupted collection resumes:
+    ``.<store name>.rollouts-<12 hex of sha256(settings as sorted JSON)>``; other settings never reuse it."""
+    store = Path(data_path) if Path(data_path).is_absolute() else Path(root) / data_path
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return store.with_name(f".{store.name}.rollouts-{digest}")
 
 
 def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
