@@ -26,7 +26,14 @@ import torch.multiprocessing as mp
 from helpers import default_sigint
 
 from pcm_policy.training import Interrupted, LoopConfig, train
-from pcm_policy.training.distributed import DistributedError, rank_rng, shard_and_gather, shard_batch
+from pcm_policy.training.distributed import (
+    DistributedError,
+    rank_rng,
+    shard_and_gather,
+    shard_batch,
+    sigterm_held,
+    sigterm_says,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, BATCH, T, K = 6, 4, 4, 3
@@ -105,13 +112,32 @@ def _scenario_misc(run_dir, rank):
     return gathered, None
 
 
+def _scenario_sigterm(rank):
+    """SIGTERM (what torchrun sends) arrives inside ``sigterm_held``: the stop waits for the block's end, so its
+    line describes what the block recorded. Returns (exit code, the states the line described, the records)."""
+    import signal
+    import time
+
+    records, described = ["state written"], []
+    try:
+        with sigterm_says(lambda: described.append(records[-1]) or records[-1]):
+            with sigterm_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # the Python handler has run by now (it runs between bytecodes)
+                records.append("state recorded")
+            records.append("past the block")
+    except SystemExit as e:
+        return e.code, described, records
+    return None, described, records
+
+
 def _worker(rank, world, init, out, name, kwargs):
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
                              timeout=datetime.timedelta(seconds=60))
     try:
-        fn = {"fit": _pct_fit, "misc": _scenario_misc}[name]
-        result = fn(**kwargs, rank=rank) if name == "misc" else fn(**kwargs)
+        fn = {"fit": _pct_fit, "misc": _scenario_misc, "sigterm": _scenario_sigterm}[name]
+        result = fn(**kwargs, rank=rank) if name in ("misc", "sigterm") else fn(**kwargs)
     except Exception as e:  # noqa: BLE001 - reported to the test
         result = ("error", type(e).__name__, str(e), traceback.format_exc())
     torch.save(result, f"{out}.{rank}")
@@ -166,6 +192,13 @@ def test_train_policy_refuses_a_batch_the_process_count_does_not_divide(tmp_path
     with pytest.raises(ValueError, match="batch_size 7 is not divisible by the 2 processes"):
         train_policy(cfg, "test", ROOT)
     assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_inside_a_held_block_stops_at_its_end_and_names_what_it_recorded(tmp_path):
+    # the training loop holds SIGTERM from writing state.pt to recording its step: a stop in between once named
+    # the step before the one on disk (CI, stop 30)
+    for code, described, records in spawn(tmp_path, "sigterm"):
+        assert (code, described, records) == (143, ["state recorded"], ["state written", "state recorded"])
 
 
 @pytest.mark.slow
@@ -306,7 +339,7 @@ def test_under_torchrun_a_killed_rank_stops_the_run_with_one_line_and_one_proces
              if x.startswith(("error: rank ", "rank ")) and any(w in x for w in said)]
     assert lines, err[-3000:]
     step = int(torch.load(tmp_path / "run/state.pt", weights_only=True)["step"])
-    assert f"the last saved state is step {step} ({tmp_path / 'run' / 'state.pt'})" in lines[0]
+    assert f"the last saved state is step {step} ({tmp_path / 'run' / 'state.pt'})" in lines[0], (step, lines)
     q = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     first = [q.stdout.readline() for _ in range(2)]

@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 __all__ = ["DistributedError", "all_ok", "average_gradients", "broadcast_params", "check_divisible", "check_same",
            "env_world_size", "init_from_env", "is_main", "rank", "rank_rng", "shard_and_gather", "shard_batch",
-           "shutdown", "sigterm_says", "sync_rng", "world_size"]
+           "shutdown", "sigterm_held", "sigterm_says", "sync_rng", "world_size"]
 
 
 class DistributedError(RuntimeError):
@@ -225,25 +225,49 @@ def broadcast_params(params: Sequence[torch.Tensor]) -> None:
             _collective(dist.broadcast, p.data, 0)
 
 
+_sigterm = {"held": 0, "pending": None}  # sigterm_held's depth; the stop it deferred (a callable), if any
+
+
 @contextlib.contextmanager
 def sigterm_says(message: Callable[[], str]):
     """While the block runs (several processes, main thread): SIGTERM, which ``torchrun`` sends every rank when
     one fails, prints ``message()`` as one line on stderr and raises SystemExit(143) (files being written are
-    left whole: atomic writes), instead of dying without a word. One process: nothing changes."""
+    left whole: atomic writes), instead of dying without a word. Inside ``sigterm_held`` it waits for the end
+    of that block, so ``message()`` never describes a state half recorded. One process: nothing changes."""
     if world_size() == 1 or threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum, frame):
+    def stop():
         print(f"\nrank {rank()} of {world_size()}: stopped by SIGTERM (torchrun stops every process when one fails: "
               f"its report names the first); {message()}", file=sys.stderr, flush=True)
         raise SystemExit(143)
+
+    def handler(signum, frame):
+        if _sigterm["held"]:
+            _sigterm["pending"] = stop
+        else:
+            stop()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def sigterm_held():
+    """Run the block whole: a SIGTERM that ``sigterm_says`` handles during it takes effect when it ends (e.g.
+    between writing a state file and recording that it was written). Nests; elsewhere a no-op."""
+    _sigterm["held"] += 1
+    try:
+        yield
+    finally:
+        _sigterm["held"] -= 1
+        if not _sigterm["held"] and _sigterm["pending"] is not None:
+            stop, _sigterm["pending"] = _sigterm["pending"], None
+            stop()
 
 
 @contextlib.contextmanager

@@ -226,9 +226,10 @@ def _train(model, loss_fn, batches, cfg: LoopConfig, run_dir: Path, save_fn, val
                  "rng": torch.get_rng_state() if rng is None else rng}
         if ema is not None:
             state["ema"] = ema.state_dict()
-        with atomic_path(state_path) as tmp:
-            torch.save(state, tmp)
-        saved.append(f"step {step} ({state_path})")
+        with dist.sigterm_held():  # torchrun's SIGTERM waits until the state is both written and recorded
+            with atomic_path(state_path) as tmp:
+                torch.save(state, tmp)
+            saved.append(f"step {step} ({state_path})")
         was = model.training
         model.eval()
         with averaged() as m:
