@@ -114,7 +114,10 @@ def _scenario_misc(run_dir, rank):
 
 def _scenario_sigterm(rank):
     """SIGTERM (what torchrun sends) arrives inside ``sigterm_held``: the stop waits for the block's end, so its
-    line describes what the block recorded. Returns (exit code, the states the line described, the records)."""
+    line describes what the block recorded; after a stop's line, a held block (a state write) is refused even
+    when the stop's SystemExit was swallowed. Returns (exit code, the refusal's code, the states the line
+    described, the records)."""
+    import contextlib
     import signal
     import time
 
@@ -127,8 +130,17 @@ def _scenario_sigterm(rank):
                 records.append("state recorded")
             records.append("past the block")
     except SystemExit as e:
-        return e.code, described, records
-    return None, described, records
+        code = e.code
+    with sigterm_says(lambda: "the last saved state is ..."):  # the stop's SystemExit swallowed (in a finalizer)
+        with contextlib.suppress(SystemExit):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        try:
+            with sigterm_held():
+                records.append("written after the line")
+        except SystemExit as e:
+            return code, e.code, described, records
+    return code, None, described, records
 
 
 def _worker(rank, world, init, out, name, kwargs):
@@ -197,8 +209,8 @@ def test_train_policy_refuses_a_batch_the_process_count_does_not_divide(tmp_path
 def test_sigterm_inside_a_held_block_stops_at_its_end_and_names_what_it_recorded(tmp_path):
     # the training loop holds SIGTERM from writing state.pt to recording its step: a stop in between once named
     # the step before the one on disk (CI, stop 30)
-    for code, described, records in spawn(tmp_path, "sigterm"):
-        assert (code, described, records) == (143, ["state recorded"], ["state written", "state recorded"])
+    for result in spawn(tmp_path, "sigterm"):
+        assert result == (143, 143, ["state recorded"], ["state written", "state recorded"])
 
 
 @pytest.mark.slow

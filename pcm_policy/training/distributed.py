@@ -225,7 +225,7 @@ def broadcast_params(params: Sequence[torch.Tensor]) -> None:
             _collective(dist.broadcast, p.data, 0)
 
 
-_sigterm = {"held": 0, "pending": None}  # sigterm_held's depth; the stop it deferred (a callable), if any
+_sigterm = {"held": 0, "pending": None, "said": False}  # sigterm_held's depth; the stop it deferred; line printed
 
 
 @contextlib.contextmanager
@@ -239,6 +239,7 @@ def sigterm_says(message: Callable[[], str]):
         return
 
     def stop():
+        _sigterm["said"] = True
         print(f"\nrank {rank()} of {world_size()}: stopped by SIGTERM (torchrun stops every process when one fails: "
               f"its report names the first); {message()}", file=sys.stderr, flush=True)
         raise SystemExit(143)
@@ -254,12 +255,17 @@ def sigterm_says(message: Callable[[], str]):
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _sigterm.update(pending=None, said=False)
 
 
 @contextlib.contextmanager
 def sigterm_held():
     """Run the block whole: a SIGTERM that ``sigterm_says`` handles during it takes effect when it ends (e.g.
-    between writing a state file and recording that it was written). Nests; elsewhere a no-op."""
+    between writing a state file and recording that it was written). Nests; elsewhere a no-op. After the stop's
+    line was printed it raises SystemExit(143) at once (a SystemExit raised inside a finalizer is swallowed, and
+    the state the line named must stay the last one written)."""
+    if _sigterm["said"]:
+        raise SystemExit(143)
     _sigterm["held"] += 1
     try:
         yield
