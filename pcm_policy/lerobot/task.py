@@ -251,4 +251,4 @@ def pct_task(cfg: dict, root, *, rollout_windows=None) -> tuple:
     store = PCTData(n=int(t["n"]), num_steps=task.num_steps, iterates=int(t["iterates"]),
                     val_fraction=float(t["val_fraction"]), chunk=int(t["batch"]), var_n=16,
                     cache_bytes=float(t["cache_bytes"]), draw_chunk=int(t["batch"]) * 8)
-    return task, store, {"base": str(paths["policy"]), "dataset": str(paths["dataset"])}
+    return task, store, {"base": str(t["policy"]), "dataset": str(t["dataset"])}  # as given: no machine's root
