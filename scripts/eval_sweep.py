@@ -62,9 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"comma list of {', '.join(NAMES + SWEEP_PEERS)} (default: {', '.join(NAMES)})")
     p.add_argument("--ks", default=",".join(map(str, KS)), help="iteration budgets k")
     p.add_argument("--score-ks", default=None, help="the ks whose rollouts (scores) are run (default: all)")
-    p.add_argument("--score-samplers", default="ddim,ddim-k,picard,taa,pcm",
-                   help="samplers whose rollouts are run (default: all but newton, whose T sequential JVPs per "
-                        "iteration make it a distance-only reference curve)")
+    p.add_argument("--score-samplers", default=None,
+                   help="samplers whose rollouts are run (default: every one of --samplers but newton, whose T "
+                        "sequential JVPs per iteration make it a distance-only reference curve)")
     p.add_argument("--seed", type=int, default=100000, help="first episode seed (evaluation set: 100000)")
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=200)
@@ -92,7 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.exit(2, f"error: --ks and --score-ks must be comma lists of integers ({e})\n")
     a.samplers_given = a.samplers is not None
     a.samplers = ",".join(NAMES) if a.samplers is None else a.samplers
-    a.samplers, a.score_samplers = list(dict.fromkeys(a.samplers.split(","))), a.score_samplers.split(",")
+    a.samplers = list(dict.fromkeys(a.samplers.split(",")))
+    a.score_samplers = ([s for s in a.samplers if s != "newton"] if a.score_samplers is None
+                        else a.score_samplers.split(","))
     bad = [s for s in a.samplers if s not in NAMES + SWEEP_PEERS]
     errors = [(bad, f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES + SWEEP_PEERS)}"),
               (min(a.episodes, a.max_steps, a.num_steps, a.distance_conditions, a.threads, a.jobs) < 1,

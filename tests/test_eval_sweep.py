@@ -183,3 +183,17 @@ def test_parallel_jobs_give_the_serial_results(ckpt, tmp_path):
     drop = ("median_latency_s",)  # wall clock differs
     assert ({s: [{k: v for k, v in row.items() if k not in drop} for row in rows] for s, rows in par.items()}
             == {s: [{k: v for k, v in row.items() if k not in drop} for row in rows] for s, rows in serial.items()})
+
+
+def test_score_samplers_default_to_every_given_sampler_but_newton():
+    """Peers named in --samplers are scored unless --score-samplers says otherwise (they used to be distance-only
+    unless listed again); newton stays a distance-only curve."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_sweep_script", ROOT / "scripts/eval_sweep.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.parse_args(["--samplers", "ddim-k,dpmsolver++,srds,newton"]).score_samplers == [
+        "ddim-k", "dpmsolver++", "srds"]
+    assert script.parse_args(["--samplers", "taa,pcm", "--score-samplers", "taa"]).score_samplers == ["taa"]
+    assert script.parse_args([]).score_samplers == [s for s in script.NAMES if s != "newton"]
