@@ -39,7 +39,7 @@ def run(cfg: dict, command: str, root: Path = ROOT) -> dict:
     config = {k: v for k, v in cfg.items() if k not in ("threads", "force", "out", "run_dir", "work_dir")}
     return run_consistency(task, cfg["cd"], data, out=resolve(cfg["out"]), run_dir=resolve(cfg["run_dir"]),
                            command=command, config=config, force=bool(cfg.get("force")), val=val,
-                           extra={"base": str(resolve(cfg["base"]))})
+                           extra={"base": str(cfg["base"])})  # as given: no machine's root
 
 
 @hydra.main(config_path="../configs", config_name="train_consistency", version_base="1.3")

@@ -132,7 +132,7 @@ def pct_task(cfg: dict, root) -> tuple[Task, PCTData, dict]:
     demos = demos if demos.is_absolute() else Path(root) / demos
     task = make_task(load_policy(base), data=data, demos=demos, num_steps=data.num_steps,
                      rollout_cache=rollout_cache(cfg["data_path"], root, [asdict(data), str(demos)]))
-    return task, data.pct_data(), {"base": str(base)}
+    return task, data.pct_data(), {"base": str(cfg["base"])}  # as given: no machine's root
 
 
 def cd_task(cfg: dict, root) -> tuple[Task, dict, tuple]:
