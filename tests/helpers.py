@@ -1,6 +1,23 @@
-"""Checks shared by several test files."""
+"""Checks and loaders shared by several test files."""
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (``name`` e.g. "rollout", "vision/generate", "lerobot/probe"), executed
+    afresh and registered in ``sys.modules`` as ``script_<name>`` (dataclasses look their module up there)."""
+    mod_name = "script_" + name.replace("/", "_")
+    spec = importlib.util.spec_from_file_location(mod_name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def assert_jvp_matches_finite_difference(model, x, t, c, eps=1e-6):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 from pcm_policy.evaluation.latency import (
     batch_cost_curve,
@@ -127,9 +128,4 @@ def test_batches_side_by_side_rows_and_cli():
 
 
 def _bench_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_samplers_cli", ROOT / "scripts/bench_samplers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_samplers")

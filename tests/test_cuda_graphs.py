@@ -3,18 +3,13 @@ it is offered; on a CUDA machine (skipped here when none is visible) graphed sam
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import load_script
 
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
 from pcm_policy.pusht.rollout import run_rollouts
 from pcm_policy.sampling import TAA, CudaGraphs, Jump, SamplerSpec, make_sampler
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_policy(device="cpu") -> DiffusionPolicy:
@@ -66,18 +61,10 @@ def test_bad_settings_and_widths():
     assert [g.width(n) for n in (1, 8, 9, 51, 60)] == [8, 8, 51, 51, 60]
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_scripts_take_the_flag_and_refuse_bad_settings(capsys):
-    rollout = _load_script("rollout")
+    rollout = load_script("rollout")
     assert rollout.parse_args(["--sampler", "ddim", "--cuda-graphs"]).cuda_graphs
-    bench = _load_script("bench_graphs")
+    bench = load_script("bench_graphs")
     for bad in (["--models", "pusht,imagenet"], ["--ks", "picard=10"], ["--repeats", "0"]):
         with pytest.raises(SystemExit) as e:
             bench.parse_args(bad)
@@ -88,7 +75,7 @@ def test_scripts_take_the_flag_and_refuse_bad_settings(capsys):
 @pytest.mark.slow
 def test_bench_graphs_runs_on_cpu(tmp_path):
     """The GPU check's script runs end to end on a CPU (graphs a no-op: zero difference, nothing captured)."""
-    bench = _load_script("bench_graphs")
+    bench = load_script("bench_graphs")
     out = tmp_path / "g.json"
     assert bench.main(["--models", "pusht", "--repeats", "1", "--conds", "1", "--out", str(out)]) == 0
     import json

@@ -17,7 +17,6 @@ and every logged whole-batch loss within 1e-4 relative (measured 2e-7); the imag
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import os
 import signal
@@ -31,19 +30,12 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
-from helpers import default_sigint
+from helpers import default_sigint, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 START = "fork" if sys.platform == "linux" else "spawn"  # as test_training_distributed: the parent's imports
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
-def _script(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def contents(folder: Path) -> dict:
@@ -81,13 +73,13 @@ def test_train_pct_refuses_a_batch_the_process_count_does_not_divide_before_any_
             f"base={tmp_path / 'no_base_needed'}"]), resolve=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"^pct.batch_size 3 is not divisible by the 2 processes; choose"):
-        _script("scripts/train_pct.py").run(cfg, "test")
+        load_script("train_pct").run(cfg, "test")
     assert not (tmp_path / "work").exists()
 
 
 def test_train_model_refuses_a_batch_the_process_count_does_not_divide_before_any_work(tmp_path, monkeypatch,
                                                                                        capsys):
-    main = _script("scripts/vision/train_model.py").main
+    main = load_script("vision/train_model").main
     monkeypatch.setenv("WORLD_SIZE", "3")  # the ldm preset's autoencoder batch is 16
     assert main(["--family", "ldm", "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()

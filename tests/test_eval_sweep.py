@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 
 from pcm_policy.evaluation.report import write_report
 from pcm_policy.evaluation.sweep import SweepConfig, run_sweep
@@ -188,11 +189,7 @@ def test_parallel_jobs_give_the_serial_results(ckpt, tmp_path):
 def test_score_samplers_default_to_every_given_sampler_but_newton():
     """Peers named in --samplers are scored unless --score-samplers says otherwise (they used to be distance-only
     unless listed again); newton stays a distance-only curve."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("eval_sweep_script", ROOT / "scripts/eval_sweep.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("eval_sweep")
     assert script.parse_args(["--samplers", "ddim-k,dpmsolver++,srds,newton"]).score_samplers == [
         "ddim-k", "dpmsolver++", "srds"]
     assert script.parse_args(["--samplers", "taa,pcm", "--score-samplers", "taa"]).score_samplers == ["taa"]

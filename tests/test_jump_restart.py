@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 from test_sampling import MLPDenoiser, T, close, ddim, inputs
 
 from pcm_policy.sampling import TAA, Jump, SamplerSpec, linear_schedule, sample_pcm, sample_sequential, step_grid
@@ -106,13 +107,7 @@ def test_shipped_policy_with_the_restart_at_tol0_is_ddim50():
 
 
 def test_rollout_flag_sets_the_restart_and_refuses_bad_positions(capsys):
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("rollout_cli", ROOT / "scripts/rollout.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rollout_cli"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_script("rollout")
     assert mod.parse_args(["--sampler", "pcm", "--jump-restart-from", "25"]).jump_restart_from == 25
     with pytest.raises(SystemExit) as e:
         mod.parse_args(["--sampler", "pcm", "--jump-restart-from", "50"])

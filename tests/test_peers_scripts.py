@@ -1,21 +1,11 @@
 """scripts/peers_paired.py (paired rows from a sweep cache and rollout files), peers_pareto.front and the
 distribution script's refusal of evaluation seeds."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from helpers import load_script
 
 
 def _detail(scores):
@@ -43,7 +33,7 @@ def sweep(tmp_path):
 def test_paired_rows_against_the_reference_and_pcm(sweep, capsys):
     tmp, ref = sweep
     out = tmp / "paired.json"
-    rc = _script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "roll.json"),
+    rc = load_script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "roll.json"),
                                        "--out", str(out), "--markdown"])
     assert rc == 0
     res = json.loads(out.read_text())
@@ -60,7 +50,7 @@ def test_paired_rows_against_the_reference_and_pcm(sweep, capsys):
 def test_paired_from_an_earlier_output_pairs_new_rollouts_with_its_rows(sweep):
     """--paired: the full rows of an earlier output (not its rows on fewer seeds), new --rollouts paired with them."""
     tmp, _ = sweep
-    script = _script("peers_paired")
+    script = load_script("peers_paired")
     assert script.main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "roll.json"),
                         "--out", str(tmp / "first.json")]) == 0
     first = {(r["sampler"], r["k"]): r for r in json.loads((tmp / "first.json").read_text())["rows"]}
@@ -78,21 +68,21 @@ def test_paired_from_an_earlier_output_pairs_new_rollouts_with_its_rows(sweep):
 
 def test_paired_refuses_a_missing_cache_and_foreign_seeds(sweep, capsys):
     tmp, _ = sweep
-    assert _script("peers_paired").main(["--sweep-out", str(tmp / "nothing")]) == 2
+    assert load_script("peers_paired").main(["--sweep-out", str(tmp / "nothing")]) == 2
     roll = json.loads((tmp / "roll.json").read_text())
     roll["episodes"][0]["seed"] = 7
     (tmp / "roll.json").write_text(json.dumps(roll))
-    assert _script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "roll.json")]) == 2
+    assert load_script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "roll.json")]) == 2
     assert "seeds outside" in capsys.readouterr().err
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():
-    front = _script("peers_pareto").front
+    front = load_script("peers_pareto").front
     assert front([(1, 0.2), (2, 0.1), (2, 0.6), (3, 0.5), (50, 0.9)]) == [(1, 0.2), (2, 0.6), (50, 0.9)]
 
 
 def test_distribution_refuses_evaluation_seeds(capsys):
-    assert _script("peers_distribution").main(["--states", "100003"]) == 2
+    assert load_script("peers_distribution").main(["--states", "100003"]) == 2
     assert "evaluation seeds" in capsys.readouterr().err
 
 
@@ -104,11 +94,11 @@ def test_paired_rollout_without_k(sweep, capsys):
     roll["sampler"] = {"name": "ddim", "k": None, "num_steps": 10}
     (tmp / "ddim10.json").write_text(json.dumps(roll))
     out = tmp / "paired.json"
-    assert _script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "ddim10.json"),
+    assert load_script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "ddim10.json"),
                                          "--out", str(out)]) == 0
     assert ("ddim", 10) in {(r["sampler"], r["k"]) for r in json.loads(out.read_text())["rows"]}
     roll["sampler"] = {"name": "taa", "k": None, "num_steps": 50}
     (tmp / "taa.json").write_text(json.dumps(roll))
-    assert _script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "taa.json")]) == 2
+    assert load_script("peers_paired").main(["--sweep-out", str(tmp / "sw"), "--rollouts", str(tmp / "taa.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rerun it with --k" in err

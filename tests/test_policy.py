@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 
 from pcm_policy.pusht.checkpoint import CheckpointError, load_policy, save_policy
 from pcm_policy.pusht.policy import DiffusionPolicy, PolicyConfig
@@ -228,7 +229,7 @@ def test_rollout_time_budget_and_per_sample_iterations():
 
 
 @pytest.mark.slow
-def test_smoke_training_and_rollout_script(tmp_path):
+def test_smoke_training_and_rolloutload_script(tmp_path):
     from pcm_policy.data import ReplayBuffer
 
     src = ReplayBuffer.open(ROOT / "data/pusht_expert.zarr")
@@ -318,22 +319,12 @@ def test_other_scripts_bad_numbers_exit_2_with_one_line(script, args, msg, capsy
 def run_main(name: str, args: list[str], capsys) -> tuple[int, str]:
     """(exit status, stderr) of ``scripts/<name>.py``'s ``main(args)`` run in this process."""
     try:
-        rc = _script(name).main(args)
+        rc = load_script(name).main(args)
     except SystemExit as e:  # argparse's errors and scripts that exit with a message
         rc = e.code if isinstance(e.code, int) else (2 if e.code else 0)
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
     return rc, capsys.readouterr().err
-
-
-def _script(name: str):
-    """A script as a module (its parse_args, in this process: no subprocess)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name.replace('/', '_')}", ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -351,7 +342,7 @@ def _script(name: str):
 def test_rollout_settings_and_output_paths_are_checked_before_any_work(args, msg, capsys):
     """Refused in parse_args, before a policy is loaded or an episode runs: one line, exit 2."""
     with pytest.raises(SystemExit) as e:
-        _script("rollout").parse_args(args)
+        load_script("rollout").parse_args(args)
     err = capsys.readouterr().err
     assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
 
@@ -359,7 +350,7 @@ def test_rollout_settings_and_output_paths_are_checked_before_any_work(args, msg
 def test_threads_are_capped_at_the_cores_and_said(capsys):
     from pcm_policy.device import available_cores, check_threads
 
-    a = _script("rollout").parse_args(["--sampler", "ddim", "--threads", "64"])
+    a = load_script("rollout").parse_args(["--sampler", "ddim", "--threads", "64"])
     assert a.threads == min(64, available_cores())
     if available_cores() < 64:
         assert f"--threads 64 capped at {available_cores()}" in capsys.readouterr().err
@@ -373,9 +364,9 @@ def test_writers_refuse_tracked_files_before_any_work(tmp_path, capsys):
     """bench_samplers --out and generate --out into results/ (their own help suggested it) need --force; the
     check runs before the benchmark or the model load."""
     with pytest.raises(SystemExit) as e:
-        _script("bench_samplers").parse(["--size", "small", "--out", "results/bench_samplers_eager.json"])
+        load_script("bench_samplers").parse(["--size", "small", "--out", "results/bench_samplers_eager.json"])
     assert e.value.code == 2 and "tracked by git" in capsys.readouterr().err
-    gen = _script("vision/generate")
+    gen = load_script("vision/generate")
     assert gen.main(["--out", "results/anytime", "--num-samples", "1"]) == 2
     assert "tracked by git" in capsys.readouterr().err
     assert gen.main(["--out", str(ROOT / "README.md" / "x"), "--num-samples", "1"]) == 2
@@ -395,7 +386,7 @@ def test_every_writer_checks_its_output_before_any_work(script, call, argv, msg,
     """One guard for every writer: a file git tracks is replaced only with --force, and a path that cannot be
     written is refused, before any work."""
     with pytest.raises(SystemExit) as e:
-        getattr(_script(script), call)(argv)
+        getattr(load_script(script), call)(argv)
     assert e.value.code == 2 and msg in capsys.readouterr().err
 
 

@@ -1,13 +1,12 @@
 """Video writing (mp4 / gif), atomic writes and captions."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import imageio.v2 as imageio_v2
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from helpers import load_script
 
 from envs.pusht import PushTEnv
 from envs.pusht.video import caption, write_video
@@ -99,14 +98,6 @@ def test_caption_adds_a_text_strip():
         caption(frame, "x", where="left")
 
 
-def _render_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "render_episode.py"
-    spec = importlib.util.spec_from_file_location("render_episode_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_render_episode_replays_a_stored_episode(tmp_path, capsys):
     # A tiny store: 6 steps from the reset of seed 11 (legacy=True, as its summary says).
     env = PushTEnv(legacy=True, render_mode=None)
@@ -121,7 +112,7 @@ def test_render_episode_replays_a_stored_episode(tmp_path, capsys):
     buf.add_episode({"action": actions, "state": np.float32(states)}, meta={"seed": 11})
     (tmp_path / "tiny.json").write_text(json.dumps({"legacy": True}))
 
-    script = _render_script()
+    script = load_script("render_episode")
     mp4, gif = tmp_path / "v" / "a.mp4", tmp_path / "v" / "a.gif"
     assert script.main(["--zarr", str(store), "--episode", "0", "--out", f"{mp4},{gif}", "--size", "64"]) == 0
     out, err = capsys.readouterr()

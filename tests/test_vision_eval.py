@@ -4,7 +4,6 @@ one-line errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 from PIL import Image
 from vision_helpers import ldm_dir, sd_dir, with_random_lora  # noqa: F401 (fixtures)
 
@@ -24,10 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"vision_{name}", ROOT / f"scripts/vision/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"vision/{name}")
 
 
 celeba, sd = _script("eval_celeba"), _script("eval_sd")
@@ -94,7 +91,6 @@ def test_distances_only_skips_the_image_metrics_and_the_manifest_names_the_comma
                                                                                   capsys):
     """``--distances-only``: latent RMSE rows, no score (no Inception, and a user's model needs no --reference);
     the manifest rebuilds evaluate.py's own command line from the sweep.json it wrote."""
-    import importlib.util
 
     adapter = _adapter(ldm_dir, tmp_path / "adapter", Switch(0, 0))
     out = tmp_path / "out"
@@ -107,9 +103,7 @@ def test_distances_only_skips_the_image_metrics_and_the_manifest_names_the_comma
     rows = [r for rows in res["results"].values() for r in rows]
     assert len(rows) == 6 and all(r["score"] is None and r["distance"] >= 0 for r in rows)
     assert "done in" in capsys.readouterr().out
-    spec = importlib.util.spec_from_file_location("results_manifest", ROOT / "scripts/results_manifest.py")
-    manifest = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(manifest)
+    manifest = load_script("results_manifest")
     cmd = manifest.vision_command(res["settings"])
     assert cmd.startswith("python scripts/vision/evaluate.py --family ldm --model ")
     assert cmd.endswith("--distances-only")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 from PIL import Image
 from vision_helpers import assert_close, ldm_dir, sd_dir, with_random_lora  # noqa: F401 (fixtures)
 
@@ -16,10 +16,7 @@ from pcm_policy.adapters import save_adapter_folder
 from pcm_policy.sampling import SamplerSpec, Switch
 from pcm_policy.vision import decode_latents, load_model
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("vision_generate", ROOT / "scripts/vision/generate.py")
-script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(script)
+script = load_script("vision/generate")
 
 
 def outputs(out: Path):

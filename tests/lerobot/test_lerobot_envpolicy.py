@@ -2,7 +2,6 @@
 processors and action slice), ``scripts/rollout.py`` and ``scripts/eval_sweep.py`` with a lerobot folder, and their
 one-line errors for bad input (random policies built by lerobot, small)."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ pytest.importorskip("lerobot.policies.diffusion")  # not "lerobot": tests/lerobo
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from helpers import load_script  # noqa: E402
 from lerobot_build import build_policy, save_policy  # noqa: E402
 
 from pcm_policy.lerobot import adapter_beside, is_policy_folder  # noqa: E402
@@ -21,13 +21,6 @@ from pcm_policy.lerobot.envpolicy import EnvPolicy, lerobot_features  # noqa: E4
 from pcm_policy.sampling import SamplerSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"{name.replace('/', '_')}_script", ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +108,7 @@ def _run(mod, argv, capsys):
 def test_rollout_cli_runs_a_lerobot_folder(folder, tmp_path, capsys):
     """scripts/rollout.py with a lerobot folder: our env, our protocol; DDIM-10 and Picard at tol 0 give the same
     episode (same seeds, same x_T per chunk)."""
-    ro = _script("rollout")
+    ro = load_script("rollout")
     common = ["--checkpoint", str(folder), "--seed", "100000", "--episodes", "2", "--max-steps", "16",
               "--num-steps", "10"]
     eps = {}
@@ -134,7 +127,7 @@ def test_rollout_cli_runs_a_lerobot_folder(folder, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sweep_cli_runs_a_lerobot_folder(folder, tmp_path, capsys):
-    sw = _script("eval_sweep")
+    sw = load_script("eval_sweep")
     out = tmp_path / "sweep"
     rc, cap = _run(sw, ["--checkpoint", str(folder), "--samplers", "ddim,taa", "--ks", "1,10", "--score-ks", "10",
                         "--episodes", "1", "--max-steps", "8", "--num-steps", "10", "--distance-conditions", "2",
@@ -146,7 +139,7 @@ def test_sweep_cli_runs_a_lerobot_folder(folder, tmp_path, capsys):
 
 
 def test_bad_input_is_one_line(folder, tmp_path, capsys, monkeypatch):
-    ro, sw = _script("rollout"), _script("eval_sweep")
+    ro, sw = load_script("rollout"), load_script("eval_sweep")
     act = tmp_path / "act"
     act.mkdir()
     (act / "config.json").write_text(json.dumps({"type": "act"}))
@@ -168,7 +161,7 @@ def test_bad_input_is_one_line(folder, tmp_path, capsys, monkeypatch):
 def test_bench_sizes_prices_a_call_past_the_widest_width():
     """PCM's calls carry the jump's row beside a full window (T + 1 rows, wider than any measured width): priced
     along the last two widths, not a crash (it raised StopIteration on the step-9,000 policy's PCM adapter)."""
-    interp = _script("lerobot/bench_sizes").interp
+    interp = load_script("lerobot/bench_sizes").interp
     curve = {1: 10.0, 40: 50.0, 50: 60.0}
     assert interp(curve, 50) == 60.0 and interp(curve, 45) == 55.0 and interp(curve, 51) == 61.0
 
@@ -179,7 +172,7 @@ def test_bench_sizes_smoke(folder, tmp_path, capsys):
     T one-row calls and is its own reference, Picard's calls are recorded and priced from the curve."""
     from test_lerobot_task import write_dataset
 
-    bench = _script("lerobot/bench_sizes")
+    bench = load_script("lerobot/bench_sizes")
     out = tmp_path / "bench.json"
     rc, cap = _run(bench, ["--policy", str(folder), "--dataset", str(write_dataset(tmp_path / "data")), "--conds", "2",
                            "--steps", "10", "--few-steps", "2", "--sizes", "4.5M", "--widths", "1,2,10", "--repeats",
@@ -198,12 +191,12 @@ def test_bench_sizes_smoke(folder, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_probe_script(folder, tmp_path, capsys):
+def test_probeload_script(folder, tmp_path, capsys):
     """scripts/lerobot/probe.py: the figures per checkpoint, the raw environment state visible in the input ranges
     (build_policy's config leaves it unnormalised, as lerobot 0.6.1 does); a bad folder is one line, exit 2."""
     from test_lerobot_task import write_dataset
 
-    probe = _script("lerobot/probe")
+    probe = load_script("lerobot/probe")
     data = write_dataset(tmp_path / "data")
     rc, cap = _run(probe, [str(folder), "--dataset", str(data), "--frames", "4"], capsys)
     assert rc == 0, cap.err
@@ -235,7 +228,7 @@ def _probe_inputs(data, folder):
 
 
 def test_eval_accelerated_bad_input_is_one_line(folder, tmp_path, capsys):
-    ev = _script("lerobot/eval_accelerated")
+    ev = load_script("lerobot/eval_accelerated")
     out = tmp_path / "eval"
     for argv, says in ((["--sampler", "pcm"], "needs --adapter"), (["--k", "2"], "--sampler own"),
                        (["--episodes", "0"], "--episodes must be")):
@@ -256,7 +249,7 @@ def test_eval_accelerated_runs_lerobots_loop(folder, tmp_path, capsys):
     """scripts/lerobot/eval_accelerated.py: lerobot's own eval loop on gym-pusht; Picard + TAA at tol 0 gives the
     episodes of the policy's own sampler (same seeds), exactly k calls a chunk with --k."""
     pytest.importorskip("gym_pusht")
-    ev = _script("lerobot/eval_accelerated")
+    ev = load_script("lerobot/eval_accelerated")
     common = ["--episodes", "2", "--episode-length", "16", "--seed", "7"]
     runs = {}
     for name, extra in (("own", []), ("taa", ["--sampler", "taa", "--tol", "0"]),

@@ -2,7 +2,6 @@
 (the shipped anytime recipe, LoRA on lerobot's Conv1d/Linear layers) on a smoke budget, then the evaluation
 sweep and report over the same Task; the trained PCM still ends exactly on the policy's own DDIM output."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 pytest.importorskip("lerobot.policies.diffusion")  # not "lerobot": tests/lerobot/ itself is a namespace "lerobot"
 
 import torch  # noqa: E402
+from helpers import load_script  # noqa: E402
 from lerobot_build import build_policy, save_policy  # noqa: E402
 from test_lerobot_task import write_dataset  # noqa: E402
 
@@ -21,13 +21,6 @@ from pcm_policy.lora import has_lora  # noqa: E402
 from pcm_policy.sampling import SamplerSpec, sample_pcm, sample_sequential  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_pct_script", ROOT / "scripts" / "train_pct.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def compose(overrides):
@@ -51,7 +44,8 @@ def test_train_pct_task_lerobot_then_sweep_and_report(tmp_path):
                    "task.rollouts.fraction=0.5", "task.rollouts.max_steps=16", "task.rollouts.per_episode=2",
                    "task.rollouts.batch=2"])  # half the training rows: the policy's own rollout states (PushT env)
     assert cfg["pct"]["objective"] == "jump" and cfg["pct"]["lora"]["targets"] is None
-    metrics = _script().run(cfg, "test", ROOT)  # the script hands the lerobot Task pusht's rollout collector
+    # the script hands the lerobot Task pusht's rollout collector
+    metrics = load_script("train_pct").run(cfg, "test", ROOT)
     assert "chosen" in metrics and metrics["data"]["task"]["rollouts"]["fraction"] == 0.5
     assert torch.load(tmp_path / "w" / "trajectories" / "conditions.pt")["cond"].shape[0] == 8
 
