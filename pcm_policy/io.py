@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["FolderInUseError", "atomic_path", "check_not_shipped", "check_writable", "exclusive", "read_json",
-           "read_safetensors", "run_folder_lock", "tracked_files", "write_json", "write_text"]
+           "read_safetensors", "recorded_path", "run_folder_lock", "tracked_files", "write_json", "write_text"]
 
 
 @contextmanager
@@ -172,6 +172,16 @@ def run_folder_lock(folder: str | os.PathLike) -> contextlib.AbstractContextMana
     """The lock that keeps a run folder to one running job (``folder/.lock``, ``exclusive``): taken before
     anything is written there; a second job in the folder gets ``FolderInUseError`` at once."""
     return exclusive(Path(folder) / ".lock", wait=False, what="run folder")
+
+
+def recorded_path(path: str | os.PathLike) -> str:
+    """``path`` as a record (adapter.json, metrics) should hold it: relative to the working directory when it lies
+    under it, so a shipped file names no machine's root; otherwise as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def read_json(path: str | os.PathLike, what: str = "file"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pcm_policy.data import ReplayBuffer
-from pcm_policy.io import read_safetensors
+from pcm_policy.io import read_safetensors, recorded_path
 from pcm_policy.lora import add_lora, has_lora, lora_parameters
 from pcm_policy.paper import full_copy_of
 from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy, save_policy
@@ -231,7 +231,7 @@ SMOKE = ["pct.data.n=6", "pct.data.num_steps=8", "pct.data.iterates=2", "pct.dat
          "++pct.tune.jump_positions=[2,5]"]
 
 
-def test_default_config_on_a_smoke_budget_is_the_shipped_recipe_and_retunes(env, tmp_path):
+def test_default_config_on_a_smoke_budget_is_the_shipped_recipe_and_retunes(env, tmp_path, monkeypatch):
     """``train_pct.py task=pusht`` with its default pct config, on a smoke budget, through the one driver: the
     adapter.json records the default config's objective and the sampler is exact (PCM at tol 0 == DDIM). Then
     ``retune=`` that folder: no training, the same tensors, a schedule at least as close as its base at every k."""
@@ -242,10 +242,12 @@ def test_default_config_on_a_smoke_budget_is_the_shipped_recipe_and_retunes(env,
                    f"work_dir={tmp_path / 'w'}", f"out={tmp_path / 'out'}", *SMOKE])
     default = compose(["task=pusht"])["pct"]
     task, data, extra = pct_task(cfg, ROOT)
+    monkeypatch.chdir(tmp_path)  # the data record names the store relative to the working directory
     run_pct(task, cfg["pct"], data, out=tmp_path / "out", run_dir=tmp_path / "w/train", data_path=tmp_path / "w/d",
             config=cfg, extra=extra)
     a = json.loads((tmp_path / "out/adapter.json").read_text())
     assert a["tuned"] and a["config"]["pct"]["objective"] == default["objective"]
+    assert a["metrics"]["data"]["path"] == str(Path("w/d")) and recorded_path("/elsewhere/d") == "/elsewhere/d"
     assert a["config"]["pct"]["lora"] == default["lora"] and a["config"]["pct"]["name"] == default["name"]
     policy = load_policy(env / "base")
     spec, _ = load_adapter_folder(policy, tmp_path / "out")

@@ -369,7 +369,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
     import time
 
     from ..adapters import load_adapter_folder, save_adapter_folder
-    from ..io import check_not_shipped, write_json
+    from ..io import check_not_shipped, recorded_path, write_json
     from ..lora import add_lora, lora_parameters
     from . import LoopConfig, hold_run_folder, train
     from . import pct_data as D
@@ -460,7 +460,7 @@ def run_pct(task, pc: dict, data_cfg, *, out: str | Path, run_dir: str | Path, d
                                "s_per_step": sum(steps) / len(steps) if steps else None,
                                "tune_s": time.perf_counter() - t0, "total_s_this_call": time.perf_counter() - t_all,
                                "threads": torch.get_num_threads(), "processes": dist.world_size()},
-                       data={"path": str(data_path), "n": len(data["x_T"]), "held_out": n_val,
+                       data={"path": recorded_path(data_path), "n": len(data["x_T"]), "held_out": n_val,
                              "var_k": data["var_k"].tolist(), "task": task.key})
         save(out, chosen, {"metrics": metrics, "command": command, "config": config, **(extra or {}),
                            "steps": source.get("steps") if source is not None else loop.steps, "tuned": True})
