@@ -63,8 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ks", default=",".join(map(str, KS)), help="iteration budgets k")
     p.add_argument("--score-ks", default=None, help="the ks whose rollouts (scores) are run (default: all)")
     p.add_argument("--score-samplers", default=None,
-                   help="samplers whose rollouts are run (default: every one of --samplers but newton, whose T "
-                        "sequential JVPs per iteration make it a distance-only reference curve)")
+                   help="samplers whose rollouts are run, among --samplers (default: every one of them but newton, "
+                        "whose T sequential JVPs per iteration make it a distance-only reference curve); none: "
+                        "distances only (the reference rollouts still run: they give the conditions)")
     p.add_argument("--seed", type=int, default=100000, help="first episode seed (evaluation set: 100000)")
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=200)
@@ -94,9 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.samplers = ",".join(NAMES) if a.samplers is None else a.samplers
     a.samplers = list(dict.fromkeys(a.samplers.split(",")))
     a.score_samplers = ([s for s in a.samplers if s != "newton"] if a.score_samplers is None
-                        else a.score_samplers.split(","))
+                        else [] if a.score_samplers == "none" else a.score_samplers.split(","))
     bad = [s for s in a.samplers if s not in NAMES + SWEEP_PEERS]
+    unswept = [s for s in a.score_samplers if s not in a.samplers]
     errors = [(bad, f"unknown sampler(s) {', '.join(bad)}; choose from {', '.join(NAMES + SWEEP_PEERS)}"),
+              (unswept, f"--score-samplers {','.join(unswept)} not in --samplers {','.join(a.samplers)}; score a "
+                        "sampler of the sweep, or none for distances only"),
               (min(a.episodes, a.max_steps, a.num_steps, a.distance_conditions, a.threads, a.jobs) < 1,
                "--episodes, --max-steps, --num-steps, --distance-conditions, --threads and --jobs must be >= 1"),
               (not 0 <= a.seed <= 2**32 - a.episodes,

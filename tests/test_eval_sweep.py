@@ -194,3 +194,13 @@ def test_score_samplers_default_to_every_given_sampler_but_newton():
         "ddim-k", "dpmsolver++", "srds"]
     assert script.parse_args(["--samplers", "taa,pcm", "--score-samplers", "taa"]).score_samplers == ["taa"]
     assert script.parse_args([]).score_samplers == [s for s in script.NAMES if s != "newton"]
+    assert script.parse_args(["--samplers", "taa,pcm", "--score-samplers", "none"]).score_samplers == []
+
+
+def test_score_samplers_outside_the_sweep_are_refused(capsys):
+    """A --score-samplers name that is not swept (a typo) was dropped silently, so nothing was scored."""
+    script = load_script("eval_sweep")
+    with pytest.raises(SystemExit) as e:
+        script.parse_args(["--samplers", "taa,pcm", "--score-samplers", "pcm,tea"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--score-samplers tea not in --samplers taa,pcm" in err and len(err.splitlines()) == 1
