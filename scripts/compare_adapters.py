@@ -13,6 +13,11 @@ In one process, on seeds seed..seed+episodes-1 (200 steps each, the sweep's prot
    same k (mean difference, percentile-bootstrap 95% interval, sign-flip p: ``pusht.peer_stats``).
 Each adapter runs its own tuned spec (``adapter.json``). Prints the table and the distance ratios to the first
 adapter; ``--out`` writes every episode's score (JSON, atomic). Exit 2 with one line for bad settings.
+
+``--paired-with`` a ``scripts/peers_paired.py`` JSON of the same seeds (``results/peers/round2/paired.json``) puts
+the adapters beside that run's peers: each of its rows at k is paired with each adapter's row at k (peer minus
+adapter). Closed-loop episodes drift between machines, so this is done only when this run's DDIM-50 reference
+reproduces that file's episode for episode; otherwise exit 2.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--conditions", type=int, default=400, help="(observation, x_T) pairs for the distances")
     p.add_argument("--ks", default="1,2,3,4,5", help="budgets k of the distances")
     p.add_argument("--score-ks", default="1,2,3", help="budgets k of the rollouts; '' for none")
+    p.add_argument("--paired-with", type=Path, default=None,
+                   help="a peers_paired.py JSON on the same seeds whose rows are paired with the adapters' at each k")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="JSON (atomic); a file git tracks needs --force")
     p.add_argument("--force", action="store_true")
@@ -71,7 +78,7 @@ def main(argv=None) -> int:
 
     from pcm_policy.adapters import load_sampler
     from pcm_policy.evaluation import distances_vs_k
-    from pcm_policy.io import write_json
+    from pcm_policy.io import read_json, write_json
     from pcm_policy.pusht.checkpoint import CheckpointError, load_adapter_folder, load_policy
     from pcm_policy.pusht.pct_data import pixel_distance
     from pcm_policy.pusht.peer_stats import paired_difference
@@ -91,10 +98,30 @@ def main(argv=None) -> int:
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    peers = None
+    if a.paired_with is not None:
+        try:
+            peers = read_json(a.paired_with, "peers_paired.py output")
+            held = (peers["reference"]["first_seed"], len(peers["reference"]["scores"]), peers["rows"])[:2]
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+            print(f"error: --paired-with {a.paired_with}: not a peers_paired.py output ({e})", file=sys.stderr)
+            return 2
+        if held != (a.seed, a.episodes):
+            print(f"error: {a.paired_with} holds {held[1]} episodes from seed {held[0]}; run with --seed {held[0]} "
+                  f"--episodes {held[1]}", file=sys.stderr)
+            return 2
     task = make_task(base, evaluation=evaluation, progress=False)
     ref = task.score(None, None)["detail"]
     print(f"DDIM-50 reference: {ref['mean_score']:.3f} / {100 * ref['success_rate']:.0f}% over {a.episodes} episodes "
           f"(seeds {a.seed}..{a.seed + a.episodes - 1}); {time.perf_counter() - t0:.0f} s", flush=True)
+    if peers is not None:
+        off = [i for i, (x, y) in enumerate(zip(ref["scores"], peers["reference"]["scores"], strict=True)) if x != y]
+        if off:
+            i = off[0]
+            print(f"error: this machine's DDIM-50 episodes differ from {a.paired_with}'s in {len(off)} of {a.episodes} "
+                  f"(seed {a.seed + i}: {ref['scores'][i]:.4f} vs {peers['reference']['scores'][i]:.4f}); pair rows "
+                  "run on one machine only", file=sys.stderr)
+            return 2
     cond, x_T = task.split("eval", a.conditions)
     with torch.no_grad():  # the reference trajectory (N, T+1, H, A), as the sweep's
         ddim = make_sampler(SamplerSpec.named("ddim", num_steps=50), base.noise_scheduler)
@@ -123,6 +150,12 @@ def main(argv=None) -> int:
     for ad in out["adapters"][1:]:
         for k, row in ad["rows"].items():
             row["vs_first"] = paired_difference(row["scores"], first["rows"][k]["scores"])
+    if peers is not None:  # peer minus adapter, per episode, for every full row of that run at the adapter's k
+        out["paired_with"] = str(a.paired_with)
+        for ad in out["adapters"]:
+            for k, row in ad["rows"].items():
+                row["peers_minus_this"] = {r["sampler"]: paired_difference(r["scores"], row["scores"])
+                                           for r in peers["rows"] if r["k"] == k and len(r["scores"]) == a.episodes}
 
     def fmt(r):
         return f"{r['diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
@@ -139,6 +172,12 @@ def main(argv=None) -> int:
                 line += (f" {row['mean_score']:6.3f} {100 * row['success_rate']:6.1f}  {fmt(row['vs_ddim50']):26s}  "
                          f"{fmt(vs_first) if vs_first else '-'}")
             print(line)
+    if peers is not None:
+        print(f"\npeer minus adapter at k [95% CI] ({a.paired_with})")
+        for ad in out["adapters"]:
+            for k, row in ad["rows"].items():
+                for name, d in row["peers_minus_this"].items():
+                    print(f"{ad['folder'][-40:]:40s} {k:2d} {name:14s} {fmt(d)}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     if a.out is not None:
         out["command"] = "python scripts/compare_adapters.py " + " ".join(sys.argv[1:] if argv is None else argv)

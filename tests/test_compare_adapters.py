@@ -49,3 +49,26 @@ def test_rows_are_each_adapters_own_rollouts_paired_with_the_first(tmp_path, cap
     assert first["rows"]["1"]["scores"] == [e["score"] for e in eps]
     vs, (a, b) = second["rows"]["1"]["vs_first"], (r["rows"]["1"]["mean_score"] for r in (second, first))
     assert vs["n"] == 2 and vs["diff"] == pytest.approx(a - b)
+
+
+def test_paired_with_an_earlier_run_only_when_its_reference_reproduces(tmp_path, capsys):
+    main = load_script("compare_adapters").main
+    args = ["--adapters", str(PCM), "--seed", "300000", "--episodes", "2", "--max-steps", "8", "--conditions", "2",
+            "--ks", "1", "--score-ks", "1"]
+    assert main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    ref = json.loads((tmp_path / "a.json").read_text())["reference"]["scores"]
+    peers = {"reference": {"first_seed": 300000, "scores": ref},
+             "rows": [{"sampler": "ddim-k", "k": 1, "scores": [0.25, 0.5]},
+                      {"sampler": "taa", "k": 2, "scores": [1, 1]}]}
+    (tmp_path / "p.json").write_text(json.dumps(peers))
+    capsys.readouterr()
+    assert main([*args, "--paired-with", str(tmp_path / "p.json"), "--out", str(tmp_path / "b.json")]) == 0
+    row = json.loads((tmp_path / "b.json").read_text())["adapters"][0]["rows"]["1"]
+    assert set(row["peers_minus_this"]) == {"ddim-k"}  # rows at the adapter's k only
+    assert row["peers_minus_this"]["ddim-k"]["diff"] == pytest.approx(0.375 - row["mean_score"])
+    other = {"first_seed": 300000, "scores": [ref[0], ref[1] + 0.5]}
+    (tmp_path / "p.json").write_text(json.dumps({**peers, "reference": other}))
+    assert main([*args, "--paired-with", str(tmp_path / "p.json")]) == 2  # another machine's episodes: refused
+    assert "differ from" in capsys.readouterr().err
+    assert main([*args, "--episodes", "3", "--paired-with", str(tmp_path / "p.json")]) == 2
+    assert "run with --seed 300000 --episodes 2" in capsys.readouterr().err
