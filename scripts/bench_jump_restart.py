@@ -47,13 +47,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON (atomic); a tracked file needs --force")
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
+    from pcm_policy.evaluation import budgets
+
     try:
-        a.ks = sorted({int(k) for k in a.ks.split(",")})
-        a.score_ks = sorted({int(k) for k in a.score_ks.split(",") if k.strip()})
-    except ValueError:
-        p.exit(2, f"error: --ks and --score-ks must be comma lists of integers, got {a.ks!r}, {a.score_ks!r}\n")
-    if min(a.ks + a.score_ks + [a.episodes, a.conditions, a.max_steps, a.threads]) < 1:
-        p.exit(2, "error: --ks, --score-ks, --episodes, --conditions, --max-steps and --threads must be >= 1\n")
+        vars(a).update(budgets(ks=a.ks, score_ks=a.score_ks))
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
+    if not a.ks or min(a.episodes, a.conditions, a.max_steps, a.threads) < 1:
+        p.exit(2, "error: --ks needs a k; --episodes, --conditions, --max-steps and --threads must be >= 1\n")
     if a.restart_from is not None and not 0 <= a.restart_from < 50:
         p.exit(2, f"error: --restart-from must be a grid position in 0..49, got {a.restart_from}\n")
     from pcm_policy.io import check_not_shipped

@@ -46,13 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON (atomic); a file git tracks needs --force")
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
+    from pcm_policy.evaluation import budgets
+
     try:
-        a.ks = sorted({int(k) for k in a.ks.split(",")})
-        a.score_ks = sorted({int(k) for k in a.score_ks.split(",") if k.strip()})
-    except ValueError:
-        p.exit(2, f"error: --ks and --score-ks must be comma lists of integers, got {a.ks!r}, {a.score_ks!r}\n")
-    errors = [(min(a.ks + a.score_ks + [a.episodes, a.conditions, a.max_steps, a.threads]) < 1,
-               "--ks, --score-ks, --episodes, --conditions, --max-steps and --threads must be >= 1"),
+        vars(a).update(budgets(ks=a.ks, score_ks=a.score_ks))
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
+    errors = [(not a.ks or min(a.episodes, a.conditions, a.max_steps, a.threads) < 1,
+               "--ks needs a k; --episodes, --conditions, --max-steps and --threads must be >= 1"),
               (len(set(map(str, a.adapters))) < len(a.adapters), "--adapters names a folder twice"),
               (not 0 <= a.seed <= 2**32 - a.episodes, f"--seed must keep the seeds in 0..2^32-1, got {a.seed}")]
     errors += [(not (f / "adapter.json").is_file(), f"--adapters: {f} is not an adapter folder (no adapter.json); "

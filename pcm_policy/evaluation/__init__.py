@@ -19,7 +19,22 @@ import torch
 from ..io import atomic_path
 from ..sampling import K_STEPS
 
-__all__ = ["distances_vs_k", "k_match", "plots", "write_csv"]
+__all__ = ["budgets", "distances_vs_k", "k_match", "plots", "write_csv"]
+
+
+def budgets(**lists: str) -> dict[str, list[int]]:
+    """Comma lists of budgets k from the command line ("1,2,3"; "" for none), each sorted without repeats, by
+    the option they came from (``budgets(ks="1,2", score_ks="")``). Raises ValueError with one line naming the
+    options for a non-integer or a k < 1."""
+    names = " and ".join(f"--{n.replace('_', '-')}" for n in lists)
+    try:
+        out = {n: sorted({int(k) for k in text.split(",") if k.strip()}) for n, text in lists.items()}
+    except ValueError:
+        got = ", ".join(map(repr, lists.values()))
+        raise ValueError(f"{names} must be comma lists of integers, got {got}") from None
+    if any(k < 1 for ks in out.values() for k in ks):
+        raise ValueError(f"every k of {names} must be >= 1")
+    return out
 
 
 @torch.no_grad()
