@@ -79,9 +79,9 @@ def main(argv=None) -> int:
 
     from pcm_policy.adapters import load_sampler
     from pcm_policy.evaluation import distances_vs_k
+    from pcm_policy.evaluation.sweep import limited
     from pcm_policy.io import read_json, write_json
     from pcm_policy.pusht.checkpoint import CheckpointError, load_adapter_folder, load_policy
-    from pcm_policy.pusht.pct_data import pixel_distance
     from pcm_policy.pusht.peer_stats import paired_difference
     from pcm_policy.pusht.task import PushTEval, make_task
     from pcm_policy.sampling import SamplerSpec, make_sampler
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     if a.paired_with is not None:
         try:
             peers = read_json(a.paired_with, "peers_paired.py output")
-            held = (peers["reference"]["first_seed"], len(peers["reference"]["scores"]), peers["rows"])[:2]
+            held, peer_rows = (peers["reference"]["first_seed"], len(peers["reference"]["scores"])), peers["rows"]
         except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
             print(f"error: --paired-with {a.paired_with}: not a peers_paired.py output ({e})", file=sys.stderr)
             return 2
@@ -133,12 +133,13 @@ def main(argv=None) -> int:
                         for k, v in vars(a).items() if k != "force"},
            "adapters": []}
     for folder, p, spec in policies:
-        def make(name, k, spec=spec, p=p):  # as the sweep's (evaluation.sweep.limited)
-            return load_sampler(spec.replace(k=min(k, spec.max_iterations() or k)), p.noise_scheduler)
+        ptask = make_task(p, evaluation=evaluation, progress=False)
+
+        def make(name, k, spec=spec, ptask=ptask):  # held to k calls as the sweep's
+            return load_sampler(limited(ptask, spec, k), ptask.scheduler)
 
         with torch.no_grad():
-            px = distances_vs_k("pcm", make, p.model_fn, a.ks, cond, x_T, traj, pixel_distance(p))
-        ptask = make_task(p, evaluation=evaluation, progress=False)
+            px = distances_vs_k("pcm", make, p.model_fn, a.ks, cond, x_T, traj, ptask.distance)
         rows = {}
         for k in a.score_ks:
             d = ptask.score(spec, k)["detail"]
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
         for ad in out["adapters"]:
             for k, row in ad["rows"].items():
                 row["peers_minus_this"] = {r["sampler"]: paired_difference(r["scores"], row["scores"])
-                                           for r in peers["rows"] if r["k"] == k and len(r["scores"]) == a.episodes}
+                                           for r in peer_rows if r["k"] == k and len(r["scores"]) == a.episodes}
 
     def fmt(r):
         return f"{r['diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
