@@ -229,7 +229,7 @@ def test_rollout_time_budget_and_per_sample_iterations():
 
 
 @pytest.mark.slow
-def test_smoke_training_and_rolloutload_script(tmp_path):
+def test_smoke_training_and_rollout_script(tmp_path):
     from pcm_policy.data import ReplayBuffer
 
     src = ReplayBuffer.open(ROOT / "data/pusht_expert.zarr")

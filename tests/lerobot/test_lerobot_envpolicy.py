@@ -191,7 +191,7 @@ def test_bench_sizes_smoke(folder, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_probeload_script(folder, tmp_path, capsys):
+def test_probe_script(folder, tmp_path, capsys):
     """scripts/lerobot/probe.py: the figures per checkpoint, the raw environment state visible in the input ranges
     (build_policy's config leaves it unnormalised, as lerobot 0.6.1 does); a bad folder is one line, exit 2."""
     from test_lerobot_task import write_dataset
