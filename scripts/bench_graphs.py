@@ -229,16 +229,24 @@ def main(argv=None) -> int:
                      "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device),
                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "torch": torch.__version__, "threads": a.threads}}
-    for m in a.models:
+    failed = []
+    for m in a.models:  # one model's failure (say, out of memory) is recorded and the others still run
         t1 = time.time()
-        res[m] = bench_model(m, a, device)
+        try:
+            res[m] = bench_model(m, a, device)
+        except Exception as e:  # noqa: BLE001 - reported, saved and turned into the exit status below
+            res[m] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            failed.append(m)
+            print(f"{m}: failed: {res[m]['error']}", file=sys.stderr, flush=True)
         res[m]["seconds"] = round(time.time() - t1, 1)
-        print(report({m: res[m]}), flush=True)
-    res["setup"]["seconds"] = round(time.time() - t0, 1)
+        if "rows" in res[m]:
+            print(report({m: res[m]}), flush=True)
+        res["setup"]["seconds"] = round(time.time() - t0, 1)
+        if a.out is not None:  # after every model, so a run cut short keeps what it measured
+            write_json(a.out, res)
     if a.out is not None:
-        write_json(a.out, res)
         print(f"wrote {a.out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
