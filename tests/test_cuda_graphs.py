@@ -65,11 +65,13 @@ def test_scripts_take_the_flag_and_refuse_bad_settings(capsys):
     rollout = load_script("rollout")
     assert rollout.parse_args(["--sampler", "ddim", "--cuda-graphs"]).cuda_graphs
     bench = load_script("bench_graphs")
-    for bad in (["--models", "pusht,imagenet"], ["--ks", "picard=10"], ["--repeats", "0"]):
+    for bad in (["--models", "pusht,imagenet"], ["--ks", "picard=10"], ["--repeats", "0"], ["--buckets", "1,x"],
+                ["--buckets", "30,1"], ["--buckets", "0,4"]):
         with pytest.raises(SystemExit) as e:
             bench.parse_args(bad)
         assert e.value.code == 2
     assert "error" in capsys.readouterr().err
+    assert bench.parse_args(["--buckets", "1,30"]).buckets == [1, 30]
 
 
 @pytest.mark.slow
@@ -82,7 +84,7 @@ def test_bench_graphs_runs_on_cpu(tmp_path):
 
     res = json.loads(out.read_text())["pusht"]
     assert set(res["rows"]) == {"ddim", "picard", "taa", "pcm"}
-    assert all(r["max_diff_graphs_vs_eager"] == 0 for r in res["rows"].values())
+    assert all(r["max_diff_graphs_vs_eager"] == 0 and r["max_diff_eager_rerun"] == 0 for r in res["rows"].values())
     assert res["graphs"]["captures"] == 0 and res["rows"]["ddim"]["eager"]["iterations"] == 50
 
 
