@@ -112,3 +112,25 @@ def test_rollout_flag_sets_the_restart_and_refuses_bad_positions(capsys):
     with pytest.raises(SystemExit) as e:
         mod.parse_args(["--sampler", "pcm", "--jump-restart-from", "50"])
     assert e.value.code == 2 and "--jump-restart-from" in capsys.readouterr().err
+
+
+def test_picard_from_the_exact_trajectory_stops_after_one_call():
+    """``bench_first_iterate.py``'s reference point: X^0 = the sequential trajectory is already the fixed point,
+    so Picard + TAA at tol 0.1 stops after its first call with the sequential output; the prior needs more."""
+    model, (x_T, cond) = MLPDenoiser(), inputs()
+    grid = step_grid(ddim(), T)
+    seq, st = sample_sequential(model, x_T, cond, grid=grid, return_trajectory=True)
+    kw = dict(grid=grid, tol=0.1, taa=TAA(), safeguard=1.0)
+    x, s1 = sample_pcm(model, x_T, cond, schedule=linear_schedule(0, 0), init=st.trajectory, **kw)
+    _, s0 = sample_pcm(model, x_T, cond, schedule=linear_schedule(0, 0), init="prior", **kw)
+    assert s1.sample_iterations == [1] * len(x_T) and close(x, seq, 1e-5)
+    assert min(s0.sample_iterations) > 1
+
+
+def test_first_iterate_bench_refuses_bad_settings(capsys):
+    mod = load_script("bench_first_iterate")
+    for bad in (["--conditions", "0"], ["--threads", "0"], ["--out", str(ROOT / "results/MANIFEST.md")]):
+        with pytest.raises(SystemExit) as e:
+            mod.parse_args(bad)
+        assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
