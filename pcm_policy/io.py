@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["FolderInUseError", "atomic_path", "check_not_shipped", "check_writable", "exclusive", "read_json",
-           "read_safetensors", "recorded_path", "run_folder_lock", "tracked_files", "write_json", "write_text"]
+__all__ = ["FolderInUseError", "atomic_path", "check_not_shipped", "check_out_arg", "check_writable", "exclusive",
+           "read_json", "read_safetensors", "recorded_path", "run_folder_lock", "run_record", "tracked_files",
+           "write_json", "write_text"]
 
 
 @contextmanager
@@ -79,6 +80,29 @@ def check_not_shipped(path: str | os.PathLike, force: bool, flag: str, what: str
         raise ValueError(f"{what} {path} holds {len(files)} file(s) tracked by git (a shipped artifact, e.g. "
                          f"{files[0]}); write elsewhere, or pass {flag} to replace it")
     check_writable(path, what)
+
+
+def check_out_arg(parser, out: str | os.PathLike | None, force: bool) -> None:
+    """A script's ``--out`` / ``--force`` pair checked at parse time: ``parser.exit(2, "error: ...")`` (one line)
+    when ``out`` may not be written (``check_not_shipped``); nothing when ``out`` is None."""
+    if out is None:
+        return
+    try:
+        check_not_shipped(out, force, "--force", "--out")
+    except ValueError as e:
+        parser.exit(2, f"error: {e}\n")
+
+
+def run_record(script: str, argv: list[str]) -> dict:
+    """What made a results file: {"command": "python scripts/NAME.py ARGS", "commit": short HEAD of this checkout
+    ("" outside git), "date": "YYYY-MM-DD HH:MM"}."""
+    import subprocess
+    import time
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True)
+    return {"command": " ".join([f"python {script}", *argv]), "commit": head.stdout.strip(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> None:

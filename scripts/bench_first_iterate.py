@@ -20,7 +20,6 @@ Printed for each: calls per chunk (mean over samples, max), px to DDIM-50's outp
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,13 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if min(a.episodes, a.conditions, a.threads) < 1:
         p.exit(2, "error: --episodes, --conditions and --threads must be >= 1\n")
-    from pcm_policy.io import check_not_shipped
+    from pcm_policy.io import check_out_arg
 
-    try:
-        if a.out is not None:
-            check_not_shipped(a.out, a.force, "--force", "--out")
-    except ValueError as e:
-        p.exit(2, f"error: {e}\n")
+    check_out_arg(p, a.out, a.force)
     return a
 
 
@@ -57,7 +52,7 @@ def main(argv=None) -> int:
     import torch
 
     from pcm_policy.device import check_threads
-    from pcm_policy.io import write_json
+    from pcm_policy.io import run_record, write_json
     from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy
     from pcm_policy.pusht.task import PushTEval, make_task
     from pcm_policy.sampling import SamplerSpec, make_sampler
@@ -93,10 +88,7 @@ def main(argv=None) -> int:
                       "init_px": task.distance(initial_trajectory(grid, x_T, init)[-1], ref).mean().item()}
     for r in rows.values():
         r["calls_vs_prior"] = r["calls"] / rows["prior"]["calls"]
-    res = {"setup": {"command": " ".join(["python scripts/bench_first_iterate.py", *(argv or sys.argv[1:])]),
-                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                              text=True).stdout.strip(),
-                     "date": time.strftime("%Y-%m-%d %H:%M"), "threads": a.threads,
+    res = {"setup": {**run_record("scripts/bench_first_iterate.py", argv or sys.argv[1:]), "threads": a.threads,
                      "seeds": [a.seed, a.seed + a.episodes - 1], "conditions": len(x_T),
                      "sampler": SamplerSpec.named("taa", tol=0.1).to_dict(), "seconds": round(time.time() - t0, 1)},
            "rows": rows}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,13 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.exit(2, f"error: --buckets must be increasing positive widths, got {a.buckets}\n")
     if min(a.repeats, a.conds, a.sd_size, a.threads) < 1:
         p.exit(2, "error: --repeats, --conds, --sd-size and --threads must be >= 1\n")
-    from pcm_policy.io import check_not_shipped
+    from pcm_policy.io import check_out_arg
 
-    try:
-        if a.out is not None:
-            check_not_shipped(a.out, a.force, "--force", "--out")
-    except ValueError as e:
-        p.exit(2, f"error: {e}\n")
+    check_out_arg(p, a.out, a.force)
     return a
 
 
@@ -228,7 +223,7 @@ def main(argv=None) -> int:
     import torch
 
     from pcm_policy.device import check_threads, pick_device
-    from pcm_policy.io import write_json
+    from pcm_policy.io import run_record, write_json
 
     try:
         torch.set_num_threads(check_threads(a.threads))
@@ -237,9 +232,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.time()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    res = {"setup": {"command": " ".join(["python scripts/bench_graphs.py", *(argv or sys.argv[1:])]),
-                     "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device),
+    res = {"setup": {**run_record("scripts/bench_graphs.py", argv or sys.argv[1:]), "device": str(device),
                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "torch": torch.__version__, "threads": a.threads}}
     failed = []

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,13 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.exit(2, "error: --ks needs a k; --episodes, --conditions, --max-steps and --threads must be >= 1\n")
     if a.restart_from is not None and not 0 <= a.restart_from < 50:
         p.exit(2, f"error: --restart-from must be a grid position in 0..49, got {a.restart_from}\n")
-    from pcm_policy.io import check_not_shipped
+    from pcm_policy.io import check_out_arg
 
-    try:
-        if a.out is not None:
-            check_not_shipped(a.out, a.force, "--force", "--out")
-    except ValueError as e:
-        p.exit(2, f"error: {e}\n")
+    check_out_arg(p, a.out, a.force)
     return a
 
 
@@ -83,7 +78,7 @@ def main(argv=None) -> int:
 
     from pcm_policy.device import check_threads
     from pcm_policy.evaluation import distances_vs_k, k_match
-    from pcm_policy.io import write_json
+    from pcm_policy.io import run_record, write_json
     from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy
     from pcm_policy.pusht.rollout import run_rollouts, summarize
     from pcm_policy.pusht.task import PushTEval, make_task
@@ -105,10 +100,8 @@ def main(argv=None) -> int:
         traj = ddim(policy.model_fn, x_T, cond, return_trajectory=True)[1].trajectory.transpose(0, 1)
     print(f"DDIM-50 on seeds {seeds[0]}-{seeds[-1]}: score {ref_score['score']:.3f}, "
           f"success {100 * ref_score['success_rate']:.0f}%; {len(x_T)} open-loop conditions", flush=True)
-    res = {"setup": {"command": " ".join(["python scripts/bench_jump_restart.py", *(argv or sys.argv[1:])]),
-                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                              text=True).stdout.strip(),
-                     "date": time.strftime("%Y-%m-%d %H:%M"), "threads": a.threads, "seeds": [seeds[0], seeds[-1]],
+    res = {"setup": {**run_record("scripts/bench_jump_restart.py", argv or sys.argv[1:]), "threads": a.threads,
+                     "seeds": [seeds[0], seeds[-1]],
                      "conditions": len(x_T), "specs": {n: s.to_dict() for n, s in sp.items()}},
            "ddim50": {k: ref_score[k] for k in ("score", "success_rate")}, "open_loop": {}, "closed_loop": {},
            "fixed_k": {}, "k_match": {}}

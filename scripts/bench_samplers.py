@@ -133,13 +133,9 @@ def parse(argv=None) -> tuple[BenchConfig, str | None]:
                                  "(results/) needs --force")
     p.add_argument("--force", action="store_true", help="allow --out to replace a file git tracks (results/)")
     a = p.parse_args(argv)
-    if a.out:
-        from pcm_policy.io import check_not_shipped
+    from pcm_policy.io import check_out_arg
 
-        try:
-            check_not_shipped(a.out, a.force, "--force", "--out")
-        except ValueError as e:
-            p.exit(2, f"error: {e}\n")
+    check_out_arg(p, a.out or None, a.force)
     if not a.size and not a.checkpoint and not DEFAULT_BASE.is_dir():
         sys.exit(f"error: no policy: {DEFAULT_BASE} does not exist; pass --checkpoint DIR (a folder from "
                  "scripts/train_policy.py) or --size small|medium for a random policy (timing only)")

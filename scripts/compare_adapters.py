@@ -62,14 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if bad:
             p.exit(2, f"error: {msg}\n")
     from pcm_policy.device import check_threads
-    from pcm_policy.io import check_not_shipped
+    from pcm_policy.io import check_out_arg
 
     a.threads = check_threads(a.threads)
-    if a.out is not None:
-        try:
-            check_not_shipped(a.out, a.force, "--force", "--out")
-        except ValueError as e:
-            p.exit(2, f"error: {e}\n")
+    check_out_arg(p, a.out, a.force)
     return a
 
 

@@ -381,6 +381,11 @@ def test_writers_refuse_tracked_files_before_any_work(tmp_path, capsys):
     ("bench_env", "parse_args", ["--out", "results/bench_env.json"], "tracked by git"),
     ("render_episode", "parse_args", ["--out", str(ROOT / "README.md" / "x.mp4")], "is a file, not a folder"),
     ("vision/bench_window", "main", ["--out", "results/sweep/sweep.json"], "tracked by git"),
+    ("bench_graphs", "parse_args", ["--out", "results/device_h200/bench_graphs.json"], "tracked by git"),
+    ("bench_jump_restart", "parse_args", ["--out", "results/bench_env.json"], "tracked by git"),
+    ("bench_first_iterate", "parse_args", ["--out", str(ROOT / "README.md" / "x.json")], "is a file, not a folder"),
+    ("compare_adapters", "parse_args", ["--adapters", str(ROOT / "checkpoints/pusht_pcm"), "--out",
+                                        "results/bench_env.json"], "tracked by git"),
 ])
 def test_every_writer_checks_its_output_before_any_work(script, call, argv, msg, capsys):
     """One guard for every writer: a file git tracks is replaced only with --force, and a path that cannot be
@@ -388,6 +393,15 @@ def test_every_writer_checks_its_output_before_any_work(script, call, argv, msg,
     with pytest.raises(SystemExit) as e:
         getattr(load_script(script), call)(argv)
     assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_run_record_names_the_command_commit_and_date():
+    from pcm_policy.io import run_record
+
+    r = run_record("scripts/x.py", ["--a", "1"])
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert r["command"] == "python scripts/x.py --a 1" and r["commit"] == head.stdout.strip()
+    assert len(r["date"]) == len("2026-12-04 18:00") and r["date"][4] == "-"
 
 
 @pytest.mark.slow

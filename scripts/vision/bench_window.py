@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
         p.exit(2, "error: --windows, --repeats, --batch and --mid-size must be >= 1\n")
     import torch
 
-    from pcm_policy.io import write_json
+    from pcm_policy.io import run_record, write_json
     from pcm_policy.vision.bench import bench_models, bench_sd14
 
     t0 = time.time()
@@ -59,9 +58,7 @@ def main(argv=None) -> int:
                                        getattr(torch, args.dtype))}
     else:
         res = bench_models(windows, args.repeats, args.batch, args.mid_size)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    res["setup"] |= {"command": " ".join(["python scripts/vision/bench_window.py", *(argv or sys.argv[1:])]),
-                     "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d %H:%M"),
+    res["setup"] |= {**run_record("scripts/vision/bench_window.py", argv or sys.argv[1:]),
                      "seconds": round(time.time() - t0, 1)}
     for name, r in res.items():
         if name == "setup":
