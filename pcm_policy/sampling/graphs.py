@@ -24,8 +24,9 @@ Capture (``torch.cuda.graph``) runs the call ``warmup`` times on a side stream f
 initialisation happen outside the graph), then records it; each graph keeps its own memory pool. The model's
 weights must not be replaced after a capture (in-place updates are seen; ``reset()`` drops the graphs). Outputs
 equal the eager model's to float rounding in fp32 (a lent H200: at most 2.4e-7 after a PushT chunk, bit for bit on a
-63.6M 1-D UNet); in fp16 a graphed wide call of an SD v1.4-size UNet was not bit-equal to eager (5e-2 after 5-10
-Picard iterations, also at the exact width), so there it is approximate (``results/device_h200``). Not thread-safe.
+63.6M 1-D UNet); in fp16 the graphed window calls of an SD v1.4-size UNet were not bit-equal to eager (5-7e-2
+after 5-10 Picard iterations; cause not isolated), so there it is approximate (``results/device_h200``). Not
+thread-safe.
 """
 
 from __future__ import annotations
