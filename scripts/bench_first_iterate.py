@@ -56,7 +56,6 @@ def main(argv=None) -> int:
     from pcm_policy.pusht.checkpoint import load_adapter_folder, load_policy
     from pcm_policy.pusht.task import PushTEval, make_task
     from pcm_policy.sampling import SamplerSpec, make_sampler
-    from pcm_policy.sampling.ddim import step_grid
     from pcm_policy.sampling.picard import initial_trajectory
 
     torch.set_num_threads(check_threads(a.threads))
@@ -78,19 +77,19 @@ def main(argv=None) -> int:
         X = traj + s * torch.randn(traj.shape, generator=g)
         X[0] = x_T
         inits[f"trajectory+{s:g}"] = X
-    grid, rows = step_grid(policy.noise_scheduler, 50, solver="ddim"), {}
+    rows = {}
     for name, init in inits.items():
         with torch.no_grad():
             x, st = taa(policy.model_fn, x_T, cond, init=init)
         it = torch.tensor(st.sample_iterations, dtype=torch.float64)
         rows[name] = {"calls": it.mean().item(), "calls_max": int(it.max()),
                       "px": task.distance(x, ref).mean().item(),
-                      "init_px": task.distance(initial_trajectory(grid, x_T, init)[-1], ref).mean().item()}
+                      "init_px": task.distance(initial_trajectory(taa.grid, x_T, init)[-1], ref).mean().item()}
     for r in rows.values():
         r["calls_vs_prior"] = r["calls"] / rows["prior"]["calls"]
     res = {"setup": {**run_record("scripts/bench_first_iterate.py", argv or sys.argv[1:]), "threads": a.threads,
                      "seeds": [a.seed, a.seed + a.episodes - 1], "conditions": len(x_T),
-                     "sampler": SamplerSpec.named("taa", tol=0.1).to_dict(), "seconds": round(time.time() - t0, 1)},
+                     "sampler": taa.spec.to_dict(), "seconds": round(time.time() - t0, 1)},
            "rows": rows}
     print(report(res))
     if a.out is not None:

@@ -63,12 +63,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.exit(2, f"error: --ks must look like picard=10,taa=6,pcm=5, got {a.ks!r}\n")
     if set(a.ks) != set(KS) or min(a.ks.values()) < 1:
         p.exit(2, f"error: --ks needs picard, taa and pcm, each >= 1, got {a.ks}\n")
+    from pcm_policy.sampling.graphs import check_buckets
+
     try:
         a.buckets = None if a.buckets is None else [int(b) for b in a.buckets.split(",")]
     except ValueError:
-        p.exit(2, f"error: --buckets must be a comma list of widths like 1,30, got {a.buckets!r}\n")
-    if a.buckets is not None and (min(a.buckets) < 1 or a.buckets != sorted(set(a.buckets))):
-        p.exit(2, f"error: --buckets must be increasing positive widths, got {a.buckets}\n")
+        p.exit(2, f"error: --buckets must be a comma list of integers like 1,30, got {a.buckets!r}\n")
+    try:
+        check_buckets(a.buckets)
+    except ValueError as e:
+        p.exit(2, f"error: --{e}\n")  # "--buckets must be increasing positive integers ..."
     if min(a.repeats, a.conds, a.sd_size, a.threads) < 1:
         p.exit(2, "error: --repeats, --conds, --sd-size and --threads must be >= 1\n")
     from pcm_policy.io import check_out_arg
@@ -211,7 +215,7 @@ def report(res: dict) -> str:
             lines.append(f"  {s:<8} {e['iterations']:>6.2f} {e['ms']:>10.2f} {e['ms'] / base['eager']['ms']:>7.3f} "
                          f"{g['ms']:>10.2f} {g['ms'] / base['graphs']['ms']:>7.3f} {g['ms'] / e['ms']:>12.3f} "
                          f"{row['max_diff_graphs_vs_eager']:>10.2e} "
-                         f"{row.get('max_diff_eager_rerun', float('nan')):>11.2e}")  # absent in older files
+                         f"{row['max_diff_eager_rerun']:>11.2e}")
         lines.append(f"  graphs: {r['graphs']['captures']} captured, {r['graphs']['replays']} replayed calls, "
                      f"{r['graphs']['eager']} eager calls, {r['graphs']['failed']} failed captures")
     return "\n".join(lines)

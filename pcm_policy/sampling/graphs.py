@@ -39,7 +39,14 @@ import torch
 
 from .denoiser import Cond, ModelFn, index_cond
 
-__all__ = ["CudaGraphs", "GraphStats"]
+__all__ = ["CudaGraphs", "GraphStats", "check_buckets"]
+
+
+def check_buckets(buckets: list[int] | None) -> None:
+    """ValueError unless ``buckets`` is None or increasing positive integers (graph widths in rows)."""
+    if buckets is not None and (not buckets or any(not isinstance(b, int) or b < 1 for b in buckets)
+                                or list(buckets) != sorted(set(buckets))):
+        raise ValueError(f"buckets must be increasing positive integers (graph widths in rows), got {buckets!r}")
 
 
 @dataclass
@@ -124,9 +131,7 @@ class CudaGraphs:
     """
 
     def __init__(self, model_fn: ModelFn, *, enabled: bool = True, buckets: list[int] | None = None, warmup: int = 2):
-        if buckets is not None and (not buckets or any(not isinstance(b, int) or b < 1 for b in buckets)
-                                    or list(buckets) != sorted(set(buckets))):
-            raise ValueError(f"buckets must be increasing positive integers (graph widths in rows), got {buckets!r}")
+        check_buckets(buckets)
         if not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an integer >= 1 (eager runs before a capture), got {warmup!r}")
         self.model_fn, self.enabled, self.buckets, self.warmup = model_fn, bool(enabled), buckets, warmup
